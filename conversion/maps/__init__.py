@@ -1,0 +1,1 @@
+"""One weight map per (source format, architecture)."""

@@ -1,0 +1,41 @@
+"""vidcore: native PyTorch video diffusion models that load hub checkpoints and match diffusers.
+
+Heavy pieces (pipelines, transformers) are imported lazily so ``import vidcore`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TextToVideoPipeline": "vidcore.pipelines.text_to_video",
+    "VideoToVideoPipeline": "vidcore.pipelines.video_to_video",
+    "VideoPipelineOutput": "vidcore.pipelines.base",
+    "load_model": "vidcore.loading",
+    "save_native": "vidcore.loading",
+    "save_diffusers": "vidcore.loading",
+    "UNet3D": "vidcore.models.unet3d",
+    "UNet3DConfig": "vidcore.models.unet3d",
+    "AutoencoderKL": "vidcore.models.vae",
+    "AutoencoderKLConfig": "vidcore.models.vae",
+    "export_to_video": "vidcore.io",
+    "export_to_gif": "vidcore.io",
+    "load_image": "vidcore.io",
+    "load_video": "vidcore.io",
+    "set_attention_backend": "vidcore.nn.attention",
+    "attention_backend": "vidcore.nn.attention",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vidcore' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

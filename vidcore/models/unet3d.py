@@ -1,0 +1,250 @@
+"""ModelScope / Zeroscope text-to-video UNet (diffusers' ``UNet3DConditionModel``).
+
+A 2D Stable Diffusion UNet run on frames folded into the batch, where every res block is followed
+by a temporal convolution stack and every spatial transformer by a temporal transformer; a
+temporal transformer (``transformer_in``) also runs right after ``conv_in``.
+
+Layout: the model takes and returns ``b c f h w`` latents; inside, frames live in the batch,
+``(b f) c h w``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.resnet import ResBlock2D, TemporalConv
+from ..nn.sampling import Downsample, Upsample
+from ..nn.transformer import SpatialTransformer, TemporalTransformer
+from .freeu import FreeU, apply_freeu
+
+DOWN_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
+UP_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
+
+
+@dataclass(frozen=True)
+class UNet3DConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",)
+    up_block_types: tuple[str, ...] = ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int = 1024
+    # diffusers' naming bug: this is the per-head width (64), heads = channels // 64.
+    attention_head_dim: int | tuple[int, ...] = 64
+    time_cond_proj_dim: int | None = None
+    sample_size: int | None = None
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict) -> "UNet3DConfig":
+        if config.get("num_attention_heads") is not None:
+            raise ValueError("UNet3D config: 'num_attention_heads' is not supported (ModelScope configs set "
+                             "'attention_head_dim', the per-head width)")
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise ValueError(f"UNet3D config: {n} block_out_channels but {len(self.down_block_types)} down and "
+                             f"{len(self.up_block_types)} up block types")
+        for t in self.down_block_types:
+            if t not in DOWN_TYPES:
+                raise ValueError(f"UNet3D config: unknown down block type {t!r}; supported: {DOWN_TYPES}")
+        for t in self.up_block_types:
+            if t not in UP_TYPES:
+                raise ValueError(f"UNet3D config: unknown up block type {t!r}; supported: {UP_TYPES}")
+        if self.act_fn != "silu":
+            raise ValueError(f"UNet3D config: act_fn {self.act_fn!r} is not supported (only 'silu')")
+
+    def to_diffusers_config(self) -> dict:
+        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        return {"_class_name": "UNet3DConditionModel", **out}
+
+    def head_dims(self) -> tuple[int, ...]:
+        d = self.attention_head_dim
+        return (d,) * len(self.block_out_channels) if isinstance(d, int) else tuple(d)
+
+
+class Block3D(nn.Module):
+    """One UNet level: ``layers`` x (res block, temporal conv[, spatial + temporal transformer]).
+
+    Up blocks concatenate a skip connection before each res block (``skip_channels``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb: int, layers: int, cfg: UNet3DConfig,
+                 head_dim: int, attention: bool, skip_channels: tuple[int, ...] = (),
+                 downsample: bool = False, upsample: bool = False):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        heads = out_channels // head_dim
+        self.resnets = nn.ModuleList()
+        for i in range(layers):
+            cin = (in_channels if i == 0 else out_channels) + (skip_channels[i] if skip_channels else 0)
+            self.resnets.append(ResBlock2D(cin, out_channels, temb, g, eps))
+        self.temp_convs = nn.ModuleList(TemporalConv(out_channels, g) for _ in range(layers))
+        self.attentions = nn.ModuleList(
+            SpatialTransformer(out_channels, heads, head_dim, cfg.cross_attention_dim, g) for _ in range(layers if attention else 0)
+        )
+        self.temp_attentions = nn.ModuleList(
+            TemporalTransformer(out_channels, heads, head_dim, g) for _ in range(layers if attention else 0)
+        )
+        self.downsample = Downsample(out_channels, padding=cfg.downsample_padding) if downsample else None
+        self.upsample = Upsample(out_channels) if upsample else None
+
+    def layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+        x = self.temp_convs[i](self.resnets[i](x, temb), num_frames)
+        if self.attentions:
+            x = self.attentions[i](x, context)
+            x = self.temp_attentions[i](x, num_frames)
+        return x
+
+
+class MidBlock3D(nn.Module):
+    """res -> tconv -> [spatial transformer -> temporal transformer -> res -> tconv]."""
+
+    def __init__(self, channels: int, temb: int, cfg: UNet3DConfig, head_dim: int):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        heads = channels // head_dim
+        self.resnets = nn.ModuleList(
+            ResBlock2D(channels, channels, temb, g, eps, output_scale_factor=cfg.mid_block_scale_factor) for _ in range(2)
+        )
+        self.temp_convs = nn.ModuleList(TemporalConv(channels, g) for _ in range(2))
+        self.attentions = nn.ModuleList([SpatialTransformer(channels, heads, head_dim, cfg.cross_attention_dim, g)])
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(channels, heads, head_dim, g)])
+
+    def forward(self, x, temb, context, num_frames):
+        x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
+        x = self.temp_attentions[0](self.attentions[0](x, context), num_frames)
+        return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
+
+
+class UNet3D(nn.Module):
+    """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
+
+    def __init__(self, config: UNet3DConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        ch = cfg.block_out_channels
+        temb = ch[0] * 4
+        head_dims = cfg.head_dims()
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
+        self.transformer_in = TemporalTransformer(ch[0], 8, head_dims[0], cfg.norm_num_groups)
+
+        self.down_blocks = nn.ModuleList()
+        skips = [ch[0]]  # channels of every skip tensor, in push order
+        for i, kind in enumerate(cfg.down_block_types):
+            last = i == len(ch) - 1
+            cin = ch[max(i - 1, 0)]
+            self.down_blocks.append(Block3D(cin, ch[i], temb, cfg.layers_per_block, cfg, head_dims[i],
+                                            kind == "CrossAttnDownBlock3D", downsample=not last))
+            skips += [ch[i]] * cfg.layers_per_block + ([] if last else [ch[i]])
+
+        self.mid_block = MidBlock3D(ch[-1], temb, cfg, head_dims[-1])
+
+        self.up_blocks = nn.ModuleList()
+        rev_ch, rev_heads = ch[::-1], head_dims[::-1]
+        prev = rev_ch[0]
+        n_up = cfg.layers_per_block + 1
+        for i, kind in enumerate(cfg.up_block_types):
+            block_skips = tuple(skips.pop() for _ in range(n_up))
+            self.up_blocks.append(Block3D(prev, rev_ch[i], temb, n_up, cfg, rev_heads[i], kind == "CrossAttnUpBlock3D",
+                                          skip_channels=block_skips, upsample=i < len(ch) - 1))
+            prev = rev_ch[i]
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        self.freeu: FreeU | None = None
+
+    # -- options ------------------------------------------------------------------------------
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023): rescale backbone/skip features in the two lowest-resolution up blocks."""
+        self.freeu = FreeU(s1, s2, b1, b2)
+
+    def disable_freeu(self) -> None:
+        self.freeu = None
+
+    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
+        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
+        if dim not in (0, 1):
+            raise ValueError(f"forward chunking dim must be 0 or 1, got {dim}")
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
+
+    def disable_forward_chunking(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    # -- forward ------------------------------------------------------------------------------
+    def time_embed(self, timestep, batch: int, device, cond=None) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=device)
+        if t.ndim == 0:
+            t = t[None]
+        t = t.expand(batch)
+        emb = sinusoidal_embedding(t, self.config.block_out_channels[0]).to(self.dtype)
+        return self.time_embedding(emb, cond)
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None,
+                down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        # sample: b c f h w ; encoder_hidden_states: b m d
+        b, _, f, h, w = sample.shape
+        up_factor = 2 ** (len(self.up_blocks) - 1)
+        odd_size = h % up_factor != 0 or w % up_factor != 0
+
+        temb = self.time_embed(timestep, b, sample.device, timestep_cond).repeat_interleave(f, dim=0)
+        context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
+
+        x = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
+        x = self.transformer_in(x, f)
+
+        skips = [x]
+        for block in self.down_blocks:
+            for i in range(len(block.resnets)):
+                x = block.layer(i, x, temb, context, f)
+                skips.append(x)
+            if block.downsample is not None:
+                x = block.downsample(x)
+                skips.append(x)
+        if down_block_additional_residuals is not None:
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+
+        x = self.mid_block(x, temb, context, f)
+        if mid_block_additional_residual is not None:
+            x = x + mid_block_additional_residual
+
+        for level, block in enumerate(self.up_blocks):
+            for i in range(len(block.resnets)):
+                skip = skips.pop()
+                if self.freeu is not None:
+                    x, skip = apply_freeu(self.freeu, level, x, skip)
+                x = block.layer(i, torch.cat([x, skip], dim=1), temb, context, f)
+            if block.upsample is not None:
+                x = block.upsample(x, skips[-1].shape[-2:] if odd_size else None)
+
+        x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        return rearrange(x, "(b f) c h w -> b c f h w", f=f)

@@ -1,0 +1,69 @@
+"""Residual blocks: the 2D res block and ModelScope's temporal convolution stack."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class ResBlock2D(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding added between; 1x1 shortcut if widths differ."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int,
+                 eps: float = 1e-5, dropout: float = 0.0, output_scale_factor: float = 1.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.output_scale_factor = output_scale_factor
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        # x: n c h w ; temb: n c_t
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = x + h
+        return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
+
+
+class TemporalConvLayer(nn.Module):
+    """One GroupNorm -> SiLU -> Dropout -> Conv3d(3x1x1) step over frames."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, in_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.dropout(F.silu(self.norm(x))))
+
+
+class TemporalConv(nn.Module):
+    """ModelScope's temporal mixer: four norm/act/conv3d(k=3 over frames) steps plus a residual.
+
+    GroupNorm statistics span all frames of a video (the norm sees ``b c f h w``).
+    """
+
+    def __init__(self, channels: int, groups: int, dropout: float = 0.1):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TemporalConvLayer(channels, channels, groups, dropout if i else 0.0) for i in range(4)
+        )
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # (b f) c h w -> b c f h w
+        video = rearrange(x, "(b f) c h w -> b c f h w", f=num_frames)
+        h = video
+        for layer in self.layers:
+            h = layer(h)
+        return rearrange(video + h, "b c f h w -> (b f) c h w")

@@ -1,0 +1,113 @@
+"""Transformer blocks: GEGLU feed-forward, the basic block, spatial and temporal transformers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .attention import Attention
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward (x*gelu(gate)), optionally run in chunks along one dim to cap memory.
+
+    ``chunk_size``/``chunk_dim`` mirror diffusers' ``enable_forward_chunking``; chunking is exact
+    because the feed-forward is position-wise.
+    """
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        inner = dim * mult
+        self.proj_in = nn.Linear(dim, inner * 2)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(inner, dim)
+        self.chunk_size: int | None = None
+        self.chunk_dim = 0
+
+    def _ff(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(self.dropout(h * F.gelu(gate)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.chunk_size:
+            return self._ff(x)
+        return torch.cat([self._ff(part) for part in x.split(self.chunk_size, dim=self.chunk_dim)], dim=self.chunk_dim)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: self-attention, second attention, GEGLU feed-forward; residual each.
+
+    The second attention attends to ``context`` (cross-attention) or, with
+    ``double_self_attention``, to the tokens themselves (ModelScope's temporal blocks).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
+                 double_self_attention: bool = False, kind: str = "spatial"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, head_dim, kind=kind)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim,
+                               kind=kind if double_self_attention else "cross")
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        # x: b n c
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Attention over the pixels of each frame, with cross-attention to text tokens.
+
+    Projections in and out are linear (1x1 conv checkpoints are converted by the weight map).
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int | None, groups: int, layers: int = 1):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(layers)
+        )
+        self.proj_out = nn.Linear(inner, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        # x: n c h w ; context: n m c_ctx
+        n, c, h, w = x.shape
+        tokens = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=h, w=w)
+
+
+class TemporalTransformer(nn.Module):
+    """Attention over the frames at each pixel (ModelScope: two self-attentions, no positions).
+
+    GroupNorm statistics span all frames of a video, as in ModelScope.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int, layers: int = 1):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, double_self_attention=True, kind="temporal") for _ in range(layers)
+        )
+        self.proj_out = nn.Linear(inner, channels)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # x: (b f) c h w
+        n, c, h, w = x.shape
+        video = self.norm(rearrange(x, "(b f) c h w -> b c f h w", f=num_frames))
+        tokens = self.proj_in(rearrange(video, "b c f h w -> (b h w) f c"))
+        for block in self.transformer_blocks:
+            tokens = block(tokens)
+        out = rearrange(self.proj_out(tokens), "(b h w) f c -> (b f) c h w", h=h, w=w)
+        return x + out

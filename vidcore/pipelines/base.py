@@ -1,0 +1,143 @@
+"""What every vidcore pipeline shares: loading components from a diffusers-layout folder, device and
+dtype moves, model CPU offload, the progress bar, and the output container."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import hub
+from ..errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoPipelineOutput:
+    """``frames``: np ``b f h w 3`` / pt ``b f 3 h w`` in [0, 1], ``[[PIL]]``, or latents ``b c f h w``."""
+
+    frames: Any
+
+
+def load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def load_text_encoder(folder: Path, torch_dtype=None, variant=None):
+    from transformers import CLIPTextModel
+
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
+        kwargs["variant"] = variant
+    return CLIPTextModel.from_pretrained(str(folder), **kwargs).eval()
+
+
+class VideoPipeline:
+    """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
+
+    components: tuple[str, ...] = ()
+    offload_order: tuple[str, ...] = ()
+
+    def __init__(self, **modules):
+        missing = [name for name in self.components if name not in modules]
+        if missing:
+            raise TypeError(f"{type(self).__name__} needs components {missing}")
+        for name, module in modules.items():
+            setattr(self, name, module)
+        self.progress_bar_config: dict = {}
+        self._offload_device: torch.device | None = None
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, revision: str | None = None, token: str | None = None,
+                        **overrides):
+        """Load every component from a diffusers-layout folder (``model_index.json``) or hub repo id.
+
+        Components passed as keyword arguments (for example ``scheduler=...``) replace the stored ones.
+        """
+        from ..loading import load_model
+        from ..schedulers import from_config
+
+        dtype = hub.parse_dtype(torch_dtype)
+        root = hub.resolve(path_or_repo, revision=revision, token=token)
+        index_file = root / "model_index.json"
+        if not index_file.is_file():
+            raise ModelNotFoundError(f"'{path_or_repo}' is not a pipeline folder: model_index.json is missing "
+                                     f"(looked in {root})")
+        index = json.loads(index_file.read_text())
+        modules = {}
+        for name in cls.components:
+            if name in overrides:
+                modules[name] = overrides.pop(name)
+                continue
+            if name not in index or index[name] is None or index[name][1] is None:
+                raise ModelNotFoundError(f"{root}/model_index.json has no '{name}' component")
+            sub = root / name
+            if not sub.is_dir():
+                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
+            if name == "tokenizer":
+                modules[name] = load_tokenizer(sub)
+            elif name == "text_encoder":
+                modules[name] = load_text_encoder(sub, dtype, variant)
+            elif name == "scheduler":
+                modules[name] = from_config(sub / "scheduler_config.json")
+            else:
+                modules[name] = load_model(root, subfolder=name, torch_dtype=dtype, variant=variant)
+        if overrides:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {sorted(overrides)}")
+        return cls(**modules)
+
+    # -- devices --------------------------------------------------------------------------------
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {n: getattr(self, n) for n in self.components if isinstance(getattr(self, n), torch.nn.Module)}
+
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        for module in self._modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        if self._offload_device is not None:
+            return self._offload_device
+        for module in self._modules().values():
+            for p in module.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep models on the CPU and move each to ``device`` only while it runs (one at a time)."""
+        self._offload_device = torch.device(device)
+        for module in self._modules().values():
+            module.to("cpu")
+
+    def _run_on_device(self, name: str) -> torch.nn.Module:
+        """With offload on, move ``name`` to the accelerator and every other model back to the CPU."""
+        module = getattr(self, name)
+        if self._offload_device is not None:
+            for other, m in self._modules().items():
+                if other != name:
+                    m.to("cpu")
+            module.to(self._offload_device)
+        return module
+
+    # -- progress -------------------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """``disable=True`` silences the bar; other keys go to tqdm."""
+        self.progress_bar_config = kwargs
+
+    def progress_bar(self, iterable=None, total=None):
+        return tqdm(iterable, total=total, **self.progress_bar_config)

@@ -1,0 +1,144 @@
+"""ModelScope / Zeroscope text-to-video (diffusers' ``TextToVideoSDPipeline``).
+
+Noise ``b 4 f h w`` -> UNet3D denoising with classifier-free guidance -> per-frame VAE decode.
+Random draws happen in the same order and shapes as diffusers, so a seed gives the same video.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..random import randn_tensor
+from .base import VideoPipeline, VideoPipelineOutput
+from .text import encode_prompt
+from .video_processing import OUTPUT_TYPES, postprocess_video
+
+
+class TextToVideoPipeline(VideoPipeline):
+    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for the real VAE, less for tiny test VAEs)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_inputs(self, prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
+                     num_videos_per_prompt, callback_steps):
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt or prompt_embeds")
+        if height % 8 or width % 8 or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of 8, got height={height}, width={width}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be at least 1, got {num_videos_per_prompt}")
+        if callback_steps is not None and (not isinstance(callback_steps, int) or callback_steps <= 0):
+            raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ValueError("prompt_embeds and negative_prompt_embeds must have the same shape")
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
+                      negative_prompt_embeds=None, clip_skip=None):
+        self._run_on_device("text_encoder")
+        dtype = self.text_encoder.dtype
+        return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, dtype, num_videos_per_prompt, guidance,
+                             negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+
+    def denoise(self, latents, timesteps, prompt_embeds, guidance_scale, eta, generator, callback=None,
+                callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
+        """The sampling loop. latents: b c f h w; prompt_embeds: (2b or b) m d with the negatives first."""
+        unet = self._run_on_device("unet")
+        guidance = guidance_scale > 1.0
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents] * 2) if guidance else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                noise = unet(model_in, t, prompt_embeds)
+                if guidance:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                # The scheduler steps on frames folded into the batch (b f) c h w, as diffusers does;
+                # this fixes the order of eta noise draws.
+                b, c, f, h, w = latents.shape
+                fold = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
+                latents = self.scheduler.step(fold(noise), t, fold(latents), eta=eta, generator=generator)
+                latents = latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = (out or {}).get("latents", latents)
+                    prompt_embeds = (out or {}).get("prompt_embeds", prompt_embeds)
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, t, latents)
+                bar.update()
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
+        """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call.
+
+        An fp16 VAE whose config asks for it (``force_upcast``) decodes in float32, avoiding overflow.
+        """
+        vae = self._run_on_device("vae")
+        b, c, f, h, w = latents.shape
+        z = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.float()
+        z = z.to(vae.dtype)
+        chunk = decode_chunk_size or z.shape[0]
+        frames = torch.cat([vae.decode(part) for part in z.split(chunk)])
+        if upcast:
+            vae.half()
+        return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
+
+    def prepare_latents(self, shape, dtype, device, generator, latents=None):
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for an effective batch of {shape[0]} videos")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        return latents.to(device) * self.scheduler.init_noise_sigma
+
+    def finish(self, latents, output_type, return_dict, decode_chunk_size):
+        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        return VideoPipelineOutput(frames=video) if return_dict else (video,)
+
+    # -- call -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, height: int | None = None, width: int | None = None,
+                 num_frames: int = 16, num_inference_steps: int = 50, guidance_scale: float = 9.0,
+                 negative_prompt: str | list[str] | None = None, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "np", return_dict: bool = True,
+                 callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1,
+                 clip_skip: int | None = None, num_videos_per_prompt: int = 1, decode_chunk_size: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
+        """Generate videos from text. Argument names and defaults follow diffusers' TextToVideoSDPipeline;
+        ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions."""
+        sample = self.unet.config.sample_size or 32
+        height = height or sample * self.vae_scale_factor
+        width = width or sample * self.vae_scale_factor
+        self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, callback_steps)
+        device = self.device
+        guidance = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        embeds = torch.cat([uncond, cond]) if guidance else cond
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        s = self.vae_scale_factor
+        shape = (cond.shape[0], self.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.prepare_latents(shape, embeds.dtype, device, generator, latents)
+        latents = self.denoise(latents, self.scheduler.timesteps, embeds, guidance_scale, eta, generator, callback,
+                               callback_steps, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -1,0 +1,54 @@
+"""Samplers built from diffusers ``scheduler_config.json`` files, matching diffusers step for step.
+
+    from vidcore.schedulers import from_config
+    scheduler = from_config("path/to/model/scheduler")             # reads _class_name
+    scheduler = from_config(cfg_dict, timestep_spacing="trailing")   # with overrides
+    dpm = DPMSolverMultistepScheduler.from_config(scheduler.to_diffusers_config())  # switch sampler
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import Scheduler, SchedulerConfig, read_config
+from .ddim import DDIMConfig, DDIMScheduler
+from .ddpm import DDPMConfig, DDPMScheduler
+from .dpm_solver import DPMSolverMultistepConfig, DPMSolverMultistepScheduler
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.diffusers_name: cls for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)
+}
+
+
+def scheduler_class(name: str) -> type[Scheduler]:
+    """Class for a diffusers class name ("DDIMScheduler") or its bare form ("DDIM", "ddim")."""
+    key = name.lower().removesuffix("scheduler")
+    for full, cls in SCHEDULERS.items():
+        if key == full.lower().removesuffix("scheduler"):
+            return cls
+    supported = ", ".join(SCHEDULERS)
+    raise ValueError(f"unsupported scheduler type {name!r}; supported: {supported} (or without 'Scheduler')")
+
+
+def from_config(config: dict | str | Path, **overrides) -> Scheduler:
+    """Build the scheduler named by the config's ``_class_name``; keyword overrides replace config values."""
+    cfg = read_config(config)
+    if "_class_name" not in cfg:
+        raise ValueError(f"scheduler config has no '_class_name'; supported: {', '.join(SCHEDULERS)}")
+    return scheduler_class(cfg["_class_name"]).from_config(cfg, **overrides)
+
+
+__all__ = [
+    "SCHEDULERS",
+    "DDIMConfig",
+    "DDIMScheduler",
+    "DDPMConfig",
+    "DDPMScheduler",
+    "DPMSolverMultistepConfig",
+    "DPMSolverMultistepScheduler",
+    "Scheduler",
+    "SchedulerConfig",
+    "from_config",
+    "read_config",
+    "scheduler_class",
+]
