@@ -33,7 +33,9 @@ def clip_embed(tokenizer, text_encoder, prompts: list[str], device, clip_skip: i
     if clip_skip is None:
         return text_encoder(ids.to(device), attention_mask=mask)[0]
     hidden = text_encoder(ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states
-    return text_encoder.text_model.final_layer_norm(hidden[-(clip_skip + 1)])
+    # transformers < 5 nests the layers under .text_model; 5.x flattens them.
+    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return final_norm(hidden[-(clip_skip + 1)])
 
 
 def encode_prompt(tokenizer, text_encoder, prompt, device, dtype, num_videos_per_prompt: int, guidance: bool,

@@ -1,0 +1,335 @@
+"""Tiny random models and pipelines for parity tests (no downloads, builds in well under 2 s).
+
+How to import: ``tests/`` is not a package. ``tests/conftest.py`` puts this folder on ``sys.path``,
+so test files write ``import tiny`` / ``from tiny import build_tiny_t2v_pipeline``; conftest also
+offers fixtures (``tiny_t2v``, ``tiny_v2v``). diffusers is imported inside the functions that need it,
+so importing this module never imports diffusers (the "vidcore never imports diffusers" check stays
+meaningful).
+
+Every parameter gets seeded random values (``randomize_``), including the layers diffusers
+zero-initialises, so a wrong or missing layer changes the output. Values are rounded to the nearest
+float16, so the ``fp16`` variant files hold exactly the same numbers as the float32 files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+# scheduler_config.json of damo-vilab/text-to-video-ms-1.7b (also Zeroscope)
+MODELSCOPE_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+# Words that become single tokens; everything else splits into (byte-level) characters.
+_WORDS = (
+    "a an the of in on with and is at to by for from video photo painting "
+    "cat dog panda horse astronaut bear teddy man woman robot car boat bird fish "
+    "riding playing walking running surfing dancing eating flying swimming "
+    "guitar wave beach forest city street sky sea snow space mars moon "
+    "red blue green white black golden high quality detailed cinematic"
+).split()
+
+
+# ----------------------------------------------------------------------------- tokenizer / text encoder
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte -> printable unicode character table."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge the adjacent pair with the best rank."""
+    while len(pieces) > 1:
+        rank, i = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
+        if rank == math.inf:
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def make_tiny_tokenizer(folder, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """Write a small CLIP BPE vocab (``vocab.json``, ``merges.txt``) into ``folder`` and load it.
+
+    Vocabulary laid out like CLIP's: the 256 byte characters, the same with ``</w>``, the merge
+    results (so each of ``_WORDS`` is one token), then ``<|startoftext|>`` and ``<|endoftext|>``. Any text
+    tokenizes (unknown words fall back to characters). bos/eos/unk are ``<|startoftext|>`` /
+    ``<|endoftext|>`` / ``<|endoftext|>``; ``pad_token`` defaults to ``<|endoftext|>`` as in OpenAI
+    CLIP (pass ``"!"`` for the OpenCLIP / SD2 convention). ``model_max_length`` is 77.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = list(_bytes_to_unicode().values())
+    vocab_list = base + [c + "</w>" for c in base]
+    ranks: dict[tuple[str, str], int] = {}
+    for word in _WORDS:
+        # append merges until BPE (with the merges so far) turns the word into one token; a merge added
+        # later has the lowest priority, so it never changes how earlier words are split
+        while len(pieces := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            vocab_list.append(pieces[0] + pieces[1])
+    merges = list(ranks)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77, pad_token=pad_token)
+
+
+def make_tiny_text_encoder(
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    tokenizer: CLIPTokenizer | None = None,
+    intermediate: int = 37,
+    hidden_act: str = "gelu",
+) -> CLIPTextModel:
+    """Random ``CLIPTextModel`` sized for ``make_tiny_tokenizer`` (vocab size and special ids taken
+    from ``tokenizer`` when given), ``max_position_embeddings`` 77, every weight ``randomize_``-d."""
+    if tokenizer is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = make_tiny_tokenizer(tmp)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return randomize_(CLIPTextModel(config), seed).eval()
+
+
+# ----------------------------------------------------------------------------- randomize
+
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._NormBase)
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module:
+    """Overwrite every parameter of ``module`` in place with seeded random values; returns ``module``.
+
+    - norm weights (``*Norm*`` modules, 1-D): ``1 + 0.1 * scale * N(0, 1)``; norm biases ``0.1 * scale * N``
+    - other weights (>= 2-D): ``scale * N(0, 1) / sqrt(fan_in)``, fan_in = prod(shape[1:])
+    - biases and other 1-D / 0-D parameters: ``0.1 * scale * N(0, 1)``
+
+    Values are rounded to float16 precision (kept in the parameter's dtype) so saving an fp16
+    variant is lossless. The same seed and architecture always give the same values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for mod_name, mod in module.named_modules():
+        is_norm = isinstance(mod, _NORMS) or "norm" in type(mod).__name__.lower()
+        for name, p in mod.named_parameters(recurse=False):
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if p.ndim >= 2:
+                value = noise * (scale / math.sqrt(math.prod(p.shape[1:])))
+            elif is_norm and name == "weight":
+                value = 1.0 + 0.1 * scale * noise
+            else:
+                value = 0.1 * scale * noise
+            p.copy_(value.half().float())
+    return module
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def tiny_unet3d_config(**overrides) -> dict:
+    """``UNet3DConditionModel`` kwargs: 2 levels (32, 64), 8 heads (diffusers' ``attention_head_dim`` is
+    really the head count), cross-attention dim 32. Overriding ``block_out_channels`` alone re-derives
+    the block types in ModelScope's pattern (cross-attention everywhere but the deepest level)."""
+    config = dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    if "block_out_channels" in overrides:
+        n = len(overrides["block_out_channels"])
+        config["down_block_types"] = ("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",)
+        config["up_block_types"] = ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1)
+    config.update(overrides)
+    return config
+
+
+def tiny_vae_config(**overrides) -> dict:
+    """``AutoencoderKL`` kwargs: 2 levels (32, 64) -> spatial factor 2, 4 latent channels, SD's
+    scaling factor. Overriding ``block_out_channels`` alone re-derives the block types."""
+    config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=0.18215,
+    )
+    if "block_out_channels" in overrides:
+        n = len(overrides["block_out_channels"])
+        config["down_block_types"] = ("DownEncoderBlock2D",) * n
+        config["up_block_types"] = ("UpDecoderBlock2D",) * n
+    config.update(overrides)
+    return config
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def make_scheduler(kind: str = "ddim"):
+    """ModelScope's DDIM scheduler, or DPM-Solver++ built from its config (as Zeroscope users do)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    ddim = DDIMScheduler(**MODELSCOPE_SCHEDULER_CONFIG)
+    if kind == "ddim":
+        return ddim
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler.from_config(ddim.config)
+    raise ValueError(f"scheduler must be 'ddim' or 'dpm', got {kind!r}")
+
+
+def build_tiny_t2v_components(
+    seed: int = 0,
+    unet_overrides: dict | None = None,
+    vae_overrides: dict | None = None,
+    scheduler: str = "ddim",
+) -> dict:
+    """The five ModelScope components (float32, eval mode, randomized), keyed like the pipeline's
+    constructor arguments: vae, text_encoder, tokenizer, unet, scheduler."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+
+    unet_config = tiny_unet3d_config(**(unet_overrides or {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tiny_tokenizer(tmp)
+    text_encoder = make_tiny_text_encoder(
+        hidden=unet_config["cross_attention_dim"], seed=seed + 1, tokenizer=tokenizer
+    )
+    unet = randomize_(UNet3DConditionModel(**unet_config), seed + 2).eval()
+    vae = randomize_(AutoencoderKL(**tiny_vae_config(**(vae_overrides or {}))), seed + 3).eval()
+    scheduler = make_scheduler(scheduler)
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def _build_and_save(pipeline_cls, folder, variant_fp16, **component_kwargs):
+    folder = Path(folder)
+    pipe = pipeline_cls(**build_tiny_t2v_components(**component_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    # hub folders (e.g. damo-vilab/text-to-video-ms-1.7b) ship vocab.json + merges.txt; save_pretrained
+    # adds tokenizer.json, so both kinds of tokenizer loader find their files
+    make_tiny_tokenizer(folder / "tokenizer")
+    if variant_fp16:
+        # weights are fp16-exact (see randomize_), so the round trip leaves the float32 pipeline unchanged
+        pipe.to(torch.float16)
+        pipe.save_pretrained(folder, variant="fp16")
+        pipe.to(torch.float32)
+    # saved last so the config files (text_encoder/config.json records a dtype) describe float32
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def build_tiny_t2v_pipeline(
+    folder,
+    seed: int = 0,
+    variant_fp16: bool = False,
+    unet_overrides: dict | None = None,
+    vae_overrides: dict | None = None,
+    scheduler: str = "ddim",
+):
+    """Build a random tiny ``diffusers.TextToVideoSDPipeline`` (float32), ``save_pretrained(folder)``
+    (plus ``variant="fp16"`` files when ``variant_fp16``), and return it. The text encoder's width
+    follows ``cross_attention_dim``. Default sizes need height/width divisible by 4 (VAE x2, UNet x2)."""
+    from diffusers import TextToVideoSDPipeline
+
+    return _build_and_save(
+        TextToVideoSDPipeline, folder, variant_fp16,
+        seed=seed, unet_overrides=unet_overrides, vae_overrides=vae_overrides, scheduler=scheduler,
+    )
+
+
+def build_tiny_v2v_pipeline(
+    folder,
+    seed: int = 0,
+    variant_fp16: bool = False,
+    unet_overrides: dict | None = None,
+    vae_overrides: dict | None = None,
+    scheduler: str = "ddim",
+):
+    """As ``build_tiny_t2v_pipeline`` (same components, same seed -> same weights) but a
+    ``diffusers.VideoToVideoSDPipeline``."""
+    from diffusers import VideoToVideoSDPipeline
+
+    return _build_and_save(
+        VideoToVideoSDPipeline, folder, variant_fp16,
+        seed=seed, unet_overrides=unet_overrides, vae_overrides=vae_overrides, scheduler=scheduler,
+    )
+
+
+class TinyPipeline(NamedTuple):
+    pipe: object  # the diffusers pipeline, float32
+    folder: Path  # where it was saved
+
+
+# Files save_pretrained writes per subfolder (weights listed without the variant infix).
+EXPECTED_LAYOUT = {
+    "": ["model_index.json"],
+    "scheduler": ["scheduler_config.json"],
+    "tokenizer": ["tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt"],
+    "text_encoder": ["config.json", "model.safetensors"],
+    "unet": ["config.json", "diffusion_pytorch_model.safetensors"],
+    "vae": ["config.json", "diffusion_pytorch_model.safetensors"],
+}
+
+
+def missing_files(folder, variant: str | None = None) -> list[str]:
+    """Files of ``EXPECTED_LAYOUT`` absent from ``folder``; with ``variant`` ("fp16") the weight
+    files are looked up under their variant names (``model.fp16.safetensors``)."""
+    folder = Path(folder)
+    missing = []
+    for sub, names in EXPECTED_LAYOUT.items():
+        for name in names:
+            if variant and name.endswith(".safetensors"):
+                name = name.replace(".safetensors", f".{variant}.safetensors")
+            if not (folder / sub / name).is_file():
+                missing.append(f"{sub}/{name}" if sub else name)
+    return missing

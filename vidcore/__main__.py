@@ -1,0 +1,8 @@
+"""``python -m vidcore ...`` runs the ``vidcore`` command (see vidcore/cli.py)."""
+
+import sys
+
+from vidcore.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

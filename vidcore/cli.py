@@ -1,0 +1,589 @@
+"""The ``vidcore`` command: generate videos, convert checkpoints, inspect models.
+
+    vidcore generate text-to-video  --model PATH_OR_REPO --prompt "a panda playing guitar" -o panda.mp4
+    vidcore generate video-to-video --model PATH_OR_REPO --video in.mp4 --prompt "..." --strength 0.6
+    vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
+    vidcore inspect  PATH [--subfolder unet]
+
+Errors vidcore raises on purpose (and bad arguments) print one ``error: ...`` line on stderr and
+exit with status 2; set ``VIDCORE_DEBUG=1`` to see the traceback instead. Heavy imports (torch,
+transformers) happen inside the commands so ``vidcore --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from .errors import VidcoreError
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1  # the run itself failed (out of memory)
+EXIT_USAGE = 2  # bad input: arguments, missing or corrupt models (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130
+
+# Built-in model per generate task; ``None`` makes ``--model`` required for that task.
+# A later release fills these in (a small demo model), which also makes ``--model`` optional.
+DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None}
+
+# --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
+SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+DTYPES = ("fp32", "fp16", "bf16")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+OUTPUT_SUFFIXES = VIDEO_SUFFIXES + (".gif",)
+
+
+class UsageError(ValueError):
+    """A bad combination of arguments found after parsing (printed like any other error)."""
+
+
+# =========================================================================== argument parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentParser:
+    p = tasks.add_parser(task, help=help_text, description=help_text,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    default_model = DEFAULT_MODELS.get(task)
+    p.add_argument("--model", required=default_model is None, default=default_model, metavar="PATH_OR_REPO",
+                   help="diffusers pipeline folder (with model_index.json) or hub repo id")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    if task == "video-to-video":
+        p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
+        p.add_argument("--strength", type=_unit_float, default=0.6,
+                       help="how much to change the input: 0 keeps it, 1 ignores it")
+        p.add_argument("--frames", type=_positive_int, default=None, help="use the first N input frames (default all)")
+        p.add_argument("--height", type=_positive_int, default=None, help="resize input frames to this height")
+        p.add_argument("--width", type=_positive_int, default=None, help="resize input frames to this width")
+        p.add_argument("--guidance", type=float, default=15.0, help="classifier-free guidance scale")
+        p.add_argument("--fps", type=_positive_float, default=None, help="output frame rate (default: the input's, else 8)")
+    else:
+        p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
+        p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--width", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
+        p.add_argument("--fps", type=_positive_float, default=8.0, help="output frame rate")
+    p.add_argument("-o", "--output", default="output.mp4",
+                   help=f"output file, {'/'.join(OUTPUT_SUFFIXES)}; with --num-videos N: NAME_0.mp4 ... NAME_{{N-1}}.mp4")
+    p.add_argument("--steps", type=_positive_int, default=25, help="number of denoising steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                   help="sampler (default: the one stored with the model)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: fp16 on cuda, fp32 on cpu)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--variant", default=None, help="weight file variant to load, e.g. fp16")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="keep models on the CPU and move each to the GPU only while it runs")
+    p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping tiles (large sizes)")
+    p.add_argument("--forward-chunking", action="store_true", help="run the UNet feed-forward layers in chunks")
+    p.add_argument("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
+                   help="enable FreeU with these factors")
+    p.add_argument("--decode-chunk-size", type=_positive_int, default=None, help="frames per VAE decode call")
+    p.add_argument("--num-videos", type=_positive_int, default=1, help="videos to generate for the prompt")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_generate, task=task)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="vidcore", description="Native PyTorch video diffusion: generate, "
+                                     "convert and inspect models.")
+    parser.add_argument("--version", action="version", version=f"vidcore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gen = commands.add_parser("generate", help="generate a video", description="Generate a video.")
+    tasks = gen.add_subparsers(dest="task", metavar="TASK", required=True)
+    _add_generate_parser(tasks, "text-to-video", "text -> video (ModelScope / Zeroscope)")
+    _add_generate_parser(tasks, "video-to-video", "video + text -> video (Zeroscope)")
+
+    conv = commands.add_parser(
+        "convert", help="convert a model between the diffusers layout and vidcore's native file",
+        description="diffusers model folder (or pipeline folder + --subfolder) -> vidcore native .safetensors "
+                    "file, or native file -> diffusers model folder. Writes atomically.")
+    conv.add_argument("src", metavar="SRC", help="diffusers model folder, pipeline folder, native file, or hub repo id")
+    conv.add_argument("dst", metavar="DST", help="output: a .safetensors file (vidcore) or a folder (diffusers)")
+    conv.add_argument("--to", choices=("vidcore", "diffusers"), default=None,
+                      help="output format (default: the opposite of SRC's)")
+    conv.add_argument("--subfolder", default=None, help="component of a pipeline folder, e.g. unet or vae")
+    conv.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep SRC's dtype)")
+    conv.add_argument("--variant", default=None, help="SRC weight file variant to read, e.g. fp16")
+    conv.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    conv.set_defaults(func=cmd_convert)
+
+    insp = commands.add_parser("inspect", help="show what a model or pipeline folder contains",
+                               description="Show architecture, format, parameters, dtypes, files and the "
+                                           "key conversion of a model (or of each model of a pipeline).")
+    insp.add_argument("path", metavar="PATH", help="model folder, pipeline folder, native file or hub repo id")
+    insp.add_argument("--subfolder", default=None, help="component of a pipeline folder, e.g. unet")
+    insp.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
+    insp.set_defaults(func=cmd_inspect)
+    return parser
+
+
+# =========================================================================== helpers
+
+
+def _torch_dtype(name: str | None):
+    from . import hub
+
+    return hub.parse_dtype(name)
+
+
+def _resolve_device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: no CUDA GPU is available here (use --device cpu)")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available here (use --device cpu)")
+    return requested
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.1f} M"
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+_FLOAT_NAMES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _safetensors_dtypes(path: Path) -> Counter:
+    """dtype name -> tensor count, read from the file header only (no tensor data)."""
+    from .errors import CheckpointError
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(100_000_000, os.path.getsize(path) - 8):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as err:
+        raise CheckpointError(f"{path}: cannot read the safetensors header ({err})") from err
+    return Counter(_SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"]) for k, v in header.items() if k != "__metadata__")
+
+
+def file_dtypes(files: Sequence[Path]) -> Counter:
+    """dtype name -> number of tensors over ``files`` (safetensors: header only; pickles: safe load)."""
+    from . import hub
+
+    counts: Counter = Counter()
+    for path in files:
+        if path.suffix == ".safetensors":
+            counts += _safetensors_dtypes(path)
+        else:
+            counts += Counter(str(t.dtype).removeprefix("torch.") for t in hub.load_state_dict(path).values())
+    return counts
+
+
+def _dominant_float_dtype(counts: Counter):
+    """The floating dtype most tensors have (a module holds one), as a torch.dtype; float32 if none."""
+    import torch
+
+    floats = [(n, name) for name, n in counts.items() if name in _FLOAT_NAMES]
+    return getattr(torch, max(floats)[1]) if floats else torch.float32
+
+
+def _format_dtypes(counts: Counter) -> str:
+    return ", ".join(f"{name} ({n} tensors)" for name, n in counts.most_common())
+
+
+def _one_line(message: str) -> str:
+    """Multi-line messages (conversion reports) -> one line: sections joined by '; ', items by ', '."""
+    sections: list[str] = []
+    for line in str(message).splitlines():
+        if not line.strip():
+            continue
+        if line[:1].isspace() and sections:
+            sep = " " if sections[-1].endswith(":") else ", "
+            sections[-1] += sep + line.strip()
+        else:
+            sections.append(line.strip())
+    return "; ".join(sections).replace(":;", ":")
+
+
+def _quiet_library_progress() -> None:
+    """Hide the weight-loading / download bars of transformers and huggingface_hub (for --no-progress)."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# =========================================================================== generate
+
+
+def _output_paths(output: str, count: int) -> list[Path]:
+    path = Path(output)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"-o/--output must end with one of {', '.join(OUTPUT_SUFFIXES)}, got {output!r}")
+    if path.exists() and path.is_dir():
+        raise UsageError(f"-o/--output {output!r} is a directory; give a file name such as {path / 'video.mp4'}")
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+
+
+def _write_video(frames, path: Path, fps: float) -> str:
+    from .io import export_to_gif, export_to_video
+
+    if path.suffix.lower() == ".gif":
+        return export_to_gif(frames, path, fps=fps)
+    return export_to_video(frames, path, fps=fps)
+
+
+def _load_input_video(args) -> tuple[list, float | None]:
+    from .io import load_video
+
+    frames, fps = load_video(args.video, return_fps=True)
+    if args.frames is not None:
+        if args.frames > len(frames):
+            raise UsageError(f"--frames {args.frames}: the input video has only {len(frames)} frames")
+        frames = frames[: args.frames]
+    if args.height is not None or args.width is not None:
+        w, h = frames[0].size
+        size = (args.width or w, args.height or h)
+        if size != (w, h):
+            import PIL.Image
+
+            frames = [f.resize(size, PIL.Image.Resampling.LANCZOS) for f in frames]
+    return frames, fps
+
+
+def _configure_pipeline(pipe, args, device: str) -> None:
+    if args.scheduler is not None:
+        from .schedulers import from_config
+
+        pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": SCHEDULERS[args.scheduler]})
+    if args.vae_slicing:
+        pipe.vae.enable_slicing()
+    if args.vae_tiling:
+        pipe.vae.enable_tiling()
+    if args.forward_chunking:
+        pipe.unet.enable_forward_chunking()
+    if args.freeu is not None:
+        pipe.unet.enable_freeu(*args.freeu)
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload(device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.no_progress)
+
+
+def cmd_generate(args) -> int:
+    model = args.model or DEFAULT_MODELS.get(args.task)
+    if model is None:
+        raise UsageError(f"generate {args.task}: --model is required")
+    outputs = _output_paths(args.output, args.num_videos)
+    device = _resolve_device(args.device)
+    if args.cpu_offload and not device.startswith("cuda"):
+        raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
+    dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    video, input_fps = _load_input_video(args) if args.task == "video-to-video" else (None, None)
+    if args.no_progress:
+        _quiet_library_progress()
+
+    import torch
+
+    from .pipelines.text_to_video import TextToVideoPipeline
+    from .pipelines.video_to_video import VideoToVideoPipeline
+
+    cls = VideoToVideoPipeline if args.task == "video-to-video" else TextToVideoPipeline
+    pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
+    _configure_pipeline(pipe, args, device)
+
+    call = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                guidance_scale=args.guidance, eta=args.eta, generator=torch.Generator("cpu").manual_seed(args.seed),
+                output_type="np", num_videos_per_prompt=args.num_videos, decode_chunk_size=args.decode_chunk_size)
+    if args.task == "video-to-video":
+        call.update(video=video, strength=args.strength)
+        fps = args.fps or input_fps or 8.0
+    else:
+        call.update(height=args.height, width=args.width, num_frames=args.frames)
+        fps = args.fps
+    frames = pipe(**call).frames  # b f h w 3 in [0, 1]
+    for video_frames, path in zip(frames, outputs):
+        print(_write_video(video_frames, path, fps))
+    return EXIT_OK
+
+
+# =========================================================================== convert
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_destination(dst: Path, to: str, force: bool) -> None:
+    if to == "vidcore" and dst.suffix != ".safetensors":
+        raise UsageError(f"DST for --to vidcore is one file and must end with .safetensors, got '{dst}'")
+    if dst.exists() or dst.is_symlink():
+        if not force:
+            raise UsageError(f"'{dst}' already exists; pass --force to overwrite it")
+        if to == "vidcore" and dst.is_dir():
+            raise UsageError(f"'{dst}' is a directory; --to vidcore writes a single .safetensors file")
+
+
+def _replace_folder(tmp: Path, dst: Path) -> None:
+    """Move the finished folder ``tmp`` to ``dst``; an existing ``dst`` is removed only once ``tmp`` is in place."""
+    backup = None
+    if dst.exists() or dst.is_symlink():
+        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, backup)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, dst)
+        raise
+    if backup is not None:
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
+
+
+def _save_diffusers_atomic(module, dst: Path, config: dict) -> Path:
+    from .loading import save_diffusers
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should look like a normal folder
+    try:
+        save_diffusers(module, tmp, diffusers_config=config)
+        _replace_folder(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _written_files(dst: Path) -> list[Path]:
+    return [dst] if dst.is_file() else sorted(p for p in dst.iterdir() if p.suffix == ".safetensors")
+
+
+def cmd_convert(args) -> int:
+    from .loading import load_model_with_info, save_native
+
+    src, dst = args.src, Path(args.dst)
+    if args.to is not None:  # check before the (slow) load when we already know the format
+        _check_destination(dst, args.to, args.force)
+    module, info = load_model_with_info(src, subfolder=args.subfolder, variant=args.variant)
+    to = args.to or ("diffusers" if info.source_format == "vidcore" else "vidcore")
+    _check_destination(dst, to, args.force)
+    if any(_same_path(dst, f) or _same_path(dst, f.parent) for f in info.files):
+        raise UsageError(f"DST '{dst}' is the source itself; write to another path")
+
+    # load_model_with_info hands back float32 unless told otherwise; casting back to the source's own
+    # dtype is exact (fp16/bf16 -> fp32 -> fp16/bf16), so without --dtype the tensors are bit-identical.
+    dtype = _torch_dtype(args.dtype) if args.dtype else _dominant_float_dtype(file_dtypes(info.files))
+    module = module.to(dtype)
+    if to == "vidcore":
+        save_native(module, dst, diffusers_config=info.diffusers_config)
+    else:
+        _save_diffusers_atomic(module, dst, info.diffusers_config)
+    tensors = sum(file_dtypes(_written_files(dst)).values())
+    size = sum(f.stat().st_size for f in _written_files(dst))
+    print(f"converted {info.architecture} {info.source_format} -> {to}: {tensors} tensors, "
+          f"{str(dtype).removeprefix('torch.')}, {_human_bytes(size)} -> {dst}")
+    return EXIT_OK
+
+
+# =========================================================================== inspect
+
+
+def _describe_model(path, subfolder: str | None, variant: str | None, indent: str = "") -> list[str]:
+    from .loading import BY_NAME, load_model_with_info
+
+    module, info = load_model_with_info(path, subfolder=subfolder, variant=variant)
+    params = sum(p.numel() for p in module.parameters())
+    arch = BY_NAME[info.architecture]
+    files = [(f, f.stat().st_size) for f in info.files]
+    lines = [
+        f"architecture:  {info.architecture} (diffusers class {arch.diffusers_class})",
+        f"format:        {info.source_format}",
+        f"parameters:    {_millions(params)}",
+        f"dtypes:        {_format_dtypes(file_dtypes(info.files))}",
+        f"files:         {len(files)}, {_human_bytes(sum(s for _, s in files))}",
+    ]
+    lines += [f"  {f}  {_human_bytes(s)}" for f, s in files]
+    if info.report is None:
+        lines.append("conversion:    none (native file: keys and shapes match the module as stored)")
+    else:
+        summary = info.report.summary().splitlines()
+        lines.append(f"conversion:    {summary[0]}")
+        lines += summary[1:]  # "  count  rule" lines
+    return [indent + line for line in lines]
+
+
+def _pipeline_components(root: Path) -> tuple[str | None, dict[str, list]]:
+    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+    comps = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
+    return index.get("_class_name"), comps
+
+
+def _loadable_component(folder: Path) -> bool:
+    from .loading import BY_DIFFUSERS
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("_class_name") in BY_DIFFUSERS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def cmd_inspect(args) -> int:
+    from . import hub
+
+    root = hub.resolve(args.path)
+    if args.subfolder or root.is_file() or not (root / "model_index.json").is_file():
+        print(f"path:          {root / args.subfolder if args.subfolder else root}")
+        print("\n".join(_describe_model(root, args.subfolder, args.variant)))
+        return EXIT_OK
+
+    class_name, comps = _pipeline_components(root)
+    print(f"pipeline:      {class_name or '?'} ({root})")
+    status = EXIT_OK
+    others = []
+    for name, spec in comps.items():
+        library, cls = (spec + [None, None])[:2]
+        if cls is None:
+            others.append(f"  {name}: (none)")
+        elif _loadable_component(root / name):
+            print(f"[{name}]  {library}.{cls}")
+            try:
+                print("\n".join(_describe_model(root, name, args.variant, indent="  ")))
+            except VidcoreError as err:  # report a broken component, go on with the others
+                print(f"  error: {_one_line(err)}")
+                status = EXIT_USAGE
+        else:
+            others.append(f"  {name}: {library}.{cls}")
+    if others:
+        print("other components:")
+        print("\n".join(others))
+    return status
+
+
+# =========================================================================== main
+
+
+def _debug() -> bool:
+    return os.environ.get("VIDCORE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _out_of_memory_types() -> tuple[type[BaseException], ...]:
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (oom,) if oom is not None else ()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 runtime failure, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # `vidcore inspect ... | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (VidcoreError, ValueError, OSError) as err:
+        if _debug():
+            raise
+        print(f"error: {_one_line(str(err)) or type(err).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        if _debug() or not isinstance(err, _out_of_memory_types()):
+            raise
+        print("error: out of memory on the GPU; try --cpu-offload, --vae-slicing, --decode-chunk-size 1, "
+              "fewer --frames or a smaller --height/--width", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())
