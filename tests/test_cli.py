@@ -325,3 +325,18 @@ def test_vidcore_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("VIDCORE_DEBUG", "1")
     with pytest.raises(VidcoreError):
         main(["inspect", str(tmp_path / "missing")])
+
+
+def test_make_random_model_then_generate(tmp_path):
+    import av
+
+    from vidcore.cli import main
+
+    folder = tmp_path / "rnd"
+    assert main(["make-random-model", str(folder)]) == 0
+    assert main(["make-random-model", str(folder)]) == 2  # refuses to overwrite
+    out = tmp_path / "r.mp4"
+    assert main(["generate", "text-to-video", "--model", str(folder), "--prompt", "a cat", "--frames", "2",
+                 "--height", "16", "--width", "16", "--steps", "1", "--no-progress", "-o", str(out)]) == 0
+    with av.open(str(out)) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 2

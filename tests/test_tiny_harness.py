@@ -74,7 +74,9 @@ def test_tokenizer_handles_any_prompt(tmp_path):
         ids = tok(prompt, padding="max_length", max_length=77, truncation=True).input_ids
         assert len(ids) == 77 and ids[0] == tok.bos_token_id and tok.eos_token_id in ids
         assert max(ids) < len(tok)
-    for word in tiny._WORDS:  # known words are single tokens
+    from vidcore.tools.clip_vocab import DEFAULT_WORDS
+
+    for word in DEFAULT_WORDS:  # known words are single tokens
         assert len(tok(word).input_ids) == 3, word
     assert len(tok("A panda, riding!").input_ids) == 2 + 5  # a panda , riding !
     assert tiny.make_tiny_tokenizer(tmp_path / "sd2", pad_token="!").pad_token_id != tok.eos_token_id

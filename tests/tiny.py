@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from vidcore.tools.clip_vocab import write_clip_vocab
+
 # scheduler_config.json of damo-vilab/text-to-video-ms-1.7b (also Zeroscope)
 MODELSCOPE_SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -36,69 +38,19 @@ MODELSCOPE_SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
 }
 
-# Words that become single tokens; everything else splits into (byte-level) characters.
-_WORDS = (
-    "a an the of in on with and is at to by for from video photo painting "
-    "cat dog panda horse astronaut bear teddy man woman robot car boat bird fish "
-    "riding playing walking running surfing dancing eating flying swimming "
-    "guitar wave beach forest city street sky sea snow space mars moon "
-    "red blue green white black golden high quality detailed cinematic"
-).split()
-
-
 # ----------------------------------------------------------------------------- tokenizer / text encoder
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode character table."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Byte-pair encoding of one word: repeatedly merge the adjacent pair with the best rank."""
-    while len(pieces) > 1:
-        rank, i = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(pieces, pieces[1:])))
-        if rank == math.inf:
-            break
-        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
-    return pieces
 
 
 def make_tiny_tokenizer(folder, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """Write a small CLIP BPE vocab (``vocab.json``, ``merges.txt``) into ``folder`` and load it.
 
     Vocabulary laid out like CLIP's: the 256 byte characters, the same with ``</w>``, the merge
-    results (so each of ``_WORDS`` is one token), then ``<|startoftext|>`` and ``<|endoftext|>``. Any text
+    results (so each of ``DEFAULT_WORDS`` is one token), then ``<|startoftext|>`` and ``<|endoftext|>``. Any text
     tokenizes (unknown words fall back to characters). bos/eos/unk are ``<|startoftext|>`` /
     ``<|endoftext|>`` / ``<|endoftext|>``; ``pad_token`` defaults to ``<|endoftext|>`` as in OpenAI
     CLIP (pass ``"!"`` for the OpenCLIP / SD2 convention). ``model_max_length`` is 77.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = list(_bytes_to_unicode().values())
-    vocab_list = base + [c + "</w>" for c in base]
-    ranks: dict[tuple[str, str], int] = {}
-    for word in _WORDS:
-        # append merges until BPE (with the merges so far) turns the word into one token; a merge added
-        # later has the lowest priority, so it never changes how earlier words are split
-        while len(pieces := _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)) > 1:
-            ranks[(pieces[0], pieces[1])] = len(ranks)
-            vocab_list.append(pieces[0] + pieces[1])
-    merges = list(ranks)
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
+    write_clip_vocab(folder)
     return CLIPTokenizer.from_pretrained(folder, model_max_length=77, pad_token=pad_token)
 
 

@@ -166,7 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--subfolder", default=None, help="component of a pipeline folder, e.g. unet")
     insp.add_argument("--variant", default=None, help="weight file variant, e.g. fp16")
     insp.set_defaults(func=cmd_inspect)
+
+    rnd = commands.add_parser("make-random-model", help="write a random ModelScope-layout pipeline folder (offline)",
+                              description="Write a randomly initialised text-to-video pipeline folder in the "
+                                          "diffusers layout, to try the tool chain with no network. Its videos "
+                                          "are structured noise.")
+    rnd.add_argument("dst", metavar="DIR", help="folder to create (must not exist)")
+    rnd.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.set_defaults(func=cmd_make_random_model)
     return parser
+
+
+def cmd_make_random_model(args) -> int:
+    from .tools.random_model import make_random_pipeline
+
+    print(make_random_pipeline(args.dst, size=args.size, seed=args.seed))
+    return 0
 
 
 # =========================================================================== helpers

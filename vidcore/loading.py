@@ -115,7 +115,7 @@ def _locate(path, subfolder, variant, revision, token) -> tuple[Path, str]:
     if (folder / "model_index.json").is_file():
         comps = sorted(k for k, v in json.loads((folder / "model_index.json").read_text()).items()
                        if not k.startswith("_") and isinstance(v, list))
-        raise ModelNotFoundError(f"{folder} is a pipeline folder; pass subfolder= one of {comps}")
+        raise ModelNotFoundError(f"{folder} is a pipeline folder; pass subfolder= (CLI: --subfolder) one of {comps}")
     raise ModelNotFoundError(f"{folder}: no config.json (diffusers layout) or {NATIVE_WEIGHTS} (vidcore layout) found")
 
 
@@ -171,9 +171,18 @@ def architecture_of(module: nn.Module) -> Architecture:
     raise TypeError(f"no conversion map for {type(module).__name__}")
 
 
+def _temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """A temp file beside the destination, with normal (umask) permissions instead of mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path.parent, path.name)
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -200,7 +209,7 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
     folder = Path(folder)
     config = diffusers_config or module.config.to_diffusers_config()
     _atomic_save(state, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.json.", suffix=".tmp")
+    fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     os.replace(tmp, folder / "config.json")

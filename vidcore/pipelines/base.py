@@ -32,9 +32,10 @@ def load_tokenizer(folder: Path):
 
 
 def load_text_encoder(folder: Path, torch_dtype=None, variant=None):
+    """CLIP text encoder in ``torch_dtype``, float32 by default (as every other component)."""
     from transformers import CLIPTextModel
 
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    kwargs = {"dtype": torch_dtype or torch.float32}
     if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
         kwargs["variant"] = variant
     return CLIPTextModel.from_pretrained(str(folder), **kwargs).eval()

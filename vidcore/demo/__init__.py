@@ -1,0 +1,30 @@
+"""A tiny text-to-video model trained by the project on synthetic clips, shipped inside the package.
+
+``vidcore generate text-to-video --prompt "a red circle moving right" -o demo.mp4`` uses it when no
+``--model`` is given. It knows 4 colors (red, green, blue, yellow), 3 shapes (circle, square,
+triangle) and 4 directions (left, right, up, down): prompts look like ``"a {color} {shape} moving
+{direction}"``. See ``vidcore/demo/README.md`` for the data, training and measured accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelNotFoundError
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+# what the CLI uses for the demo model (its training resolution and a measured sampler setting)
+DEFAULTS = dict(num_frames=8, height=32, width=32, num_inference_steps=25, guidance_scale=5.0, fps=4)
+
+
+def demo_model_path() -> Path:
+    """The shipped demo pipeline folder; raises ModelNotFoundError when it is not installed."""
+    if not (MODEL_DIR / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"the built-in demo model is missing ({MODEL_DIR}/model_index.json not found). Reinstall vidcore, "
+            f"retrain it with `python -m vidcore.demo.train --out {MODEL_DIR}`, or pass --model PATH_OR_REPO")
+    return MODEL_DIR
+
+
+__all__ = ["DEFAULTS", "MODEL_DIR", "demo_model_path"]
