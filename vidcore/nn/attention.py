@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 # kind -> backend name -> fn(q, k, v) on (batch, heads, seq, head_dim) tensors
@@ -27,7 +28,9 @@ BACKEND_NAMES = ("auto", "sdpa", "math")
 
 
 def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
-    """Make ``name`` selectable; ``fn(q, k, v, kind)`` must return the attention output or None to decline."""
+    """Make ``name`` selectable for temporal attention: ``fn(q, k, v, num_frames, heads)`` on
+    ``(b f) n (heads d)`` tensors returns the output in that layout, or None to decline (unsupported
+    device, dtype or shape), in which case SDPA runs."""
     _BACKENDS[name] = fn
 
 
@@ -60,20 +63,29 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(dim=-1), v.float()).to(q.dtype)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None, kind: str = "spatial") -> torch.Tensor:
-    """Attention on (batch, heads, seq, head_dim) tensors. ``kind`` is "spatial", "cross" or "temporal"."""
-    name = backend or _GLOBAL_BACKEND
-    if name == "math":
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """Attention on (batch, heads, seq, head_dim) tensors with the chosen backend ("math" or SDPA)."""
+    if (backend or _GLOBAL_BACKEND) == "math":
         return math_attention(q, k, v)
-    if name in _BACKENDS:
-        out = _BACKENDS[name](q, k, v, kind)
-        if out is not None:
-            return out
-    elif name == "auto" and "triton" in _BACKENDS and kind == "temporal":
-        out = _BACKENDS["triton"](q, k, v, kind)
-        if out is not None:
-            return out
     return F.scaled_dot_product_attention(q, k, v)
+
+
+def temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, heads: int,
+                    backend: str | None = None) -> torch.Tensor:
+    """Attention over frames for tensors in the spatial layout ``(b f) n (heads d)``; same layout out.
+
+    Each pixel of each video attends over its ``f`` frames. A registered kernel (the Triton one) reads
+    this layout directly; the SDPA/math path rearranges to ``(b n) heads f d`` and back.
+    """
+    name = backend or _GLOBAL_BACKEND
+    kernel = _BACKENDS.get(name) or (_BACKENDS.get("triton") if name == "auto" else None)
+    if kernel is not None:
+        out = kernel(q, k, v, num_frames, heads)
+        if out is not None:
+            return out
+    to_heads = lambda t: rearrange(t, "(b f) n (h d) -> (b n) h f d", f=num_frames, h=heads)  # noqa: E731
+    out = attend(to_heads(q), to_heads(k), to_heads(v), "math" if name == "math" else "sdpa")
+    return rearrange(out, "(b n) h f d -> (b f) n (h d)", n=q.shape[1])
 
 
 class Attention(nn.Module):
@@ -83,25 +95,26 @@ class Attention(nn.Module):
     projection has one.
     """
 
-    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None,
-                 bias: bool = False, kind: str = "spatial"):
+    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False):
         super().__init__()
         inner = heads * head_dim
-        self.heads, self.head_dim, self.kind = heads, head_dim, kind
+        self.heads, self.head_dim = heads, head_dim
         self.backend: str | None = None
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
         self.to_out = nn.Linear(inner, query_dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: b n c ; context: b m c_ctx
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
+        """x: b n c tokens attending to ``context`` (b m c_ctx, default x). With ``num_frames`` the
+        attention runs over frames instead: x is ``(b f) n c`` and each pixel attends over its frames."""
         context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        if num_frames is not None:
+            return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend))
         b = x.shape[0]
-        q = self.to_q(x).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        k = self.to_k(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        out = attend(q, k, v, self.backend, self.kind)  # b heads n d
+        q, k, v = (t.view(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        out = attend(q, k, v, self.backend)  # b heads n d
         return self.to_out(out.transpose(1, 2).reshape(b, -1, self.heads * self.head_dim))
 
 
@@ -124,6 +137,6 @@ class SpatialSelfAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # b (h w) c
         q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))
-        out = attend(q, k, v, kind="spatial").squeeze(1)
+        out = attend(q, k, v).squeeze(1)
         out = self.to_out(out).transpose(1, 2).reshape(b, c, h, w)
         return x + out

@@ -44,20 +44,19 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
-                 double_self_attention: bool = False, kind: str = "spatial"):
+                 double_self_attention: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, head_dim, kind=kind)
+        self.attn1 = Attention(dim, heads, head_dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim,
-                               kind=kind if double_self_attention else "cross")
+        self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        # x: b n c
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
+        """x: b n c. With ``num_frames``, x is ``(b f) n c`` and both attentions run over frames."""
+        x = x + self.attn1(self.norm1(x), num_frames=num_frames)
+        x = x + self.attn2(self.norm2(x), context, num_frames=num_frames)
         return x + self.ff(self.norm3(x))
 
 
@@ -86,9 +85,22 @@ class SpatialTransformer(nn.Module):
         return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=h, w=w)
 
 
+def video_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """GroupNorm whose statistics span all frames of each video, applied to ``(b f) c h w`` in place
+    of layout (no transpose to ``b c f h w``)."""
+    n, c, h, w = x.shape
+    g = norm.num_groups
+    grouped = x.view(n // num_frames, num_frames, g, c // g, h * w)
+    var, mean = torch.var_mean(grouped.float(), dim=(1, 3, 4), keepdim=True, correction=0)
+    out = ((grouped - mean) * torch.rsqrt(var + norm.eps)).to(x.dtype).view(n, c, h, w)
+    return out * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
+
+
 class TemporalTransformer(nn.Module):
     """Attention over the frames at each pixel (ModelScope: two self-attentions, no positions).
 
+    Tokens stay in the per-frame layout ``(b f) (h w) c`` throughout: projections and feed-forward
+    are per token, and only the attention mixes frames (see ``nn.attention.temporal_attend``).
     GroupNorm statistics span all frames of a video, as in ModelScope.
     """
 
@@ -98,16 +110,14 @@ class TemporalTransformer(nn.Module):
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, head_dim, double_self_attention=True, kind="temporal") for _ in range(layers)
+            TransformerBlock(inner, heads, head_dim, double_self_attention=True) for _ in range(layers)
         )
         self.proj_out = nn.Linear(inner, channels)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         # x: (b f) c h w
         n, c, h, w = x.shape
-        video = self.norm(rearrange(x, "(b f) c h w -> b c f h w", f=num_frames))
-        tokens = self.proj_in(rearrange(video, "b c f h w -> (b h w) f c"))
+        tokens = self.proj_in(rearrange(video_group_norm(self.norm, x, num_frames), "n c h w -> n (h w) c"))
         for block in self.transformer_blocks:
-            tokens = block(tokens)
-        out = rearrange(self.proj_out(tokens), "(b h w) f c -> (b f) c h w", h=h, w=w)
-        return x + out
+            tokens = block(tokens, num_frames=num_frames)
+        return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=h, w=w)
