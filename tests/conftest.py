@@ -4,10 +4,17 @@
 (the tiny-model harness, see tests/tiny.py). Nothing here imports diffusers at import time.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in the interpreter; the variable must be set before triton is
+# imported anywhere (kernels/ imports it), so it is set here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:

@@ -1,44 +1,41 @@
 """Multi-head attention with a switchable backend.
 
-Every attention in vidcore goes through :func:`attend`, so a faster kernel (for example the Triton
-temporal-attention kernel) plugs in at one place. Backends:
+Every attention in vidcore goes through :func:`attend` (tokens attend to tokens) or
+:func:`temporal_attend` (each pixel attends over its frames), so faster kernels plug in at one place.
+Backends:
 
-* ``"sdpa"`` – ``torch.nn.functional.scaled_dot_product_attention`` (default).
+* ``"auto"`` (default) – the fused Triton kernel for temporal attention on CUDA when Triton is
+  installed and the shape/dtype is supported; SDPA everywhere else (never Triton on the CPU).
+* ``"sdpa"`` – ``torch.nn.functional.scaled_dot_product_attention``.
+* ``"triton"`` – the Triton kernel for temporal attention (errors if it cannot run); SDPA for the rest.
 * ``"math"`` – explicit softmax(QK^T/sqrt(d))V in float32; the readable reference.
-* ``"auto"`` – currently SDPA; the Triton backend registers itself for temporal attention.
 
-The backend is chosen globally with :func:`set_attention_backend` or per module through
-``Attention.backend`` (``None`` means "use the global one").
+Choose globally with :func:`set_attention_backend` (or the :func:`attention_backend` context), or per
+module with :func:`set_module_attention_backend` (``Attention.backend``; ``None`` = the global one).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-# kind -> backend name -> fn(q, k, v) on (batch, heads, seq, head_dim) tensors
-_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {}
+BACKEND_NAMES = ("auto", "sdpa", "triton", "math")
 _GLOBAL_BACKEND = "auto"
-BACKEND_NAMES = ("auto", "sdpa", "math")
 
 
-def register_backend(name: str, fn: Callable[..., torch.Tensor]) -> None:
-    """Make ``name`` selectable for temporal attention: ``fn(q, k, v, num_frames, heads)`` on
-    ``(b f) n (heads d)`` tensors returns the output in that layout, or None to decline (unsupported
-    device, dtype or shape), in which case SDPA runs."""
-    _BACKENDS[name] = fn
+def _check(name: str) -> str:
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKEND_NAMES}")
+    return name
 
 
 def set_attention_backend(name: str) -> None:
     global _GLOBAL_BACKEND
-    if name not in BACKEND_NAMES and name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(set(BACKEND_NAMES) | set(_BACKENDS))}")
-    _GLOBAL_BACKEND = name
+    _GLOBAL_BACKEND = _check(name)
 
 
 def get_attention_backend() -> str:
@@ -54,6 +51,30 @@ def attention_backend(name: str):
         yield
     finally:
         set_attention_backend(previous)
+
+
+def set_module_attention_backend(module: nn.Module, name: str | None) -> None:
+    """Pin every attention inside ``module`` to backend ``name`` (``None``: follow the global one)."""
+    if name is not None:
+        _check(name)
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.backend = name
+
+
+def _triton_temporal(q, k, v, num_frames: int, heads: int, required: bool) -> torch.Tensor | None:
+    """Run the fused kernel (kernels/temporal_attention.py) or return None to fall back to SDPA."""
+    if not required and not q.is_cuda:
+        return None  # "auto" never picks Triton on the CPU
+    try:
+        from kernels.temporal_attention import HAS_TRITON, temporal_attention_triton, triton_temporal_backend
+    except ImportError:
+        HAS_TRITON = False
+    if required:
+        if not HAS_TRITON:
+            raise RuntimeError("attention backend 'triton' needs the triton package (pip install triton)")
+        return temporal_attention_triton(q, k, v, num_frames, heads)
+    return triton_temporal_backend(q, k, v, num_frames, heads) if HAS_TRITON else None
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -78,9 +99,8 @@ def temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frame
     this layout directly; the SDPA/math path rearranges to ``(b n) heads f d`` and back.
     """
     name = backend or _GLOBAL_BACKEND
-    kernel = _BACKENDS.get(name) or (_BACKENDS.get("triton") if name == "auto" else None)
-    if kernel is not None:
-        out = kernel(q, k, v, num_frames, heads)
+    if name in ("auto", "triton"):
+        out = _triton_temporal(q, k, v, num_frames, heads, required=name == "triton")
         if out is not None:
             return out
     to_heads = lambda t: rearrange(t, "(b f) n (h d) -> (b n) h f d", f=num_frames, h=heads)  # noqa: E731
