@@ -77,3 +77,41 @@ def test_triton_backend_in_a_whole_unet_under_the_interpreter(tmp_path):
         A.set_module_attention_backend(unet, "triton")
         got = unet(x, 5, ctx)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups,frames", [(2, 3), (3, 4), (1, 5)])
+def test_cross_frame_attention_matches_diffusers_processor(groups, frames):
+    from diffusers.models.attention_processor import Attention as DAttention
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor2_0,
+    )
+
+    ref = tiny.randomize_(DAttention(query_dim=16, heads=2, dim_head=8), 0).eval()
+    ref.set_processor(CrossFrameAttnProcessor2_0(batch_size=groups))
+    ours = A.Attention(16, 2, 8).eval()
+    ours.load_state_dict({k.replace("to_out.0", "to_out"): v for k, v in ref.state_dict().items()})
+    x = torch.randn(groups * frames, 6, 16, generator=torch.Generator().manual_seed(1))
+    A.set_cross_frame_attention(ours, frames)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+        ctx = torch.randn(groups * frames, 4, 16)
+        torch.testing.assert_close(ours(x, ctx), ref(x, ctx), rtol=1e-5, atol=1e-6)  # cross-attention unchanged
+        A.set_cross_frame_attention(ours, None)
+        assert not torch.allclose(ours(x), ref(x))  # back to per-frame self-attention
+
+
+def test_cross_frame_source_frame_and_bad_batch():
+    attn = A.Attention(8, 1, 8).eval()
+    x = torch.randn(6, 3, 8)
+    A.set_cross_frame_attention(attn, 3, source_frame=2)
+    with torch.no_grad():
+        out = attn(x)
+        # frame 2 of each video attends to itself: equals plain self-attention for that frame
+        A.set_cross_frame_attention(attn, None)
+        plain = attn(x)
+    torch.testing.assert_close(out[2::3], plain[2::3])
+    A.set_cross_frame_attention(attn, 4)
+    with pytest.raises(ValueError, match="batch 6 is not a multiple of 4 frames"):
+        attn(x)
+    with pytest.raises(ValueError, match=r"source_frame must be in \[0, 3\)"):
+        A.set_cross_frame_attention(attn, 3, source_frame=3)

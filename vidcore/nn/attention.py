@@ -120,6 +120,8 @@ class Attention(nn.Module):
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
         self.backend: str | None = None
+        # Cross-frame mode (Text2Video-Zero): (frames per video, source frame) or None.
+        self.cross_frame: tuple[int, int] | None = None
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
@@ -128,6 +130,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
         """x: b n c tokens attending to ``context`` (b m c_ctx, default x). With ``num_frames`` the
         attention runs over frames instead: x is ``(b f) n c`` and each pixel attends over its frames."""
+        if context is None and num_frames is None and self.cross_frame is not None:
+            context = self._source_frame_tokens(x)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if num_frames is not None:
@@ -136,6 +140,30 @@ class Attention(nn.Module):
         q, k, v = (t.view(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         out = attend(q, k, v, self.backend)  # b heads n d
         return self.to_out(out.transpose(1, 2).reshape(b, -1, self.heads * self.head_dim))
+
+
+    def _source_frame_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(b f) n c -> the tokens of each video's source frame, repeated for its f frames (a view).
+
+        Projecting k/v from these equals projecting every frame and then picking the source frame's
+        k/v, as diffusers' CrossFrameAttnProcessor does, at 1/f of the projection cost."""
+        frames, source = self.cross_frame
+        if x.shape[0] % frames:
+            raise ValueError(f"cross-frame attention: batch {x.shape[0]} is not a multiple of {frames} frames")
+        video = x.view(x.shape[0] // frames, frames, *x.shape[1:])
+        return video[:, source: source + 1].expand_as(video).reshape(x.shape)
+
+
+def set_cross_frame_attention(module: nn.Module, num_frames: int | None, source_frame: int = 0) -> None:
+    """Make every spatial self-attention in ``module`` take keys/values from frame ``source_frame`` of its
+    video (Text2Video-Zero's cross-frame attention); ``num_frames=None`` restores ordinary self-attention.
+    Batches are ``(b f)``-ordered: frames of one video are consecutive. Cross- and temporal attentions
+    are unaffected."""
+    if num_frames is not None and not 0 <= source_frame < num_frames:
+        raise ValueError(f"source_frame must be in [0, {num_frames}), got {source_frame}")
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.cross_frame = None if num_frames is None else (num_frames, source_frame)
 
 
 class SpatialSelfAttention(nn.Module):
