@@ -137,14 +137,14 @@ class MidBlock3D(nn.Module):
 class UNet3D(nn.Module):
     """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
 
-    def __init__(self, config: UNet3DConfig):
+    def __init__(self, config: UNet3DConfig, conv_in_channels: int | None = None):
         super().__init__()
         config.validate()
         self.config = cfg = config
         ch = cfg.block_out_channels
         temb = ch[0] * 4
         head_dims = cfg.head_dims()
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(conv_in_channels or cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
         self.transformer_in = TemporalTransformer(ch[0], 8, head_dims[0], cfg.norm_num_groups)
 
@@ -199,13 +199,15 @@ class UNet3D(nn.Module):
         return self.conv_in.weight.dtype
 
     # -- forward ------------------------------------------------------------------------------
-    def time_embed(self, timestep, batch: int, device, cond=None) -> torch.Tensor:
-        t = torch.as_tensor(timestep, device=device)
+    def time_features(self, t, batch: int, device) -> torch.Tensor:
+        """Scalar or (batch,) values -> (batch, c0) sinusoidal features in the model dtype."""
+        t = torch.as_tensor(t, device=device)
         if t.ndim == 0:
             t = t[None]
-        t = t.expand(batch)
-        emb = sinusoidal_embedding(t, self.config.block_out_channels[0]).to(self.dtype)
-        return self.time_embedding(emb, cond)
+        return sinusoidal_embedding(t.expand(batch), self.config.block_out_channels[0]).to(self.dtype)
+
+    def time_embed(self, timestep, batch: int, device, cond=None) -> torch.Tensor:
+        return self.time_embedding(self.time_features(timestep, batch, device), cond)
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
@@ -213,10 +215,17 @@ class UNet3D(nn.Module):
                 mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
         # sample: b c f h w ; encoder_hidden_states: b m d
         b, _, f, h, w = sample.shape
+        temb = self.time_embed(timestep, b, sample.device, timestep_cond)
+        return self.backbone(sample, temb, encoder_hidden_states, down_block_additional_residuals,
+                             mid_block_additional_residual)
+
+    def backbone(self, sample: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 down_block_additional_residuals=None, mid_block_additional_residual=None) -> torch.Tensor:
+        """Everything after the embeddings: sample b c f h w, temb b d, context b m d -> b c_out f h w."""
+        b, _, f, h, w = sample.shape
         up_factor = 2 ** (len(self.up_blocks) - 1)
         odd_size = h % up_factor != 0 or w % up_factor != 0
-
-        temb = self.time_embed(timestep, b, sample.device, timestep_cond).repeat_interleave(f, dim=0)
+        temb = temb.repeat_interleave(f, dim=0)  # (b f) d
         context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
 
         x = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))

@@ -11,24 +11,32 @@ from .attention import Attention
 
 
 class FeedForward(nn.Module):
-    """GEGLU feed-forward (x*gelu(gate)), optionally run in chunks along one dim to cap memory.
+    """Position-wise feed-forward: GEGLU (``x * gelu(gate)``, the default) or plain GELU, optionally run
+    in chunks along one dim to cap memory.
 
     ``chunk_size``/``chunk_dim`` mirror diffusers' ``enable_forward_chunking``; chunking is exact
     because the feed-forward is position-wise.
     """
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, activation: str = "geglu", inner: int | None = None):
         super().__init__()
-        inner = dim * mult
-        self.proj_in = nn.Linear(dim, inner * 2)
+        if activation not in ("geglu", "gelu"):
+            raise ValueError(f"feed-forward activation must be 'geglu' or 'gelu', got {activation!r}")
+        inner = inner or dim * mult
+        self.gated = activation == "geglu"
+        self.proj_in = nn.Linear(dim, inner * 2 if self.gated else inner)
         self.dropout = nn.Dropout(dropout)
         self.proj_out = nn.Linear(inner, dim)
         self.chunk_size: int | None = None
         self.chunk_dim = 0
 
     def _ff(self, x: torch.Tensor) -> torch.Tensor:
-        h, gate = self.proj_in(x).chunk(2, dim=-1)
-        return self.proj_out(self.dropout(h * F.gelu(gate)))
+        if self.gated:
+            h, gate = self.proj_in(x).chunk(2, dim=-1)
+            h = h * F.gelu(gate)
+        else:
+            h = F.gelu(self.proj_in(x))
+        return self.proj_out(self.dropout(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.chunk_size:
