@@ -26,12 +26,14 @@ from torch import nn
 
 from conversion.engine import ConversionReport, KeyMap, load_into
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
+from conversion.maps.diffusers_svd import SVD_UNET_MAP
 from conversion.maps.diffusers_unet3d import UNET3D_MAP
 from conversion.maps.diffusers_vae import VAE_MAP
 
 from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
+from .models.svd_unet import SVDUNet, SVDUNetConfig
 from .models.unet3d import UNet3D, UNet3DConfig
 from .models.vae import AutoencoderKL, AutoencoderKLConfig
 
@@ -48,6 +50,7 @@ class Architecture:
 ARCHITECTURES = [
     Architecture("unet3d", "UNet3DConditionModel", UNet3D, UNet3DConfig, UNET3D_MAP),
     Architecture("i2vgen_xl_unet", "I2VGenXLUNet", I2VGenXLUNet, I2VGenXLConfig, I2VGEN_MAP),
+    Architecture("svd_unet", "UNetSpatioTemporalConditionModel", SVDUNet, SVDUNetConfig, SVD_UNET_MAP),
     Architecture("autoencoder_kl", "AutoencoderKL", AutoencoderKL, AutoencoderKLConfig, VAE_MAP),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}

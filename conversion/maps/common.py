@@ -7,8 +7,8 @@ def attention_rules() -> list[Rule]:
     """diffusers wraps attention outputs and feed-forwards in Sequential/ModuleList containers."""
     return [
         Rule("{p}.to_out.0.{leaf}", "{p}.to_out.{leaf}"),
-        Rule("{p}.ff.net.0.proj.{leaf}", "{p}.ff.proj_in.{leaf}"),
-        Rule("{p}.ff.net.2.{leaf}", "{p}.ff.proj_out.{leaf}"),
+        Rule("{p}.net.0.proj.{leaf}", "{p}.proj_in.{leaf}", name="feed-forward in"),
+        Rule("{p}.net.2.{leaf}", "{p}.proj_out.{leaf}", name="feed-forward out"),
     ]
 
 

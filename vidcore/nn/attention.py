@@ -132,6 +132,10 @@ class Attention(nn.Module):
         attention runs over frames instead: x is ``(b f) n c`` and each pixel attends over its frames."""
         if context is None and num_frames is None and self.cross_frame is not None:
             context = self._source_frame_tokens(x)
+        if context is not None and context.shape[1] == 1 and num_frames is None:
+            # One key: softmax weights are exactly 1, so every query gets that token's value
+            # (SVD's image-embedding cross-attention). Skips q, k and the score computation.
+            return self.to_out(self.to_v(context)).expand(x.shape[0], x.shape[1], -1)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if num_frames is not None:

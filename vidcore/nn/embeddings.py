@@ -24,12 +24,12 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True
 class TimestepMLP(nn.Module):
     """Linear -> SiLU -> Linear, with an optional projected condition added first (LCM-style)."""
 
-    def __init__(self, in_dim: int, out_dim: int, cond_dim: int | None = None):
+    def __init__(self, in_dim: int, hidden_dim: int, cond_dim: int | None = None, out_dim: int | None = None):
         super().__init__()
         self.cond_proj = nn.Linear(cond_dim, in_dim, bias=False) if cond_dim else None
-        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_1 = nn.Linear(in_dim, hidden_dim)
         self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(out_dim, out_dim)
+        self.linear_2 = nn.Linear(hidden_dim, out_dim or hidden_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is not None and self.cond_proj is not None:

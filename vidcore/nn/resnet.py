@@ -67,3 +67,58 @@ class TemporalConv(nn.Module):
         for layer in self.layers:
             h = layer(h)
         return rearrange(video + h, "b c f h w -> (b f) c h w")
+
+
+class TemporalResBlock(nn.Module):
+    """SVD's temporal res block on ``b c f h w``: two GroupNorm-SiLU-Conv3d(3x1x1) steps over frames,
+    the per-frame time embedding added between them."""
+
+    def __init__(self, channels: int, temb_channels: int | None, eps: float, groups: int = 32):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels, eps=eps)
+        self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.time_emb_proj = nn.Linear(temb_channels, channels) if temb_channels else None
+        self.norm2 = nn.GroupNorm(groups, channels, eps=eps)
+        self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        # x: b c f h w ; temb: b f c_t
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + rearrange(self.time_emb_proj(F.silu(temb)), "b f c -> b c f 1 1")
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class AlphaBlender(nn.Module):
+    """``a * spatial + (1 - a) * temporal`` with a learned ``a = sigmoid(mix_factor)``.
+
+    ``switch`` swaps the roles (SVD's VAE decoder mixes ``1 - a`` of the spatial path)."""
+
+    def __init__(self, alpha: float = 0.5, switch: bool = False):
+        super().__init__()
+        self.mix_factor = nn.Parameter(torch.tensor([alpha]))
+        self.switch = switch
+
+    def forward(self, spatial: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.mix_factor).to(spatial.dtype)
+        if self.switch:
+            a = 1.0 - a
+        return a * spatial + (1.0 - a) * temporal
+
+
+class SpatioTemporalResBlock(nn.Module):
+    """SVD's res block: a 2D res block per frame, then a temporal res block, blended by a learned alpha."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, eps: float,
+                 temporal_eps: float | None = None, alpha: float = 0.5, switch: bool = False):
+        super().__init__()
+        self.spatial_res_block = ResBlock2D(in_channels, out_channels, temb_channels, 32, eps)
+        self.temporal_res_block = TemporalResBlock(out_channels, temb_channels, temporal_eps or eps)
+        self.time_mixer = AlphaBlender(alpha, switch)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+        # x: (b f) c h w ; temb: (b f) c_t
+        spatial = rearrange(self.spatial_res_block(x, temb), "(b f) c h w -> b c f h w", f=num_frames)
+        t = None if temb is None else rearrange(temb, "(b f) c -> b f c", f=num_frames)
+        mixed = self.time_mixer(spatial, self.temporal_res_block(spatial, t))
+        return rearrange(mixed, "b c f h w -> (b f) c h w")

@@ -8,6 +8,8 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention
+from .embeddings import TimestepMLP, sinusoidal_embedding
+from .resnet import AlphaBlender
 
 
 class FeedForward(nn.Module):
@@ -128,4 +130,59 @@ class TemporalTransformer(nn.Module):
         tokens = self.proj_in(rearrange(video_group_norm(self.norm, x, num_frames), "n c h w -> n (h w) c"))
         for block in self.transformer_blocks:
             tokens = block(tokens, num_frames=num_frames)
+        return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=h, w=w)
+
+
+class TemporalMixBlock(nn.Module):
+    """SVD's temporal block on ``(b f) n c`` tokens: LayerNorm + GEGLU feed-forward in (residual),
+    self-attention over frames, cross-attention to the conditioning, GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None):
+        super().__init__()
+        self.norm_in = nn.LayerNorm(dim)
+        self.ff_in = FeedForward(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+        x = x + self.ff_in(self.norm_in(x))
+        x = x + self.attn1(self.norm1(x), num_frames=num_frames)
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """SVD's transformer: per layer, a spatial block, then a temporal block on the same tokens plus a
+    frame-index embedding, blended with a learned alpha.
+
+    The temporal cross-attention in diffusers uses the first frame's context for every frame; the
+    context is the same for all frames of a video here, so the per-frame context is used directly.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, layers: int = 1):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(layers))
+        self.temporal_transformer_blocks = nn.ModuleList(
+            TemporalMixBlock(inner, heads, head_dim, context_dim) for _ in range(layers)
+        )
+        self.time_pos_embed = TimestepMLP(channels, 4 * channels, out_dim=channels)
+        self.time_mixer = AlphaBlender(0.5)
+        self.proj_out = nn.Linear(inner, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # x: (b f) c h w ; context: (b f) m d
+        n, c, h, w = x.shape
+        tokens = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))
+        frame_ids = torch.arange(num_frames, device=x.device).repeat(n // num_frames)
+        frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_ids, c).to(tokens.dtype))[:, None]  # n 1 c
+        for spatial, temporal in zip(self.transformer_blocks, self.temporal_transformer_blocks):
+            tokens = spatial(tokens, context)
+            tokens = self.time_mixer(tokens, temporal(tokens + frame_emb, context, num_frames))
         return x + rearrange(self.proj_out(tokens), "n (h w) c -> n c h w", h=h, w=w)

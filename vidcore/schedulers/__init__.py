@@ -14,20 +14,28 @@ from .common import Scheduler, SchedulerConfig, read_config
 from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
 from .dpm_solver import DPMSolverMultistepConfig, DPMSolverMultistepScheduler
+from .euler import EulerDiscreteConfig, EulerDiscreteScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.diffusers_name: cls for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)
+    cls.diffusers_name: cls
+    for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler)
 }
+# short names beyond "<ClassName> minus 'Scheduler'" (lower-case keys)
+SHORT_NAMES: dict[str, str] = {"euler": "EulerDiscreteScheduler"}
 
 
 def scheduler_class(name: str) -> type[Scheduler]:
     """Class for a diffusers class name ("DDIMScheduler") or its bare form ("DDIM", "ddim")."""
     key = name.lower().removesuffix("scheduler")
+    if key in SHORT_NAMES:
+        return SCHEDULERS[SHORT_NAMES[key]]
     for full, cls in SCHEDULERS.items():
         if key == full.lower().removesuffix("scheduler"):
             return cls
     supported = ", ".join(SCHEDULERS)
-    raise ValueError(f"unsupported scheduler type {name!r}; supported: {supported} (or without 'Scheduler')")
+    raise ValueError(
+        f"unsupported scheduler type {name!r}; supported: {supported} (or without 'Scheduler'; 'Euler' also works)"
+    )
 
 
 def from_config(config: dict | str | Path, **overrides) -> Scheduler:
@@ -46,6 +54,8 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepConfig",
     "DPMSolverMultistepScheduler",
+    "EulerDiscreteConfig",
+    "EulerDiscreteScheduler",
     "Scheduler",
     "SchedulerConfig",
     "from_config",
