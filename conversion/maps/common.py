@@ -5,11 +5,13 @@ from ..engine import Rule
 
 def attention_rules() -> list[Rule]:
     """diffusers wraps attention outputs and feed-forwards in Sequential/ModuleList containers."""
-    return [
-        Rule("{p}.to_out.0.{leaf}", "{p}.to_out.{leaf}"),
-        Rule("{p}.net.0.proj.{leaf}", "{p}.proj_in.{leaf}", name="feed-forward in"),
-        Rule("{p}.net.2.{leaf}", "{p}.proj_out.{leaf}", name="feed-forward out"),
-    ]
+    rules = [Rule("{p}.to_out.0.{leaf}", "{p}.to_out.{leaf}")]
+    for ff in ("ff", "ff_in"):  # ff_in: SVD's temporal blocks
+        rules += [
+            Rule(f"{{p}}.{ff}.net.0.proj.{{leaf}}", f"{{p}}.{ff}.proj_in.{{leaf}}"),
+            Rule(f"{{p}}.{ff}.net.2.{{leaf}}", f"{{p}}.{ff}.proj_out.{{leaf}}"),
+        ]
+    return rules
 
 
 def identity() -> Rule:
