@@ -5,7 +5,7 @@ randomized, including the layers diffusers zero-initialises), saves it with ``sa
 it with ``vidcore.load_model``, checks the outputs agree, then times forward passes with all
 variants interleaved in one process (one call of each variant per round, rotating order).
 
-    /work/venv/bin/python benchmarks/bench_unet3d_cpu.py                 # small config, fp32 + bf16
+    /work/venv/bin/python benchmarks/bench_unet3d_cpu.py                 # small config, 16x16x16, fp32 + bf16
     /work/venv/bin/python benchmarks/bench_unet3d_cpu.py --dtype fp32 --repeats 10
     /work/venv/bin/python benchmarks/bench_unet3d_cpu.py --config tiny --frames 8 --size 16
 
@@ -21,13 +21,14 @@ import tempfile
 
 import torch
 
-from common import add_repo_paths, interleaved, median_ms, print_machine, rel_err, table
+from common import add_repo_paths, interleaved, loadavg, median_ms, print_machine, rel_err, table
 
 add_repo_paths()
 
 CONFIGS = {
     # ModelScope-like layout at a fraction of the width (real model: 320/640/1280/1280, head width 64,
-    # cross_attention_dim 1024). ~0.5-1 s per CFG forward at 16x32x32 on 2 CPU cores.
+    # cross_attention_dim 1024). 58 M parameters; on the 2-core machine of RESULTS.md one CFG forward
+    # at the default 16 frames x 16x16 latent takes ~3 s fp32 / ~1.2 s bf16 with one thread.
     "small": dict(
         block_out_channels=(64, 128, 256, 256),
         down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
@@ -67,15 +68,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
     ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--size", type=int, default=32, help="latent height = width")
+    ap.add_argument("--size", type=int, default=16, help="latent height = width")
     ap.add_argument("--batch", type=int, default=2, help="UNet batch (2 = one video with CFG)")
     ap.add_argument("--tokens", type=int, default=77)
     ap.add_argument("--dtype", choices=("all", "fp32", "bf16"), default="all")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-channels-last", action="store_true", help="skip the channels_last variants")
-    ap.add_argument("--budget", type=float, default=150.0, help="stop timing rounds after this many seconds")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--budget", type=float, default=130.0, help="stop timing rounds after this many seconds")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads; 0 = torch's default. Default 1: on a shared 2-core machine "
+                         "two OpenMP threads are several times slower and far noisier (see RESULTS.md)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,18 +142,24 @@ def main() -> None:
                 print(f"bf16 channels_last vs contiguous: relative error {err:.2e}")
                 variants["vidcore bf16 + channels_last"] = (lambda: run_ours(ours16_cl, s16, c16), "bf16", False)
 
-        print(f"\ntiming {len(variants)} variants x {args.repeats} rounds (interleaved, {args.warmup} warmup) ...", flush=True)
+        print(f"\ntiming {len(variants)} variants x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
+              f"load average before: {loadavg()} ...", flush=True)
         times = interleaved({k: v[0] for k, v in variants.items()}, args.repeats, args.warmup, args.budget)
+        print(f"load average after: {loadavg()}")
 
-    base = {v[1]: median_ms(times[k]) for k, v in variants.items() if v[2]}
+    base = {v[1]: k for k, v in variants.items() if v[2]}  # dtype -> diffusers variant name
     rows = []
     for name, (_, dt, _) in variants.items():
-        m = median_ms(times[name])
-        ts = sorted(1000 * x for x in times[name])
-        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", len(ts), f"{m / base[dt]:.2f}"))
+        b = base[dt]
+        m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
+        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", f"{median_ms(times.cpu[name]):.0f}", len(ts),
+                     f"{m / median_ms(times.wall[b]):.2f}", f"{times.paired_ratio(name, b):.2f}",
+                     f"{median_ms(times.cpu[name]) / median_ms(times.cpu[b]):.2f}"))
     print(f"\n## UNet3D forward, config {args.config}, latent {args.batch}x4x{args.frames}x{args.size}x{args.size}, "
-          f"torch {torch.__version__}, diffusers {diffusers.__version__}\n")
-    print(table(rows, ("variant", "median ms", "min-max ms", "n", "vs diffusers same dtype")))
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, diffusers {diffusers.__version__}\n")
+    print(table(rows, ("variant", "median ms", "min-max ms", "median CPU ms", "n",
+                       "ratio of medians vs diffusers same dtype", "median paired ratio", "CPU-time ratio")))
+    print("\nratio < 1: faster than diffusers. Paired ratio: per-round vidcore/diffusers wall time, median over rounds.")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,19 @@ def cpu_flags() -> str:
     return ""
 
 
+def git_revision() -> str:
+    """Short commit of the checkout, with "+dirty" when vidcore/, conversion/ or kernels/ differ from it."""
+    import subprocess
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "vidcore", "conversion", "kernels"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def machine_info() -> dict:
     try:
         import diffusers
@@ -64,6 +77,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": dv,
+        "vidcore checkout": git_revision(),
+        "load average (1/5/15 min)": loadavg(),
     }
 
 
@@ -72,28 +87,50 @@ def print_machine() -> None:
         print(f"- {k}: {v}")
 
 
+class Timings:
+    """Per-variant wall and CPU (process) seconds, one entry per round."""
+
+    def __init__(self, names):
+        self.wall: dict[str, list[float]] = {n: [] for n in names}
+        self.cpu: dict[str, list[float]] = {n: [] for n in names}
+
+    def paired_ratio(self, name: str, base: str) -> float:
+        """Median over rounds of wall(name) / wall(base) measured in the same round."""
+        return statistics.median(a / b for a, b in zip(self.wall[name], self.wall[base]))
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                budget_s: float | None = None) -> dict[str, list[float]]:
+                budget_s: float | None = None) -> Timings:
     """Time each callable ``repeats`` times, one call of each per round, rotating the order each round.
 
-    Returns name -> list of wall seconds. Stops early (after at least 3 rounds) if ``budget_s`` is spent.
+    Records wall time (``perf_counter``) and process CPU time (``process_time``; with one torch
+    thread this excludes time the process spent descheduled by other load). Stops early (after at
+    least 3 rounds) once ``budget_s`` seconds of timing have been spent.
     """
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    t = Timings(names)
     start = time.perf_counter()
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            t0 = time.perf_counter()
+            c0, w0 = time.process_time(), time.perf_counter()
             fns[n]()
-            times[n].append(time.perf_counter() - t0)
+            t.wall[n].append(time.perf_counter() - w0)
+            t.cpu[n].append(time.process_time() - c0)
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             print(f"(time budget {budget_s:.0f} s spent after {r + 1} rounds)")
             break
-    return times
+    return t
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def median_ms(ts: list[float]) -> float:

@@ -16,8 +16,9 @@ whole result — consumed keys, produced keys, shapes — before returning anyth
 checkpoint fails with one message naming every problem instead of a half-loaded model.
 
 Maps with index arithmetic (LDM `input_blocks.{3*i+j+1}`) are written as generated rule lists:
-a map is plain Python data. The planning step works on groups of keys (`_Step`), so rules that
-split or fuse tensors (qkv) can be added later as another rule type without changing the checks.
+a map is plain Python data. The planning step works on groups of keys (`_Step`): `SplitRule` cuts
+one fused tensor into several (qkv) and fuses them back in reverse, under the same checks.
+`ChainedMap` runs maps in turn (original -> diffusers -> vidcore) and checks every stage.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class _Step:
     dst_keys: tuple[str, ...]
 
     def run(self, tensors: Mapping[str, torch.Tensor], direction: Direction) -> dict[str, torch.Tensor]:
+        custom = getattr(self.rule, "run_step", None)  # multi-key rules (SplitRule) run their own steps
+        if custom is not None:
+            return custom(self, tensors, direction)
         fn = self.rule.forward if direction == "forward" else self.rule.reverse
         (src,), (dst,) = self.src_keys, self.dst_keys
         t = tensors[src]
@@ -163,6 +167,68 @@ class Rule:
         return _Step(self, (key,), (to.render(values),))
 
 
+@dataclass(frozen=True)
+class SplitRule:
+    """One fused source tensor <-> several target tensors cut into equal parts along `dim`.
+
+    SplitRule("{p}.to_qkv.{leaf}", ("{p}.to_q.{leaf}", "{p}.to_k.{leaf}", "{p}.to_v.{leaf}"))
+
+    Forward cuts the source into len(dst) parts (as torch.chunk); reverse concatenates the parts in
+    the order given. In reverse, any one part key plans the whole group; a group with a part
+    missing is reported (and not converted) instead of failing half-way.
+    """
+
+    src: str
+    dst: tuple[str, ...]
+    dim: int = 0
+    name: str | None = None
+    _src: _Pattern = field(init=False, repr=False, compare=False)
+    _dst: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if isinstance(self.dst, str) or len(self.dst) < 2:
+            raise ValueError(f"split rule {self.label}: give two or more target patterns")
+        ints = _int_names(self.src, *self.dst)
+        src = _Pattern.compile(self.src, ints)
+        dst = tuple(_Pattern.compile(d, ints) for d in self.dst)
+        for d in dst:
+            if d.names != src.names:
+                raise ValueError(
+                    f"split rule {self.label}: all patterns must use the same placeholders "
+                    f"({d.text!r} has {sorted(d.names)}, {src.text!r} has {sorted(src.names)})"
+                )
+        object.__setattr__(self, "dst", tuple(self.dst))
+        object.__setattr__(self, "_src", src)
+        object.__setattr__(self, "_dst", dst)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.src} -> split({', '.join(self.dst)})"
+
+    def plan(self, key: str, direction: Direction) -> _Step | None:
+        if direction == "forward":
+            values = self._src.match(key)
+            if values is None:
+                return None
+            return _Step(self, (key,), tuple(d.render(values) for d in self._dst))
+        for d in self._dst:
+            values = d.match(key)
+            if values is not None:
+                return _Step(self, tuple(p.render(values) for p in self._dst), (self._src.render(values),))
+        return None
+
+    def run_step(
+        self, step: _Step, tensors: Mapping[str, torch.Tensor], direction: Direction
+    ) -> dict[str, torch.Tensor]:
+        if direction == "forward":
+            # tensor_split always gives len(dst) parts (equal when the size divides, as torch.chunk);
+            # a size that does not divide shows up as a shape mismatch in KeyMap.convert's checks.
+            # Parts are cloned so they do not share storage (safetensors refuses shared tensors).
+            parts = torch.tensor_split(tensors[step.src_keys[0]], len(self.dst), dim=self.dim)
+            return {k: p.clone() for k, p in zip(step.dst_keys, parts)}
+        return {step.dst_keys[0]: torch.cat([tensors[k] for k in step.src_keys], dim=self.dim)}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -180,6 +246,8 @@ class ConversionReport:
     missing: list[str] = field(default_factory=list)  # target keys nothing produced
     mismatched: list[tuple[str, str, str, tuple, tuple]] = field(default_factory=list)  # src, dst, rule, got, expected
     duplicates: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # dst, [(src, rule)]
+    incomplete: list[tuple[list[str], str]] = field(default_factory=list)  # (absent keys of a group, rule label)
+    expected_sources: dict[str, list[str]] = field(default_factory=dict)  # missing target -> source keys it needs
 
     @property
     def counts(self) -> dict[str, int]:
@@ -200,7 +268,15 @@ class ConversionReport:
         if strict:
             section("source keys no rule consumed", self.unconsumed)
             section("produced keys the target does not have", [f"{k} (rule {r!r})" for k, r in self.unexpected])
-            section("target keys nothing produced", self.missing)
+            section(
+                "target keys nothing produced",
+                [f"{k} (needs source key {', '.join(self.expected_sources[k])})" if self.expected_sources.get(k)
+                 and self.expected_sources[k] != [k] else k for k in self.missing],
+            )
+            section(
+                "keys a multi-key rule needs that the source lacks",
+                [f"{', '.join(keys)} (rule {r!r})" for keys, r in self.incomplete],
+            )
         section(
             "shape mismatches",
             [f"{s} -> {d} (rule {r!r}): got {tuple(g)}, expected {tuple(e)}" for s, d, r, g, e in self.mismatched],
@@ -225,17 +301,21 @@ class ConversionReport:
 class KeyMap:
     """An ordered list of rules; the first rule that matches a key converts it."""
 
-    rules: list[Rule]
+    rules: list[Rule | SplitRule]
     name: str = "keymap"
 
     def plan(self, keys: Iterable[str], direction: Direction = "forward") -> tuple[list[_Step], list[str]]:
         """Assign keys to rules without touching tensors: (steps, unconsumed keys)."""
         if direction not in ("forward", "reverse"):
             raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
-        steps, unconsumed = [], []
+        steps, unconsumed, seen = [], [], set()
         for key in keys:
             step = next((s for r in self.rules if (s := r.plan(key, direction)) is not None), None)
-            (steps.append(step) if step is not None else unconsumed.append(key))
+            if step is None:
+                unconsumed.append(key)
+            elif step not in seen:  # the parts of a fused group all plan the same step
+                seen.add(step)
+                steps.append(step)
         return steps, unconsumed
 
     def convert(
@@ -253,14 +333,23 @@ class KeyMap:
         """
         report = ConversionReport(self.name, direction)
         steps, report.unconsumed = self.plan(state_dict.keys(), direction)
+        complete = []
+        for step in steps:
+            absent = [k for k in step.src_keys if k not in state_dict]
+            (report.incomplete.append((absent, step.rule.label)) if absent else complete.append(step))
+        steps = complete
 
         produced: dict[str, list[_Step]] = defaultdict(list)
         for step in steps:
             report.consumed.setdefault(step.rule.label, []).extend(step.src_keys)
             for dst in step.dst_keys:
                 produced[dst].append(step)
-            for src, dst in zip(step.src_keys, step.dst_keys):
-                report.mapping[src] = dst
+            if len(step.src_keys) == len(step.dst_keys):
+                for src, dst in zip(step.src_keys, step.dst_keys):
+                    report.mapping[src] = dst
+            else:  # split (one source, several targets) or fuse (several sources, one target)
+                for src in step.src_keys:
+                    report.mapping[src] = " + ".join(step.dst_keys)
         used = set(report.consumed)
         report.unused_rules = [r.label for r in self.rules if r.label not in used]
 
@@ -280,6 +369,11 @@ class KeyMap:
                 out[dst] = t
         if target_shapes is not None:
             report.missing = [k for k in target_shapes if k not in produced]
+            opposite: Direction = "reverse" if direction == "forward" else "forward"
+            for k in report.missing[:_MAX_LISTED]:  # name the source key each listed target would come from
+                step = next((st for r in self.rules if (st := r.plan(k, opposite)) is not None), None)
+                if step is not None:
+                    report.expected_sources[k] = list(step.dst_keys)
 
         problems = report.problems(strict)
         if problems:
@@ -289,10 +383,59 @@ class KeyMap:
         return out, report
 
 
+@dataclass
+class ChainedMap:
+    """Key maps applied in turn (e.g. original -> diffusers -> vidcore); converts like one `KeyMap`.
+
+    Forward runs the maps in order, reverse in the opposite order. With `target_shapes`, every stage
+    is checked against its own layout: the final shapes are carried back through the later maps
+    (on meta tensors, no memory), so a bad checkpoint fails at the first stage, in its own key names.
+    The report is the first stage's, with `mapping` followed through to the final keys.
+    """
+
+    maps: list[KeyMap]
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = " + ".join(m.name for m in self.maps)
+
+    def convert(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        target_shapes: Mapping[str, torch.Size] | None = None,
+        direction: Direction = "forward",
+        strict: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+        if direction not in ("forward", "reverse"):
+            raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+        maps = list(self.maps) if direction == "forward" else list(reversed(self.maps))
+        back: Direction = "reverse" if direction == "forward" else "forward"
+        stage_shapes: list[Mapping[str, torch.Size] | None] = [None] * len(maps)
+        if target_shapes is not None:
+            stage_shapes[-1] = target_shapes
+            meta = {k: torch.empty(tuple(s), device="meta") for k, s in target_shapes.items()}
+            for i in range(len(maps) - 1, 0, -1):
+                meta, _ = maps[i].convert(meta, None, direction=back)
+                stage_shapes[i - 1] = {k: t.shape for k, t in meta.items()}
+        out, reports = state_dict, []
+        for keymap, shapes in zip(maps, stage_shapes):
+            out, rep = keymap.convert(out, shapes, direction=direction, strict=strict)
+            reports.append(rep)
+        first = reports[0]
+        report = ConversionReport(self.name, direction, consumed=first.consumed, unused_rules=first.unused_rules)
+        for src, mid in first.mapping.items():
+            keys = mid.split(" + ")
+            for rep in reports[1:]:
+                keys = [k for key in keys for k in rep.mapping.get(key, key).split(" + ")]
+            report.mapping[src] = " + ".join(dict.fromkeys(keys))
+        return out, report
+
+
 def load_into(
     module: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
-    keymap: KeyMap,
+    keymap: KeyMap | ChainedMap,
     direction: Direction = "forward",
     strict: bool = True,
     assign: bool | None = None,

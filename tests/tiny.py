@@ -285,3 +285,205 @@ def missing_files(folder, variant: str | None = None) -> list[str]:
             if not (folder / sub / name).is_file():
                 missing.append(f"{sub}/{name}" if sub else name)
     return missing
+
+
+# ----------------------------------------------------------------------------- I2VGen-XL
+
+
+# scheduler_config.json of ali-vilab/i2vgen-xl
+I2VGEN_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "squaredcos_cap_v2",
+    "clip_sample": False,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "leading",
+}
+
+
+def tiny_i2vgen_unet_config(**overrides) -> dict:
+    """``I2VGenXLUNet`` kwargs: 2 levels (32, 64), 8 heads, cross-attention dim 32 (which is also the
+    CLIP image embedding width the UNet expects)."""
+    config = dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        num_attention_heads=64,
+    )
+    config.update(overrides)
+    return config
+
+
+def make_tiny_image_encoder(projection_dim: int = 32, image_size: int = 32, seed: int = 0):
+    """Random ``CLIPVisionModelWithProjection``: 32 x 32 images, 8 x 8 patches, 2 layers, width 32."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
+    )
+    return randomize_(CLIPVisionModelWithProjection(config), seed).eval()
+
+
+def make_tiny_feature_extractor(size: int = 32):
+    """``CLIPImageProcessor`` with CLIP's normalisation and a ``size`` x ``size`` crop."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_tiny_i2vgen_components(seed: int = 0, unet_overrides: dict | None = None,
+                                 vae_overrides: dict | None = None, image_size: int = 32) -> dict:
+    """The seven I2VGen-XL components (float32, eval mode, randomized), keyed like the pipeline's
+    constructor arguments; the scheduler has the real ali-vilab/i2vgen-xl config."""
+    from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
+
+    unet_config = tiny_i2vgen_unet_config(**(unet_overrides or {}))
+    ctx = unet_config["cross_attention_dim"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_tiny_tokenizer(tmp)
+    return dict(
+        vae=randomize_(AutoencoderKL(**tiny_vae_config(**(vae_overrides or {}))), seed + 3).eval(),
+        text_encoder=make_tiny_text_encoder(hidden=ctx, seed=seed + 1, tokenizer=tokenizer),
+        tokenizer=tokenizer,
+        image_encoder=make_tiny_image_encoder(ctx, image_size, seed + 4),
+        feature_extractor=make_tiny_feature_extractor(image_size),
+        unet=randomize_(I2VGenXLUNet(**unet_config), seed + 2).eval(),
+        scheduler=DDIMScheduler(**I2VGEN_SCHEDULER_CONFIG),
+    )
+
+
+def build_tiny_i2vgen_pipeline(folder, seed: int = 0, variant_fp16: bool = False, unet_overrides: dict | None = None,
+                               vae_overrides: dict | None = None, image_size: int = 32):
+    """Build a random tiny ``diffusers.I2VGenXLPipeline`` (float32), ``save_pretrained(folder)`` (plus
+    ``variant="fp16"`` files when ``variant_fp16``), and return it. Default sizes need height/width
+    divisible by 8 (the pipeline's check; the VAE scales by 2, the UNet by 2)."""
+    from diffusers import I2VGenXLPipeline
+
+    folder = Path(folder)
+    pipe = I2VGenXLPipeline(**build_tiny_i2vgen_components(seed, unet_overrides, vae_overrides, image_size))
+    pipe.set_progress_bar_config(disable=True)
+    make_tiny_tokenizer(folder / "tokenizer")
+    if variant_fp16:
+        pipe.to(torch.float16)
+        pipe.save_pretrained(folder, variant="fp16")
+        pipe.to(torch.float32)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+# ----------------------------------------------------------------------------- Stable Video Diffusion
+
+
+# scheduler_config.json of stabilityai/stable-video-diffusion-img2vid(-xt)
+SVD_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "sigma_max": 700.0,
+    "sigma_min": 0.002,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "timestep_type": "continuous",
+    "trained_betas": None,
+    "use_karras_sigmas": True,
+}
+
+
+def tiny_svd_unet_config(**overrides) -> dict:
+    """``UNetSpatioTemporalConditionModel`` kwargs: 2 levels (32, 64), 2 / 4 heads, CLIP width 32,
+    added-time embedding 3 x 8, 8 input channels (noise + image latents), 3 frames by default."""
+    config = dict(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        num_attention_heads=(2, 4),
+        cross_attention_dim=32,
+        layers_per_block=1,
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24,
+        in_channels=8,
+        out_channels=4,
+        num_frames=3,
+        sample_size=8,
+    )
+    config.update(overrides)
+    return config
+
+
+def tiny_svd_vae_config(**overrides) -> dict:
+    """``AutoencoderKLTemporalDecoder`` kwargs: 2 levels (32, 64; the model's norms use 32 groups) ->
+    spatial factor 2, 4 latent channels, SVD's scaling factor, ``force_upcast``."""
+    config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=16,
+        scaling_factor=0.18215,
+        force_upcast=True,
+    )
+    config.update(overrides)
+    return config
+
+
+def build_tiny_svd_components(seed: int = 0, unet_overrides: dict | None = None,
+                              vae_overrides: dict | None = None) -> dict:
+    """The five SVD components (float32, eval mode, randomized), keyed like the pipeline's constructor
+    arguments. The image encoder takes 224 x 224 inputs (the pipeline resizes to that size whatever
+    the encoder) in 32 x 32 patches; the scheduler has the real SVD config."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet_config = tiny_svd_unet_config(**(unet_overrides or {}))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=224, patch_size=32, projection_dim=unet_config["cross_attention_dim"])
+    return dict(
+        vae=randomize_(AutoencoderKLTemporalDecoder(**tiny_svd_vae_config(**(vae_overrides or {}))), seed + 3).eval(),
+        image_encoder=randomize_(CLIPVisionModelWithProjection(vision), seed + 4).eval(),
+        unet=randomize_(UNetSpatioTemporalConditionModel(**unet_config), seed + 2).eval(),
+        scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG),
+        feature_extractor=make_tiny_feature_extractor(224),
+    )
+
+
+def build_tiny_svd_pipeline(folder, seed: int = 0, variant_fp16: bool = False, unet_overrides: dict | None = None,
+                            vae_overrides: dict | None = None):
+    """Build a random tiny ``diffusers.StableVideoDiffusionPipeline`` (float32), ``save_pretrained(folder)``
+    (plus ``variant="fp16"`` files when ``variant_fp16``), and return it. Height and width must be
+    multiples of 8 (the pipeline's check); the VAE scales by 2, the UNet by 2."""
+    from diffusers import StableVideoDiffusionPipeline
+
+    folder = Path(folder)
+    pipe = StableVideoDiffusionPipeline(**build_tiny_svd_components(seed, unet_overrides, vae_overrides))
+    pipe.set_progress_bar_config(disable=True)
+    if variant_fp16:
+        pipe.to(torch.float16)
+        pipe.save_pretrained(folder, variant="fp16")
+        pipe.to(torch.float32)
+    pipe.save_pretrained(folder)
+    return pipe

@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "TextToVideoPipeline": "vidcore.pipelines.text_to_video",
     "VideoToVideoPipeline": "vidcore.pipelines.video_to_video",
+    "I2VGenXLPipeline": "vidcore.pipelines.i2vgen_xl",
+    "StableVideoDiffusionPipeline": "vidcore.pipelines.stable_video_diffusion",
     "VideoPipelineOutput": "vidcore.pipelines.base",
     "load_model": "vidcore.loading",
     "save_native": "vidcore.loading",

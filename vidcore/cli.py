@@ -2,6 +2,7 @@
 
     vidcore generate text-to-video  --model PATH_OR_REPO --prompt "a panda playing guitar" -o panda.mp4
     vidcore generate video-to-video --model PATH_OR_REPO --video in.mp4 --prompt "..." --strength 0.6
+    vidcore generate i2vgen-xl      --model PATH_OR_REPO --image img.png --prompt "..." -o out.gif
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore inspect  PATH [--subfolder unet]
 
@@ -33,7 +34,7 @@ EXIT_INTERRUPTED = 130
 
 # Built-in model per generate task; ``None`` makes ``--model`` required for that task.
 # A later release fills these in (a small demo model), which also makes ``--model`` optional.
-DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None}
+DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None}
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
@@ -102,6 +103,14 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--width", type=_positive_int, default=None, help="resize input frames to this width")
         p.add_argument("--guidance", type=float, default=15.0, help="classifier-free guidance scale")
         p.add_argument("--fps", type=_positive_float, default=None, help="output frame rate (default: the input's, else 8)")
+    elif task == "i2vgen-xl":  # defaults are diffusers' I2VGenXLPipeline's
+        p.add_argument("--image", required=True, help="image to animate: file path or http(s) URL")
+        p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
+        p.add_argument("--height", type=_positive_int, default=704, help="multiple of 8")
+        p.add_argument("--width", type=_positive_int, default=1280, help="multiple of 8")
+        p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
+        p.add_argument("--fps", type=_positive_float, default=16.0,
+                       help="frame rate: the model's target_fps condition and the output's rate")
     else:
         p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
         p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
@@ -129,6 +138,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     p.add_argument("--num-videos", type=_positive_int, default=1, help="videos to generate for the prompt")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_generate, task=task)
+    if task == "i2vgen-xl":
+        p.set_defaults(steps=50, decode_chunk_size=1)
     return p
 
 
@@ -144,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = gen.add_subparsers(dest="task", metavar="TASK", required=True)
     _add_generate_parser(tasks, "text-to-video", "text -> video (ModelScope / Zeroscope)")
     _add_generate_parser(tasks, "video-to-video", "video + text -> video (Zeroscope)")
+    _add_generate_parser(tasks, "i2vgen-xl", "image + text -> video (I2VGen-XL)")
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
@@ -337,6 +349,12 @@ def _load_input_video(args) -> tuple[list, float | None]:
     return frames, fps
 
 
+def _load_input_image(args):
+    from .io import load_image
+
+    return load_image(args.image)
+
+
 def _configure_pipeline(pipe, args, device: str) -> None:
     if args.scheduler is not None:
         from .schedulers import from_config
@@ -367,15 +385,17 @@ def cmd_generate(args) -> int:
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     video, input_fps = _load_input_video(args) if args.task == "video-to-video" else (None, None)
+    image = _load_input_image(args) if args.task == "i2vgen-xl" else None
     if args.no_progress:
         _quiet_library_progress()
 
     import torch
 
+    from .pipelines.i2vgen_xl import I2VGenXLPipeline
     from .pipelines.text_to_video import TextToVideoPipeline
     from .pipelines.video_to_video import VideoToVideoPipeline
 
-    cls = VideoToVideoPipeline if args.task == "video-to-video" else TextToVideoPipeline
+    cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline}.get(args.task, TextToVideoPipeline)
     pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
 
@@ -385,6 +405,10 @@ def cmd_generate(args) -> int:
     if args.task == "video-to-video":
         call.update(video=video, strength=args.strength)
         fps = args.fps or input_fps or 8.0
+    elif args.task == "i2vgen-xl":
+        target_fps = int(args.fps) if float(args.fps).is_integer() else args.fps  # the model saw integer rates
+        call.update(image=image, height=args.height, width=args.width, num_frames=args.frames, target_fps=target_fps)
+        fps = args.fps
     else:
         call.update(height=args.height, width=args.width, num_frames=args.frames)
         fps = args.fps

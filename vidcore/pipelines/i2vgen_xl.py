@@ -1,0 +1,215 @@
+"""I2VGen-XL image-to-video (diffusers' ``I2VGenXLPipeline``).
+
+The input image conditions the UNet three ways:
+
+* CLIP image embedding ``b d`` of the image centre-cropped to a ``width x width`` square and resized
+  to the image encoder's input size (zeros for the unconditional half of classifier-free guidance);
+* VAE latent of the image centre-cropped to ``width x height`` as frame 0 of ``image_latents
+  b 4 f h w``; frames 1.. hold a position mask ``k / (f - 1)``;
+* the text embedding as usual, plus ``target_fps`` as a micro-condition.
+
+The sampling loop, latent preparation and decoding are the ModelScope ones
+(:class:`~vidcore.pipelines.text_to_video.TextToVideoPipeline`). Random draws happen in diffusers'
+order: the VAE posterior sample of the image (from torch's global RNG, as diffusers does, unless
+``image_latents_from_generator=True``), then the initial noise, then DDIM's eta noise.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..io import load_image
+from .text import _as_list, clip_embed
+from .text_to_video import TextToVideoPipeline
+
+IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
+               "a (3, h, w) or (b, 3, h, w) torch tensor in [0, 1], or a list of those")
+
+
+# ----------------------------------------------------------------------------- image preprocessing
+
+
+def _float_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """h w c floats in [0, 1] -> image, rounded as diffusers' ``numpy_to_pil`` rounds."""
+    if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+        raise ValueError(f"image values must be in [0, 1] (or uint8), got the range [{array.min():.3g}, {array.max():.3g}]")
+    pixels = (array.clip(0, 1) * 255).round().astype("uint8")
+    return PIL.Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def _check_channels(shape, axis: int, kind: str) -> None:
+    if len(shape) not in (3, 4) or shape[axis] not in (1, 3, 4):
+        layout = "(h, w, 3) or (b, h, w, 3)" if kind == "array" else "(3, h, w) or (b, 3, h, w)"
+        raise ValueError(f"image {kind} must have shape {layout}, got {tuple(shape)}")
+
+
+def images_to_pil(image) -> list[PIL.Image.Image]:
+    """Any accepted image input -> a list of RGB PIL images (one per video)."""
+    if image is None:
+        raise ValueError("image is required: I2VGen-XL animates an input image (pass image=...)")
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image is an empty list")
+        return [im for item in image for im in images_to_pil(item)]
+    if isinstance(image, PIL.Image.Image):
+        return [image.convert("RGB")]
+    if isinstance(image, (str, os.PathLike)):
+        return [load_image(image)]
+    if isinstance(image, np.ndarray):
+        _check_channels(image.shape, -1, "array")
+        batch = image[None] if image.ndim == 3 else image
+        if batch.dtype == np.uint8:
+            return [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB") for a in batch]
+        return [_float_to_pil(a.astype(np.float32)).convert("RGB") for a in batch]
+    if isinstance(image, torch.Tensor):
+        _check_channels(image.shape, -3, "tensor")
+        batch = image[None] if image.ndim == 3 else image
+        arrays = batch.detach().cpu().permute(0, 2, 3, 1).float().numpy()
+        return [_float_to_pil(a).convert("RGB") for a in arrays]
+    raise ValueError(f"image must be {IMAGE_TYPES}; got {type(image).__name__}")
+
+
+def center_crop_wide(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:
+    """Box-downscale so the image just covers ``size`` (w, h), then crop the centre (I2VGen-XL's
+    ``center_crop_wide``; the rounding follows diffusers exactly)."""
+    w, h = size
+    scale = min(image.width / w, image.height / h)
+    image = image.resize((round(image.width // scale), round(image.height // scale)), resample=PIL.Image.BOX)
+    x1, y1 = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((x1, y1, x1 + w, y1 + h))
+
+
+def pil_to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
+    """RGB images -> n 3 h w float32 in [0, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class I2VGenXLPipeline(TextToVideoPipeline):
+    components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
+    offload_order = ("text_encoder", "image_encoder", "unet", "vae")
+    _unet_conditioning: tuple | None = None
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
+                      negative_prompt_embeds=None, clip_skip=None):
+        """As the ModelScope pipeline's, except that ``clip_skip`` applies to the negative prompt too
+        (diffusers' I2VGen-XL does this; its default is ``clip_skip=1``)."""
+        if guidance and negative_prompt_embeds is None:
+            batch = len(_as_list(prompt, "prompt")) if prompt_embeds is None else prompt_embeds.shape[0]
+            if negative_prompt is None:
+                negatives = [""] * batch
+            else:
+                if prompt is not None and type(prompt) is not type(negative_prompt):
+                    raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
+                                    f"got {type(negative_prompt).__name__}")
+                negatives = _as_list(negative_prompt, "negative_prompt")
+                if len(negatives) != batch:
+                    raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
+            self._run_on_device("text_encoder")
+            negative_prompt_embeds = clip_embed(self.tokenizer, self.text_encoder, negatives, device, clip_skip)
+        return super().encode_prompt(prompt, device, num_videos_per_prompt, guidance, None, prompt_embeds,
+                                     negative_prompt_embeds, clip_skip)
+
+    def encode_image(self, images: list[PIL.Image.Image], width: int, device) -> torch.Tensor:
+        """CLIP image embeddings ``n d`` of the ``width x width`` centre crops, resized bilinearly to the
+        image encoder's input size and normalised with the feature extractor's mean and std."""
+        crop = self.feature_extractor.crop_size
+        crops = [center_crop_wide(im, (width, width)).resize((crop["width"], crop["height"]), PIL.Image.BILINEAR)
+                 for im in images]
+        pixels = self.feature_extractor(images=pil_to_tensor(crops), do_normalize=True, do_center_crop=False,
+                                        do_resize=False, do_rescale=False, return_tensors="pt").pixel_values
+        encoder = self._run_on_device("image_encoder")
+        return encoder(pixels.to(device=device, dtype=encoder.dtype)).image_embeds
+
+    def encode_image_latents(self, images: list[PIL.Image.Image], width: int, height: int, num_frames: int, dtype,
+                             device, generator=None) -> torch.Tensor:
+        """``n 4 f h w``: the VAE latent of each ``width x height`` centre crop as frame 0, then a constant
+        position mask ``k / (f - 1)`` for frames k = 1 .. f-1. ``generator=None`` draws the posterior
+        sample from torch's global RNG (diffusers' behaviour)."""
+        vae = self._run_on_device("vae")
+        pixels = pil_to_tensor([center_crop_wide(im, (width, height)) for im in images]) * 2.0 - 1.0
+        pixels = pixels.to(device=device, dtype=dtype)
+        latents = vae.encode(pixels.to(vae.dtype)).sample(generator).to(dtype) * vae.config.scaling_factor
+        latents = latents.unsqueeze(2)  # n c 1 h w
+        if num_frames > 1:
+            positions = torch.tensor([(k + 1) / (num_frames - 1) for k in range(num_frames - 1)], dtype=dtype,
+                                     device=device).view(1, 1, -1, 1, 1)
+            latents = torch.cat([latents, positions.expand(*latents.shape[:2], -1, *latents.shape[3:])], dim=2)
+        return latents
+
+    def _run_on_device(self, name: str):
+        # During sampling the (inherited) denoise loop calls unet(sample, t, text); bind the image and
+        # fps conditions of the current call to it.
+        module = super()._run_on_device(name)
+        if name != "unet" or self._unet_conditioning is None:
+            return module
+        fps, image_latents, image_embeddings = self._unet_conditioning
+        return lambda sample, t, text: module(sample, t, fps, image_latents, image_embeddings, text)
+
+    # -- call -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, image=None, height: int | None = 704,
+                 width: int | None = 1280, target_fps: int = 16, num_frames: int = 16, num_inference_steps: int = 50,
+                 guidance_scale: float = 9.0, negative_prompt: str | list[str] | None = None, eta: float = 0.0,
+                 num_videos_per_prompt: int = 1, decode_chunk_size: int | None = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = 1,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+                 image_latents_from_generator: bool = False):
+        """Animate ``image`` following ``prompt``. Argument names and defaults follow diffusers'
+        I2VGenXLPipeline. Additions: ``callback_on_step_end(pipe, step, t, tensors) -> dict``, numpy and
+        path images, one image shared by several prompts, and ``image_latents_from_generator``: draw
+        the VAE posterior sample of the image from ``generator`` too, so the generator alone fixes
+        the video (diffusers draws it from torch's global RNG; the two agree when ``generator`` is
+        ``torch.manual_seed(s)``, the global generator itself).
+        """
+        images = images_to_pil(image)
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, None)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        if target_fps is None or target_fps <= 0:
+            raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
+        device = self.device
+        guidance = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        text = torch.cat([uncond, cond]) if guidance else cond
+        batch = cond.shape[0] // num_videos_per_prompt
+        if len(images) not in (1, batch):
+            raise ValueError(f"got {len(images)} images for {batch} prompts; pass one image or one per prompt")
+        # one image for all prompts, or image i for prompt i; each repeated per video of its prompt
+        per_video = batch * num_videos_per_prompt // len(images)
+
+        image_embeds = self.encode_image(images, width, device).repeat_interleave(per_video, dim=0)  # b d
+        image_latents = self.encode_image_latents(images, width, height, num_frames, image_embeds.dtype, device,
+                                                  generator if image_latents_from_generator else None)
+        image_latents = image_latents.repeat_interleave(per_video, dim=0)  # b 4 f h w
+        if guidance:
+            image_embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])
+            image_latents = torch.cat([image_latents, image_latents])
+        fps = torch.tensor([target_fps], device=device).repeat(text.shape[0])
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        s = self.vae_scale_factor
+        shape = (cond.shape[0], self.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
+        self._unet_conditioning = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
+        try:
+            latents = self.denoise(latents, self.scheduler.timesteps, text, guidance_scale, eta, generator, None, 1,
+                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
+        finally:
+            self._unet_conditioning = None
+        return self.finish(latents, output_type, return_dict, decode_chunk_size)
