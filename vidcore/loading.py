@@ -8,7 +8,11 @@ Formats understood:
 * an original single-file UNet checkpoint (``.pth``/``.ckpt``/``.bin``/``.safetensors``): ModelScope's
   ``text2video_pytorch_model.pth`` or VGen's ``i2vgen_xl_00854500.pth``, told apart by their keys.
   Such files carry no config: it comes from ``config_from`` (a diffusers ``unet`` folder,
-  ``config.json`` or dict) or defaults to the released model's hub config.
+  ``config.json`` or dict) or defaults to the released model's hub config;
+* an original Stable Video Diffusion file (Stability's sgm layout: ``svd_xt.safetensors``,
+  ``svd_xt_1_1.safetensors``), which holds several components: ``component="unet"`` (default) or
+  ``component="vae"`` picks one; the config comes from ``config_from`` (a pipeline folder's ``unet/``
+  or ``vae/``) or defaults to stabilityai/stable-video-diffusion-img2vid-xt's.
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
@@ -32,7 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
-from conversion.maps import original_modelscope
+from conversion.maps import original_modelscope, original_svd
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
 from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
@@ -77,6 +81,8 @@ class OriginalFormat:
     description: str
     keymap: Callable[[Mapping], KeyMap]  # diffusers config -> map (original names -> diffusers names)
     default_config: dict  # the released model's diffusers config (hub)
+    subfolder: str = "unet"  # where a pipeline folder keeps this component's config.json
+    prefix: str = ""  # key prefix of this component in the original file (sgm: several components per file)
 
 
 ORIGINAL_FORMATS = {
@@ -84,7 +90,13 @@ ORIGINAL_FORMATS = {
                              original_modelscope.modelscope_unet3d_map, original_modelscope.MODELSCOPE_UNET_CONFIG),
     "i2vgen_xl_unet": OriginalFormat("VGen I2VGen-XL UNet (ali-vilab/i2vgen-xl)",
                                      original_modelscope.i2vgen_xl_map, original_modelscope.I2VGEN_XL_UNET_CONFIG),
+    "svd_unet": OriginalFormat("Stable Video Diffusion UNet (sgm, stabilityai/stable-video-diffusion-img2vid-xt)",
+                               original_svd.svd_unet_map, original_svd.SVD_XT_UNET_CONFIG, "unet",
+                               original_svd.UNET_PREFIX),
+    "svd_vae": OriginalFormat("Stable Video Diffusion VAE (sgm, stabilityai/stable-video-diffusion-img2vid-xt)",
+                              original_svd.svd_vae_map, original_svd.SVD_VAE_CONFIG, "vae", original_svd.VAE_PREFIX),
 }
+SGM_SVD_COMPONENTS = {"unet": "svd_unet", "vae": "svd_vae"}
 
 
 @dataclass
@@ -195,6 +207,19 @@ def _torch_load_safely(path: Path) -> object:
 def read_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """One weight file -> flat state dict: unwraps ``{"state_dict"|"model"|"module": {...}}`` and the
     LDM ``model.diffusion_model.`` / DDP ``module.`` key prefixes; reads safely (see ``vidcore.hub``)."""
+    return _strip_prefixes(read_single_file_raw(path))
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(k.startswith(_LDM_PREFIX) for k in state):  # a full LDM checkpoint: keep the UNet
+        state = {k[len(_LDM_PREFIX):]: v for k, v in state.items() if k.startswith(_LDM_PREFIX)}
+    elif state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_single_file_raw(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """One weight file -> flat state dict with its keys as stored (wrapper dicts unwrapped)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         state = hub.load_state_dict(path)
@@ -213,10 +238,6 @@ def read_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if dropped:
             warnings.warn(f"{path}: ignoring non-tensor entries {[str(k) for k in dropped[:10]]}", stacklevel=3)
         state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith(_LDM_PREFIX) for k in state):  # a full LDM checkpoint: keep the UNet
-        state = {k[len(_LDM_PREFIX):]: v for k, v in state.items() if k.startswith(_LDM_PREFIX)}
-    elif state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
@@ -228,12 +249,13 @@ def _original_config(arch: Architecture, config_from, revision, token) -> dict:
     if isinstance(config_from, Mapping):
         config, where = dict(config_from), "config_from"
     else:
-        root = hub.resolve(config_from, allow_patterns=["config.json", "unet/config.json"], revision=revision,
+        sub = fmt.subfolder
+        root = hub.resolve(config_from, allow_patterns=["config.json", f"{sub}/config.json"], revision=revision,
                            token=token)
-        candidates = [root] if root.is_file() else [root / "config.json", root / "unet" / "config.json"]
+        candidates = [root] if root.is_file() else [root / "config.json", root / sub / "config.json"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or unet/config.json)")
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or {sub}/config.json)")
         config, where = hub.load_config(found), str(found)
     name = config.get("_class_name", arch.diffusers_class)
     if name != arch.diffusers_class:
@@ -249,15 +271,42 @@ def original_keymap(arch: Architecture, diffusers_config: Mapping) -> ChainedMap
     return ChainedMap([ORIGINAL_FORMATS[arch.name].keymap(diffusers_config), arch.diffusers_map])
 
 
-def _load_original(where: Path, config_from, revision, token) -> tuple[Architecture, dict, nn.Module, ConversionReport]:
-    state = read_single_file(where)
+def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision, token):
+    if component not in SGM_SVD_COMPONENTS:
+        raise ValueError(f"{where} is an original Stable Video Diffusion file holding several components; "
+                         f"component must be one of {sorted(SGM_SVD_COMPONENTS)}, got {component!r}")
+    arch = BY_NAME[SGM_SVD_COMPONENTS[component]]
+    state = original_svd.split(raw)[component]
+    if not state:
+        prefix = ORIGINAL_FORMATS[arch.name].prefix
+        raise CheckpointError(f"{where}: an original Stable Video Diffusion file without the {component} "
+                              f"(no {prefix}* keys)")
+    config = _original_config(arch, config_from, revision, token)
+    if arch.name == "svd_vae" and "quant_conv.weight" not in state:  # sgm's AutoencodingEngine has none
+        latent = int(config.get("latent_channels") or original_svd.SVD_VAE_CONFIG["latent_channels"])
+        state = {**state, **original_svd.identity_quant_conv(latent, next(iter(state.values())).dtype)}
+    module = _build(arch, config)
+    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
+    return arch, config, module, report
+
+
+def _load_original(where: Path, config_from, revision, token,
+                   component: str | None = None) -> tuple[Architecture, dict, nn.Module, ConversionReport]:
+    raw = read_single_file_raw(where)
+    if original_svd.detect(raw):
+        return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
+    if component is not None:
+        raise ValueError(f"component={component!r} applies to original Stable Video Diffusion files (several "
+                         f"components in one file); {where} is not one")
+    state = _strip_prefixes(raw)
     arch_name = original_modelscope.detect(state)
     if arch_name is None:
         sample = ", ".join(sorted(state)[:5]) or "none"
         raise CheckpointError(
             f"{where}: vidcore cannot tell what this single file is: it is not a vidcore native file "
             "(safetensors with vidcore metadata) and its keys are not those of an original ModelScope or "
-            f"I2VGen-XL UNet checkpoint (input_blocks.*, local_image_concat.*; found e.g. {sample}). "
+            "I2VGen-XL UNet checkpoint (input_blocks.*, local_image_concat.*) or an original Stable Video "
+            f"Diffusion file (model.diffusion_model.*, first_stage_model.*; found e.g. {sample}). "
             "For a diffusers model pass the folder that holds config.json."
         )
     arch = BY_NAME[arch_name]
@@ -269,11 +318,14 @@ def _load_original(where: Path, config_from, revision, token) -> tuple[Architect
 
 def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None,
                          variant: str | None = None, revision: str | None = None, token: str | None = None,
-                         config_from=None) -> tuple[nn.Module, LoadedInfo]:
+                         config_from=None, component: str | None = None) -> tuple[nn.Module, LoadedInfo]:
     dtype = hub.parse_dtype(torch_dtype) or torch.float32
     where, fmt = _locate(path, subfolder, variant, revision, token)
     if fmt == "vidcore" and where.is_file() and not _has_native_metadata(where):
         fmt = "original"
+    if component is not None and fmt != "original":
+        raise ValueError(f"component={component!r} applies to original Stable Video Diffusion files; "
+                         f"{where} is a {fmt} checkpoint (use subfolder= for a pipeline folder)")
     if fmt == "diffusers":
         config = hub.load_config(where)
         arch = _architecture_for(config, where / "config.json")
@@ -281,7 +333,7 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
         module = _build(arch, config)
         report = _fill(module, hub.load_state_dict(files), arch.diffusers_map, files, "forward")
     elif fmt == "original":
-        arch, config, module, report = _load_original(where, config_from, revision, token)
+        arch, config, module, report = _load_original(where, config_from, revision, token, component)
         files = [where]
     else:
         arch, config, _ = read_native(where)
@@ -307,18 +359,21 @@ def _fill_native(module: nn.Module, files: list[Path]) -> None:
 
 
 def load_model(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None, variant: str | None = None,
-               revision: str | None = None, token: str | None = None, config_from=None) -> nn.Module:
+               revision: str | None = None, token: str | None = None, config_from=None,
+               component: str | None = None) -> nn.Module:
     """Load a model from a diffusers folder / hub repo (``subfolder="unet"``), a vidcore native file, or an
     original ModelScope / I2VGen-XL UNet checkpoint file.
 
     >>> unet = vidcore.load_model("cerspense/zeroscope_v2_576w", subfolder="unet", torch_dtype=torch.float16)
     >>> unet = vidcore.load_model("i2vgen_xl_00854500.pth")  # config: ali-vilab/i2vgen-xl's unet
     >>> unet = vidcore.load_model("text2video_pytorch_model.pth", config_from="my-unet/config.json")
+    >>> vae = vidcore.load_model("svd_xt.safetensors", component="vae")  # sgm file: "unet" (default) / "vae"
 
     ``config_from`` (original checkpoints only): a diffusers model folder, a pipeline folder (its
-    ``unet/``), a ``config.json`` path, a hub repo id or a dict giving the architecture.
+    ``unet/`` or ``vae/``), a ``config.json`` path, a hub repo id or a dict giving the architecture.
+    ``component`` (original Stable Video Diffusion files only): which of the file's models to load.
     """
-    return load_model_with_info(path, subfolder, torch_dtype, variant, revision, token, config_from)[0]
+    return load_model_with_info(path, subfolder, torch_dtype, variant, revision, token, config_from, component)[0]
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -375,14 +430,25 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
     return folder
 
 
-def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
-    """Write a UNet3D / I2VGen-XL UNet in its original single-file layout (ModelScope / VGen key names),
-    atomically: ``.safetensors`` -> a flat safetensors file; any other suffix -> ``torch.save`` of the
-    state dict, wrapped in ``{"state_dict": ...}`` for I2VGen-XL as VGen's release is."""
+def original_state_dict(module: nn.Module, diffusers_config: dict | None = None) -> dict[str, torch.Tensor]:
+    """``module``'s tensors under its original single-file key names (sgm SVD components prefixed with
+    ``model.diffusion_model.`` / ``first_stage_model.``, so a UNet's and a VAE's can be merged into one file)."""
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     state, _ = original_keymap(arch, config).convert(module.state_dict(), None, direction="reverse")
-    state = {k: v.contiguous() for k, v in state.items()}
+    if arch.name == "svd_vae" and original_svd.is_identity_quant_conv(state):
+        state = {k: v for k, v in state.items() if not k.startswith("quant_conv.")}  # sgm has none
+    prefix = ORIGINAL_FORMATS[arch.name].prefix
+    return {prefix + k: v.contiguous() for k, v in state.items()}
+
+
+def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
+    """Write a model in its original single-file layout (ModelScope / VGen / sgm key names), atomically:
+    ``.safetensors`` -> a flat safetensors file; any other suffix -> ``torch.save`` of the state dict,
+    wrapped in ``{"state_dict": ...}`` for I2VGen-XL as VGen's release is. An SVD UNet or VAE is written
+    alone with its sgm prefix; merge :func:`original_state_dict` of both for a whole sgm file."""
+    arch = architecture_of(module)
+    state = original_state_dict(module, diffusers_config)
     path = Path(path)
     if path.suffix == ".safetensors":
         _atomic_save(state, path, {"format": "pt"})

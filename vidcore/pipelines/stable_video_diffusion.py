@@ -165,6 +165,68 @@ class StableVideoDiffusionPipeline(VideoPipeline):
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")
 
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, config_from: str | os.PathLike,
+                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                         revision: str | None = None, token: str | None = None, **overrides):
+        """Load the UNet and the VAE from an original Stable Video Diffusion file (Stability's sgm layout,
+        e.g. ``svd_xt.safetensors`` / ``svd_xt_1_1.safetensors``), everything else from ``config_from``.
+
+        ``config_from`` is a diffusers pipeline folder or hub repo id (e.g.
+        ``stabilityai/stable-video-diffusion-img2vid-xt``): it gives the UNet / VAE configs, the scheduler,
+        the feature extractor and the image encoder (the file's OpenCLIP embedder is not converted). From
+        the hub only those parts are downloaded, not the repo's UNet / VAE weights. Components passed as
+        keyword arguments replace the loaded ones.
+
+        >>> pipe = StableVideoDiffusionPipeline.from_single_file(
+        ...     "svd_xt_1_1.safetensors", config_from="stabilityai/stable-video-diffusion-img2vid-xt-1-1",
+        ...     torch_dtype=torch.float16)
+        """
+        from .. import hub
+        from ..errors import CheckpointError, ModelNotFoundError
+        from ..loading import _load_sgm_svd, read_single_file_raw
+        from ..schedulers import from_config
+        from .base import load_feature_extractor, load_image_encoder
+        from conversion.maps import original_svd
+
+        dtype = hub.parse_dtype(torch_dtype)
+        unknown = sorted(set(overrides) - set(cls.components))
+        if unknown:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
+        root = hub.resolve(config_from, revision=revision, token=token,
+                           allow_patterns=["model_index.json", "unet/config.json", "vae/config.json", "scheduler/*",
+                                           "feature_extractor/*", "image_encoder/*"])
+        if not root.is_dir():
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be a pipeline folder or hub repo "
+                                     f"(with unet/, vae/, scheduler/, feature_extractor/, image_encoder/), got {root}")
+        where = hub.resolve(path, revision=revision, token=token)
+        modules = {}
+        needed = [c for c in ("unet", "vae") if c not in overrides]
+        if needed:
+            raw = read_single_file_raw(where)
+            if not original_svd.detect(raw):
+                sample = ", ".join(sorted(raw)[:5]) or "none"
+                raise CheckpointError(f"{where} is not an original Stable Video Diffusion file (sgm layout: "
+                                      f"model.diffusion_model.* with time_stack, first_stage_model.*); found e.g. {sample}")
+            for name in needed:
+                module = _load_sgm_svd(where, raw, name, root, revision, token)[2]
+                modules[name] = module.to(dtype or torch.float32).eval()
+            del raw
+        for name in ("image_encoder", "scheduler", "feature_extractor"):
+            if name in overrides:
+                continue
+            sub = root / name
+            if not sub.is_dir():
+                raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
+                                         f"{name}=... instead")
+            if name == "image_encoder":
+                modules[name] = load_image_encoder(sub, dtype, variant)
+            elif name == "scheduler":
+                modules[name] = from_config(sub / "scheduler_config.json")
+            else:
+                modules[name] = load_feature_extractor(sub)
+        return cls(**{**modules, **overrides})
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell (8 for the real VAE, less for tiny test VAEs)."""
