@@ -28,14 +28,21 @@ import torch
 
 from .data import COLORS, DIRECTIONS, all_combinations, prompt_for
 
-FOREGROUND_THRESHOLD = 0.25  # max-channel distance from the background, in [0, 1] units
+COLOR_THRESHOLD = 0.3  # a pixel votes on the color when its max-channel distance from the background exceeds this
+MOTION_THRESHOLD = 0.1  # below this distance a pixel is background for the centroid (ignores faint noise)
+BACKGROUND = (0.0, 0.0, 0.0)
 _HUES = {name: colorsys.rgb_to_hsv(*rgb)[0] for name, rgb in COLORS.items()}
 
 
-def foreground_mask(video: np.ndarray, background=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """video ``f h w 3`` in [0, 1] -> soft foreground weight ``f h w``: 0 at the background, 1 far from it."""
-    dist = np.abs(video - np.asarray(background, dtype=video.dtype)).max(axis=-1)
-    return np.clip((dist - FOREGROUND_THRESHOLD) / (1 - FOREGROUND_THRESHOLD), 0, 1) ** 0.5 * (dist > FOREGROUND_THRESHOLD)
+def background_distance(video: np.ndarray) -> np.ndarray:
+    """video ``f h w 3`` in [0, 1] -> max-channel distance from the background color, ``f h w``."""
+    return np.abs(video - np.asarray(BACKGROUND, dtype=video.dtype)).max(axis=-1)
+
+
+def foreground_weight(video: np.ndarray) -> np.ndarray:
+    """Centroid weight ``f h w``: linear in the distance from the background (so an anti-aliased edge
+    pixel counts by its coverage), zero below ``MOTION_THRESHOLD``."""
+    return np.clip((background_distance(video) - MOTION_THRESHOLD) / (1 - MOTION_THRESHOLD), 0, 1)
 
 
 def pixel_hues(rgb: np.ndarray) -> np.ndarray:
@@ -49,10 +56,11 @@ def pixel_hues(rgb: np.ndarray) -> np.ndarray:
 
 def score_color(video: np.ndarray) -> str | None:
     """Dominant foreground color name of ``f h w 3`` in [0, 1], or None when there is no foreground."""
-    weight = foreground_mask(video)
-    keep = weight > 0
+    dist = background_distance(video)
+    keep = dist > COLOR_THRESHOLD
     if not keep.any():
         return None
+    weight = dist
     hues = pixel_hues(video[keep])
     names = list(_HUES)
     ref = np.array([_HUES[n] for n in names])
@@ -64,7 +72,7 @@ def score_color(video: np.ndarray) -> str | None:
 
 def centroids(video: np.ndarray) -> np.ndarray:
     """Foreground centroid (x, y) per frame, ``f 2``; NaN for frames with no foreground."""
-    weight = foreground_mask(video)
+    weight = foreground_weight(video)
     f, h, w = weight.shape
     ys, xs = np.mgrid[0:h, 0:w]
     total = weight.sum(axis=(1, 2))
