@@ -3,6 +3,7 @@
     vidcore generate text-to-video  --model PATH_OR_REPO --prompt "a panda playing guitar" -o panda.mp4
     vidcore generate video-to-video --model PATH_OR_REPO --video in.mp4 --prompt "..." --strength 0.6
     vidcore generate i2vgen-xl      --model PATH_OR_REPO --image img.png --prompt "..." -o out.gif
+    vidcore generate image-to-video --model PATH_OR_REPO --image rocket.png --num-frames 25 -o rocket.mp4
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore inspect  PATH [--subfolder unet]
 
@@ -34,7 +35,9 @@ EXIT_INTERRUPTED = 130
 
 # Built-in model per generate task; ``None`` makes ``--model`` required for that task.
 # A later release fills these in (a small demo model), which also makes ``--model`` optional.
-DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None}
+DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None,
+                                         "image-to-video": None}
+IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
@@ -92,8 +95,10 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     default_model = DEFAULT_MODELS.get(task)
     p.add_argument("--model", required=default_model is None, default=default_model, metavar="PATH_OR_REPO",
                    help="diffusers pipeline folder (with model_index.json) or hub repo id")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None)
+    svd = task == "image-to-video"  # Stable Video Diffusion: no text, its own sampler and conditions
+    if not svd:
+        p.add_argument("--prompt", required=True)
+        p.add_argument("--negative-prompt", default=None)
     if task == "video-to-video":
         p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
         p.add_argument("--strength", type=_unit_float, default=0.6,
@@ -111,6 +116,19 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
         p.add_argument("--fps", type=_positive_float, default=16.0,
                        help="frame rate: the model's target_fps condition and the output's rate")
+    elif svd:  # defaults are diffusers' StableVideoDiffusionPipeline's
+        p.add_argument("--image", required=True, help="image to animate: file path or http(s) URL")
+        p.add_argument("--num-frames", "--frames", dest="frames", type=_positive_int, default=None,
+                       help="number of frames (default: the model's, 14 for SVD, 25 for SVD-XT)")
+        p.add_argument("--height", type=_positive_int, default=576, help="multiple of 8")
+        p.add_argument("--width", type=_positive_int, default=1024, help="multiple of 8")
+        p.add_argument("--fps", type=_positive_int, default=7,
+                       help="frame rate: the model's fps condition and the output's rate")
+        p.add_argument("--motion-bucket-id", type=int, default=127, help="motion condition: higher moves more")
+        p.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the input image")
+        p.add_argument("--min-guidance", type=float, default=1.0, help="guidance scale of the first frame")
+        p.add_argument("--max-guidance", type=float, default=3.0,
+                       help="guidance scale of the last frame (classifier-free guidance runs iff > 1)")
     else:
         p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
         p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
@@ -121,21 +139,26 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                    help=f"output file, {'/'.join(OUTPUT_SUFFIXES)}; with --num-videos N: NAME_0.mp4 ... NAME_{{N-1}}.mp4")
     p.add_argument("--steps", type=_positive_int, default=25, help="number of denoising steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
-    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
-                   help="sampler (default: the one stored with the model)")
+    if not svd:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
+        p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
+        p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                       help="sampler (default: the one stored with the model)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: fp16 on cuda, fp32 on cpu)")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--variant", default=None, help="weight file variant to load, e.g. fp16")
     p.add_argument("--cpu-offload", action="store_true",
                    help="keep models on the CPU and move each to the GPU only while it runs")
-    p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    if not svd:  # the temporal decoder decodes in frame chunks (--decode-chunk-size) instead
+        p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     p.add_argument("--vae-tiling", action="store_true", help="decode in overlapping tiles (large sizes)")
     p.add_argument("--forward-chunking", action="store_true", help="run the UNet feed-forward layers in chunks")
-    p.add_argument("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
-                   help="enable FreeU with these factors")
-    p.add_argument("--decode-chunk-size", type=_positive_int, default=None, help="frames per VAE decode call")
-    p.add_argument("--num-videos", type=_positive_int, default=1, help="videos to generate for the prompt")
+    if not svd:
+        p.add_argument("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
+                       help="enable FreeU with these factors")
+    p.add_argument("--decode-chunk-size", type=_positive_int, default=None,
+                   help="frames per VAE decode call" + (" (default: all; fewer saves memory)" if svd else ""))
+    p.add_argument("--num-videos", type=_positive_int, default=1,
+                   help="videos to generate for the " + ("image" if svd else "prompt"))
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_generate, task=task)
     if task == "i2vgen-xl":
@@ -156,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(tasks, "text-to-video", "text -> video (ModelScope / Zeroscope)")
     _add_generate_parser(tasks, "video-to-video", "video + text -> video (Zeroscope)")
     _add_generate_parser(tasks, "i2vgen-xl", "image + text -> video (I2VGen-XL)")
+    _add_generate_parser(tasks, "image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)")
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
@@ -356,17 +380,17 @@ def _load_input_image(args):
 
 
 def _configure_pipeline(pipe, args, device: str) -> None:
-    if args.scheduler is not None:
+    if getattr(args, "scheduler", None) is not None:
         from .schedulers import from_config
 
         pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": SCHEDULERS[args.scheduler]})
-    if args.vae_slicing:
+    if getattr(args, "vae_slicing", False):
         pipe.vae.enable_slicing()
     if args.vae_tiling:
         pipe.vae.enable_tiling()
     if args.forward_chunking:
         pipe.unet.enable_forward_chunking()
-    if args.freeu is not None:
+    if getattr(args, "freeu", None) is not None:
         pipe.unet.enable_freeu(*args.freeu)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device)
@@ -385,24 +409,33 @@ def cmd_generate(args) -> int:
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     video, input_fps = _load_input_video(args) if args.task == "video-to-video" else (None, None)
-    image = _load_input_image(args) if args.task == "i2vgen-xl" else None
+    image = _load_input_image(args) if args.task in IMAGE_TASKS else None
     if args.no_progress:
         _quiet_library_progress()
 
     import torch
 
     from .pipelines.i2vgen_xl import I2VGenXLPipeline
+    from .pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
     from .pipelines.text_to_video import TextToVideoPipeline
     from .pipelines.video_to_video import VideoToVideoPipeline
 
-    cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline}.get(args.task, TextToVideoPipeline)
+    cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline,
+           "image-to-video": StableVideoDiffusionPipeline}.get(args.task, TextToVideoPipeline)
     pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
 
-    call = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                guidance_scale=args.guidance, eta=args.eta, generator=torch.Generator("cpu").manual_seed(args.seed),
+    call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
                 output_type="np", num_videos_per_prompt=args.num_videos, decode_chunk_size=args.decode_chunk_size)
-    if args.task == "video-to-video":
+    if args.task != "image-to-video":
+        call.update(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance,
+                    eta=args.eta)
+    if args.task == "image-to-video":
+        call.update(image=image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
+                    motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+                    min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance)
+        fps = args.fps
+    elif args.task == "video-to-video":
         call.update(video=video, strength=args.strength)
         fps = args.fps or input_fps or 8.0
     elif args.task == "i2vgen-xl":
