@@ -166,6 +166,35 @@ def tiny_vae_config(**overrides) -> dict:
     return config
 
 
+def tiny_unet2d_config(**overrides) -> dict:
+    """``UNet2DConditionModel`` kwargs in SD1.5's pattern at toy size: 2 levels (32, 64), 4 heads (diffusers'
+    ``attention_head_dim`` is the head count), 1x1-conv transformer projections, cross-attention dim 24."""
+    config = dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        norm_num_groups=8,
+        cross_attention_dim=24,
+        attention_head_dim=4,
+    )
+    config.update(overrides)
+    return config
+
+
+def tiny_motion_adapter_config(**overrides) -> dict:
+    """``MotionAdapter`` kwargs matching ``tiny_unet2d_config`` (levels 32, 64; 8 norm groups, as the UNet's:
+    diffusers' UNetMotionModel normalises motion modules with the UNet's group count). v1-style by default:
+    24 frame positions, no mid-block module."""
+    config = dict(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=8,
+                  motion_num_attention_heads=4, motion_max_seq_length=24, use_motion_mid_block=False)
+    config.update(overrides)
+    return config
+
+
 # ----------------------------------------------------------------------------- pipelines
 
 

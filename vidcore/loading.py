@@ -40,6 +40,7 @@ from conversion.maps import original_modelscope, original_svd
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
 from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
+from conversion.maps.diffusers_unet2d import UNET2D_CONV_MAP, unet2d_map
 from conversion.maps.diffusers_unet3d import UNET3D_MAP
 from conversion.maps.diffusers_vae import VAE_MAP
 
@@ -48,6 +49,7 @@ from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFound
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
 from .models.svd_unet import SVDUNet, SVDUNetConfig
 from .models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
+from .models.unet2d import UNet2D, UNet2DConfig
 from .models.unet3d import UNet3D, UNet3DConfig
 from .models.vae import AutoencoderKL, AutoencoderKLConfig
 
@@ -58,7 +60,16 @@ class Architecture:
     diffusers_class: str
     module: type[nn.Module]
     config: type
-    diffusers_map: KeyMap
+    diffusers_map: KeyMap | ChainedMap
+    # For layouts that depend on the config (UNet2D: 1x1-conv or linear transformer projections):
+    # diffusers config -> map. ``diffusers_map`` is then the map for the default config.
+    map_for_config: Callable[[Mapping], KeyMap | ChainedMap] | None = None
+
+    def keymap(self, diffusers_config: Mapping | None = None) -> KeyMap | ChainedMap:
+        """The diffusers <-> vidcore map for a checkpoint with this diffusers config."""
+        if self.map_for_config is not None and diffusers_config is not None:
+            return self.map_for_config(diffusers_config)
+        return self.diffusers_map
 
 
 ARCHITECTURES = [
@@ -68,6 +79,7 @@ ARCHITECTURES = [
     Architecture("autoencoder_kl", "AutoencoderKL", AutoencoderKL, AutoencoderKLConfig, VAE_MAP),
     Architecture("svd_vae", "AutoencoderKLTemporalDecoder", AutoencoderKLTemporalDecoder,
                  AutoencoderKLTemporalDecoderConfig, SVD_VAE_MAP),
+    Architecture("unet2d", "UNet2DConditionModel", UNet2D, UNet2DConfig, UNET2D_CONV_MAP, unet2d_map),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}
 BY_NAME = {a.name: a for a in ARCHITECTURES}
@@ -268,7 +280,7 @@ def original_keymap(arch: Architecture, diffusers_config: Mapping) -> ChainedMap
     """original names -> diffusers names -> vidcore names, for `diffusers_config`'s block layout."""
     if arch.name not in ORIGINAL_FORMATS:
         raise TypeError(f"{arch.name} has no original single-file layout (known: {sorted(ORIGINAL_FORMATS)})")
-    return ChainedMap([ORIGINAL_FORMATS[arch.name].keymap(diffusers_config), arch.diffusers_map])
+    return ChainedMap([ORIGINAL_FORMATS[arch.name].keymap(diffusers_config), arch.keymap(diffusers_config)])
 
 
 def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision, token):
@@ -331,7 +343,7 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
         arch = _architecture_for(config, where / "config.json")
         files = hub.weight_files(where, variant=variant)
         module = _build(arch, config)
-        report = _fill(module, hub.load_state_dict(files), arch.diffusers_map, files, "forward")
+        report = _fill(module, hub.load_state_dict(files), arch.keymap(config), files, "forward")
     elif fmt == "original":
         arch, config, module, report = _load_original(where, config_from, revision, token, component)
         files = [where]
@@ -419,9 +431,9 @@ def save_native(module: nn.Module, path: str | os.PathLike, diffusers_config: di
 def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
     """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
     arch = architecture_of(module)
-    state, _ = arch.diffusers_map.convert(module.state_dict(), None, direction="reverse")
-    folder = Path(folder)
     config = diffusers_config or module.config.to_diffusers_config()
+    state, _ = arch.keymap(config).convert(module.state_dict(), None, direction="reverse")
+    folder = Path(folder)
     _atomic_save(state, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
     fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:

@@ -1,0 +1,347 @@
+"""Stable Diffusion 1.x / 2.x image UNet (diffusers' ``UNet2DConditionModel``, SD-family configs).
+
+conv_in -> down levels [res block (+ spatial transformer)] x layers, downsample -> mid block
+(res, transformer, res) -> up levels [concat skip, res block (+ transformer)] x (layers + 1), upsample
+-> GroupNorm, SiLU, conv_out. The time embedding (sinusoidal features -> MLP) feeds every res block;
+the transformers cross-attend to the text tokens.
+
+Video models reuse this network unchanged: :class:`~vidcore.models.motion.UNetMotion` (AnimateDiff)
+runs it on frames folded into the batch and inserts a temporal mixer after every layer through the
+``mixer`` hook of :meth:`UNet2D.body`; ControlNet adds its residuals through
+``down_block_additional_residuals`` / ``mid_block_additional_residual``.
+
+Layout: ``n c h w`` latents (``n`` = batch, or batch x frames for video models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.resnet import ResBlock2D
+from ..nn.sampling import Downsample, Upsample
+from ..nn.transformer import SpatialTransformer
+from .freeu import FreeU, apply_freeu
+
+DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+MID_TYPES = ("UNetMidBlock2DCrossAttn",)
+
+# diffusers UNet2DConditionModel options outside the SD1.x/SD2.x family, with the only value vidcore
+# accepts (their diffusers defaults). Anything else is refused with a message naming the key.
+_FIXED_OPTIONS = {
+    "num_attention_heads": None,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "addition_embed_type": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "time_embedding_type": "positional",
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "reverse_transformer_layers_per_block": None,
+}
+
+# A mixer sees (part, level, layer, x) with part "down" | "mid" | "up" and returns the new x.
+Mixer = Callable[[str, int, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class UNet2DConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    center_input_sample: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    only_cross_attention: bool | tuple[bool, ...] = False
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int | tuple[int, ...] = 2
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    dropout: float = 0.0
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    cross_attention_dim: int | tuple[int, ...] = 1280
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    # diffusers' naming bug: this is the number of heads per level (SD1.5: 8; SD2: [5, 10, 20, 20]).
+    attention_head_dim: int | tuple[int, ...] = 8
+    use_linear_projection: bool = False  # only changes the checkpoint layout (1x1 conv vs linear)
+    # Accepted for SD2.x configs; the attention backends already accumulate softmax in float32.
+    upcast_attention: bool = False
+    time_embedding_dim: int | None = None
+    time_cond_proj_dim: int | None = None
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    sample_size: int | tuple[int, ...] | None = None
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict) -> "UNet2DConfig":
+        for key, allowed in _FIXED_OPTIONS.items():
+            value = config.get(key, allowed)
+            if value != allowed:
+                raise ValueError(f"UNet2D config: {key}={value!r} is not supported (vidcore's UNet2D covers the "
+                                 f"Stable Diffusion 1.x/2.x UNet; expected {key}={allowed!r})")
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+        if values.get("mid_block_type", "UNetMidBlock2DCrossAttn") is None:
+            raise ValueError("UNet2D config: mid_block_type=None (no mid block) is not supported")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_diffusers_config(self) -> dict:
+        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        return {"_class_name": "UNet2DConditionModel", **out}
+
+    # -- per-level values ---------------------------------------------------------------------
+    def per_level(self, name: str) -> tuple:
+        """A per-level option as a tuple with one entry per level (an int/bool means every level)."""
+        value, n = getattr(self, name), len(self.block_out_channels)
+        if isinstance(value, tuple):
+            if len(value) != n:
+                raise ValueError(f"UNet2D config: {name} has {len(value)} entries for {n} levels")
+            return value
+        return (value,) * n
+
+    def heads(self) -> tuple[int, ...]:
+        return self.per_level("attention_head_dim")
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise ValueError(f"UNet2D config: {n} block_out_channels but {len(self.down_block_types)} down and "
+                             f"{len(self.up_block_types)} up block types")
+        for t in self.down_block_types:
+            if t not in DOWN_TYPES:
+                raise ValueError(f"UNet2D config: unknown down block type {t!r}; supported: {DOWN_TYPES}")
+        for t in self.up_block_types:
+            if t not in UP_TYPES:
+                raise ValueError(f"UNet2D config: unknown up block type {t!r}; supported: {UP_TYPES}")
+        if self.mid_block_type not in MID_TYPES:
+            raise ValueError(f"UNet2D config: mid_block_type {self.mid_block_type!r} is not supported; "
+                             f"supported: {MID_TYPES}")
+        if self.act_fn != "silu":
+            raise ValueError(f"UNet2D config: act_fn {self.act_fn!r} is not supported (only 'silu')")
+        if any(self.per_level("only_cross_attention")):
+            raise ValueError("UNet2D config: only_cross_attention=True is not supported")
+        for name in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block"):
+            if not all(isinstance(v, int) for v in self.per_level(name)):
+                raise ValueError(f"UNet2D config: {name} must be an int or one int per level, got "
+                                 f"{getattr(self, name)!r}")
+        for ch, heads in zip(self.block_out_channels, self.heads()):
+            if ch % heads:
+                raise ValueError(f"UNet2D config: {ch} channels do not split into {heads} attention heads")
+        for k in (self.conv_in_kernel, self.conv_out_kernel):
+            if k % 2 == 0:
+                raise ValueError(f"UNet2D config: conv kernel sizes must be odd, got {k}")
+
+
+class Block2D(nn.Module):
+    """One UNet level: ``layers`` x (res block[, spatial transformer]), then a down- or upsampler.
+
+    Up blocks concatenate a skip connection before each res block (``skip_channels``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, temb: int, layers: int, cfg: UNet2DConfig,
+                 heads: int, context_dim: int, transformer_layers: int, attention: bool,
+                 skip_channels: tuple[int, ...] = (), downsample: bool = False, upsample: bool = False):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList()
+        for i in range(layers):
+            cin = (in_channels if i == 0 else out_channels) + (skip_channels[i] if skip_channels else 0)
+            self.resnets.append(ResBlock2D(cin, out_channels, temb, g, eps, cfg.dropout))
+        self.attentions = nn.ModuleList(
+            SpatialTransformer(out_channels, heads, out_channels // heads, context_dim, g, transformer_layers)
+            for _ in range(layers if attention else 0)
+        )
+        self.downsample = Downsample(out_channels, padding=cfg.downsample_padding) if downsample else None
+        self.upsample = Upsample(out_channels) if upsample else None
+
+    def layer(self, i: int, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[i](x, temb)
+        return self.attentions[i](x, context) if self.attentions else x
+
+
+class MidBlock2D(nn.Module):
+    """res -> [spatial transformer -> (mixer) -> res]."""
+
+    def __init__(self, channels: int, temb: int, cfg: UNet2DConfig, heads: int, context_dim: int,
+                 transformer_layers: int):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList(
+            ResBlock2D(channels, channels, temb, g, eps, cfg.dropout, cfg.mid_block_scale_factor) for _ in range(2)
+        )
+        self.attentions = nn.ModuleList(
+            [SpatialTransformer(channels, heads, channels // heads, context_dim, g, transformer_layers)]
+        )
+
+    def forward(self, x, temb, context, mixer: Mixer | None = None) -> torch.Tensor:
+        x = self.resnets[0](x, temb)
+        for j, (attn, res) in enumerate(zip(self.attentions, self.resnets[1:])):
+            x = attn(x, context)
+            if mixer is not None:
+                x = mixer("mid", 0, j, x)
+            x = res(x, temb)
+        return x
+
+
+class UNet2D(nn.Module):
+    """SD UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
+
+    def __init__(self, config: UNet2DConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        ch = cfg.block_out_channels
+        heads = cfg.heads()
+        layers = cfg.per_level("layers_per_block")
+        context = cfg.per_level("cross_attention_dim")
+        t_layers = cfg.per_level("transformer_layers_per_block")
+        temb = cfg.time_embedding_dim or 4 * ch[0]
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
+        self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
+
+        self.down_blocks = nn.ModuleList()
+        skips = [ch[0]]  # channels of every skip tensor, in push order
+        for i, kind in enumerate(cfg.down_block_types):
+            last = i == len(ch) - 1
+            cin = ch[max(i - 1, 0)]
+            self.down_blocks.append(Block2D(cin, ch[i], temb, layers[i], cfg, heads[i], context[i], t_layers[i],
+                                            kind == "CrossAttnDownBlock2D", downsample=not last))
+            skips += [ch[i]] * layers[i] + ([] if last else [ch[i]])
+
+        self.mid_block = MidBlock2D(ch[-1], temb, cfg, heads[-1], context[-1], t_layers[-1])
+
+        self.up_blocks = nn.ModuleList()
+        prev = ch[-1]
+        for i, kind in enumerate(cfg.up_block_types):
+            lvl = len(ch) - 1 - i  # the down level this up block mirrors
+            n_up = layers[lvl] + 1
+            block_skips = tuple(skips.pop() for _ in range(n_up))
+            self.up_blocks.append(Block2D(prev, ch[lvl], temb, n_up, cfg, heads[lvl], context[lvl], t_layers[lvl],
+                                          kind == "CrossAttnUpBlock2D", skip_channels=block_skips,
+                                          upsample=i < len(ch) - 1))
+            prev = ch[lvl]
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2)
+        self.freeu: FreeU | None = None
+
+    # -- options ------------------------------------------------------------------------------
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023): rescale backbone/skip features in the two lowest-resolution up blocks."""
+        self.freeu = FreeU(s1, s2, b1, b2)
+
+    def disable_freeu(self) -> None:
+        self.freeu = None
+
+    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
+        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
+        if dim not in (0, 1):
+            raise ValueError(f"forward chunking dim must be 0 or 1, got {dim}")
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
+
+    def disable_forward_chunking(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    # -- pieces (video models call these) -----------------------------------------------------
+    def time_embed(self, timestep, batch: int, device, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar or (batch,) timesteps -> (batch, temb) embedding in the model dtype."""
+        t = torch.as_tensor(timestep, device=device)
+        if t.ndim == 0:
+            t = t[None]
+        cfg = self.config
+        feats = sinusoidal_embedding(t.expand(batch), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        return self.time_embedding(feats.to(self.dtype), cond)
+
+    def prepare_input(self, sample: torch.Tensor) -> torch.Tensor:
+        return 2 * sample - 1.0 if self.config.center_input_sample else sample
+
+    def num_skips(self) -> int:
+        """How many down-path feature maps ControlNet residuals must provide."""
+        return 1 + sum(len(b.resnets) + (b.downsample is not None) for b in self.down_blocks)
+
+    def body(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor,
+             down_block_additional_residuals=None, mid_block_additional_residual=None,
+             mixer: Mixer | None = None) -> torch.Tensor:
+        """Everything between conv_in and the output norm: h n c0 h w, temb n d, context n m d -> n c0 h w.
+
+        ``mixer(part, level, layer, x)`` runs after every (res block[, transformer]) layer of the down
+        and up paths and after the mid block's transformer (AnimateDiff's motion modules go there)."""
+        if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
+            raise ValueError("ControlNet residuals come in pairs: pass both down_block_additional_residuals and "
+                             "mid_block_additional_residual, or neither")
+        up_factor = 2 ** (len(self.up_blocks) - 1)
+        odd_size = h.shape[-2] % up_factor != 0 or h.shape[-1] % up_factor != 0
+
+        skips = [h]
+        for level, block in enumerate(self.down_blocks):
+            for i in range(len(block.resnets)):
+                h = block.layer(i, h, temb, context)
+                if mixer is not None:
+                    h = mixer("down", level, i, h)
+                skips.append(h)
+            if block.downsample is not None:
+                h = block.downsample(h)
+                skips.append(h)
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise ValueError(f"down_block_additional_residuals: this UNet has {len(skips)} down-path features, "
+                                 f"got {len(down_block_additional_residuals)} residuals")
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+
+        h = self.mid_block(h, temb, context, mixer)
+        if mid_block_additional_residual is not None:
+            h = h + mid_block_additional_residual
+
+        for level, block in enumerate(self.up_blocks):
+            for i in range(len(block.resnets)):
+                skip = skips.pop()
+                if self.freeu is not None:
+                    h, skip = apply_freeu(self.freeu, level, h, skip)
+                h = block.layer(i, torch.cat([h, skip], dim=1), temb, context)
+                if mixer is not None:
+                    h = mixer("up", level, i, h)
+            if block.upsample is not None:
+                h = block.upsample(h, skips[-1].shape[-2:] if odd_size else None)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None,
+                down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        # sample: n c h w ; encoder_hidden_states: n m d
+        temb = self.time_embed(timestep, sample.shape[0], sample.device, timestep_cond)
+        h = self.conv_in(self.prepare_input(sample))
+        h = self.body(h, temb, encoder_hidden_states, down_block_additional_residuals, mid_block_additional_residual)
+        return self.head(h)
