@@ -38,6 +38,7 @@ from torch import nn
 from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
 from conversion.maps import original_modelscope, original_svd
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
+from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
 from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
 from conversion.maps.diffusers_unet2d import UNET2D_CONV_MAP, unet2d_map
@@ -47,6 +48,7 @@ from conversion.maps.diffusers_vae import VAE_MAP
 from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
+from .models.motion import MotionAdapter, MotionAdapterConfig
 from .models.svd_unet import SVDUNet, SVDUNetConfig
 from .models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
 from .models.unet2d import UNet2D, UNet2DConfig
@@ -80,6 +82,7 @@ ARCHITECTURES = [
     Architecture("svd_vae", "AutoencoderKLTemporalDecoder", AutoencoderKLTemporalDecoder,
                  AutoencoderKLTemporalDecoderConfig, SVD_VAE_MAP),
     Architecture("unet2d", "UNet2DConditionModel", UNet2D, UNet2DConfig, UNET2D_CONV_MAP, unet2d_map),
+    Architecture("motion_adapter", "MotionAdapter", MotionAdapter, MotionAdapterConfig, MOTION_ADAPTER_MAP),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}
 BY_NAME = {a.name: a for a in ARCHITECTURES}

@@ -35,3 +35,34 @@ class TimestepMLP(nn.Module):
         if cond is not None and self.cond_proj is not None:
             x = x + self.cond_proj(cond)
         return self.linear_2(self.act(self.linear_1(x)))
+
+
+class SinusoidalPositions(nn.Module):
+    """A fixed sine/cosine table over frame positions, added to per-frame tokens (AnimateDiff's motion
+    modules add it before each temporal attention).
+
+    ``pe[0, p, 2i] = sin(p * w_i)`` and ``pe[0, p, 2i + 1] = cos(p * w_i)`` with ``w_i = 10000^(-2i/dim)``.
+    The table is a persistent buffer of shape ``(1, max_len, dim)`` because diffusers' checkpoints carry it.
+    """
+
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]
+        rates = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(1, max_len, dim)
+        pe[0, :, 0::2] = torch.sin(position * rates)
+        pe[0, :, 1::2] = torch.cos(position * rates[: dim // 2])
+        self.register_buffer("pe", pe)
+
+    @property
+    def max_len(self) -> int:
+        return self.pe.shape[1]
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # x: (b f) n c -> the same with pe[f] added to every token of frame f
+        if num_frames > self.max_len:
+            raise ValueError(f"{num_frames} frames is more than this temporal module's {self.max_len} positions "
+                             f"(motion_max_seq_length); use at most {self.max_len} frames per window")
+        n, tokens, c = x.shape
+        pe = self.pe[0, :num_frames].to(x.dtype)  # f c
+        return (x.view(n // num_frames, num_frames, tokens, c) + pe[None, :, None]).view(n, tokens, c)

@@ -8,7 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention
-from .embeddings import TimestepMLP, sinusoidal_embedding
+from .embeddings import SinusoidalPositions, TimestepMLP, sinusoidal_embedding
 from .resnet import AlphaBlender
 
 
@@ -51,11 +51,14 @@ class TransformerBlock(nn.Module):
 
     The second attention attends to ``context`` (cross-attention) or, with
     ``double_self_attention``, to the tokens themselves (ModelScope's temporal blocks).
+    With ``max_positions`` (temporal blocks only), a sinusoidal frame-position table is added to the
+    normalised tokens before each attention (AnimateDiff's motion modules).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
-                 double_self_attention: bool = False):
+                 double_self_attention: bool = False, max_positions: int | None = None):
         super().__init__()
+        self.pos_embed = SinusoidalPositions(dim, max_positions) if max_positions else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads, head_dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -65,9 +68,16 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
         """x: b n c. With ``num_frames``, x is ``(b f) n c`` and both attentions run over frames."""
-        x = x + self.attn1(self.norm1(x), num_frames=num_frames)
-        x = x + self.attn2(self.norm2(x), context, num_frames=num_frames)
+        x = x + self.attn1(self._positions(self.norm1(x), num_frames), num_frames=num_frames)
+        x = x + self.attn2(self._positions(self.norm2(x), num_frames), context, num_frames=num_frames)
         return x + self.ff(self.norm3(x))
+
+    def _positions(self, h: torch.Tensor, num_frames: int | None) -> torch.Tensor:
+        if self.pos_embed is None:
+            return h
+        if num_frames is None:
+            raise ValueError("a transformer block with frame positions needs num_frames")
+        return self.pos_embed(h, num_frames)
 
 
 class SpatialTransformer(nn.Module):
@@ -110,15 +120,19 @@ class TemporalTransformer(nn.Module):
     Tokens stay in the per-frame layout ``(b f) (h w) c`` throughout: projections and feed-forward
     are per token, and only the attention mixes frames (see ``nn.attention.temporal_attend``).
     GroupNorm statistics span all frames of a video, as in ModelScope.
+    ``max_positions`` adds sinusoidal frame positions before every attention (AnimateDiff's motion
+    module is this transformer with ``max_positions=motion_max_seq_length``).
     """
 
-    def __init__(self, channels: int, heads: int, head_dim: int, groups: int, layers: int = 1):
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int, layers: int = 1,
+                 max_positions: int | None = None):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, head_dim, double_self_attention=True) for _ in range(layers)
+            TransformerBlock(inner, heads, head_dim, double_self_attention=True, max_positions=max_positions)
+            for _ in range(layers)
         )
         self.proj_out = nn.Linear(inner, channels)
 

@@ -1,0 +1,252 @@
+"""AnimateDiff: a motion adapter (temporal transformers) inserted into a Stable Diffusion UNet.
+
+A :class:`MotionAdapter` holds one motion module per UNet layer: ``layers`` per down level,
+``layers + 1`` per up level and optionally one after the mid block's transformer (v2 adapters).
+Each motion module is a :class:`~vidcore.nn.transformer.TemporalTransformer`: GroupNorm over all
+frames, two self-attentions over the frames at every pixel (a sinusoidal frame-position table added
+before each) and a GEGLU feed-forward, with a residual around the whole module.
+
+:class:`UNetMotion` runs a :class:`~vidcore.models.unet2d.UNet2D` on frames folded into the batch
+and calls the adapter's module after every (res block[, spatial transformer]) layer. It references
+the UNet and the adapter instead of copying their weights, so base models and adapters can be swapped
+freely (``UNetMotion(other_unet, adapter)`` costs no memory).
+
+Layout: ``b c f h w`` latents in and out; ``(b f) c h w`` inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..nn.transformer import TemporalTransformer
+from .unet2d import UNet2D
+
+
+@dataclass(frozen=True)
+class MotionAdapterConfig:
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    motion_layers_per_block: int | tuple[int, ...] = 2
+    motion_transformer_layers_per_block: int | tuple[int, ...] = 1
+    motion_mid_block_layers_per_block: int = 1
+    motion_transformer_layers_per_mid_block: int | tuple[int, ...] = 1
+    motion_num_attention_heads: int | tuple[int, ...] = 8
+    motion_norm_num_groups: int = 32
+    motion_max_seq_length: int = 32
+    use_motion_mid_block: bool = True
+    conv_in_channels: int | None = None  # PIA: the adapter brings its own wider conv_in
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict) -> "MotionAdapterConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_diffusers_config(self) -> dict:
+        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        return {"_class_name": "MotionAdapter", **out}
+
+    def per_level(self, name: str) -> tuple[int, ...]:
+        value, n = getattr(self, name), len(self.block_out_channels)
+        if isinstance(value, tuple):
+            if len(value) != n:
+                raise ValueError(f"MotionAdapter config: {name} has {len(value)} entries for {n} levels")
+            if not all(isinstance(v, int) for v in value):
+                raise ValueError(f"MotionAdapter config: {name} must be an int or one int per level, got {value!r}")
+            return value
+        return (value,) * n
+
+    def mid_transformer_layers(self) -> tuple[int, ...]:
+        value, n = self.motion_transformer_layers_per_mid_block, self.motion_mid_block_layers_per_block
+        if isinstance(value, tuple):
+            if len(value) != n:
+                raise ValueError(f"MotionAdapter config: motion_transformer_layers_per_mid_block has {len(value)} "
+                                 f"entries for {n} mid-block motion layers")
+            return value
+        return (value,) * n
+
+    def validate(self) -> None:
+        for name in ("motion_layers_per_block", "motion_transformer_layers_per_block", "motion_num_attention_heads"):
+            self.per_level(name)
+        self.mid_transformer_layers()
+        for ch in self.block_out_channels:
+            if ch % self.motion_norm_num_groups:
+                raise ValueError(f"MotionAdapter config: {ch} channels do not split into "
+                                 f"motion_norm_num_groups={self.motion_norm_num_groups} groups")
+        if self.motion_max_seq_length < 1:
+            raise ValueError(f"MotionAdapter config: motion_max_seq_length must be >= 1, got {self.motion_max_seq_length}")
+
+
+def motion_module(channels: int, heads: int, layers: int, cfg: MotionAdapterConfig) -> TemporalTransformer:
+    """One AnimateDiff motion module: a temporal transformer with frame positions, ``channels`` wide."""
+    return TemporalTransformer(channels, heads, channels // heads, cfg.motion_norm_num_groups, layers,
+                               max_positions=cfg.motion_max_seq_length)
+
+
+class MotionAdapter(nn.Module):
+    """The motion modules of an AnimateDiff checkpoint, grouped like the UNet levels they plug into.
+
+    ``down_blocks[i][j]``: after layer ``j`` of down level ``i``; ``up_blocks[i][j]``: after layer ``j`` of
+    up block ``i`` (deepest first, as the UNet's ``up_blocks``); ``mid_block[0]``: after the mid block's
+    transformer (None for v1/v3 adapters); ``conv_in``: PIA's input convolution (or None).
+    """
+
+    def __init__(self, config: MotionAdapterConfig):
+        super().__init__()
+        config.validate()
+        self.config = cfg = config
+        ch = cfg.block_out_channels
+        layers = cfg.per_level("motion_layers_per_block")
+        t_layers = cfg.per_level("motion_transformer_layers_per_block")
+        heads = cfg.per_level("motion_num_attention_heads")
+        self.conv_in = nn.Conv2d(cfg.conv_in_channels, ch[0], 3, padding=1) if cfg.conv_in_channels else None
+        self.down_blocks = nn.ModuleList(
+            nn.ModuleList(motion_module(ch[i], heads[i], t_layers[i], cfg) for _ in range(layers[i]))
+            for i in range(len(ch))
+        )
+        self.mid_block = nn.ModuleList(
+            motion_module(ch[-1], heads[-1], n, cfg) for n in cfg.mid_transformer_layers()
+        ) if cfg.use_motion_mid_block else None
+        self.up_blocks = nn.ModuleList(
+            nn.ModuleList(motion_module(ch[lvl], heads[lvl], t_layers[lvl], cfg) for _ in range(layers[lvl] + 1))
+            for lvl in reversed(range(len(ch)))
+        )
+
+    @property
+    def max_frames(self) -> int:
+        return self.config.motion_max_seq_length
+
+    def module_for(self, part: str, level: int, layer: int) -> TemporalTransformer | None:
+        """The motion module that follows ``layer`` of ``part`` ("down" | "mid" | "up") ``level``."""
+        if part == "mid":
+            return None if self.mid_block is None else self.mid_block[layer]
+        return (self.down_blocks if part == "down" else self.up_blocks)[level][layer]
+
+    def forward(self, *args, **kwargs):
+        raise TypeError("a MotionAdapter is not run on its own: wrap a UNet2D with UNetMotion(unet, adapter)")
+
+
+def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
+    """Raise a ValueError naming the mismatch when ``adapter`` cannot be inserted into ``unet``."""
+    u, a = unet.config, adapter.config
+    if tuple(u.block_out_channels) != tuple(a.block_out_channels):
+        raise ValueError(f"motion adapter block_out_channels {tuple(a.block_out_channels)} do not match the UNet's "
+                         f"{tuple(u.block_out_channels)}: the adapter was trained for another base model family "
+                         "(e.g. an SD1.5 adapter needs an SD1.5-family UNet)")
+    if u.per_level("layers_per_block") != a.per_level("motion_layers_per_block"):
+        raise ValueError(f"motion adapter motion_layers_per_block {a.motion_layers_per_block!r} does not match the "
+                         f"UNet's layers_per_block {u.layers_per_block!r}")
+    mid_layers = len(unet.mid_block.attentions)
+    if adapter.mid_block is not None and len(adapter.mid_block) != mid_layers:
+        raise ValueError(f"motion adapter has {len(adapter.mid_block)} mid-block motion layers "
+                         f"(motion_mid_block_layers_per_block) but the UNet's mid block has {mid_layers} transformer(s)")
+    if a.conv_in_channels:
+        if a.conv_in_channels <= u.in_channels:
+            raise ValueError(f"motion adapter conv_in_channels={a.conv_in_channels} must exceed the UNet's "
+                             f"in_channels={u.in_channels} (PIA: UNet latents + mask + image latents)")
+        if u.conv_in_kernel != 3:
+            raise ValueError(f"a motion adapter with its own conv_in needs a UNet with conv_in_kernel=3, "
+                             f"got {u.conv_in_kernel}")
+
+
+class UNetMotion(nn.Module):
+    """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
+
+    ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.
+    ``encoder_hidden_states`` is either ``b m d`` (one prompt per video, repeated over frames here)
+    or ``(b f) m d`` (per-frame prompts, as diffusers' AnimateDiff pipelines pass it). ControlNet
+    residuals are per frame: ``(b f) c h w``.
+
+    The UNet and the adapter are referenced, not copied: ``self.unet`` / ``self.adapter`` are the very
+    modules passed in (same parameters, same storage). Differences from diffusers'
+    ``UNetMotionModel.from_unet2d``: the motion modules' GroupNorm uses the adapter's
+    ``motion_norm_num_groups`` (diffusers uses the UNet's ``norm_num_groups``; both are 32 in every
+    released model), and the timestep features follow the UNet's ``flip_sin_to_cos``/``freq_shift``
+    (diffusers fixes them to True/0, the SD values).
+    """
+
+    def __init__(self, unet: UNet2D, adapter: MotionAdapter):
+        super().__init__()
+        if not isinstance(unet, UNet2D):
+            raise TypeError(f"UNetMotion needs a vidcore UNet2D, got {type(unet).__name__}")
+        if not isinstance(adapter, MotionAdapter):
+            raise TypeError(f"UNetMotion needs a vidcore MotionAdapter, got {type(adapter).__name__}")
+        check_compatible(unet, adapter)
+        self.unet = unet
+        self.adapter = adapter
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def in_channels(self) -> int:
+        return self.adapter.config.conv_in_channels or self.unet.config.in_channels
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        self.unet.enable_freeu(s1, s2, b1, b2)
+
+    def disable_freeu(self) -> None:
+        self.unet.disable_freeu()
+
+    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
+        self.unet.enable_forward_chunking(chunk_size, dim)
+        for module in self.adapter.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
+
+    def disable_forward_chunking(self) -> None:
+        self.unet.disable_forward_chunking()
+        for module in self.adapter.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size = None
+
+    def conv_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet's conv_in; with a PIA adapter, its conv_in's extra input channels are added on top."""
+        if self.adapter.conv_in is None:
+            return self.unet.conv_in(x)
+        c = self.unet.config.in_channels
+        extra = F.conv2d(x[:, c:], self.adapter.conv_in.weight[:, c:], None, padding=1)
+        return self.unet.conv_in(x[:, :c]) + extra
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None,
+                down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        # sample: b c f h w ; encoder_hidden_states: b m d or (b f) m d
+        if sample.ndim != 5:
+            raise ValueError(f"UNetMotion takes latents shaped (batch, channels, frames, height, width), got "
+                             f"{tuple(sample.shape)}")
+        b, c, f, h, w = sample.shape
+        if c != self.in_channels:
+            raise ValueError(f"sample has {c} channels, this UNetMotion takes {self.in_channels}")
+        if f > self.adapter.max_frames:
+            raise ValueError(f"num_frames={f} exceeds the motion adapter's motion_max_seq_length="
+                             f"{self.adapter.max_frames}; generate at most {self.adapter.max_frames} frames at a "
+                             "time (longer videos need a sliding context window)")
+        if encoder_hidden_states.shape[0] == b and f > 1:
+            context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
+        elif encoder_hidden_states.shape[0] == b * f:
+            context = encoder_hidden_states
+        else:
+            raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} must be the video batch "
+                             f"({b}) or batch x frames ({b * f})")
+        temb = self.unet.time_embed(timestep, b, sample.device, timestep_cond).repeat_interleave(f, dim=0)
+
+        def mixer(part: str, level: int, layer: int, x: torch.Tensor) -> torch.Tensor:
+            module = self.adapter.module_for(part, level, layer)
+            return x if module is None else module(x, f)
+
+        x = self.conv_in(self.unet.prepare_input(rearrange(sample, "b c f h w -> (b f) c h w")))
+        x = self.unet.body(x, temb, context, down_block_additional_residuals, mid_block_additional_residual, mixer)
+        return rearrange(self.unet.head(x), "(b f) c h w -> b c f h w", f=f)
