@@ -116,9 +116,9 @@ def test_truncated_file_names_the_file(tmp_path):
 def test_unknown_model_class_and_pipeline_folder(tmp_path):
     folder, _ = _saved_unet(tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["_class_name"] = "UNet2DConditionModel"
+    cfg["_class_name"] = "PriorTransformer"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match="unsupported model class 'UNet2DConditionModel'"):
+    with pytest.raises(ConfigError, match="unsupported model class 'PriorTransformer'"):
         vidcore.load_model(folder)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "X", "unet": ["diffusers", "UNet3DConditionModel"]}))
     with pytest.raises(ModelNotFoundError, match=r"pipeline folder; pass subfolder= \(CLI: --subfolder\) one of \['unet'\]"):
