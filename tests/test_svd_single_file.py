@@ -217,6 +217,9 @@ def test_bad_files_fail_clearly(tmp_path, models):
 
     state = write_sgm(models, tmp_path / "svd.safetensors")
     with pytest.raises(ValueError, match="component must be one of"):
+        vidcore.load_model(tmp_path / "svd.safetensors", config_from=root, component="text_encoder")
+    # image_encoder is a component (tests/test_svd_image_encoder.py), but this file has none
+    with pytest.raises(CheckpointError, match="without the image_encoder"):
         vidcore.load_model(tmp_path / "svd.safetensors", config_from=root, component="image_encoder")
     # default config (SVD-XT) against a tiny file: shape errors naming sgm keys, nothing half-loaded
     with pytest.raises(ConversionError, match="input_blocks|time_stack|shape"):

@@ -10,9 +10,10 @@ Formats understood:
   Such files carry no config: it comes from ``config_from`` (a diffusers ``unet`` folder,
   ``config.json`` or dict) or defaults to the released model's hub config;
 * an original Stable Video Diffusion file (Stability's sgm layout: ``svd_xt.safetensors``,
-  ``svd_xt_1_1.safetensors``), which holds several components: ``component="unet"`` (default) or
-  ``component="vae"`` picks one; the config comes from ``config_from`` (a pipeline folder's ``unet/``
-  or ``vae/``) or defaults to stabilityai/stable-video-diffusion-img2vid-xt's.
+  ``svd_xt_1_1.safetensors``), which holds several components: ``component="unet"`` (default),
+  ``"vae"`` or ``"image_encoder"`` (OpenCLIP ViT-H/14, returned as transformers'
+  ``CLIPVisionModelWithProjection``) picks one; the config comes from ``config_from`` (a pipeline
+  folder's ``unet/``, ``vae/`` or ``image_encoder/``) or defaults to stabilityai/stable-video-diffusion-img2vid-xt's.
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -111,7 +113,9 @@ ORIGINAL_FORMATS = {
     "svd_vae": OriginalFormat("Stable Video Diffusion VAE (sgm, stabilityai/stable-video-diffusion-img2vid-xt)",
                               original_svd.svd_vae_map, original_svd.SVD_VAE_CONFIG, "vae", original_svd.VAE_PREFIX),
 }
-SGM_SVD_COMPONENTS = {"unet": "svd_unet", "vae": "svd_vae"}
+# component= of an sgm SVD file -> LoadedInfo.architecture (the image encoder is transformers'
+# CLIPVisionModelWithProjection, not a vidcore architecture)
+SGM_SVD_COMPONENTS = {"unet": "svd_unet", "vae": "svd_vae", "image_encoder": "clip_vision_with_projection"}
 
 
 @dataclass
@@ -286,27 +290,89 @@ def original_keymap(arch: Architecture, diffusers_config: Mapping) -> ChainedMap
     return ChainedMap([ORIGINAL_FORMATS[arch.name].keymap(diffusers_config), arch.keymap(diffusers_config)])
 
 
+def _is_image_encoder(module: nn.Module) -> bool:
+    """A transformers CLIPVisionModelWithProjection (transformers is imported if such a module exists)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import CLIPVisionModelWithProjection
+
+    return isinstance(module, CLIPVisionModelWithProjection)
+
+
+def _image_encoder_config(config_from, revision, token) -> dict:
+    """The transformers CLIPVisionConfig (as a dict) for an sgm file's image encoder: `config_from` (a
+    config.json, a model folder, a pipeline folder's image_encoder/, a hub repo id or a dict), or the
+    released SVD's (OpenCLIP ViT-H/14)."""
+    if config_from is None:
+        return dict(original_svd.SVD_IMAGE_ENCODER_CONFIG)
+    if isinstance(config_from, Mapping):
+        config, where = dict(config_from), "config_from"
+    else:
+        root = hub.resolve(config_from, allow_patterns=["config.json", "image_encoder/config.json"],
+                           revision=revision, token=token)
+        candidates = [root] if root.is_file() else [root / "config.json", root / "image_encoder" / "config.json"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or "
+                                     "image_encoder/config.json) for the image encoder")
+        config, where = hub.load_config(found), str(found)
+    if config.get("model_type") == "clip" and isinstance(config.get("vision_config"), Mapping):
+        config = dict(config["vision_config"])  # a full CLIP config: its vision half
+    kind = config.get("_class_name") or config.get("model_type", "clip_vision_model")
+    if kind != "clip_vision_model":
+        raise ConfigError(f"{where} is a {kind} config, but the image encoder of an original Stable Video "
+                          "Diffusion file needs a CLIPVisionModelWithProjection config (a pipeline's "
+                          "image_encoder/config.json)")
+    return config
+
+
+def _load_image_encoder(state: dict, config: dict, files: list[Path]):
+    """OpenCLIP ViT tensors (sgm prefix stripped) -> transformers CLIPVisionModelWithProjection, every key
+    and shape checked against `config` before anything is built."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig.from_dict(config)
+    with torch.device("meta"):
+        shell = CLIPVisionModelWithProjection(cfg)
+    target = {k: v.shape for k, v in shell.state_dict().items()}
+    try:
+        converted, report = original_svd.open_clip_vision_map().convert(state, target)
+    except ConversionError as err:
+        names = ", ".join(str(f) for f in files)
+        raise ConversionError(f"{names} does not fit CLIPVisionModelWithProjection ({cfg.num_hidden_layers} layers, "
+                              f"width {cfg.hidden_size}, projection {cfg.projection_dim}): {err}", err.report) from err
+    # transformers builds the model around the checked tensors (and its non-persistent position_ids)
+    module = CLIPVisionModelWithProjection.from_pretrained(None, config=cfg, state_dict=converted,
+                                                           dtype=next(iter(converted.values())).dtype)
+    return module.eval(), report
+
+
 def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision, token):
+    """One component of an sgm file -> (LoadedInfo architecture name, config, module, report)."""
     if component not in SGM_SVD_COMPONENTS:
         raise ValueError(f"{where} is an original Stable Video Diffusion file holding several components; "
                          f"component must be one of {sorted(SGM_SVD_COMPONENTS)}, got {component!r}")
-    arch = BY_NAME[SGM_SVD_COMPONENTS[component]]
     state = original_svd.split(raw)[component]
     if not state:
-        prefix = ORIGINAL_FORMATS[arch.name].prefix
+        prefix = original_svd.COMPONENT_PREFIXES[component]
         raise CheckpointError(f"{where}: an original Stable Video Diffusion file without the {component} "
                               f"(no {prefix}* keys)")
+    if component == "image_encoder":
+        config = _image_encoder_config(config_from, revision, token)
+        module, report = _load_image_encoder(state, config, [where])
+        return SGM_SVD_COMPONENTS[component], config, module, report
+    arch = BY_NAME[SGM_SVD_COMPONENTS[component]]
     config = _original_config(arch, config_from, revision, token)
     if arch.name == "svd_vae" and "quant_conv.weight" not in state:  # sgm's AutoencodingEngine has none
         latent = int(config.get("latent_channels") or original_svd.SVD_VAE_CONFIG["latent_channels"])
         state = {**state, **original_svd.identity_quant_conv(latent, next(iter(state.values())).dtype)}
     module = _build(arch, config)
     report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch, config, module, report
+    return arch.name, config, module, report
 
 
 def _load_original(where: Path, config_from, revision, token,
-                   component: str | None = None) -> tuple[Architecture, dict, nn.Module, ConversionReport]:
+                   component: str | None = None) -> tuple[str, dict, nn.Module, ConversionReport]:
     raw = read_single_file_raw(where)
     if original_svd.detect(raw):
         return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
@@ -328,7 +394,7 @@ def _load_original(where: Path, config_from, revision, token,
     config = _original_config(arch, config_from, revision, token)
     module = _build(arch, config)
     report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch, config, module, report
+    return arch.name, config, module, report
 
 
 def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None,
@@ -348,7 +414,7 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
         module = _build(arch, config)
         report = _fill(module, hub.load_state_dict(files), arch.keymap(config), files, "forward")
     elif fmt == "original":
-        arch, config, module, report = _load_original(where, config_from, revision, token, component)
+        name, config, module, report = _load_original(where, config_from, revision, token, component)
         files = [where]
     else:
         arch, config, _ = read_native(where)
@@ -356,7 +422,7 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
         module = _build(arch, config)
         report = _fill_native(module, files)
     module = module.to(dtype).eval()
-    return module, LoadedInfo(arch.name, fmt, files, report, config)
+    return module, LoadedInfo(name if fmt == "original" else arch.name, fmt, files, report, config)
 
 
 def _fill_native(module: nn.Module, files: list[Path]) -> None:
@@ -383,9 +449,11 @@ def load_model(path: str | os.PathLike, subfolder: str | None = None, torch_dtyp
     >>> unet = vidcore.load_model("i2vgen_xl_00854500.pth")  # config: ali-vilab/i2vgen-xl's unet
     >>> unet = vidcore.load_model("text2video_pytorch_model.pth", config_from="my-unet/config.json")
     >>> vae = vidcore.load_model("svd_xt.safetensors", component="vae")  # sgm file: "unet" (default) / "vae"
+    >>> clip = vidcore.load_model("svd_xt.safetensors", component="image_encoder")  # transformers CLIPVision...
 
     ``config_from`` (original checkpoints only): a diffusers model folder, a pipeline folder (its
-    ``unet/`` or ``vae/``), a ``config.json`` path, a hub repo id or a dict giving the architecture.
+    ``unet/``, ``vae/`` or ``image_encoder/``), a ``config.json`` path, a hub repo id or a dict giving the
+    architecture.
     ``component`` (original Stable Video Diffusion files only): which of the file's models to load.
     """
     return load_model_with_info(path, subfolder, torch_dtype, variant, revision, token, config_from, component)[0]
@@ -447,7 +515,12 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
 
 def original_state_dict(module: nn.Module, diffusers_config: dict | None = None) -> dict[str, torch.Tensor]:
     """``module``'s tensors under its original single-file key names (sgm SVD components prefixed with
-    ``model.diffusion_model.`` / ``first_stage_model.``, so a UNet's and a VAE's can be merged into one file)."""
+    ``model.diffusion_model.`` / ``first_stage_model.`` / ``conditioner.embedders.0.open_clip.model.visual.``,
+    so a UNet's, a VAE's and an image encoder's (transformers ``CLIPVisionModelWithProjection``) can be
+    merged into one file)."""
+    if _is_image_encoder(module):
+        state, _ = original_svd.open_clip_vision_map().convert(module.state_dict(), None, direction="reverse")
+        return {original_svd.IMAGE_ENCODER_PREFIX + k: v.contiguous() for k, v in state.items()}
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     state, _ = original_keymap(arch, config).convert(module.state_dict(), None, direction="reverse")
@@ -460,10 +533,11 @@ def original_state_dict(module: nn.Module, diffusers_config: dict | None = None)
 def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
     """Write a model in its original single-file layout (ModelScope / VGen / sgm key names), atomically:
     ``.safetensors`` -> a flat safetensors file; any other suffix -> ``torch.save`` of the state dict,
-    wrapped in ``{"state_dict": ...}`` for I2VGen-XL as VGen's release is. An SVD UNet or VAE is written
-    alone with its sgm prefix; merge :func:`original_state_dict` of both for a whole sgm file."""
-    arch = architecture_of(module)
+    wrapped in ``{"state_dict": ...}`` for I2VGen-XL as VGen's release is. An SVD UNet, VAE or image
+    encoder is written alone with its sgm prefix; merge :func:`original_state_dict` of each for a whole
+    sgm file."""
     state = original_state_dict(module, diffusers_config)
+    wrap = not _is_image_encoder(module) and architecture_of(module).name == "i2vgen_xl_unet"
     path = Path(path)
     if path.suffix == ".safetensors":
         _atomic_save(state, path, {"format": "pt"})
@@ -472,7 +546,7 @@ def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: 
     fd, tmp = _temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state} if arch.name == "i2vgen_xl_unet" else state, f)
+            torch.save({"state_dict": state} if wrap else state, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

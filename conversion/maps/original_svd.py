@@ -1,14 +1,25 @@
 """Original Stable Video Diffusion single files (Stability's ``sgm`` layout) <-> diffusers names.
 
 ``svd.safetensors``, ``svd_xt.safetensors`` and ``svd_xt_1_1.safetensors`` hold a whole sgm
-``DiffusionEngine``; two of its parts are converted here:
+``DiffusionEngine``; three of its parts are converted here:
 
 * ``model.diffusion_model.*`` (sgm ``VideoUNet``) <-> diffusers ``UNetSpatioTemporalConditionModel``;
 * ``first_stage_model.*`` (sgm ``AutoencodingEngine``: SD's KL ``Encoder`` + ``VideoDecoder`` in its
-  default ``time_mode="conv-only"``) <-> diffusers ``AutoencoderKLTemporalDecoder``.
+  default ``time_mode="conv-only"``) <-> diffusers ``AutoencoderKLTemporalDecoder``;
+* ``conditioner.embedders.0.open_clip.model.visual.*`` (OpenCLIP ViT-H/14, sgm's
+  ``FrozenOpenCLIPImageEmbedder``) <-> transformers ``CLIPVisionModelWithProjection`` (the pipeline's
+  ``image_encoder``; no vidcore module of its own).
 
-``conditioner.embedders.*`` (the OpenCLIP ViT-H image embedder, and a second copy of the VAE encoder)
-is not converted: the image encoder comes from a diffusers folder (``config_from``).
+The rest of the file is skipped on purpose (:data:`SKIPPED_PREFIXES` says why for each prefix;
+:func:`unrecognised` lists keys outside both). sgm's conditioner, by ``conditioner.embedders.{n}``
+(the SVD / SVD-XT configs)::
+
+    0  FrozenOpenCLIPImagePredictionEmbedder  .open_clip.model.visual.*  -> image_encoder (converted)
+                                              .open_clip.model.*          text-tower leftovers, skipped
+    1  ConcatTimestepEmbedderND (fps_id)             sinusoidal, no weights
+    2  ConcatTimestepEmbedderND (motion_bucket_id)   sinusoidal, no weights
+    3  VideoPredictionEmbedderWithEncoder (cond_frames)  .encoder.*  VAE encoder copy, skipped
+    4  ConcatTimestepEmbedderND (cond_aug)           sinusoidal, no weights
 
 UNet layout (L = layers_per_block; block ``n`` of ``input_blocks`` / ``output_blocks`` is a list
 ``[VideoResBlock, SpatialVideoTransformer?, Upsample?]``)::
@@ -41,6 +52,23 @@ function gets three names wrong for the real file (it reads ``decoder.time_mix_c
 ``decoder.conv_out.time_mix_conv``; it prefixes every ``norm1/conv1/norm2/conv2/conv_shortcut`` with
 ``spatial_res_block.``, encoder and temporal halves included; ``mix_factor`` lands under
 ``spatial_res_block``): the map here follows sgm's module names, and the tests name those differences.
+
+Image-encoder layout (OpenCLIP ``VisionTransformer`` -> transformers ``CLIPVisionModelWithProjection``;
+``E`` = ``vision_model.embeddings``, ``L.i`` = ``vision_model.encoder.layers.i``)::
+
+    conv1.weight / class_embedding / positional_embedding   E.patch_embedding.weight / E.class_embedding /
+                                                            E.position_embedding.weight
+    ln_pre / ln_post                                        vision_model.pre_layrnorm / .post_layernorm
+    transformer.resblocks.i.ln_1 / ln_2                     L.i.layer_norm1 / layer_norm2
+    transformer.resblocks.i.attn.in_proj_{weight,bias}      L.i.self_attn.{q,k,v}_proj.{weight,bias}  (split in 3)
+    transformer.resblocks.i.attn.out_proj                   L.i.self_attn.out_proj
+    transformer.resblocks.i.mlp.c_fc / mlp.c_proj           L.i.mlp.fc1 / mlp.fc2
+    proj  (width, out)                                      visual_projection.weight (out, width), transposed
+
+Both compute the same function: patch conv without bias, the class token first, pre-norm blocks,
+``ln_post`` on the class token, then the projection (OpenCLIP ViT-H/14 uses exact GELU and LayerNorm
+eps 1e-5: ``hidden_act="gelu"``, ``layer_norm_eps=1e-5`` in the transformers config). diffusers' script
+does not convert the image encoder; the tests check this map against an OpenCLIP-layout forward pass.
 """
 
 from __future__ import annotations
@@ -49,10 +77,24 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..engine import KeyMap, Rule, conv1x1_to_linear, linear_to_conv1x1
+from ..engine import KeyMap, Rule, SplitRule, conv1x1_to_linear, linear_to_conv1x1
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+IMAGE_ENCODER_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
+COMPONENT_PREFIXES = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "image_encoder": IMAGE_ENCODER_PREFIX}
+
+# Keys of an sgm SVD file that are not converted, and why. (embedders 1, 2 and 4 are sinusoidal
+# ConcatTimestepEmbedderND modules without weights: a file has no keys for them.)
+SKIPPED_PREFIXES = {
+    "conditioner.embedders.0.open_clip.model.":
+        "what sgm's FrozenOpenCLIPImageEmbedder keeps of the OpenCLIP text tower after deleting its "
+        "transformer (token_embedding, positional_embedding, ln_final, text_projection, logit_scale); "
+        "Stable Video Diffusion never runs it",
+    "conditioner.embedders.3.encoder.":
+        "a second VAE encoder (+ quant_conv) in the cond_frames embedder; the pipeline encodes the input "
+        "image with its VAE (first_stage_model.*), as diffusers does",
+}
 
 # stabilityai/stable-video-diffusion-img2vid-xt  unet/config.json (the -img2vid repo differs in num_frames: 14)
 SVD_XT_UNET_CONFIG = {
@@ -260,23 +302,90 @@ def is_identity_quant_conv(state: Mapping[str, torch.Tensor]) -> bool:
     return bool(torch.equal(w[:, :, 0, 0], eye) and not b.any())
 
 
+# --------------------------------------------------------------------------- image encoder
+
+# stabilityai/stable-video-diffusion-img2vid(-xt)  image_encoder/config.json: OpenCLIP ViT-H/14
+SVD_IMAGE_ENCODER_CONFIG = {
+    "architectures": ["CLIPVisionModelWithProjection"],
+    "model_type": "clip_vision_model",
+    "attention_dropout": 0.0,
+    "dropout": 0.0,
+    "hidden_act": "gelu",
+    "hidden_size": 1280,
+    "image_size": 224,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 5120,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 16,
+    "num_channels": 3,
+    "num_hidden_layers": 32,
+    "patch_size": 14,
+    "projection_dim": 1024,
+}
+
+
+def transpose_2d(t: torch.Tensor) -> torch.Tensor:
+    """OpenCLIP's ``proj`` (width, out), used as ``x @ proj`` <-> a linear weight (out, width); its own inverse."""
+    return t.t().contiguous()
+
+
+def open_clip_vision_rules() -> list[Rule | SplitRule]:
+    """OpenCLIP ``VisionTransformer`` names (without ``...open_clip.model.visual.``) -> transformers'
+    ``CLIPVisionModelWithProjection`` names. The layer count comes from the keys, not a config."""
+    emb, block, layer = "vision_model.embeddings", "transformer.resblocks.{i:int}", "vision_model.encoder.layers.{i}"
+    return [
+        Rule("conv1.weight", f"{emb}.patch_embedding.weight", name="conv1 -> patch_embedding"),
+        Rule("class_embedding", f"{emb}.class_embedding", name="class_embedding"),
+        Rule("positional_embedding", f"{emb}.position_embedding.weight", name="positional_embedding"),
+        Rule("ln_pre.{leaf}", "vision_model.pre_layrnorm.{leaf}", name="ln_pre -> pre_layrnorm"),
+        Rule(block + ".ln_1.{leaf}", layer + ".layer_norm1.{leaf}", name="resblocks ln_1 -> layer_norm1"),
+        SplitRule(block + ".attn.in_proj_weight",
+                  tuple(f"{layer}.self_attn.{p}_proj.weight" for p in "qkv"), name="resblocks in_proj_weight -> q/k/v"),
+        SplitRule(block + ".attn.in_proj_bias",
+                  tuple(f"{layer}.self_attn.{p}_proj.bias" for p in "qkv"), name="resblocks in_proj_bias -> q/k/v"),
+        Rule(block + ".attn.out_proj.{leaf}", layer + ".self_attn.out_proj.{leaf}", name="resblocks out_proj"),
+        Rule(block + ".ln_2.{leaf}", layer + ".layer_norm2.{leaf}", name="resblocks ln_2 -> layer_norm2"),
+        Rule(block + ".mlp.c_fc.{leaf}", layer + ".mlp.fc1.{leaf}", name="resblocks mlp.c_fc -> fc1"),
+        Rule(block + ".mlp.c_proj.{leaf}", layer + ".mlp.fc2.{leaf}", name="resblocks mlp.c_proj -> fc2"),
+        Rule("ln_post.{leaf}", "vision_model.post_layernorm.{leaf}", name="ln_post -> post_layernorm"),
+        Rule("proj", "visual_projection.weight", forward=transpose_2d, reverse=transpose_2d,
+             name="proj -> visual_projection (transposed)"),
+    ]
+
+
+def open_clip_vision_map() -> KeyMap:
+    """sgm ``conditioner.embedders.0.open_clip.model.visual.*`` (prefix stripped) <-> transformers
+    ``CLIPVisionModelWithProjection``."""
+    return KeyMap(open_clip_vision_rules(), name="original-sgm-svd-image-encoder")
+
+
 # --------------------------------------------------------------------------- detection
 
 
 def detect(keys: Iterable[str]) -> bool:
-    """True for an sgm Stable Video Diffusion file (prefixed keys, as Stability ships it)."""
+    """True for an sgm Stable Video Diffusion file (prefixed keys, as Stability ships it), or a file
+    holding one of its components under its sgm prefix (as :func:`vidcore.loading.save_original` writes)."""
     keys = set(keys)
     unet = any(k.startswith(UNET_PREFIX + "input_blocks.") and ".time_stack." in k for k in keys)
     vae = any(k.startswith(VAE_PREFIX + "decoder.") and "time_mix_conv" in k for k in keys)
-    return unet or vae
+    image_encoder = any(k.startswith(IMAGE_ENCODER_PREFIX + "transformer.resblocks.") for k in keys)
+    return unet or vae or image_encoder
 
 
 def split(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """An sgm file's tensors by component: ``unet`` and ``vae`` (prefixes stripped; others dropped)."""
-    out: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "vae": {}}
+    """An sgm file's tensors by component: ``unet``, ``vae`` and ``image_encoder`` (prefixes stripped;
+    other keys dropped, see :func:`unrecognised`)."""
+    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in COMPONENT_PREFIXES}
     for k, v in state.items():
-        if k.startswith(UNET_PREFIX):
-            out["unet"][k[len(UNET_PREFIX):]] = v
-        elif k.startswith(VAE_PREFIX):
-            out["vae"][k[len(VAE_PREFIX):]] = v
+        for name, prefix in COMPONENT_PREFIXES.items():
+            if k.startswith(prefix):
+                out[name][k[len(prefix):]] = v
+                break
     return out
+
+
+def unrecognised(keys: Iterable[str]) -> list[str]:
+    """Keys that belong neither to a converted component nor to :data:`SKIPPED_PREFIXES` (sorted)."""
+    known = (*COMPONENT_PREFIXES.values(), *SKIPPED_PREFIXES)
+    return sorted(k for k in keys if not k.startswith(known))
