@@ -251,3 +251,24 @@ def test_real_sd15_unet_motion_covers_diffusers_unet_motion_model():
     ours = UNetMotion(built["UNet2DConditionModel"], built["MotionAdapter"])
     assert len(ours.state_dict()) == 1253
     assert sum(t.numel() for t in ours.state_dict().values()) == sum(t.numel() for t in ref_motion.state_dict().values())
+
+
+def test_fp16_variant_adapter_loads_with_its_position_table(tmp_path):
+    from diffusers import MotionAdapter as RefAdapter
+
+    ref = tiny.randomize_(RefAdapter(**tiny.tiny_motion_adapter_config(use_motion_mid_block=True)), 0)
+    ref.save_pretrained(tmp_path / "adapter", variant="fp16")
+    half = vidcore.load_model(tmp_path / "adapter", variant="fp16", torch_dtype=torch.float16)
+    assert isinstance(half, vidcore.MotionAdapter)
+    pe = half.mid_block[0].transformer_blocks[0].pos_embed.pe
+    assert pe.dtype == torch.float16
+    assert torch.equal(pe, ref.mid_block.motion_modules[0].transformer_blocks[0].pos_embed.pe.half())
+    assert torch.equal(half.up_blocks[0][2].proj_out.weight, ref.up_blocks[0].motion_modules[2].proj_out.weight.half())
+
+
+def test_fullgraph_compile_has_no_graph_break(tmp_path):
+    _, ours, _, _ = build(tmp_path, ADAPTERS["v2-mid-block"])
+    x, ctx = video_inputs(4, batch=1, frames=3)
+    compiled = torch.compile(ours, fullgraph=True, backend="eager")  # fullgraph raises on any graph break
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, 10, ctx), ours(x, 10, ctx))
