@@ -111,8 +111,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_fns(fns: dict, device, repeats: int, warmup: int = 2, budget_s: float | None = None) -> dict[str, float]:
-    """Median seconds per call; variants interleaved (one call each per round, rotating order)."""
+def time_fns(fns: dict, device, repeats: int, warmup: int = 2, budget_s: float | None = None,
+             calls: int = 1) -> dict[str, float]:
+    """Median seconds per call; variants interleaved (one sample each per round, rotating order).
+
+    On CUDA a sample is ``calls`` back-to-back calls between two events (divided by ``calls``), so
+    the GPU time is measured rather than the Python launch latency of a single small call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -125,10 +129,11 @@ def time_fns(fns: dict, device, repeats: int, warmup: int = 2, budget_s: float |
             if device.type == "cuda":
                 e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 e0.record()
-                fns[n]()
+                for _ in range(calls):
+                    fns[n]()
                 e1.record()
                 e1.synchronize()
-                times[n].append(e0.elapsed_time(e1) / 1000.0)
+                times[n].append(e0.elapsed_time(e1) / 1000.0 / calls)
             else:
                 t0 = time.perf_counter()
                 fns[n]()
@@ -155,6 +160,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 30 CUDA, 5 CPU)")
     ap.add_argument("--device", default=None, help="default: cuda if available else cpu")
     ap.add_argument("--triton-variants", default="dot,fma", help="Triton variants to time on CUDA")
+    ap.add_argument("--calls", type=int, default=10,
+                    help="CUDA: back-to-back calls per timed sample (1 = include per-call launch latency)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check against the reference")
     args = ap.parse_args(argv)
@@ -174,7 +181,8 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         import triton
         print(f"- gpu: {torch.cuda.get_device_name(device)}; triton {triton.__version__}")
-    print(f"- device {device}, dtype {str(dtype).replace('torch.', '')}, {repeats} timed rounds, "
+    print(f"- device {device}, dtype {str(dtype).replace('torch.', '')}, {repeats} timed rounds "
+          f"({args.calls if device.type == 'cuda' else 1} back-to-back calls per sample), "
           f"{'--small (h, w / %d)' % scale if args.small else 'full shapes'}")
     copy_bytes = (1 << 30) if device.type == "cuda" else (256 << 20)
     bw = copy_bandwidth(device, copy_bytes, max(5, repeats // 2))
@@ -200,7 +208,8 @@ def main(argv=None) -> None:
             for name, fn in fns.items():
                 errs[name] = (fn().float() - ref).abs().max().item()
             del ref
-        med = time_fns(fns, device, repeats, budget_s=None if device.type == "cuda" else 8.0)
+        med = time_fns(fns, device, repeats, budget_s=None if device.type == "cuda" else 8.0,
+                       calls=args.calls if device.type == "cuda" else 1)
         nbytes = 4 * q.numel() * q.element_size()
         for name, t in med.items():
             gbs = nbytes / t / 1e9

@@ -125,10 +125,12 @@ def launch_config(num_frames: int, head_dim: int, pixels: int, variant: str = "d
       (<= 128 registers/thread for a warp); longer clips (f > 64, or f > 16 at d > 128) use several
       query-frame programs that re-read k/v (hit in L2: those programs have adjacent ids).
     * ``BLOCK_N`` pixels per program: the accumulator tile BLOCK_N x BLOCK_FQ x BLOCK_D is kept at
-      ~8192 fp32 values, i.e. ~64 registers/thread with 4 warps, leaving room for q, k, v, scores
-      and ~3-4 resident programs per SM (enough warps to cover HBM latency). For SVD (f=25 -> 32,
-      d=64) that is 4 pixels = 4 x 25 x 64 x 2 B = 12.8 KB of q per program; for f=16, d=64,
-      8 pixels. Triton's 3-D ``tl.dot`` puts the warps on the batch (pixel) dimension, so
+      ~2048 fp32 values, so programs are small and many are resident per SM (their loads in flight
+      are what covers HBM latency). Measured on an H200 (bf16, block_n x num_warps swept, see
+      benchmarks/RESULTS.md): at SVD-XT level 0 (f=25 -> 32, d=64) 1-2 pixels with 1 warp reach
+      3.8-3.9 TB/s, 93-95 % of the copy bandwidth, while 4 pixels with 4 warps (an earlier ~8192
+      value tile) reached 2.8 TB/s; for f=16, d=40 -> 64, 2 pixels with 2 warps are within 2 % of
+      the best. Triton's 3-D ``tl.dot`` puts the warps on the batch (pixel) dimension, so
       ``num_warps = min(4, BLOCK_N)``.
     * Heads vary fastest in the program id, then pixel blocks: concurrently running programs read
       neighbouring ``d``-wide column chunks of the same pixel rows, so partial 32-byte sectors
@@ -142,7 +144,7 @@ def launch_config(num_frames: int, head_dim: int, pixels: int, variant: str = "d
     block_fq = min(max(lo, _next_pow2(num_frames)), fq_cap)
     block_fk = 16 if variant == "dot" else 1
     if block_n is None:
-        block_n = max(1, min(64, 8192 // (block_fq * block_d)))
+        block_n = max(1, min(64, 2048 // (block_fq * block_d)))
         block_n = min(block_n, _next_pow2(max(1, pixels)))
     if block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
