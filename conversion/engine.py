@@ -18,6 +18,7 @@ checkpoint fails with one message naming every problem instead of a half-loaded 
 Maps with index arithmetic (LDM `input_blocks.{3*i+j+1}`) are written as generated rule lists:
 a map is plain Python data. The planning step works on groups of keys (`_Step`): `SplitRule` cuts
 one fused tensor into several (qkv) and fuses them back in reverse, under the same checks.
+`TiedRule` keeps one of several stored copies of a tensor (and writes the copies back in reverse).
 `ChainedMap` runs maps in turn (original -> diffusers -> vidcore) and checks every stage.
 """
 
@@ -229,6 +230,69 @@ class SplitRule:
         return {step.dst_keys[0]: torch.cat([tensors[k] for k in step.src_keys], dim=self.dim)}
 
 
+@dataclass(frozen=True)
+class TiedRule:
+    """Several source keys holding the same tensor <-> one target key.
+
+    TiedRule(("{p}.attention_blocks.0.pos_encoder.pe", "{p}.attention_blocks.1.pos_encoder.pe"), "{p}.pos_embed.pe")
+
+    Forward requires every copy to be present and equal (bit for bit) and keeps one; reverse writes
+    one copy per source pattern. Any one source key plans the whole group; a group with a copy missing
+    is reported like an incomplete split.
+    """
+
+    src: tuple[str, ...]
+    dst: str
+    name: str | None = None
+    _src: tuple = field(init=False, repr=False, compare=False)
+    _dst: _Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if isinstance(self.src, str) or len(self.src) < 2:
+            raise ValueError(f"tied rule {self.label}: give two or more source patterns")
+        ints = _int_names(self.dst, *self.src)
+        dst = _Pattern.compile(self.dst, ints)
+        src = tuple(_Pattern.compile(s, ints) for s in self.src)
+        for s in src:
+            if s.names != dst.names:
+                raise ValueError(f"tied rule {self.label}: all patterns must use the same placeholders "
+                                 f"({s.text!r} has {sorted(s.names)}, {dst.text!r} has {sorted(dst.names)})")
+        object.__setattr__(self, "src", tuple(self.src))
+        object.__setattr__(self, "_src", src)
+        object.__setattr__(self, "_dst", dst)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"tie({', '.join(self.src)}) -> {self.dst}"
+
+    def plan(self, key: str, direction: Direction) -> _Step | None:
+        if direction == "reverse":
+            values = self._dst.match(key)
+            if values is None:
+                return None
+            return _Step(self, (key,), tuple(s.render(values) for s in self._src))
+        for s in self._src:
+            values = s.match(key)
+            if values is not None:
+                return _Step(self, tuple(p.render(values) for p in self._src), (self._dst.render(values),))
+        return None
+
+    def run_step(
+        self, step: _Step, tensors: Mapping[str, torch.Tensor], direction: Direction
+    ) -> dict[str, torch.Tensor]:
+        if direction == "reverse":
+            t = tensors[step.src_keys[0]]
+            return {k: t.clone() for k in step.dst_keys}
+        first, *rest = (tensors[k] for k in step.src_keys)
+        for key, t in zip(step.src_keys[1:], rest):
+            if first.is_meta or t.is_meta:
+                continue
+            if t.shape != first.shape or not torch.equal(t, first):
+                raise ConversionError(f"rule {self.label!r}: {key} should hold the same tensor as "
+                                      f"{step.src_keys[0]} but differs")
+        return {step.dst_keys[0]: first}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -301,7 +365,7 @@ class ConversionReport:
 class KeyMap:
     """An ordered list of rules; the first rule that matches a key converts it."""
 
-    rules: list[Rule | SplitRule]
+    rules: list[Rule | SplitRule | TiedRule]
     name: str = "keymap"
 
     def plan(self, keys: Iterable[str], direction: Direction = "forward") -> tuple[list[_Step], list[str]]:

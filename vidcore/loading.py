@@ -14,6 +14,9 @@ Formats understood:
   ``"vae"`` or ``"image_encoder"`` (OpenCLIP ViT-H/14, returned as transformers'
   ``CLIPVisionModelWithProjection``) picks one; the config comes from ``config_from`` (a pipeline
   folder's ``unet/``, ``vae/`` or ``image_encoder/``) or defaults to stabilityai/stable-video-diffusion-img2vid-xt's.
+* an original AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt``, ``v3_sd15_mm.ckpt``, ...): the adapter
+  config is read from its keys (levels, widths, mid block, ``motion_max_seq_length`` from the position
+  table); ``config_from`` overrides it (head count and norm groups cannot be seen in the weights).
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
@@ -38,7 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
-from conversion.maps import original_modelscope, original_svd
+from conversion.maps import original_modelscope, original_motion, original_svd
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
@@ -112,6 +115,9 @@ ORIGINAL_FORMATS = {
                                original_svd.UNET_PREFIX),
     "svd_vae": OriginalFormat("Stable Video Diffusion VAE (sgm, stabilityai/stable-video-diffusion-img2vid-xt)",
                               original_svd.svd_vae_map, original_svd.SVD_VAE_CONFIG, "vae", original_svd.VAE_PREFIX),
+    "motion_adapter": OriginalFormat("AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)",
+                                     original_motion.motion_adapter_map, original_motion.DEFAULT_CONFIG,
+                                     "motion_adapter"),
 }
 # component= of an sgm SVD file -> LoadedInfo.architecture (the image encoder is transformers'
 # CLIPVisionModelWithProjection, not a vidcore architecture)
@@ -371,9 +377,25 @@ def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision,
     return arch.name, config, module, report
 
 
+def _load_original_motion(where: Path, state: dict, config_from, revision, token, component):
+    """An AnimateDiff motion-module file: the config comes from its keys (``config_from`` overrides)."""
+    if component not in (None, "motion_adapter"):
+        raise ValueError(f"{where} is an AnimateDiff motion-module file; component must be None or "
+                         f"'motion_adapter', got {component!r}")
+    arch = BY_NAME["motion_adapter"]
+    config = {"_class_name": "MotionAdapter", **original_motion.config_from_keys(state)}
+    if config_from is not None:
+        config.update(_original_config(arch, config_from, revision, token))
+    module = _build(arch, config)
+    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
+    return arch.name, config, module, report
+
+
 def _load_original(where: Path, config_from, revision, token,
                    component: str | None = None) -> tuple[str, dict, nn.Module, ConversionReport]:
     raw = read_single_file_raw(where)
+    if original_motion.detect(_strip_prefixes(raw)):
+        return _load_original_motion(where, _strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
         return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
     if component is not None:
@@ -405,8 +427,9 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
     if fmt == "vidcore" and where.is_file() and not _has_native_metadata(where):
         fmt = "original"
     if component is not None and fmt != "original":
-        raise ValueError(f"component={component!r} applies to original Stable Video Diffusion files; "
-                         f"{where} is a {fmt} checkpoint (use subfolder= for a pipeline folder)")
+        raise ValueError(f"component={component!r} applies to original single files (Stable Video Diffusion, "
+                         f"AnimateDiff motion modules); {where} is a {fmt} checkpoint (use subfolder= for a "
+                         "pipeline folder)")
     if fmt == "diffusers":
         config = hub.load_config(where)
         arch = _architecture_for(config, where / "config.json")
@@ -450,6 +473,7 @@ def load_model(path: str | os.PathLike, subfolder: str | None = None, torch_dtyp
     >>> unet = vidcore.load_model("text2video_pytorch_model.pth", config_from="my-unet/config.json")
     >>> vae = vidcore.load_model("svd_xt.safetensors", component="vae")  # sgm file: "unet" (default) / "vae"
     >>> clip = vidcore.load_model("svd_xt.safetensors", component="image_encoder")  # transformers CLIPVision...
+    >>> adapter = vidcore.load_model("mm_sd_v15_v2.ckpt")  # AnimateDiff motion module, config read from its keys
 
     ``config_from`` (original checkpoints only): a diffusers model folder, a pipeline folder (its
     ``unet/``, ``vae/`` or ``image_encoder/``), a ``config.json`` path, a hub repo id or a dict giving the

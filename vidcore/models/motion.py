@@ -118,6 +118,18 @@ class MotionAdapter(nn.Module):
             for lvl in reversed(range(len(ch)))
         )
 
+    @classmethod
+    def from_single_file(cls, path, config_from=None, torch_dtype=None) -> "MotionAdapter":
+        """An original AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt``, ``v3_sd15_mm.ckpt``, or their
+        ``.safetensors``); the config is read from its keys, ``config_from`` (a diffusers adapter folder,
+        ``config.json`` or dict) overrides it. Same as ``vidcore.load_model(path, component="motion_adapter")``."""
+        from ..loading import load_model
+
+        module = load_model(path, torch_dtype=torch_dtype, config_from=config_from, component="motion_adapter")
+        if not isinstance(module, cls):
+            raise TypeError(f"{path} holds a {type(module).__name__}, not a motion adapter")
+        return module
+
     @property
     def max_frames(self) -> int:
         return self.config.motion_max_seq_length
