@@ -14,6 +14,10 @@ Formats understood:
   ``"vae"`` or ``"image_encoder"`` (OpenCLIP ViT-H/14, returned as transformers'
   ``CLIPVisionModelWithProjection``) picks one; the config comes from ``config_from`` (a pipeline
   folder's ``unet/``, ``vae/`` or ``image_encoder/``) or defaults to stabilityai/stable-video-diffusion-img2vid-xt's.
+* an original Stable Diffusion 1.x single file (CompVis LDM layout, as civitai fine-tunes ship):
+  ``component="unet"`` (default), ``"vae"`` or ``"text_encoder"`` (transformers ``CLIPTextModel``);
+  configs from ``config_from`` (a pipeline folder) or runwayml/stable-diffusion-v1-5's.
+  :func:`load_sd_single_file` returns all three, reading the file once;
 * an original AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt``, ``v3_sd15_mm.ckpt``, ...): the adapter
   config is read from its keys (levels, widths, mid block, ``motion_max_seq_length`` from the position
   table); ``config_from`` overrides it (head count and norm groups cannot be seen in the weights).
@@ -41,7 +45,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
-from conversion.maps import original_modelscope, original_motion, original_svd
+from conversion.maps import original_modelscope, original_motion, original_sd, original_svd
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
@@ -118,10 +122,17 @@ ORIGINAL_FORMATS = {
     "motion_adapter": OriginalFormat("AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)",
                                      original_motion.motion_adapter_map, original_motion.DEFAULT_CONFIG,
                                      "motion_adapter"),
+    "unet2d": OriginalFormat("Stable Diffusion 1.x UNet (LDM single file, runwayml/stable-diffusion-v1-5)",
+                             original_sd.sd_unet_map, original_sd.SD15_UNET_CONFIG, "unet", original_sd.UNET_PREFIX),
+    "autoencoder_kl": OriginalFormat("Stable Diffusion 1.x VAE (LDM single file, runwayml/stable-diffusion-v1-5)",
+                                     original_sd.sd_vae_map, original_sd.SD15_VAE_CONFIG, "vae", original_sd.VAE_PREFIX),
 }
 # component= of an sgm SVD file -> LoadedInfo.architecture (the image encoder is transformers'
 # CLIPVisionModelWithProjection, not a vidcore architecture)
 SGM_SVD_COMPONENTS = {"unet": "svd_unet", "vae": "svd_vae", "image_encoder": "clip_vision_with_projection"}
+# component= of an LDM Stable Diffusion 1.x file -> LoadedInfo.architecture (the text encoder is transformers'
+# CLIPTextModel)
+LDM_SD_COMPONENTS = {"unet": "unet2d", "vae": "autoencoder_kl", "text_encoder": "clip_text_model"}
 
 
 @dataclass
@@ -377,6 +388,114 @@ def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision,
     return arch.name, config, module, report
 
 
+def _is_text_encoder(module: nn.Module) -> bool:
+    """A transformers CLIPTextModel (transformers is imported if such a module exists)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import CLIPTextModel
+
+    return isinstance(module, CLIPTextModel)
+
+
+def _text_encoder_config(config_from, revision, token) -> dict:
+    """The transformers CLIPTextConfig (as a dict) for an LDM file's text encoder: `config_from` (a config.json,
+    a model folder, a pipeline folder's text_encoder/, a hub repo id or a dict), or SD1.5's (CLIP ViT-L/14)."""
+    if config_from is None:
+        return dict(original_sd.SD15_TEXT_ENCODER_CONFIG)
+    if isinstance(config_from, Mapping):
+        config, where = dict(config_from), "config_from"
+    else:
+        root = hub.resolve(config_from, allow_patterns=["config.json", "text_encoder/config.json"],
+                           revision=revision, token=token)
+        candidates = [root] if root.is_file() else [root / "config.json", root / "text_encoder" / "config.json"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or "
+                                     "text_encoder/config.json) for the text encoder")
+        config, where = hub.load_config(found), str(found)
+    if config.get("model_type") == "clip" and isinstance(config.get("text_config"), Mapping):
+        config = dict(config["text_config"])  # a full CLIP config: its text half
+    kind = config.get("_class_name") or config.get("model_type", "clip_text_model")
+    if kind != "clip_text_model":
+        raise ConfigError(f"{where} is a {kind} config, but the text encoder of an original Stable Diffusion file "
+                          "needs a CLIPTextModel config (a pipeline's text_encoder/config.json)")
+    return config
+
+
+def _load_text_encoder(state: dict, config: dict, files: list[Path]):
+    """CLIP text tensors (LDM prefix stripped) -> transformers CLIPTextModel, checked against `config` first."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig.from_dict(config)
+    with torch.device("meta"):
+        shell = CLIPTextModel(cfg)
+    target = {k: v.shape for k, v in shell.state_dict().items()}
+    try:
+        converted, report = original_sd.clip_text_map(target).convert(state, target)
+    except ConversionError as err:
+        names = ", ".join(str(f) for f in files)
+        raise ConversionError(f"{names} does not fit CLIPTextModel ({cfg.num_hidden_layers} layers, width "
+                              f"{cfg.hidden_size}): {err}", err.report) from err
+    module = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=converted,
+                                           dtype=next(iter(converted.values())).dtype)
+    return module.eval(), report
+
+
+def _load_ldm_sd(where: Path, raw: dict, component: str, config_from, revision, token):
+    """One component of an LDM Stable Diffusion file -> (LoadedInfo architecture name, config, module, report)."""
+    if component not in LDM_SD_COMPONENTS:
+        raise ValueError(f"{where} is an original Stable Diffusion file holding several components; component "
+                         f"must be one of {sorted(LDM_SD_COMPONENTS)}, got {component!r}")
+    state = original_sd.split(raw)[component]
+    if not state:
+        prefix = original_sd.COMPONENT_PREFIXES[component]
+        hint = (" (its cond_stage_model.model.* text tower is SD2's OpenCLIP, which vidcore does not convert: load "
+                "the text encoder from a diffusers folder)"
+                if component == "text_encoder" and any(k.startswith("cond_stage_model.model.") for k in raw) else "")
+        raise CheckpointError(f"{where}: an original Stable Diffusion file without the {component} "
+                              f"(no {prefix}* keys){hint}")
+    if component == "text_encoder":
+        config = _text_encoder_config(config_from, revision, token)
+        module, report = _load_text_encoder(state, config, [where])
+        return LDM_SD_COMPONENTS[component], config, module, report
+    arch = BY_NAME[LDM_SD_COMPONENTS[component]]
+    config = _original_config(arch, config_from, revision, token)
+    module = _build(arch, config)
+    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
+    return arch.name, config, module, report
+
+
+def _warn_unrecognised_ldm(where: Path, raw: dict) -> None:
+    extra = original_sd.unrecognised(raw)
+    if extra:
+        warnings.warn(f"{where}: ignoring {len(extra)} keys outside the UNet, VAE and text encoder, e.g. "
+                      f"{extra[:10]}", stacklevel=4)
+
+
+def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=None, revision: str | None = None,
+                        token: str | None = None) -> dict[str, nn.Module]:
+    """The ``unet`` (vidcore UNet2D), ``vae`` (vidcore AutoencoderKL) and ``text_encoder`` (transformers
+    CLIPTextModel) of an original Stable Diffusion 1.x single file (``model.diffusion_model.*``,
+    ``first_stage_model.*``, ``cond_stage_model.transformer.*``; civitai fine-tunes), reading the file once.
+
+    ``config_from``: a diffusers SD pipeline folder or hub repo id (its ``unet/``, ``vae/``, ``text_encoder/``
+    configs); default: runwayml/stable-diffusion-v1-5's configs.
+    """
+    where, fmt = _locate(path, None, None, revision, token)
+    if not where.is_file() or (fmt == "vidcore" and _has_native_metadata(where)):
+        raise CheckpointError(f"{where}: not an original Stable Diffusion single file")
+    raw = read_single_file_raw(where)
+    if original_svd.detect(raw) or original_motion.detect(_strip_prefixes(raw)) or not original_sd.detect(raw):
+        raise CheckpointError(f"{where}: not an original Stable Diffusion 1.x file (model.diffusion_model.*, "
+                              "first_stage_model.*, cond_stage_model.transformer.* keys)")
+    _warn_unrecognised_ldm(where, raw)
+    dtype = hub.parse_dtype(torch_dtype) or torch.float32
+    out = {}
+    for component in LDM_SD_COMPONENTS:
+        out[component] = _load_ldm_sd(where, raw, component, config_from, revision, token)[2].to(dtype).eval()
+    return out
+
+
 def _load_original_motion(where: Path, state: dict, config_from, revision, token, component):
     """An AnimateDiff motion-module file: the config comes from its keys (``config_from`` overrides)."""
     if component not in (None, "motion_adapter"):
@@ -398,9 +517,12 @@ def _load_original(where: Path, config_from, revision, token,
         return _load_original_motion(where, _strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
         return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
+    if original_sd.detect(raw) and original_modelscope.detect(_strip_prefixes(raw)) is None:
+        _warn_unrecognised_ldm(where, raw)
+        return _load_ldm_sd(where, raw, component or "unet", config_from, revision, token)
     if component is not None:
-        raise ValueError(f"component={component!r} applies to original Stable Video Diffusion files (several "
-                         f"components in one file); {where} is not one")
+        raise ValueError(f"component={component!r} applies to original Stable Video Diffusion / Stable Diffusion "
+                         f"files (several components in one file); {where} is not one")
     state = _strip_prefixes(raw)
     arch_name = original_modelscope.detect(state)
     if arch_name is None:
@@ -474,6 +596,7 @@ def load_model(path: str | os.PathLike, subfolder: str | None = None, torch_dtyp
     >>> vae = vidcore.load_model("svd_xt.safetensors", component="vae")  # sgm file: "unet" (default) / "vae"
     >>> clip = vidcore.load_model("svd_xt.safetensors", component="image_encoder")  # transformers CLIPVision...
     >>> adapter = vidcore.load_model("mm_sd_v15_v2.ckpt")  # AnimateDiff motion module, config read from its keys
+    >>> unet = vidcore.load_model("dreamshaper_8.safetensors")  # LDM SD1.5 file: "unet" / "vae" / "text_encoder"
 
     ``config_from`` (original checkpoints only): a diffusers model folder, a pipeline folder (its
     ``unet/``, ``vae/`` or ``image_encoder/``), a ``config.json`` path, a hub repo id or a dict giving the
@@ -545,6 +668,10 @@ def original_state_dict(module: nn.Module, diffusers_config: dict | None = None)
     if _is_image_encoder(module):
         state, _ = original_svd.open_clip_vision_map().convert(module.state_dict(), None, direction="reverse")
         return {original_svd.IMAGE_ENCODER_PREFIX + k: v.contiguous() for k, v in state.items()}
+    if _is_text_encoder(module):
+        own = module.state_dict()
+        state, _ = original_sd.clip_text_map(own).convert(own, None, direction="reverse")
+        return {original_sd.TEXT_ENCODER_PREFIX + k: v.contiguous() for k, v in state.items()}
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     state, _ = original_keymap(arch, config).convert(module.state_dict(), None, direction="reverse")
@@ -561,7 +688,8 @@ def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: 
     encoder is written alone with its sgm prefix; merge :func:`original_state_dict` of each for a whole
     sgm file."""
     state = original_state_dict(module, diffusers_config)
-    wrap = not _is_image_encoder(module) and architecture_of(module).name == "i2vgen_xl_unet"
+    wrap = (not (_is_image_encoder(module) or _is_text_encoder(module))
+            and architecture_of(module).name == "i2vgen_xl_unet")
     path = Path(path)
     if path.suffix == ".safetensors":
         _atomic_save(state, path, {"format": "pt"})
