@@ -14,6 +14,7 @@ _LAZY = {
     "VideoToVideoPipeline": "vidcore.pipelines.video_to_video",
     "I2VGenXLPipeline": "vidcore.pipelines.i2vgen_xl",
     "StableVideoDiffusionPipeline": "vidcore.pipelines.stable_video_diffusion",
+    "AnimateDiffPipeline": "vidcore.pipelines.animatediff",
     "VideoPipelineOutput": "vidcore.pipelines.base",
     "load_model": "vidcore.loading",
     "save_native": "vidcore.loading",

@@ -1,0 +1,381 @@
+"""AnimateDiff text-to-video: a Stable Diffusion 1.5 model animated by a motion adapter (diffusers'
+``AnimateDiffPipeline``).
+
+Noise ``b 4 f h w`` -> :class:`~vidcore.models.motion.UNetMotion` (the SD UNet on every frame, the adapter's
+motion modules across frames) with classifier-free guidance -> per-frame VAE decode. Random draws happen in
+the same order and shapes as diffusers, so a seed gives the same video.
+
+Long videos (sliding context windows)
+-------------------------------------
+A motion adapter has a frame-position table of ``motion_max_seq_length`` entries (24 or 32) and was trained on
+16-frame clips; diffusers' plain pipeline fails beyond that length. Here, when ``num_frames`` exceeds
+``context_length`` (default: the adapter's ``motion_max_seq_length``), every denoising step runs the UNet on
+overlapping windows of ``context_length`` frames whose starts are ``context_stride`` frames apart (the last
+window is aligned with the video's end, so every frame is covered), and each frame's noise prediction is the
+weighted mean of the predictions of the windows that contain it. ``context_weighting="pyramid"`` (default)
+weights a window's frames by their distance from its edges, so a window's ends (where it saw the least
+context) count least and predictions fade from one window into the next; ``"flat"`` is the plain mean. The
+scheduler then steps the whole video at once, so all windows share one noise trajectory. With a single
+window (``num_frames <= context_length``) the result is exactly the plain pipeline's. This is the
+"uniform context" scheme of the original AnimateDiff community tools; diffusers' FreeNoise instead windows
+only the motion modules' attention and also reschedules the initial noise (not implemented here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import hub
+from ..errors import ConfigError, ModelNotFoundError
+from ..models.motion import MotionAdapter, UNetMotion
+from ..models.unet2d import UNet2D
+from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .text_to_video import TextToVideoPipeline
+from .video_processing import postprocess_video
+
+log = logging.getLogger(__name__)
+
+# What AnimateDiff's documentation passes to DDIMScheduler.from_pretrained(sd_model, subfolder="scheduler", ...)
+# (the motion modules were trained with linear betas).
+ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "linspace", "beta_schedule": "linear",
+                                   "steps_offset": 1}
+CONTEXT_WEIGHTINGS = ("pyramid", "flat")
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter")
+
+
+# ----------------------------------------------------------------------------- context windows
+
+
+def context_windows(num_frames: int, context_length: int, context_stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` frame ranges of ``context_length`` frames, starts ``context_stride`` apart, the last
+    window ending at ``num_frames``. One window ``(0, num_frames)`` when the video fits in one."""
+    if context_length < 1:
+        raise ValueError(f"context_length must be at least 1, got {context_length}")
+    if not 1 <= context_stride <= context_length:
+        raise ValueError(f"context_stride must be between 1 and context_length={context_length} (a larger stride "
+                         f"leaves frames outside every window), got {context_stride}")
+    if num_frames <= context_length:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - context_length, context_stride)) + [num_frames - context_length]
+    return [(s, s + context_length) for s in starts]
+
+
+def context_weights(length: int, weighting: str = "pyramid") -> torch.Tensor:
+    """Per-frame weights of one window: ``flat`` ones, or ``pyramid`` ``min(i + 1, length - i)``."""
+    if weighting == "flat":
+        return torch.ones(length)
+    if weighting == "pyramid":
+        i = torch.arange(length)
+        return torch.minimum(i + 1, length - i).float()
+    raise ValueError(f"context_weighting must be one of {CONTEXT_WEIGHTINGS}, got {weighting!r}")
+
+
+# ----------------------------------------------------------------------------- loading helpers
+
+
+def load_unet_motion(folder: str | os.PathLike, torch_dtype=None, variant: str | None = None) -> UNetMotion:
+    """A diffusers ``UNetMotionModel`` folder (a saved AnimateDiff pipeline's ``unet/``) -> ``UNetMotion``:
+    its SD tensors go through the UNet2D map, its ``motion_modules`` through the MotionAdapter map."""
+    from conversion.maps.diffusers_unet_motion import split_config, split_state_dict
+
+    from ..loading import BY_NAME, _build, _fill
+
+    folder = Path(folder)
+    try:
+        unet_config, adapter_config = split_config(hub.load_config(folder))
+    except ValueError as err:
+        raise ConfigError(f"{folder / 'config.json'}: {err}") from err
+    files = hub.weight_files(folder, variant=variant)
+    unet_state, motion_state = split_state_dict(hub.load_state_dict(files))
+    modules = []
+    for name, config, state in (("unet2d", unet_config, unet_state), ("motion_adapter", adapter_config, motion_state)):
+        arch = BY_NAME[name]
+        module = _build(arch, config)
+        _fill(module, state, arch.keymap(config), files, "forward")
+        modules.append(module.to(hub.parse_dtype(torch_dtype) or torch.float32).eval())
+    return UNetMotion(*modules)
+
+
+def _weights_present(folder: Path, variant: str | None) -> bool:
+    for stem in ("diffusion_pytorch_model", "model"):
+        try:
+            hub.weight_files(folder, variant=variant, stem=stem)
+            return True
+        except ModelNotFoundError:
+            continue
+    return False
+
+
+def _patterns(components, variant: str | None) -> list[str]:
+    """Hub download patterns: configs, tokenizer files and the safetensors weights of ``components`` only
+    (SD repos also hold multi-GB .ckpt / .bin / non-EMA files that are never read)."""
+    out = ["model_index.json", "config.json"]
+    for c in components:
+        prefix = f"{c}/" if c else ""
+        out += [f"{prefix}*.json", f"{prefix}*.txt"]
+        stems = ("diffusion_pytorch_model", "model")
+        if variant:
+            out += [f"{prefix}{s}.{variant}.safetensors" for s in stems] + [f"{prefix}{s}.{variant}-*.safetensors" for s in stems]
+        else:
+            out += [f"{prefix}{s}.safetensors" for s in stems] + [f"{prefix}{s}-*-of-*.safetensors" for s in stems]
+    return out
+
+
+def _resolve(path_or_repo, components, variant, revision=None, token=None) -> Path:
+    """Local path, or the hub snapshot holding just what is loaded (plain weights where a variant is absent)."""
+    root = hub.resolve(path_or_repo, allow_patterns=_patterns(components, variant), revision=revision, token=token)
+    if variant and not Path(os.fspath(path_or_repo)).expanduser().exists():
+        lacking = [c for c in components if (root / c).is_dir() and (root / c / "config.json").is_file()
+                   and not _weights_present(root / c, variant)]
+        if lacking:
+            root = hub.resolve(path_or_repo, allow_patterns=_patterns(lacking, None), revision=revision, token=token)
+    return root
+
+
+def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, token: str | None = None) -> MotionAdapter:
+    """``motion_adapter=`` of ``from_pretrained``: a MotionAdapter module (cast to ``torch_dtype`` when given),
+    or anything ``vidcore.load_model`` reads (a diffusers MotionAdapter folder or hub repo id, a vidcore native
+    file, or an original AnimateDiff checkpoint where supported)."""
+    from ..loading import load_model
+
+    dtype = hub.parse_dtype(torch_dtype)
+    if isinstance(adapter, MotionAdapter):
+        return adapter.to(dtype) if dtype is not None else adapter
+    if isinstance(adapter, torch.nn.Module):
+        raise TypeError(f"motion_adapter must be a vidcore MotionAdapter (vidcore.load_model(...)), got "
+                        f"{type(adapter).__name__}")
+    if not isinstance(adapter, (str, os.PathLike)):
+        raise TypeError(f"motion_adapter must be a path, a hub repo id or a MotionAdapter, got {type(adapter).__name__}")
+    local = Path(os.fspath(adapter)).expanduser()
+    if not local.exists():  # hub repo: fetch the config and the weights to read only
+        local = _resolve(adapter, [""], variant, token=token)
+    module = load_model(local, torch_dtype=dtype, variant=variant)
+    if not isinstance(module, MotionAdapter):
+        raise ConfigError(f"motion_adapter={os.fspath(adapter)!r} holds a {type(module).__name__}, not a MotionAdapter "
+                          "(e.g. guoyww/animatediff-motion-adapter-v1-5-2)")
+    return module
+
+
+def animatediff_scheduler(config, kind: str | None = None, **overrides):
+    """A scheduler for AnimateDiff from a diffusers scheduler config (dict or path): ``kind`` (a class name
+    such as "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", or its short form;
+    default DDIM) with the settings AnimateDiff's docs recommend (linear betas, linspace spacing,
+    steps_offset 1, no sample clipping), where the class has them; ``overrides`` win."""
+    from ..schedulers import read_config, scheduler_class
+
+    cls = scheduler_class(kind or "DDIMScheduler")
+    names = set(cls.config_class.field_names())
+    options = {k: v for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items() if k in names}
+    return cls.from_config(read_config(config), **{**options, **overrides})
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class AnimateDiffPipeline(TextToVideoPipeline):
+    """Stable Diffusion 1.5 + motion adapter -> video.
+
+    ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (pass a ``UNet2D`` plus ``motion_adapter`` and it
+    is built; the 2D weights are shared, not copied); ``motion_adapter`` is ``unet.adapter``.
+    """
+
+    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None):
+        if isinstance(unet, UNet2D):
+            if motion_adapter is None:
+                raise TypeError("AnimateDiffPipeline: a UNet2D needs motion_adapter= (a vidcore MotionAdapter)")
+            unet = UNetMotion(unet, motion_adapter)
+        elif isinstance(unet, UNetMotion):
+            if motion_adapter is not None and motion_adapter is not unet.adapter:
+                unet = UNetMotion(unet.unet, motion_adapter)
+        else:
+            raise TypeError(f"AnimateDiffPipeline: unet must be a vidcore UNet2D or UNetMotion, got {type(unet).__name__}")
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler)
+
+    @property
+    def motion_adapter(self) -> MotionAdapter:
+        return self.unet.adapter
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None,
+                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                        revision: str | None = None, token: str | None = None, **overrides):
+        """Load from a Stable Diffusion 1.x pipeline folder or hub repo (``runwayml/stable-diffusion-v1-5``,
+        ``emilianJR/epiCRealism``) plus ``motion_adapter`` (a MotionAdapter, or a folder / hub repo id /
+        file ``vidcore.load_model`` reads, e.g. ``guoyww/animatediff-motion-adapter-v1-5-2``), or from a saved
+        AnimateDiff pipeline folder (``unet/`` a diffusers UNetMotionModel; its motion modules are used unless
+        ``motion_adapter`` is given).
+
+        ``scheduler=`` (and any other component) replaces the stored one. A stored scheduler vidcore does not
+        implement (SD1.5 repos ship PNDM) is replaced by DDIM with AnimateDiff's recommended settings
+        (:func:`animatediff_scheduler`), with a log message.
+        """
+        from ..loading import load_model
+        from ..schedulers import from_config
+
+        unknown = sorted(set(overrides) - set(COMPONENTS))
+        if unknown:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
+        dtype = hub.parse_dtype(torch_dtype)
+        wanted = [c for c in ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter")
+                  if c not in overrides and not (c == "motion_adapter" and motion_adapter is not None)]
+        root = _resolve(path_or_repo, wanted, variant, revision, token)
+        index_file = root / "model_index.json"
+        if not index_file.is_file():
+            raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is "
+                                     f"missing (looked in {root})")
+        index = hub.load_config(root, "model_index.json")
+
+        def folder(name: str) -> Path:
+            spec = index.get(name)
+            if not isinstance(spec, list) or spec[-1] is None:
+                raise ModelNotFoundError(f"{index_file} has no '{name}' component")
+            if not (root / name).is_dir():
+                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
+            return root / name
+
+        modules = dict(overrides)
+        if "tokenizer" not in modules:
+            modules["tokenizer"] = load_tokenizer(folder("tokenizer"))
+        if "text_encoder" not in modules:
+            modules["text_encoder"] = load_text_encoder(folder("text_encoder"), dtype, variant)
+        if "vae" not in modules:
+            modules["vae"] = load_model(folder("vae"), torch_dtype=dtype, variant=variant)
+        if "unet" not in modules:
+            unet_dir = folder("unet")
+            if hub.load_config(unet_dir).get("_class_name") == "UNetMotionModel":
+                modules["unet"] = load_unet_motion(unet_dir, dtype, variant)
+            else:
+                modules["unet"] = load_model(unet_dir, torch_dtype=dtype, variant=variant)
+        if motion_adapter is not None:
+            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
+        elif "motion_adapter" not in modules and isinstance(modules["unet"], UNet2D):
+            if not isinstance(index.get("motion_adapter"), list) or index["motion_adapter"][-1] is None:
+                raise TypeError(f"{cls.__name__}.from_pretrained: '{os.fspath(path_or_repo)}' is an image model "
+                                "without motion modules; pass motion_adapter= (e.g. "
+                                "'guoyww/animatediff-motion-adapter-v1-5-2')")
+            modules["motion_adapter"] = load_motion_adapter(folder("motion_adapter"), dtype, variant)
+        if "scheduler" not in modules:
+            config_file = folder("scheduler") / "scheduler_config.json"
+            try:
+                modules["scheduler"] = from_config(config_file)
+            except (ValueError, NotImplementedError) as err:
+                log.warning("%s; using DDIM with AnimateDiff's recommended settings (%s) instead", err,
+                            ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items()))
+                modules["scheduler"] = animatediff_scheduler(config_file)
+        return cls(**modules)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_context(self, num_frames: int, context_length: int | None, context_stride: int | None,
+                      context_weighting: str) -> list[tuple[int, int]]:
+        """The frame windows for these settings, or a ValueError naming the bad argument."""
+        limit = self.motion_adapter.max_frames
+        length = limit if context_length is None else context_length
+        if not isinstance(length, int) or not 1 <= length <= limit:
+            raise ValueError(f"context_length must be an integer between 1 and the motion adapter's "
+                             f"motion_max_seq_length={limit}, got {context_length!r}")
+        stride = max(1, length // 4) if context_stride is None else context_stride
+        if not isinstance(stride, int):
+            raise ValueError(f"context_stride must be an integer, got {context_stride!r}")
+        if context_weighting not in CONTEXT_WEIGHTINGS:
+            raise ValueError(f"context_weighting must be one of {CONTEXT_WEIGHTINGS}, got {context_weighting!r}")
+        return context_windows(num_frames, length, stride)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
+        """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several."""
+        guidance = guidance_scale > 1.0
+        model_in = torch.cat([latents] * 2) if guidance else latents
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        if len(windows) == 1:
+            noise = unet(model_in, t, embeds)
+        else:
+            total = torch.zeros(model_in.shape, dtype=torch.float32, device=model_in.device)
+            weight_sum = torch.zeros(model_in.shape[2], dtype=torch.float32, device=model_in.device)
+            for start, end in windows:
+                w = context_weights(end - start, weighting).to(model_in.device)
+                total[:, :, start:end] += unet(model_in[:, :, start:end], t, embeds).float() * w[:, None, None]
+                weight_sum[start:end] += w
+            noise = (total / weight_sum[:, None, None]).to(model_in.dtype)
+        if guidance:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
+
+    # -- call -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+                 decode_chunk_size: int = 16, context_length: int | None = None, context_stride: int | None = None,
+                 context_weighting: str = "pyramid"):
+        """Generate videos from text. Argument names and defaults follow diffusers' AnimateDiffPipeline.
+
+        Differences: ``num_videos_per_prompt`` works (diffusers resets it to 1); ``num_frames`` may exceed the
+        adapter's ``motion_max_seq_length`` (sliding context windows: ``context_length`` frames per window,
+        default ``motion_max_seq_length``; window starts ``context_stride`` apart, default
+        ``context_length // 4``; ``context_weighting`` "pyramid" | "flat", see the module docstring);
+        ``callback_on_step_end`` receives ``prompt_embeds`` / ``negative_prompt_embeds`` as one row per video
+        (diffusers hands over the guidance batch repeated per frame) and may return replacements of the same
+        shape. IP-Adapter, FreeInit, FreeNoise and ``cross_attention_kwargs`` are not supported.
+        """
+        sample = self.unet.config.sample_size or 64
+        sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+        height = height or sample * self.vae_scale_factor
+        width = width or sample * self.vae_scale_factor
+        self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, None)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+            raise ValueError(f"decode_chunk_size must be a positive integer, got {decode_chunk_size!r}")
+        windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+
+        device = self.device
+        guidance = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        s = self.vae_scale_factor
+        shape = (cond.shape[0], self.unet.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
+
+        unet = self._run_on_device("unet")
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
+                noise = self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
+                # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
+                latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
+                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    out = out or {}
+                    latents = out.get("latents", latents)
+                    cond = out.get("prompt_embeds", cond)
+                    uncond = out.get("negative_prompt_embeds", uncond)
+                bar.update()
+
+        if output_type == "latent":
+            video = latents
+        else:
+            video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        return VideoPipelineOutput(frames=video) if return_dict else (video,)
