@@ -322,7 +322,7 @@ def test_bad_inputs(setup):
 
 
 def test_loading_errors(setup, tmp_path):
-    with pytest.raises(TypeError, match="pass motion_adapter="):
+    with pytest.raises(vidcore.errors.ModelNotFoundError, match="without motion modules; pass motion_adapter="):
         vidcore.AnimateDiffPipeline.from_pretrained(setup.sd)
     with pytest.raises(vidcore.errors.ConfigError, match="holds a AutoencoderKL, not a MotionAdapter"):
         vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.sd / "vae")

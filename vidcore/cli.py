@@ -4,6 +4,7 @@
     vidcore generate video-to-video --model PATH_OR_REPO --video in.mp4 --prompt "..." --strength 0.6
     vidcore generate i2vgen-xl      --model PATH_OR_REPO --image img.png --prompt "..." -o out.gif
     vidcore generate image-to-video --model PATH_OR_REPO --image rocket.png --num-frames 25 -o rocket.mp4
+    vidcore generate animatediff    --model SD15 --motion-adapter ADAPTER --prompt "a panda surfing" -o panda.gif
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore inspect  PATH [--subfolder unet]
 
@@ -36,11 +37,12 @@ EXIT_INTERRUPTED = 130
 # Built-in model per generate task; ``None`` makes ``--model`` required for that task.
 # A later release fills these in (a small demo model), which also makes ``--model`` optional.
 DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None,
-                                         "image-to-video": None}
+                                         "image-to-video": None, "animatediff": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler"}
 DTYPES = ("fp32", "fp16", "bf16")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES + (".gif",)
@@ -129,6 +131,22 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--min-guidance", type=float, default=1.0, help="guidance scale of the first frame")
         p.add_argument("--max-guidance", type=float, default=3.0,
                        help="guidance scale of the last frame (classifier-free guidance runs iff > 1)")
+    elif task == "animatediff":  # defaults are diffusers' AnimateDiffPipeline's
+        p.add_argument("--motion-adapter", default=None, metavar="PATH_OR_REPO",
+                       help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2); "
+                            "optional when --model is a saved AnimateDiff pipeline")
+        p.add_argument("--frames", type=_positive_int, default=16,
+                       help="number of frames; more than the adapter's motion_max_seq_length uses context windows")
+        p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--width", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+        p.add_argument("--fps", type=_positive_float, default=8.0, help="output frame rate")
+        p.add_argument("--context-length", type=_positive_int, default=None,
+                       help="frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
+        p.add_argument("--context-stride", type=_positive_int, default=None,
+                       help="frames between window starts (default: context length // 4)")
+        p.add_argument("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
+                       help="how overlapping windows are blended")
     else:
         p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
         p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
@@ -141,7 +159,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
     if not svd:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
-        p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+        p.add_argument("--scheduler", choices=sorted(ANIMATEDIFF_SCHEDULERS if task == "animatediff" else SCHEDULERS),
+                       default=None,
                        help="sampler (default: the one stored with the model)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: fp16 on cuda, fp32 on cpu)")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
@@ -163,6 +182,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     p.set_defaults(func=cmd_generate, task=task)
     if task == "i2vgen-xl":
         p.set_defaults(steps=50, decode_chunk_size=1)
+    if task == "animatediff":
+        p.set_defaults(decode_chunk_size=16)
     return p
 
 
@@ -180,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(tasks, "video-to-video", "video + text -> video (Zeroscope)")
     _add_generate_parser(tasks, "i2vgen-xl", "image + text -> video (I2VGen-XL)")
     _add_generate_parser(tasks, "image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)")
+    _add_generate_parser(tasks, "animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)")
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
@@ -383,7 +405,8 @@ def _configure_pipeline(pipe, args, device: str) -> None:
     if getattr(args, "scheduler", None) is not None:
         from .schedulers import from_config
 
-        pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": SCHEDULERS[args.scheduler]})
+        name = ANIMATEDIFF_SCHEDULERS[args.scheduler]
+        pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": name})
     if getattr(args, "vae_slicing", False):
         pipe.vae.enable_slicing()
     if args.vae_tiling:
@@ -415,6 +438,7 @@ def cmd_generate(args) -> int:
 
     import torch
 
+    from .pipelines.animatediff import AnimateDiffPipeline
     from .pipelines.i2vgen_xl import I2VGenXLPipeline
     from .pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
     from .pipelines.text_to_video import TextToVideoPipeline
@@ -422,7 +446,11 @@ def cmd_generate(args) -> int:
 
     cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline,
            "image-to-video": StableVideoDiffusionPipeline}.get(args.task, TextToVideoPipeline)
-    pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
+    if args.task == "animatediff":
+        pipe = AnimateDiffPipeline.from_pretrained(model, motion_adapter=args.motion_adapter,
+                                                   torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
+    else:
+        pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
 
     call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
@@ -441,6 +469,10 @@ def cmd_generate(args) -> int:
     elif args.task == "i2vgen-xl":
         target_fps = int(args.fps) if float(args.fps).is_integer() else args.fps  # the model saw integer rates
         call.update(image=image, height=args.height, width=args.width, num_frames=args.frames, target_fps=target_fps)
+        fps = args.fps
+    elif args.task == "animatediff":
+        call.update(height=args.height, width=args.width, num_frames=args.frames, context_length=args.context_length,
+                    context_stride=args.context_stride, context_weighting=args.context_weighting)
         fps = args.fps
     else:
         call.update(height=args.height, width=args.width, num_frames=args.frames)

@@ -259,16 +259,17 @@ class AnimateDiffPipeline(TextToVideoPipeline):
             modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
         elif "motion_adapter" not in modules and isinstance(modules["unet"], UNet2D):
             if not isinstance(index.get("motion_adapter"), list) or index["motion_adapter"][-1] is None:
-                raise TypeError(f"{cls.__name__}.from_pretrained: '{os.fspath(path_or_repo)}' is an image model "
-                                "without motion modules; pass motion_adapter= (e.g. "
-                                "'guoyww/animatediff-motion-adapter-v1-5-2')")
+                raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is an image model without motion modules; "
+                                         "pass motion_adapter= (CLI: --motion-adapter), e.g. "
+                                         "guoyww/animatediff-motion-adapter-v1-5-2")
             modules["motion_adapter"] = load_motion_adapter(folder("motion_adapter"), dtype, variant)
         if "scheduler" not in modules:
             config_file = folder("scheduler") / "scheduler_config.json"
             try:
                 modules["scheduler"] = from_config(config_file)
             except (ValueError, NotImplementedError) as err:
-                log.warning("%s; using DDIM with AnimateDiff's recommended settings (%s) instead", err,
+                log.warning("the stored scheduler is not usable in vidcore (%s); using DDIM with AnimateDiff's "
+                            "recommended settings (%s)", str(err).split(";")[0],
                             ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items()))
                 modules["scheduler"] = animatediff_scheduler(config_file)
         return cls(**modules)
@@ -320,7 +321,7 @@ class AnimateDiffPipeline(TextToVideoPipeline):
                  output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
-                 decode_chunk_size: int = 16, context_length: int | None = None, context_stride: int | None = None,
+                 decode_chunk_size: int | None = 16, context_length: int | None = None, context_stride: int | None = None,
                  context_weighting: str = "pyramid"):
         """Generate videos from text. Argument names and defaults follow diffusers' AnimateDiffPipeline.
 
@@ -343,8 +344,9 @@ class AnimateDiffPipeline(TextToVideoPipeline):
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
-        if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
-            raise ValueError(f"decode_chunk_size must be a positive integer, got {decode_chunk_size!r}")
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
+                             f"{decode_chunk_size!r}")
         windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
 
         device = self.device

@@ -1,0 +1,127 @@
+"""``vidcore generate animatediff`` end to end on a tiny random SD1.5 model + motion adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import tiny_animatediff as ta
+import vidcore.cli
+from vidcore import AnimateDiffPipeline
+from vidcore.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VIDCORE_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: oversubscribed threads slow tiny models down 10x
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return ta.build_tiny_animatediff(tmp_path_factory.mktemp("cli-animatediff"))
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def direct(setup, scheduler=None, **kwargs):
+    pipe = AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+    if scheduler is not None:
+        from vidcore.schedulers import scheduler_class
+
+        pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.to_diffusers_config())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(output_type="np", **kwargs).frames
+
+
+def test_writes_a_gif_equal_to_a_direct_call(capsys, setup, tmp_path):
+    out_path = tmp_path / "a.gif"
+    code, out, err = run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter,
+                             "--prompt", "a cat walking", "--negative-prompt", "blurry", "--frames", "3",
+                             "--height", "16", "--width", "24", "--steps", "2", "--seed", "5", "--fps", "6",
+                             "--device", "cpu", "--no-progress", "-o", out_path)
+    assert code == 0, err
+    assert out.strip() == str(out_path)
+    expected = direct(setup, prompt="a cat walking", negative_prompt="blurry", num_frames=3, height=16, width=24,
+                      num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(5))[0]
+    with PIL.Image.open(out_path) as gif:
+        assert gif.n_frames == 3 and gif.size == (24, 16)
+        assert gif.info["duration"] == pytest.approx(1000 / 6, abs=10)  # GIF stores 10 ms units
+        gif.seek(0)
+        first = np.asarray(gif.convert("RGB"), dtype=np.float32) / 255
+    # a GIF holds a 256-colour palette: compare loosely here, exactly in the next test
+    assert np.abs(first - expected[0]).mean() < 0.05
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++"])
+def test_forwards_every_option(capsys, setup, tmp_path, monkeypatch, scheduler):
+    """The CLI's frames equal a direct pipeline call with the same arguments (so no option is dropped)."""
+    written = []
+    monkeypatch.setattr(vidcore.cli, "_write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
+    code, out, err = run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter,
+                             "--prompt", "waves", "--frames", "30", "--height", "8", "--width", "8", "--steps", "2",
+                             "--guidance", "5.0", "--seed", "3", "--scheduler", scheduler, "--num-videos", "2",
+                             "--context-length", "12", "--context-stride", "5", "--context-weighting", "flat",
+                             "--decode-chunk-size", "4", "--vae-slicing", "--fps", "10", "--device", "cpu",
+                             "--dtype", "fp32", "--no-progress", "-o", tmp_path / "v.mp4")
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "v_0.mp4"), str(tmp_path / "v_1.mp4")]
+    expected = direct(setup, scheduler=vidcore.cli.ANIMATEDIFF_SCHEDULERS[scheduler], prompt="waves", num_frames=30,
+                      height=8, width=8, num_inference_steps=2, guidance_scale=5.0, num_videos_per_prompt=2,
+                      context_length=12, context_stride=5, context_weighting="flat", decode_chunk_size=4,
+                      generator=torch.Generator("cpu").manual_seed(3))
+    assert expected.shape == (2, 30, 8, 8, 3)
+    assert [fps for _, fps in written] == [10, 10]
+    for (frames, _), want in zip(written, expected):
+        np.testing.assert_allclose(frames, want, rtol=0, atol=1e-6)
+    # the context options reach the pipeline: other windows give another video
+    written.clear()
+    run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt",
+            "waves", "--frames", "30", "--height", "8", "--width", "8", "--steps", "2", "--guidance", "5.0", "--seed",
+            "3", "--scheduler", scheduler, "--device", "cpu", "--no-progress", "-o", tmp_path / "w.mp4")
+    assert np.abs(written[0][0] - expected[0]).max() > 1e-4
+
+
+def test_errors_are_one_line(capsys, setup, tmp_path):
+    cases = [
+        (["--model", setup.sd, "--prompt", "a"], "without motion modules; pass motion_adapter= (CLI: --motion-adapter)"),
+        (["--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt", "a", "--height", "12", "--width", "8"],
+         "multiples of 8"),
+        (["--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt", "a", "--frames", "30", "--height", "8",
+          "--width", "8", "--context-length", "40"], "context_length must be an integer between 1 and the motion "
+                                                     "adapter's motion_max_seq_length=24, got 40"),
+        (["--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt", "a", "--frames", "30", "--height", "8",
+          "--width", "8", "--context-length", "8", "--context-stride", "9"], "context_stride must be between 1 and"),
+    ]
+    for argv, message in cases:
+        code, out, err = run_cli(capsys, "generate", "animatediff", *argv, "--steps", "1", "--device", "cpu",
+                                 "--no-progress", "-o", tmp_path / "x.gif")
+        assert code == 2, err
+        assert "Traceback" not in out + err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+        assert not (tmp_path / "x.gif").exists()
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "animatediff", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--motion-adapter", "--context-length", "--context-stride", "--context-weighting", "--vae-slicing",
+                   "--cpu-offload", "euler"):
+        assert option in text
