@@ -33,7 +33,8 @@ from vidcore.loading import BY_NAME, _build, load_model_with_info, load_sd_singl
 
 UNETS = {
     "sd15-conv-proj": dict(),
-    "sd2-linear-proj-3-levels": dict(use_linear_projection=True, block_out_channels=(16, 32, 32), attention_head_dim=(2, 4, 4),
+    "sd2-linear-proj-3-levels": dict(use_linear_projection=True, block_out_channels=(16, 32, 32),
+                                     attention_head_dim=(2, 4, 4),
                                      down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
                                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2, layers_per_block=1),
 }
@@ -136,7 +137,8 @@ def test_single_component_files_and_unknown_keys(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), ours["vae"].state_dict().values()))
     save_original(refs["text_encoder"], tmp_path / "te.ckpt")
     text = vidcore.load_model(tmp_path / "te.ckpt", component="text_encoder", config_from=root)
-    assert all(torch.equal(a, b) for a, b in zip(text.state_dict().values(), refs["text_encoder"].state_dict().values()))
+    theirs = refs["text_encoder"].state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in text.state_dict().items())
     save_file({**ldm_file(ours), "lora_te_something.weight": torch.ones(1)}, tmp_path / "extra.safetensors")
     with pytest.warns(UserWarning, match="lora_te_something"):
         vidcore.load_model(tmp_path / "extra.safetensors", config_from=root)

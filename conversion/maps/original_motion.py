@@ -53,7 +53,8 @@ DEFAULT_CONFIG = {
     "use_motion_mid_block": True,
 }
 
-_MODULE = re.compile(r"^(down_blocks\.(\d+)|up_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)\.temporal_transformer\.(.+)$")
+_MODULE = re.compile(r"^(down_blocks\.(\d+)|up_blocks\.(\d+)|mid_block)\.motion_modules\.(\d+)"
+                     r"\.temporal_transformer\.(.+)$")
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 
 _BLOCK_NAMES = [

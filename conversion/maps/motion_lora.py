@@ -1,0 +1,122 @@
+"""LoRA files for AnimateDiff UNets (motion LoRAs such as guoyww/animatediff-motion-lora-zoom-in) -> one
+(down, up, alpha) triple per target layer, named as in diffusers' ``UNetMotionModel``.
+
+Three key layouts are read (every key must be one of them, or the file is refused naming the keys):
+
+* diffusers' legacy attention-processor names, which the hub's motion-LoRA repos use (they were made by
+  diffusers' ``scripts/convert_animatediff_motion_lora_to_diffusers.py``)::
+
+      unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight
+      ... .processor.to_out_lora.up.weight                      (target: attn1.to_out.0)
+
+* PEFT names, as diffusers' ``save_lora_weights`` writes them: ``unet.{layer}.lora_A.weight`` /
+  ``lora_B.weight`` (and the older ``{layer}.lora.down.weight`` / ``lora.up.weight``), ``unet.`` optional;
+* the original AnimateDiff ``.ckpt`` (``v2_lora_ZoomIn.ckpt``): the legacy names under the original motion
+  module layout (``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor
+  .to_q_lora.down.weight``), renamed with :mod:`conversion.maps.original_motion`'s rules.
+
+``{layer}.alpha`` scalars (kohya's ``network_alpha``) scale the product by ``alpha / rank``; without one the
+scale is 1 (as the legacy processors, PEFT's default ``lora_alpha = r`` and AnimateDiff's own loader).
+Keys for a text encoder (``text_encoder.``) are refused: a motion LoRA touches only the UNet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from .original_motion import _BLOCK_NAMES
+
+_LEGACY = re.compile(r"^(?P<parent>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora"
+                     r"\.(?P<kind>down|up)\.weight$")
+_PEFT = re.compile(r"^(?P<layer>.+?)\.lora_(?P<kind>A|B)(?:\.default)?\.weight$")
+_OLD_PEFT = re.compile(r"^(?P<layer>.+?)\.lora\.(?P<kind>down|up)\.weight$")
+_ALPHA = re.compile(r"^(?P<layer>.+?)\.alpha$")
+_ORIGINAL_BLOCK = re.compile(r"\.temporal_transformer\.transformer_blocks\.(\d+)"
+                             r"\.(attention_blocks\.[01]|norms\.[01]|ff_norm|ff)\b")
+
+
+@dataclass
+class LoRALayer:
+    """``W += scale * (alpha / rank if alpha else 1) * up @ down`` for one layer."""
+
+    down: torch.Tensor | None = None  # (rank, in, ...) — lora_A
+    up: torch.Tensor | None = None  # (out, rank, ...) — lora_B
+    alpha: float | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self, shape: torch.Size | tuple) -> torch.Tensor:
+        """The float32 weight update, reshaped to a target weight of ``shape`` (1x1 convs and linears are
+        interchangeable; a k x k conv LoRA gives a k x k update)."""
+        d = self.up.float().flatten(1) @ self.down.float().flatten(1)  # out, in * k * k
+        if self.alpha is not None:
+            d = d * (self.alpha / self.rank)
+        if d.numel() != torch.Size(shape).numel():
+            raise ValueError(f"LoRA update of shape {tuple(d.shape)} does not fit a weight of shape {tuple(shape)}")
+        return d.reshape(shape)
+
+
+def _original_to_diffusers(name: str) -> str:
+    """An original AnimateDiff layer path -> diffusers' (``temporal_transformer`` dropped, block names renamed)."""
+    def block(m: re.Match) -> str:
+        new = dict(_BLOCK_NAMES)[m.group(2)]
+        return f".transformer_blocks.{m.group(1)}.{new}"
+
+    name = _ORIGINAL_BLOCK.sub(block, name)
+    return name.replace(".temporal_transformer.", ".")
+
+
+def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
+    """LoRA tensors in any of the module docstring's layouts -> {diffusers UNetMotionModel layer: LoRALayer}.
+
+    Raises ValueError naming keys it cannot read, text-encoder keys and layers missing a half."""
+    layers: dict[str, LoRALayer] = {}
+    bad, text = [], []
+    for key, tensor in state.items():
+        k = key.removeprefix("unet.")
+        if k.startswith(("text_encoder.", "te.", "lora_te")):
+            text.append(key)
+            continue
+        if (m := _LEGACY.match(k)) is not None:
+            layer = f"{m['parent']}.{m['proj']}" + (".0" if m["proj"] == "to_out" else "")
+            kind = "down" if m["kind"] == "down" else "up"
+        elif (m := _PEFT.match(k)) is not None:
+            layer, kind = m["layer"], "down" if m["kind"] == "A" else "up"
+        elif (m := _OLD_PEFT.match(k)) is not None:
+            layer, kind = m["layer"], m["kind"]
+        elif (m := _ALPHA.match(k)) is not None and tensor.numel() == 1:
+            layer, kind = m["layer"], "alpha"
+        else:
+            bad.append(key)
+            continue
+        layer = _original_to_diffusers(layer)
+        entry = layers.setdefault(layer, LoRALayer())
+        if kind == "alpha":
+            entry.alpha = float(tensor.item())
+        else:
+            setattr(entry, kind, tensor)
+    problems = []
+    if text:
+        problems.append(f"text-encoder LoRA keys (a motion LoRA only changes the UNet): {text[:5]}")
+    if bad:
+        problems.append(f"keys that are not LoRA weights in a known layout ({len(bad)}): {bad[:10]} (expected e.g. "
+                        "'unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.lora_A.weight' or "
+                        "'...attn1.processor.to_q_lora.down.weight')")
+    half = [name for name, e in layers.items() if e.down is None or e.up is None]
+    if half:
+        problems.append(f"layers with only one of the two LoRA matrices (down/lora_A, up/lora_B): {half[:10]}")
+    if not layers and not problems:
+        problems.append("no LoRA weights found")
+    if problems:
+        raise ValueError("; ".join(problems))
+    for name, e in layers.items():
+        if e.up.shape[1] != e.down.shape[0]:
+            raise ValueError(f"LoRA layer {name}: up {tuple(e.up.shape)} and down {tuple(e.down.shape)} "
+                             "disagree on the rank")
+    return layers

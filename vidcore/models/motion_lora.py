@@ -1,0 +1,152 @@
+"""LoRA for AnimateDiff UNets (motion LoRAs: guoyww/animatediff-motion-lora-zoom-in, v2_lora_PanLeft.ckpt ...),
+fused into a :class:`~vidcore.models.motion.UNetMotion`'s weights and unfused exactly.
+
+>>> lora = load_motion_lora("guoyww/animatediff-motion-lora-zoom-in")      # hub repo, folder or file
+>>> fuse_lora(unet_motion, lora, scale=0.8)   # W += 0.8 * up @ down for every layer the LoRA names
+>>> unfuse_lora(unet_motion)                  # the weights as they were, bit for bit
+
+Files in diffusers' legacy processor layout (the hub's motion-LoRA repos), PEFT's ``lora_A``/``lora_B``
+layout and the original AnimateDiff ``.ckpt`` layout are read (:mod:`conversion.maps.motion_lora`). Layer
+names are diffusers' ``UNetMotionModel`` names; motion-module layers land in ``unet_motion.adapter``, any
+other layer (a LoRA may also touch the spatial UNet) in ``unet_motion.unet`` through the same key maps the
+checkpoints use. Every name and shape is checked before a weight changes.
+
+Fusing changes the modules ``UNetMotion`` references, so another ``UNetMotion`` sharing the same UNet or
+adapter sees the fused weights too (as it would see any edit). ``unfuse_lora`` restores the copies kept
+at the first fuse, so several LoRAs can be fused in turn and removed together.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+from conversion.maps.diffusers_unet2d import unet2d_map
+from conversion.maps.motion_lora import LoRALayer, parse_lora
+
+from ..errors import CheckpointError, ModelNotFoundError
+from .motion import UNetMotion
+
+_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "diffusion_pytorch_model.safetensors",
+                 "pytorch_lora_weights.bin", "diffusion_pytorch_model.bin")
+_MOTION_KEY = ".motion_modules."
+
+
+@dataclass
+class MotionLoRA:
+    """LoRA layers by diffusers ``UNetMotionModel`` layer name
+    (``down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q``)."""
+
+    layers: dict[str, LoRALayer]
+    source: str = "<state dict>"
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "<state dict>") -> "MotionLoRA":
+        try:
+            return cls(parse_lora(state), source)
+        except ValueError as err:
+            raise CheckpointError(f"{source}: not a LoRA vidcore can apply to a UNetMotion: {err}") from err
+
+    def targets(self, model: UNetMotion) -> dict[str, str]:
+        """{UNetMotion parameter name: LoRA layer name}; raises CheckpointError naming layers the model lacks."""
+        unet_map = unet2d_map(model.unet.config.to_diffusers_config())
+        params = dict(model.named_parameters())
+        out, unknown = {}, []
+        for layer in self.layers:
+            key = f"{layer}.weight"
+            probe = {key: torch.empty(0, device="meta")}
+            try:
+                if _MOTION_KEY in layer:
+                    converted, _ = MOTION_ADAPTER_MAP.convert(probe, None)
+                    name = "adapter." + next(iter(converted))
+                else:
+                    converted, _ = unet_map.convert(probe, None)
+                    name = "unet." + next(iter(converted))
+            except Exception:  # noqa: BLE001 - a name no rule reads is simply unknown
+                name = None
+            if name is None or name not in params:
+                unknown.append(layer)
+            else:
+                out[name] = layer
+        if unknown:
+            raise CheckpointError(f"{self.source}: {len(unknown)} LoRA layers are not in this UNetMotion "
+                                  f"(the LoRA was made for another model or adapter layout): {unknown[:10]}")
+        return out
+
+
+@dataclass
+class _Fused:
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> weight before any fuse
+    loras: list[tuple[str, float]] = field(default_factory=list)  # (source, scale), in fuse order
+
+
+def load_motion_lora(path_or_repo: str | os.PathLike | Mapping[str, torch.Tensor], weight_name: str | None = None,
+                     revision: str | None = None, token: str | None = None) -> MotionLoRA:
+    """A motion LoRA from a file (``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a
+    folder or hub repo (``weight_name`` or the usual diffusers LoRA file names), or a state dict."""
+    from .. import hub
+    from ..loading import read_single_file_raw
+
+    if isinstance(path_or_repo, Mapping):
+        return MotionLoRA.from_state_dict(path_or_repo)
+    patterns = [weight_name] if weight_name else [*_WEIGHT_NAMES, "*.safetensors", "*.ckpt"]
+    root = hub.resolve(path_or_repo, allow_patterns=patterns, revision=revision, token=token)
+    if root.is_dir():
+        names = [weight_name] if weight_name else list(_WEIGHT_NAMES)
+        found = next((root / n for n in names if (root / n).is_file()), None)
+        if found is None and not weight_name:
+            files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
+            found = files[0] if len(files) == 1 else None
+        if found is None:
+            raise ModelNotFoundError(f"{root}: no LoRA weight file (looked for {names}); pass weight_name=")
+        root = found
+    return MotionLoRA.from_state_dict(read_single_file_raw(root), str(root))
+
+
+def fuse_lora(model: UNetMotion, lora: MotionLoRA | str | os.PathLike | Mapping[str, torch.Tensor],
+              scale: float = 1.0) -> MotionLoRA:
+    """Add ``scale`` times the LoRA's update to ``model``'s weights (in place). Every layer name and shape is
+    checked before any weight changes. Returns the LoRA (loaded, when a path or state dict was given)."""
+    if not isinstance(model, UNetMotion):
+        raise TypeError(f"fuse_lora needs a vidcore UNetMotion, got {type(model).__name__}")
+    if not isinstance(lora, MotionLoRA):
+        lora = load_motion_lora(lora)
+    params = dict(model.named_parameters())
+    deltas = {}
+    for name, layer in lora.targets(model).items():
+        try:
+            deltas[name] = lora.layers[layer].delta(params[name].shape)
+        except ValueError as err:
+            raise CheckpointError(f"{lora.source}: LoRA layer {layer}: {err}") from err
+    state: _Fused = model.__dict__.setdefault("_lora_fused", _Fused())
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            p = params[name]
+            state.originals.setdefault(name, p.detach().clone())
+            p.add_((delta * scale).to(device=p.device, dtype=p.dtype))
+    state.loras.append((lora.source, float(scale)))
+    return lora
+
+
+def unfuse_lora(model: UNetMotion) -> list[tuple[str, float]]:
+    """Restore every weight changed by :func:`fuse_lora` (bit-exact copies); returns the (source, scale) of
+    the LoRAs removed, in fuse order (empty when none was fused)."""
+    state: _Fused | None = model.__dict__.pop("_lora_fused", None)
+    if state is None:
+        return []
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, original in state.originals.items():
+            params[name].copy_(original)
+    return state.loras
+
+
+def fused_loras(model: UNetMotion) -> list[tuple[str, float]]:
+    """The (source, scale) of the LoRAs fused into ``model``, in order."""
+    state = model.__dict__.get("_lora_fused")
+    return list(state.loras) if state else []
