@@ -5,6 +5,7 @@
     vidcore generate i2vgen-xl      --model PATH_OR_REPO --image img.png --prompt "..." -o out.gif
     vidcore generate image-to-video --model PATH_OR_REPO --image rocket.png --num-frames 25 -o rocket.mp4
     vidcore generate animatediff    --model SD15 --motion-adapter ADAPTER --prompt "a panda surfing" -o panda.gif
+    vidcore generate animatediff    --model civitai_model.safetensors --config-from SD15 --motion-adapter ADAPTER ...
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore inspect  PATH [--subfolder unet]
 
@@ -46,6 +47,7 @@ ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler"}
 DTYPES = ("fp32", "fp16", "bf16")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES + (".gif",)
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 single file
 
 
 class UsageError(ValueError):
@@ -96,7 +98,9 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     default_model = DEFAULT_MODELS.get(task)
     p.add_argument("--model", required=default_model is None, default=default_model, metavar="PATH_OR_REPO",
-                   help="diffusers pipeline folder (with model_index.json) or hub repo id")
+                   help="diffusers pipeline folder (with model_index.json) or hub repo id"
+                        + (", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"
+                           if task == "animatediff" else ""))
     svd = task == "image-to-video"  # Stable Video Diffusion: no text, its own sampler and conditions
     if not svd:
         p.add_argument("--prompt", required=True)
@@ -135,6 +139,10 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--motion-adapter", default=None, metavar="PATH_OR_REPO",
                        help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2); "
                             "optional when --model is a saved AnimateDiff pipeline")
+        p.add_argument("--config-from", default=None, metavar="PATH_OR_REPO",
+                       help="with --model an original SD1.5 single file (.safetensors/.ckpt, e.g. from civitai): the "
+                            "SD1.5 pipeline folder or hub repo giving configs, tokenizer and scheduler (default: "
+                            "stable-diffusion-v1-5/stable-diffusion-v1-5; no weights are downloaded)")
         p.add_argument("--frames", type=_positive_int, default=16,
                        help="number of frames; more than the adapter's motion_max_seq_length uses context windows")
         p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
@@ -446,7 +454,14 @@ def cmd_generate(args) -> int:
 
     cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline,
            "image-to-video": StableVideoDiffusionPipeline}.get(args.task, TextToVideoPipeline)
-    if args.task == "animatediff":
+    if args.task == "animatediff" and Path(model).suffix in SINGLE_FILE_SUFFIXES:
+        kwargs = {} if args.config_from is None else {"config_from": args.config_from}
+        pipe = AnimateDiffPipeline.from_single_file(model, motion_adapter=args.motion_adapter,
+                                                    torch_dtype=_torch_dtype(dtype_name), variant=args.variant, **kwargs)
+    elif args.task == "animatediff":
+        if args.config_from is not None:
+            raise UsageError(f"--config-from applies to a single-file --model ({'/'.join(SINGLE_FILE_SUFFIXES)}); "
+                             f"'{model}' is a pipeline folder or repo")
         pipe = AnimateDiffPipeline.from_pretrained(model, motion_adapter=args.motion_adapter,
                                                    torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     else:

@@ -473,14 +473,18 @@ def _warn_unrecognised_ldm(where: Path, raw: dict) -> None:
 
 
 def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=None, revision: str | None = None,
-                        token: str | None = None) -> dict[str, nn.Module]:
+                        token: str | None = None, components=tuple(LDM_SD_COMPONENTS)) -> dict[str, nn.Module]:
     """The ``unet`` (vidcore UNet2D), ``vae`` (vidcore AutoencoderKL) and ``text_encoder`` (transformers
     CLIPTextModel) of an original Stable Diffusion 1.x single file (``model.diffusion_model.*``,
     ``first_stage_model.*``, ``cond_stage_model.transformer.*``; civitai fine-tunes), reading the file once.
 
     ``config_from``: a diffusers SD pipeline folder or hub repo id (its ``unet/``, ``vae/``, ``text_encoder/``
-    configs); default: runwayml/stable-diffusion-v1-5's configs.
+    configs); default: runwayml/stable-diffusion-v1-5's configs. ``components``: the subset to build.
     """
+    components = (components,) if isinstance(components, str) else tuple(components)
+    unknown = sorted(set(components) - set(LDM_SD_COMPONENTS))
+    if unknown:
+        raise ValueError(f"components must be among {sorted(LDM_SD_COMPONENTS)}, got {unknown}")
     where, fmt = _locate(path, None, None, revision, token)
     if not where.is_file() or (fmt == "vidcore" and _has_native_metadata(where)):
         raise CheckpointError(f"{where}: not an original Stable Diffusion single file")
@@ -491,7 +495,7 @@ def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=N
     _warn_unrecognised_ldm(where, raw)
     dtype = hub.parse_dtype(torch_dtype) or torch.float32
     out = {}
-    for component in LDM_SD_COMPONENTS:
+    for component in (c for c in LDM_SD_COMPONENTS if c in components):
         out[component] = _load_ldm_sd(where, raw, component, config_from, revision, token)[2].to(dtype).eval()
     return out
 

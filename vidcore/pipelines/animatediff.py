@@ -47,6 +47,11 @@ ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "li
 CONTEXT_WEIGHTINGS = ("pyramid", "flat")
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter")
+# from_single_file: the SD1.5 repo that gives the configs, tokenizer and scheduler (runwayml's, now hosted here)
+DEFAULT_SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# what from_single_file fetches from config_from on the hub: configs, tokenizer and scheduler, no weights
+SINGLE_FILE_CONFIG_PATTERNS = ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                               "tokenizer/*.json", "tokenizer/*.txt", "scheduler/*.json"]
 
 
 # ----------------------------------------------------------------------------- context windows
@@ -162,6 +167,20 @@ def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, t
     return module
 
 
+def stored_scheduler(config_file: Path):
+    """The scheduler of a pipeline's ``scheduler_config.json``; one vidcore does not implement (SD1.5 repos ship
+    PNDM) is replaced by DDIM with AnimateDiff's recommended settings, with a log message."""
+    from ..schedulers import from_config
+
+    try:
+        return from_config(config_file)
+    except (ValueError, NotImplementedError) as err:
+        log.warning("the stored scheduler is not usable in vidcore (%s); using DDIM with AnimateDiff's "
+                    "recommended settings (%s)", str(err).split(";")[0],
+                    ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items()))
+        return animatediff_scheduler(config_file)
+
+
 def animatediff_scheduler(config, kind: str | None = None, **overrides):
     """A scheduler for AnimateDiff from a diffusers scheduler config (dict or path): ``kind`` (a class name
     such as "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", or its short form;
@@ -219,7 +238,6 @@ class AnimateDiffPipeline(TextToVideoPipeline):
         (:func:`animatediff_scheduler`), with a log message.
         """
         from ..loading import load_model
-        from ..schedulers import from_config
 
         unknown = sorted(set(overrides) - set(COMPONENTS))
         if unknown:
@@ -264,14 +282,67 @@ class AnimateDiffPipeline(TextToVideoPipeline):
                                          "guoyww/animatediff-motion-adapter-v1-5-2")
             modules["motion_adapter"] = load_motion_adapter(folder("motion_adapter"), dtype, variant)
         if "scheduler" not in modules:
-            config_file = folder("scheduler") / "scheduler_config.json"
-            try:
-                modules["scheduler"] = from_config(config_file)
-            except (ValueError, NotImplementedError) as err:
-                log.warning("the stored scheduler is not usable in vidcore (%s); using DDIM with AnimateDiff's "
-                            "recommended settings (%s)", str(err).split(";")[0],
-                            ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items()))
-                modules["scheduler"] = animatediff_scheduler(config_file)
+            modules["scheduler"] = stored_scheduler(folder("scheduler") / "scheduler_config.json")
+        return cls(**modules)
+
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None,
+                         config_from: str | os.PathLike = DEFAULT_SD15_CONFIG,
+                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                         revision: str | None = None, token: str | None = None, **overrides):
+        """Load the UNet, VAE and text encoder from an original Stable Diffusion 1.x single file (the CompVis LDM
+        layout civitai fine-tunes ship: ``model.diffusion_model.*``, ``first_stage_model.*``,
+        ``cond_stage_model.transformer.*``; ``.safetensors`` or ``.ckpt``), plus ``motion_adapter`` (as in
+        :meth:`from_pretrained`; required).
+
+        ``config_from`` is a Stable Diffusion 1.x pipeline folder or hub repo id (default
+        ``stable-diffusion-v1-5/stable-diffusion-v1-5``, the hub's copy of ``runwayml/stable-diffusion-v1-5``): it
+        gives the UNet / VAE / text-encoder configs, the tokenizer and the scheduler. From the hub only those
+        small files are downloaded (:data:`SINGLE_FILE_CONFIG_PATTERNS`), never the repo's weights. The scheduler
+        is chosen as in :meth:`from_pretrained` (PNDM -> DDIM with AnimateDiff's settings); ``scheduler=`` and
+        the other components passed as keyword arguments replace the loaded ones (a component given that way is
+        not read from the file). ``variant`` applies to the motion adapter's weights.
+
+        >>> pipe = AnimateDiffPipeline.from_single_file(
+        ...     "realisticVisionV60B1_v51VAE.safetensors", motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
+        ...     config_from="stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16)
+        """
+        from ..loading import load_sd_single_file
+
+        unknown = sorted(set(overrides) - set(COMPONENTS))
+        if unknown:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
+        dtype = hub.parse_dtype(torch_dtype)
+        modules = dict(overrides)
+        if motion_adapter is not None:
+            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
+        elif "motion_adapter" not in modules and not isinstance(modules.get("unet"), UNetMotion):
+            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: a Stable Diffusion single file has no motion "
+                                     "modules; pass motion_adapter= (CLI: --motion-adapter), e.g. "
+                                     "guoyww/animatediff-motion-adapter-v1-5-2")
+        root = hub.resolve(config_from, allow_patterns=SINGLE_FILE_CONFIG_PATTERNS, revision=revision, token=token)
+        if not (root / "model_index.json").is_file():
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be a Stable Diffusion 1.x pipeline "
+                                     f"folder or hub repo (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+                                     f"scheduler/); looked in {root}")
+
+        def folder(name: str) -> Path:
+            if not (root / name).is_dir():
+                raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
+                                         f"{name}=... instead")
+            return root / name
+
+        from_file = [c for c in ("unet", "vae", "text_encoder") if c not in modules]
+        if from_file:
+            for name in from_file:
+                folder(name)
+            # root is a local folder now: the configs are read from it, nothing more is fetched
+            modules.update(load_sd_single_file(path, config_from=root, torch_dtype=dtype, revision=revision,
+                                               token=token, components=from_file))
+        if "tokenizer" not in modules:
+            modules["tokenizer"] = load_tokenizer(folder("tokenizer"))
+        if "scheduler" not in modules:
+            modules["scheduler"] = stored_scheduler(folder("scheduler") / "scheduler_config.json")
         return cls(**modules)
 
     # -- checks ---------------------------------------------------------------------------------
