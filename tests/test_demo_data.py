@@ -86,6 +86,34 @@ def test_scoring_detects_wrong_answers():
     assert smoothness(video[[0, 2, 1, 3, 4, 5, 6, 7]], "right")[0] is False
 
 
+def test_fast_clips_cross_the_frame_and_trails_point_back():
+    for i, (color, shape, direction) in enumerate(all_combinations()[:12]):
+        plain, _ = make_clip(i, color, shape, direction, speed=(3.0, 3.5))
+        trailed, _ = make_clip(i, color, shape, direction, speed=(3.0, 3.5), trail=3)
+        a, b = as_np(plain), as_np(trailed)
+        dx, dy = DIRECTIONS[direction]
+        along = centroids(a) @ np.array([dx, dy])
+        assert along[-1] - along[0] > 18  # (32 - 2 r - 2) px: start and end at opposite edges
+        # the trail keeps the shape itself, adds only fainter pixels, and lies behind it
+        assert np.all(b >= a - 1e-6) and (b > a + 1e-3).any()
+        ghost = (b - a).max(axis=-1)
+        assert ghost.max() <= 0.5 * np.max(COLORS[color]) + 1e-6
+        assert (centroids(b) @ np.array([dx, dy]) < along).all()
+        assert score_color(b) == color and score_direction(b) == direction
+
+
+def test_sample_timesteps():
+    from vidcore.demo.train import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(4000, 1000, 0.0, g)
+    assert t.min() >= 0 and t.max() <= 999 and abs(t.float().mean().item() - 499.5) < 15
+    t = sample_timesteps(4000, 1000, 1.0, g)
+    assert t.min() >= 700 and t.max() <= 999
+    t = sample_timesteps(4000, 1000, 0.5, g)
+    assert abs((t >= 700).float().mean().item() - (0.5 + 0.5 * 0.3)) < 0.03
+
+
 # -- the shipped model ------------------------------------------------------------------------------
 
 def test_training_smoke(tmp_path):

@@ -82,8 +82,12 @@ def shape_mask(shape: str, cx: torch.Tensor, cy: torch.Tensor, r: float, size: i
 
 
 def make_clip(seed: int, color: str | None = None, shape: str | None = None, direction: str | None = None,
-              num_frames: int = NUM_FRAMES, size: int = SIZE) -> tuple[torch.Tensor, str]:
-    """One clip ``(video f 3 h w in [-1, 1], prompt)``; attributes not given are drawn from ``seed``."""
+              num_frames: int = NUM_FRAMES, size: int = SIZE,
+              speed: tuple[float, float] = SPEED, trail: int = 0) -> tuple[torch.Tensor, str]:
+    """One clip ``(video f 3 h w in [-1, 1], prompt)``; attributes not given are drawn from ``seed``.
+
+    ``trail``: number of fading copies drawn at the shape's previous positions (a comet-like motion
+    trail, so a single frame already shows which way the shape goes)."""
     g = torch.Generator().manual_seed(seed)
 
     def uniform(lo: float, hi: float) -> float:
@@ -101,24 +105,29 @@ def make_clip(seed: int, color: str | None = None, shape: str | None = None, dir
     scale = size / SIZE
     r = uniform(*RADIUS) * scale
     lo, hi = r + 1.0, size - r - 1.0  # centre range that keeps the whole shape (plus 1 px) inside
-    travel = min(uniform(*SPEED) * scale * (num_frames - 1), hi - lo)
-    speed = travel / max(num_frames - 1, 1)
+    travel = min(uniform(*speed) * scale * (num_frames - 1), hi - lo)
+    step = travel / max(num_frames - 1, 1)
     start = uniform(lo, hi - travel)  # position along the motion axis where the motion starts (low end)
     across = uniform(lo, hi)
     ux, uy = DIRECTIONS[direction]
-    t = torch.arange(num_frames, dtype=torch.float32) * speed
+    t = torch.arange(num_frames, dtype=torch.float32) * step
     along = start + t if (ux + uy) > 0 else start + travel - t
     cx, cy = (along, torch.full_like(along, across)) if ux else (torch.full_like(along, across), along)
 
     alpha = shape_mask(shape, cx, cy, r, size)[:, None]  # f 1 h w
+    for k in range(1, trail + 1):  # ghost k: where the shape was k frames earlier, fainter with k
+        back = step * k
+        gx, gy = cx - ux * back, cy - uy * back
+        ghost = shape_mask(shape, gx, gy, r, size)[:, None] * (0.5 * (1 - k / (trail + 1)))
+        alpha = torch.maximum(alpha, ghost)
     fg = torch.tensor(COLORS[color]).view(1, 3, 1, 1)
     bg = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
     video = bg + alpha * (fg - bg)  # f 3 h w in [0, 1]
     return video * 2 - 1, prompt_for(color, shape, direction)
 
 
-def make_dataset(num_clips: int, seed: int = 0, num_frames: int = NUM_FRAMES,
-                 size: int = SIZE) -> tuple[torch.Tensor, list[str]]:
+def make_dataset(num_clips: int, seed: int = 0, num_frames: int = NUM_FRAMES, size: int = SIZE,
+                 speed: tuple[float, float] = SPEED, trail: int = 0) -> tuple[torch.Tensor, list[str]]:
     """``num_clips`` clips cycling through all 48 prompts: ``(videos n f 3 h w, prompts)``.
 
     Clip ``i`` uses combination ``i % 48`` and the seed ``seed * 1_000_003 + i``.
@@ -126,7 +135,8 @@ def make_dataset(num_clips: int, seed: int = 0, num_frames: int = NUM_FRAMES,
     combos = all_combinations()
     videos, prompts = [], []
     for i in range(num_clips):
-        video, prompt = make_clip(seed * 1_000_003 + i, *combos[i % len(combos)], num_frames=num_frames, size=size)
+        video, prompt = make_clip(seed * 1_000_003 + i, *combos[i % len(combos)], num_frames=num_frames, size=size,
+                                  speed=speed, trail=trail)
         videos.append(video)
         prompts.append(prompt)
     return torch.stack(videos), prompts

@@ -36,7 +36,7 @@ from ..models.unet3d import UNet3D, UNet3DConfig
 from ..models.vae import AutoencoderKL, AutoencoderKLConfig
 from ..schedulers import from_config
 from ..tools.clip_vocab import write_clip_vocab
-from .data import COLORS, DIRECTIONS, NUM_FRAMES, SHAPES, SIZE, all_prompts, make_dataset
+from .data import COLORS, DIRECTIONS, NUM_FRAMES, SHAPES, SIZE, SPEED, all_prompts, make_dataset
 
 SCHEDULER = {  # ModelScope's scheduler_config.json
     "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -70,10 +70,16 @@ class DemoConfig:
     warmup: int = 100
     prompt_dropout: float = 0.1
     ema_decay: float = 0.999
-    min_snr_gamma: float | None = 5.0  # loss weight min(SNR, gamma) / SNR; None: plain epsilon MSE
+    text_pretrain_steps: int = 200
+    high_noise_fraction: float = 0.0  # share of each batch with t drawn from the top 30 % of the schedule
+    loss_weighting: str = "v"  # epsilon-MSE weight per timestep, see loss_weight()
+    max_loss_weight: float = 50.0
     snapshot_every: int = 0
+    speed: tuple[float, float] = SPEED  # pixels per frame (data); fast clips cross the whole frame
+    trail: int = 0  # fading copies behind the shape (data), see data.make_clip
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # the recipe is for the CPU; "cuda" only speeds up experiments
     log_every: int = 50
 
     @property
@@ -117,6 +123,33 @@ def build_text_encoder(cfg: DemoConfig, tokenizer):
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
+def loss_weight(snr: torch.Tensor, kind: str, cap: float) -> torch.Tensor:
+    """Per-sample weight of the epsilon MSE at signal-to-noise ratio ``snr``.
+
+    ``"uniform"``: 1 (DDPM's simple loss). ``"min_snr"``: min(SNR, cap) / SNR (Hang et al. 2023).
+    ``"v"``: min(1 + 1/SNR, cap), the v-prediction loss written on epsilon. It up-weights the high-noise
+    steps where the layout (where the shape is in each frame, hence its direction) is decided; with the
+    uniform weight the model learned color from the prompt but took the direction from the noise.
+    """
+    if kind == "uniform":
+        return torch.ones_like(snr)
+    if kind == "min_snr":
+        return snr.clamp(max=cap) / snr
+    if kind == "v":
+        return (1 + 1 / snr).clamp(max=cap)
+    raise ValueError(f"loss_weighting must be 'uniform', 'min_snr' or 'v', got {kind!r}")
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, high_noise_fraction: float, generator) -> torch.Tensor:
+    """Uniform training timesteps, except that a ``high_noise_fraction`` share is drawn from the top
+    30 % of the schedule (where the prompt alone decides the layout, so its gradient is the signal
+    that ties the prompt to where the shape is)."""
+    t = torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    high = torch.rand(n, generator=generator) < high_noise_fraction
+    top = num_train_timesteps * 7 // 10
+    return torch.where(high, top + t % (num_train_timesteps - top), t)
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 10% of the peak."""
     if step < warmup:
@@ -152,15 +185,16 @@ class Log:
 def train_vae(cfg: DemoConfig, frames: torch.Tensor, quiet: bool = False) -> tuple[AutoencoderKL, Log]:
     """frames: n 3 h w in [-1, 1]."""
     torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg).train()
+    dev = torch.device(cfg.device)
+    vae = build_vae(cfg).to(dev).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     log = Log("vae", cfg.vae_steps, cfg.log_every, quiet)
     for step in range(cfg.vae_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
-        x = frames[torch.randint(len(frames), (cfg.vae_batch,), generator=g)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.vae_bf16):
+        x = frames[torch.randint(len(frames), (cfg.vae_batch,), generator=g)].to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.vae_bf16):
             post = vae.encode(x)
             recon = vae.decode(post.sample(g)).float()
         l1 = (recon - x).abs().mean()
@@ -180,10 +214,11 @@ def encode_latents(vae: AutoencoderKL, videos: torch.Tensor, batch: int = 256) -
     """videos n f 3 h w -> posterior (mean, std), each n c f h' w' (unscaled)."""
     n, f = videos.shape[:2]
     means, stds = [], []
+    dev = next(vae.parameters()).device
     for part in videos.flatten(0, 1).split(batch):
-        post = vae.encode(part)
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(part.to(dev))
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     def unfold(x):  # (n f) c h w -> n c f h w
         x = torch.cat(x)
         return x.reshape(n, f, *x.shape[1:]).transpose(1, 2).contiguous()
@@ -191,6 +226,39 @@ def encode_latents(vae: AutoencoderKL, videos: torch.Tensor, batch: int = 256) -
 
 
 # -- stage 2: text encoder + UNet ---------------------------------------------------------------------
+
+def pretrain_text_encoder(cfg: DemoConfig, text_encoder, ids: torch.Tensor, eos_id: int, quiet: bool = False) -> Log:
+    """Teach the text encoder to spell out the prompt's attributes in its end/padding states.
+
+    A text encoder trained from scratch only by the diffusion loss learns the attribute with the
+    strongest signal (color) and leaves the others nearly indistinguishable, and then the UNet never
+    learns to use them. Real text-to-video models start from a pretrained CLIP; this stand-in trains
+    cosine classifiers for color, shape and direction on every end/padding position (71 of the 77
+    tokens the UNet cross-attends to), so every prompt starts with well separated embeddings.
+    ``ids``: the 48 demo prompts, in ``all_combinations()`` order.
+    """
+    from .data import all_combinations
+
+    combos = all_combinations()
+    labels = [torch.tensor([list(options).index(c[k]) for c in combos], device=ids.device) for k, options in
+              enumerate((COLORS, SHAPES, DIRECTIONS))]
+    heads = [torch.nn.Parameter(torch.randn(len(o), cfg.text_width).to(ids.device)) for o in (COLORS, SHAPES, DIRECTIONS)]
+    mask = (ids == eos_id).float()[..., None]  # 48 77 1
+    opt = torch.optim.AdamW(list(text_encoder.parameters()) + heads, lr=cfg.unet_lr, weight_decay=0.0)
+    log = Log("text", cfg.text_pretrain_steps, cfg.log_every, quiet)
+    for step in range(cfg.text_pretrain_steps):
+        hidden = F.normalize(text_encoder(ids)[0], dim=-1)  # 48 77 d
+        loss = 0.0
+        for head, y in zip(heads, labels):
+            logits = 10.0 * hidden @ F.normalize(head, dim=-1).T  # 48 77 classes
+            ce = F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(ids.shape[1]), reduction="none")
+            loss = loss + (ce.view(mask.shape[:2]) * mask[..., 0]).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.add(step, loss=loss.item())
+    return log
+
 
 def train_unet(cfg: DemoConfig, latents: tuple[torch.Tensor, torch.Tensor], prompts: list[str], tokenizer,
                scaling_factor: float, quiet: bool = False, callback=None):
@@ -200,43 +268,45 @@ def train_unet(cfg: DemoConfig, latents: tuple[torch.Tensor, torch.Tensor], prom
     every ``cfg.snapshot_every`` steps when given.
     """
     torch.manual_seed(cfg.seed + 2)
-    text_encoder = build_text_encoder(cfg, tokenizer).train()
-    unet = build_unet(cfg).train()
+    dev = torch.device(cfg.device)
+    text_encoder = build_text_encoder(cfg, tokenizer).to(dev).train()
+    unet = build_unet(cfg).to(dev).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = from_config(SCHEDULER)
     alphas_cumprod = scheduler.alphas_cumprod
 
     vocab = [""] + all_prompts()
     ids = tokenizer(vocab, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids  # (1 + 48) 77
+                    return_tensors="pt").input_ids.to(dev)  # (1 + 48) 77
     index = {p: i for i, p in enumerate(vocab)}
-    prompt_idx = torch.tensor([index[p] for p in prompts])
+    prompt_idx = torch.tensor([index[p] for p in prompts], device=dev)
+    if cfg.text_pretrain_steps:
+        pretrain_text_encoder(cfg, text_encoder, ids[1:], tokenizer.eos_token_id, quiet)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(cfg.seed + 3)
-    mean, std = latents
+    mean, std = (x.to(dev) for x in latents)
     log = Log("unet", cfg.unet_steps, cfg.log_every, quiet)
     for step in range(cfg.unet_steps):
         lr = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        pick = torch.randint(len(mean), (cfg.unet_batch,), generator=g)
-        x0 = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=g)) * scaling_factor
+        pick = torch.randint(len(mean), (cfg.unet_batch,), generator=g).to(dev)
+        x0 = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=g).to(dev)) * scaling_factor
         which = prompt_idx[pick].clone()
-        which[torch.rand(cfg.unet_batch, generator=g) < cfg.prompt_dropout] = 0  # "" -> unconditional
-        t = torch.randint(0, scheduler.num_train_timesteps, (cfg.unet_batch,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+        which[(torch.rand(cfg.unet_batch, generator=g) < cfg.prompt_dropout).to(dev)] = 0  # "" -> unconditional
+        t = sample_timesteps(cfg.unet_batch, scheduler.num_train_timesteps, cfg.high_noise_fraction, g).to(dev)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
         xt = scheduler.add_noise(x0, noise, t)
         # encode the unique prompts of this batch once
         uniq, inverse = which.unique(return_inverse=True)
         context = text_encoder(ids[uniq])[0][inverse]
         pred = unet(xt, t, context)
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3, 4))
-        if cfg.min_snr_gamma:  # Min-SNR-gamma weighting (Hang et al. 2023) for the epsilon objective
-            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-            per_sample = per_sample * snr.clamp(max=cfg.min_snr_gamma) / snr
-        loss = per_sample.mean()
+        a = alphas_cumprod.to(dev)[t]
+        snr = a / (1 - a)
+        loss = (per_sample * loss_weight(snr, cfg.loss_weighting, cfg.max_loss_weight)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -256,14 +326,14 @@ def train_unet(cfg: DemoConfig, latents: tuple[torch.Tensor, torch.Tensor], prom
 def write_pipeline(folder: Path, tokenizer_dir: Path, text_encoder, unet: UNet3D, vae: AutoencoderKL) -> None:
     """A diffusers-layout TextToVideoSDPipeline folder with fp16 weights under the plain file names."""
     shutil.copytree(tokenizer_dir, folder / "tokenizer")
-    copy.deepcopy(text_encoder).half().save_pretrained(str(folder / "text_encoder"))
+    copy.deepcopy(text_encoder).cpu().half().save_pretrained(str(folder / "text_encoder"))
     # weights are stored as fp16, but the config asks transformers to load them as float32 by default
     config_file = folder / "text_encoder" / "config.json"
     config = json.loads(config_file.read_text())
     config["dtype"] = "float32"
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_diffusers(copy.deepcopy(unet).half(), folder / "unet")
-    save_diffusers(copy.deepcopy(vae).half(), folder / "vae")
+    save_diffusers(copy.deepcopy(unet).cpu().half(), folder / "unet")
+    save_diffusers(copy.deepcopy(vae).cpu().half(), folder / "vae")
     (folder / "scheduler").mkdir()
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2) + "\n")
     index = {
@@ -303,7 +373,8 @@ def train(cfg: DemoConfig, out: str | os.PathLike, force: bool = False, quiet: b
 def _train(cfg: DemoConfig, out: Path, quiet: bool, vae_from) -> Path:
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    videos, prompts = make_dataset(cfg.num_clips, seed=cfg.seed, num_frames=cfg.num_frames, size=cfg.size)
+    videos, prompts = make_dataset(cfg.num_clips, seed=cfg.seed, num_frames=cfg.num_frames, size=cfg.size,
+                                   speed=cfg.speed, trail=cfg.trail)
     say(f"data: {len(videos)} clips {tuple(videos.shape[1:])} ({time.perf_counter() - t0:.1f} s)")
 
     if vae_from is None:
@@ -318,7 +389,7 @@ def _train(cfg: DemoConfig, out: Path, quiet: bool, vae_from) -> Path:
     scaling_factor = float(1.0 / (mean + std * torch.randn(mean.shape, generator=g)).std())
     vae.config = replace(vae.config, scaling_factor=round(scaling_factor, 5))
     with torch.no_grad():  # reconstruction check on the first 96 clips
-        recon = vae.decode(mean[:96].transpose(1, 2).flatten(0, 1))
+        recon = vae.decode(mean[:96].transpose(1, 2).flatten(0, 1).to(cfg.device)).cpu()
     recon_l1 = (recon - videos[:96].flatten(0, 1)).abs().mean().item()
     say(f"vae: scaling_factor {scaling_factor:.4f}, reconstruction L1 {recon_l1:.4f} "
         f"({time.perf_counter() - t0:.1f} s)")
