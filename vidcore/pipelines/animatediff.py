@@ -35,6 +35,7 @@ from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
 from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .lora import MotionLoRAMixin
 from .text_to_video import TextToVideoPipeline
 from .video_processing import postprocess_video
 
@@ -197,11 +198,12 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
 # ----------------------------------------------------------------------------- pipeline
 
 
-class AnimateDiffPipeline(TextToVideoPipeline):
+class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     """Stable Diffusion 1.5 + motion adapter -> video.
 
     ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (pass a ``UNet2D`` plus ``motion_adapter`` and it
-    is built; the 2D weights are shared, not copied); ``motion_adapter`` is ``unet.adapter``.
+    is built; the 2D weights are shared, not copied); ``motion_adapter`` is ``unet.adapter``. Motion LoRAs:
+    ``load_lora_weights`` / ``set_adapters`` / ``fuse_lora`` / ``unfuse_lora`` (:mod:`vidcore.pipelines.lora`).
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
