@@ -163,3 +163,59 @@ def test_single_file_model_with_config_from(capsys, setup, tmp_path, monkeypatch
     code, out, err = run_cli(capsys, "generate", "animatediff", "--model", model, "--config-from", setup.sd,
                              "--prompt", "a", "--device", "cpu", "-o", tmp_path / "x.gif")
     assert code == 2 and "has no motion modules; pass motion_adapter= (CLI: --motion-adapter)" in err
+
+
+# -- vidcore convert on AnimateDiff's original files ------------------------------------------------
+
+def _equal_state(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for key, tensor in a.items():
+        assert torch.equal(tensor, b[key]), key
+
+
+def test_convert_motion_module_and_ldm_files(capsys, setup, tmp_path):
+    """An original motion-module .ckpt -> diffusers MotionAdapter folder (what diffusers reads) and vidcore file;
+    a civitai LDM file's VAE / UNet (--component, --config-from) -> vidcore file / diffusers folder; bit-exact."""
+    from diffusers import MotionAdapter as RefAdapter
+    from safetensors.torch import load_file
+
+    from vidcore.loading import original_state_dict, save_original
+
+    mm = save_original(vidcore.load_model(setup.adapter), tmp_path / "mm_tiny_v2.ckpt")
+    code, out, err = run_cli(capsys, "convert", mm, tmp_path / "adapter", "--to", "diffusers")
+    assert code == 0, err
+    assert out.startswith("converted motion_adapter original -> diffusers:")
+    ref = RefAdapter.from_pretrained(setup.adapter)
+    _equal_state(RefAdapter.from_pretrained(tmp_path / "adapter").state_dict(), ref.state_dict())
+    code, out, err = run_cli(capsys, "convert", mm, tmp_path / "adapter.safetensors")
+    assert code == 0 and out.startswith("converted motion_adapter original -> vidcore:"), err
+    _equal_state(vidcore.load_model(tmp_path / "adapter.safetensors").state_dict(),
+                 vidcore.load_model(setup.adapter).state_dict())
+
+    state = {}
+    for module in (vidcore.load_model(setup.sd / "unet"), vidcore.load_model(setup.sd / "vae"),
+                   setup.pipe.text_encoder):
+        state.update(original_state_dict(module))
+    ldm = tmp_path / "civitai_model.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(ldm))
+    code, out, err = run_cli(capsys, "convert", ldm, tmp_path / "vae.safetensors", "--component", "vae",
+                             "--config-from", setup.sd)
+    assert code == 0 and out.startswith("converted autoencoder_kl original -> vidcore:"), err
+    _equal_state(vidcore.load_model(tmp_path / "vae.safetensors").state_dict(),
+                 vidcore.load_model(setup.sd / "vae").state_dict())
+    code, out, err = run_cli(capsys, "convert", ldm, tmp_path / "unet", "--to", "diffusers", "--config-from", setup.sd)
+    assert code == 0 and out.startswith("converted unet2d original -> diffusers:"), err
+    _equal_state(load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"),
+                 load_file(setup.sd / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    for argv, message in [
+        ([setup.sd / "vae", tmp_path / "x.safetensors", "--config-from", setup.sd],
+         "--config-from applies to original single files"),
+        ([mm, tmp_path / "y.safetensors", "--component", "vae"], "is an AnimateDiff motion-module file; component"),
+        ([ldm, tmp_path / "z.safetensors"], "does not fit UNet2D"),  # the default SD1.5 config: not this tiny model
+    ]:
+        code, out, err = run_cli(capsys, "convert", *argv)
+        assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not any((tmp_path / n).exists() for n in ("x.safetensors", "y.safetensors", "z.safetensors"))

@@ -7,6 +7,8 @@
     vidcore generate animatediff    --model SD15 --motion-adapter ADAPTER --prompt "a panda surfing" -o panda.gif
     vidcore generate animatediff    --model civitai_model.safetensors --config-from SD15 --motion-adapter ADAPTER ...
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
+    vidcore convert  mm_sd_v15_v2.ckpt motion-adapter-v2 --to diffusers
+    vidcore convert  civitai_model.safetensors vae.safetensors --component vae
     vidcore inspect  PATH [--subfolder unet]
 
 Errors vidcore raises on purpose (and bad arguments) print one ``error: ...`` line on stderr and
@@ -213,13 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
-        description="diffusers model folder (or pipeline folder + --subfolder) -> vidcore native .safetensors "
-                    "file, or native file -> diffusers model folder. Writes atomically.")
-    conv.add_argument("src", metavar="SRC", help="diffusers model folder, pipeline folder, native file, or hub repo id")
+        description="diffusers model folder (or pipeline folder + --subfolder) or original single file (AnimateDiff "
+                    "motion module, Stable Diffusion LDM + --component, SVD sgm, ModelScope, I2VGen-XL) -> vidcore "
+                    "native .safetensors file, or native file -> diffusers model folder. Writes atomically.")
+    conv.add_argument("src", metavar="SRC", help="diffusers model folder, pipeline folder, native file, original "
+                                                 "single file (.ckpt/.pth/.safetensors), or hub repo id")
     conv.add_argument("dst", metavar="DST", help="output: a .safetensors file (vidcore) or a folder (diffusers)")
     conv.add_argument("--to", choices=("vidcore", "diffusers"), default=None,
                       help="output format (default: the opposite of SRC's)")
     conv.add_argument("--subfolder", default=None, help="component of a pipeline folder, e.g. unet or vae")
+    conv.add_argument("--component", choices=("unet", "vae"), default=None,
+                      help="model to take from an original file holding several (Stable Diffusion LDM / civitai, "
+                           "Stable Video Diffusion sgm); default unet")
+    conv.add_argument("--config-from", default=None, metavar="PATH_OR_REPO",
+                      help="config for an original single file (a diffusers model or pipeline folder, config.json "
+                           "or hub repo); default: the released model's (motion modules: read from the keys)")
     conv.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: keep SRC's dtype)")
     conv.add_argument("--variant", default=None, help="SRC weight file variant to read, e.g. fp16")
     conv.add_argument("--force", action="store_true", help="overwrite DST if it exists")
@@ -564,7 +574,11 @@ def cmd_convert(args) -> int:
     src, dst = args.src, Path(args.dst)
     if args.to is not None:  # check before the (slow) load when we already know the format
         _check_destination(dst, args.to, args.force)
-    module, info = load_model_with_info(src, subfolder=args.subfolder, variant=args.variant)
+    module, info = load_model_with_info(src, subfolder=args.subfolder, variant=args.variant,
+                                        config_from=args.config_from, component=args.component)
+    if args.config_from is not None and info.source_format != "original":
+        raise UsageError(f"--config-from applies to original single files; '{src}' is a {info.source_format} "
+                         "checkpoint with its own config")
     to = args.to or ("diffusers" if info.source_format == "vidcore" else "vidcore")
     _check_destination(dst, to, args.force)
     if any(_same_path(dst, f) or _same_path(dst, f.parent) for f in info.files):
