@@ -122,8 +122,8 @@ def test_help_lists_the_options(capsys):
         main(["generate", "animatediff", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--motion-adapter", "--config-from", "--context-length", "--context-stride", "--context-weighting", "--vae-slicing",
-                   "--cpu-offload", "euler"):
+    for option in ("--motion-adapter", "--config-from", "--context-length", "--context-stride", "--context-weighting",
+                   "--vae-slicing", "--cpu-offload", "euler"):
         assert option in text
 
 

@@ -467,7 +467,8 @@ def cmd_generate(args) -> int:
     if args.task == "animatediff" and Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
         pipe = AnimateDiffPipeline.from_single_file(model, motion_adapter=args.motion_adapter,
-                                                    torch_dtype=_torch_dtype(dtype_name), variant=args.variant, **kwargs)
+                                                    torch_dtype=_torch_dtype(dtype_name), variant=args.variant,
+                                                    **kwargs)
     elif args.task == "animatediff":
         if args.config_from is not None:
             raise UsageError(f"--config-from applies to a single-file --model ({'/'.join(SINGLE_FILE_SUFFIXES)}); "
