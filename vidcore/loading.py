@@ -45,7 +45,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
-from conversion.maps import original_modelscope, original_motion, original_sd, original_svd
+from conversion.maps import original_controlnet, original_modelscope, original_motion, original_sd, original_svd
+from conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
 from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from conversion.maps.diffusers_svd import SVD_UNET_MAP
@@ -56,6 +57,7 @@ from conversion.maps.diffusers_vae import VAE_MAP
 
 from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
+from .models.controlnet import ControlNet, ControlNetConfig
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
 from .models.motion import MotionAdapter, MotionAdapterConfig
 from .models.svd_unet import SVDUNet, SVDUNetConfig
@@ -92,6 +94,7 @@ ARCHITECTURES = [
                  AutoencoderKLTemporalDecoderConfig, SVD_VAE_MAP),
     Architecture("unet2d", "UNet2DConditionModel", UNet2D, UNet2DConfig, UNET2D_CONV_MAP, unet2d_map),
     Architecture("motion_adapter", "MotionAdapter", MotionAdapter, MotionAdapterConfig, MOTION_ADAPTER_MAP),
+    Architecture("controlnet", "ControlNetModel", ControlNet, ControlNetConfig, CONTROLNET_CONV_MAP, controlnet_map),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}
 BY_NAME = {a.name: a for a in ARCHITECTURES}
@@ -126,6 +129,9 @@ ORIGINAL_FORMATS = {
                              original_sd.sd_unet_map, original_sd.SD15_UNET_CONFIG, "unet", original_sd.UNET_PREFIX),
     "autoencoder_kl": OriginalFormat("Stable Diffusion 1.x VAE (LDM single file, runwayml/stable-diffusion-v1-5)",
                                      original_sd.sd_vae_map, original_sd.SD15_VAE_CONFIG, "vae", original_sd.VAE_PREFIX),
+    "controlnet": OriginalFormat("ControlNet (lllyasviel layout, control_v11p_sd15_openpose.pth)",
+                                 original_controlnet.controlnet_map, original_controlnet.SD15_CONTROLNET_CONFIG,
+                                 "controlnet", original_controlnet.PREFIX),
 }
 # component= of an sgm SVD file -> LoadedInfo.architecture (the image encoder is transformers'
 # CLIPVisionModelWithProjection, not a vidcore architecture)
@@ -514,9 +520,24 @@ def _load_original_motion(where: Path, state: dict, config_from, revision, token
     return arch.name, config, module, report
 
 
+def _load_original_controlnet(where: Path, raw: dict, config_from, revision, token):
+    """An original ControlNet file (``control_model.*``); the config comes from ``config_from`` or is SD1.5's."""
+    state, other = original_controlnet.strip(raw)
+    if other:
+        warnings.warn(f"{where}: ignoring {len(other)} keys outside the ControlNet (control_model.*), e.g. "
+                      f"{other[:5]}", stacklevel=4)
+    arch = BY_NAME["controlnet"]
+    config = _original_config(arch, config_from, revision, token)
+    module = _build(arch, config)
+    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
+    return arch.name, config, module, report
+
+
 def _load_original(where: Path, config_from, revision, token,
                    component: str | None = None) -> tuple[str, dict, nn.Module, ConversionReport]:
     raw = read_single_file_raw(where)
+    if original_controlnet.detect(raw) and component in (None, "controlnet"):
+        return _load_original_controlnet(where, raw, config_from, revision, token)
     if original_motion.detect(_strip_prefixes(raw)):
         return _load_original_motion(where, _strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
