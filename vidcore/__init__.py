@@ -15,6 +15,7 @@ _LAZY = {
     "I2VGenXLPipeline": "vidcore.pipelines.i2vgen_xl",
     "StableVideoDiffusionPipeline": "vidcore.pipelines.stable_video_diffusion",
     "AnimateDiffPipeline": "vidcore.pipelines.animatediff",
+    "TextToVideoZeroPipeline": "vidcore.pipelines.text2video_zero",
     "VideoPipelineOutput": "vidcore.pipelines.base",
     "load_model": "vidcore.loading",
     "save_native": "vidcore.loading",

@@ -1,0 +1,280 @@
+"""Text2Video-Zero (Khachatryan et al., arXiv 2303.13439): a video from a plain Stable Diffusion 1.x image
+model, no training (diffusers' deprecated ``TextToVideoZeroPipeline``).
+
+1. One latent per video is denoised (DDIM) from pure noise to step ``T1`` and on to step ``T0``.
+2. The ``T0`` latent is copied to the other frames and frame ``k`` is translated by ``k * (strength_x,
+   strength_y)`` (:func:`vidcore.nn.warp.warp_latents`), then noised back from ``T0`` to ``T1`` in one DDPM
+   forward jump with fresh noise.
+3. All frames (the first frame's own ``T1`` latent plus the warped ones) are denoised together from ``T1``
+   with cross-frame attention: every spatial self-attention takes its keys and values from frame 0 of its
+   video (:func:`vidcore.nn.attention.set_cross_frame_attention`), which keeps appearance consistent.
+
+``t0`` / ``t1`` count steps from the end of the schedule (``timesteps[-t - 1]``). Their defaults are 44 and 47,
+as in diffusers' code; diffusers' documentation page states 45 and 48. vidcore follows the code.
+
+Random draws happen in the same order and shapes as diffusers (initial noise ``b 4 h w``, then the forward
+jump's noise ``(b (f-1)) 4 h w``, then any DDIM ``eta`` noise), so a seed gives the same video.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .. import hub
+from ..errors import ModelNotFoundError
+from ..nn.attention import set_cross_frame_attention
+from ..nn.warp import warp_latents
+from ..random import randn_tensor
+from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .text_to_video import TextToVideoPipeline
+from .video_processing import OUTPUT_TYPES, postprocess_video
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+
+# ----------------------------------------------------------------------------- loading (shared with edits)
+
+
+def sd_scheduler(config_file: Path):
+    """The stored scheduler when vidcore implements it; otherwise (SD1.5 ships PNDM, InstructPix2Pix Euler
+    ancestral) the closest vidcore sampler built from the same config (Euler for Euler ancestral, else DDIM),
+    with a log message."""
+    from ..schedulers import DDIMScheduler, EulerDiscreteScheduler, from_config, read_config
+
+    try:
+        return from_config(config_file)
+    except (ValueError, NotImplementedError) as err:
+        config = read_config(config_file)
+        cls = EulerDiscreteScheduler if "Euler" in str(config.get("_class_name")) else DDIMScheduler
+        log.warning("the stored scheduler is not usable in vidcore (%s); using %s built from its config",
+                    str(err).split(";")[0], cls.__name__)
+        return cls.from_config(config)
+
+
+def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides) -> dict:
+    """Tokenizer, text encoder, UNet2D, VAE and scheduler of a Stable Diffusion 1.x-layout folder or hub repo
+    (only those components' configs and safetensors are downloaded); ``overrides`` replace stored ones."""
+    from ..loading import load_model
+    from .animatediff import _resolve
+
+    unknown = sorted(set(overrides) - set(COMPONENTS))
+    if unknown:
+        raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
+    dtype = hub.parse_dtype(torch_dtype)
+    wanted = [c for c in COMPONENTS if c not in overrides]
+    root = _resolve(path_or_repo, wanted, variant, revision, token)
+    if not (root / "model_index.json").is_file():
+        raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is missing "
+                                 f"(looked in {root})")
+    modules = dict(overrides)
+    for name in wanted:
+        sub = root / name
+        if not sub.is_dir():
+            raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
+        if name == "tokenizer":
+            modules[name] = load_tokenizer(sub)
+        elif name == "text_encoder":
+            modules[name] = load_text_encoder(sub, dtype, variant)
+        elif name == "scheduler":
+            modules[name] = sd_scheduler(sub / "scheduler_config.json")
+        else:
+            modules[name] = load_model(sub, torch_dtype=dtype, variant=variant)
+    return modules
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class TextToVideoZeroOutput(VideoPipelineOutput):
+    """``frames`` as every vidcore pipeline (np ``b f h w 3``, pt ``b f 3 h w``, ``[[PIL]]`` or latents
+    ``b 4 f h w``); ``images`` is diffusers' layout: all frames of all videos in one sequence."""
+
+    @property
+    def images(self):
+        if isinstance(self.frames, list):
+            return [frame for video in self.frames for frame in video]
+        if self.frames.ndim == 5 and self.frames.shape[1] == 4:  # latents b c f h w
+            return self.frames.permute(0, 2, 1, 3, 4).reshape(-1, *self.frames.shape[1:2], *self.frames.shape[3:])
+        return self.frames.reshape(-1, *self.frames.shape[2:])
+
+
+class TextToVideoZeroPipeline(TextToVideoPipeline):
+    """Stable Diffusion 1.x (``UNet2D``) -> video by Text2Video-Zero. Components as diffusers'
+    ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``)."""
+
+    components = COMPONENTS
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, revision: str | None = None, token: str | None = None,
+                        **overrides):
+        """Load a Stable Diffusion 1.x folder or hub repo (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``).
+
+        The hub's SD1.5 scheduler is PNDM, which vidcore does not implement: DDIM is built from its config
+        (the scheduler Text2Video-Zero is described with; diffusers' own test does the same). ``scheduler=``
+        and any other component passed as a keyword argument replace the stored one."""
+        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
+
+    def check_zero_inputs(self, video_length, frame_ids, t0, t1, num_inference_steps):
+        if not isinstance(video_length, int) or video_length < 1:
+            raise ValueError(f"video_length must be a positive integer, got {video_length!r}")
+        if len(frame_ids) != video_length:
+            raise ValueError(f"frame_ids has {len(frame_ids)} entries but video_length is {video_length}")
+        if not (isinstance(t0, int) and isinstance(t1, int) and 0 <= t0 < t1 < num_inference_steps):
+            raise ValueError(f"t0 and t1 must be integers with 0 <= t0 < t1 < num_inference_steps="
+                             f"{num_inference_steps}, got t0={t0!r}, t1={t1!r} (the defaults 44 and 47 need at least "
+                             "48 steps)")
+        if self.unet.config.in_channels != 4:
+            raise ValueError(f"Text2Video-Zero needs a 4-channel text-to-image UNet; this one takes "
+                             f"{self.unet.config.in_channels} input channels")
+
+    def forward_jump(self, latents: torch.Tensor, t_from: int, t_to: int, generator) -> torch.Tensor:
+        """DDPM forward process from timestep ``t_from`` to the later ``t_to`` in one draw:
+        ``sqrt(a) x + sqrt(1 - a) eps`` with ``a = prod(1 - beta[t_from:t_to])``. ``latents``: ``b (f-1) c h w``."""
+        betas = getattr(self.scheduler, "betas", None)
+        if betas is None:
+            raise ValueError(f"{type(self.scheduler).__name__} has no beta table; use DDIM (the default)")
+        alpha = torch.prod((1.0 - betas)[t_from:t_to])
+        rows = latents.shape[1:]
+        if isinstance(generator, (list, tuple)) and len(generator) > 1:
+            eps = torch.stack([randn_tensor(rows, g, latents.device, latents.dtype) for g in generator])
+        else:
+            eps = randn_tensor((latents.shape[0] * rows[0], *rows[1:]), generator, latents.device, latents.dtype)
+            eps = eps.reshape(latents.shape)
+        return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * eps
+
+    def backward(self, latents, timesteps, embeds, guidance_scale, eta, generator, step, callbacks) -> torch.Tensor:
+        """DDIM (or the scheduler's) denoising over ``timesteps``; latents ``n c h w``, embeds ``(2n | n) m d``
+        with the negatives first. ``step`` is the global step index of the first timestep."""
+        unet = self._run_on_device("unet")
+        guidance = guidance_scale > 1.0
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([latents] * 2) if guidance else latents
+            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds)
+            if guidance:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
+            latents = callbacks(step + i, t, latents)
+        return latents
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, video_length: int = 8, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 motion_field_strength_x: float = 12, motion_field_strength_y: float = 12, output_type: str = "np",
+                 return_dict: bool = True, callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                 callback_steps: int = 1, t0: int = 44, t1: int = 47, frame_ids: Sequence[int] | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 clip_skip: int | None = None, decode_chunk_size: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
+        """Generate ``video_length`` frames per video. Argument names and defaults follow diffusers'
+        ``TextToVideoZeroPipeline`` (``t0=44``, ``t1=47``: steps counted from the end of the schedule, need
+        ``num_inference_steps > t1``; ``frame_ids``: the frames' indices when a long video is made chunk by
+        chunk, each chunk starting with frame 0; ``latents``: the first frame's noise ``b 4 h w``).
+
+        Differences from diffusers: ``prompt_embeds`` / ``negative_prompt_embeds`` and ``clip_skip`` are accepted
+        (diffusers #3540); ``num_videos_per_prompt`` and lists of prompts make several videos (diffusers asserts
+        one); ``guidance_scale <= 1`` runs without guidance (diffusers fails there); ``output_type`` is "np" (default; diffusers' "tensor" is accepted as its alias), "pt", "pil" or
+        "latent" and ``.frames`` is ``b f h w 3`` (``.images`` gives diffusers' ``f h w 3``); the step index
+        passed to ``callback`` / ``callback_on_step_end`` runs over all three phases (diffusers restarts it in
+        each); ``callback_on_step_end(pipe, step, t, tensors)`` may replace ``latents`` (``n 4 h w``, the
+        phase's batch), ``prompt_embeds`` / ``negative_prompt_embeds`` (one row per video).
+        """
+        if output_type == "tensor":
+            output_type = "np"
+        frame_ids = list(range(video_length)) if frame_ids is None else list(frame_ids)
+        sample = self.unet.config.sample_size or 64
+        sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+        height = height or sample * self.vae_scale_factor
+        width = width or sample * self.vae_scale_factor
+        self.check_inputs(prompt, height, width, video_length, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, callback_steps)
+        self.check_zero_inputs(video_length, frame_ids, t0, t1, num_inference_steps)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+
+        device = self.device
+        guidance = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+        frames = video_length
+
+        def embeds(per_frame: bool) -> torch.Tensor:
+            c, u = state["prompt_embeds"], state["negative_prompt_embeds"]
+            if per_frame:  # one row per frame, frames of a video consecutive
+                c = c.repeat_interleave(frames, dim=0)
+                u = u.repeat_interleave(frames, dim=0) if guidance else None
+            return torch.cat([u, c]) if guidance else c
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        first, second, last = timesteps[:-t1 - 1], timesteps[-t1 - 1:-t0 - 1], timesteps[-t1 - 1:]
+        bar = self.progress_bar(total=len(first) + len(second) + len(last))
+
+        def callbacks(i, t, latents):
+            if callback_on_step_end is not None:
+                local = {"latents": latents, **state}
+                out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                latents = out.get("latents", latents)
+                state.update({k: out[k] for k in ("prompt_embeds", "negative_prompt_embeds") if k in out})
+            if callback is not None and i % callback_steps == 0:
+                callback(i, t, latents)
+            bar.update()
+            return latents
+
+        s = self.vae_scale_factor
+        batch = cond.shape[0]
+        shape = (batch, self.unet.config.in_channels, height // s, width // s)
+        x = self.prepare_latents(shape, cond.dtype, device, generator, latents)  # b c h w
+
+        try:
+            set_cross_frame_attention(self.unet, None)
+            # 1. the first frame, alone: noise -> T1 -> T0
+            x_t1 = self.backward(x, first, embeds(False), guidance_scale, eta, generator, 0, callbacks)
+            saved = copy.deepcopy(self.scheduler)  # multistep samplers resume from T1 in phase 3
+            x_t0 = self.backward(x_t1, second, embeds(False), guidance_scale, eta, generator, len(first), callbacks)
+            # 2. the other frames: copies of the T0 latent, translated, noised back to T1
+            if frames > 1:
+                copies = x_t0[:, None].expand(-1, frames - 1, -1, -1, -1)  # b (f-1) c h w
+                warped = torch.stack([warp_latents(v, frame_ids[1:], motion_field_strength_x,
+                                                   motion_field_strength_y) for v in copies])
+                others = self.forward_jump(warped, int(timesteps[-t0 - 1]), int(timesteps[-t1 - 1]), generator)
+                video = torch.cat([x_t1[:, None], others], dim=1)  # b f c h w
+            else:
+                video = x_t1[:, None]
+            # 3. all frames from T1 with cross-frame attention
+            self.scheduler = saved
+            set_cross_frame_attention(self.unet, frames)
+            out = self.backward(video.flatten(0, 1), last, embeds(True), guidance_scale, eta, generator,
+                                len(first) + len(second), callbacks)
+        finally:
+            set_cross_frame_attention(self.unet, None)
+            bar.close()
+
+        latents = out.reshape(batch, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
+        if output_type == "latent":
+            result = latents
+        else:
+            result = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        return TextToVideoZeroOutput(frames=result) if return_dict else (result,)
+
+
+__all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "load_sd_components", "sd_scheduler", "OUTPUT_TYPES"]
