@@ -94,15 +94,19 @@ def random_frames(n: int, height: int, width: int, seed: int = 0) -> list[PIL.Im
     return frames
 
 
-def pix2pix_reference(pipe, frames, prompt, **kwargs):
+def pix2pix_reference(pipe, frames, prompt, batch_size: int | None = 3, **kwargs):
     """The Text2Video-Zero recipe for video InstructPix2Pix in diffusers: cross-frame attention over the
-    three-way guidance batch, the frames as a batch of images with the prompt repeated. Returns np f h w 3."""
+    three-way guidance batch (``batch_size=1`` without guidance, None: no cross-frame attention), the frames as
+    a batch of images with the prompt repeated. Returns np f h w 3."""
     from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
         CrossFrameAttnProcessor,
     )
 
+    if isinstance(kwargs.get("negative_prompt"), str):
+        kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(frames)
     original = pipe.unet.attn_processors
-    pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=3))
+    if batch_size is not None:
+        pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=batch_size))
     try:
         return pipe(prompt=[prompt] * len(frames), image=frames, output_type="np", **kwargs).images
     finally:

@@ -16,6 +16,7 @@ _LAZY = {
     "StableVideoDiffusionPipeline": "vidcore.pipelines.stable_video_diffusion",
     "AnimateDiffPipeline": "vidcore.pipelines.animatediff",
     "TextToVideoZeroPipeline": "vidcore.pipelines.text2video_zero",
+    "VideoInstructPix2PixPipeline": "vidcore.pipelines.video_instruct_pix2pix",
     "VideoPipelineOutput": "vidcore.pipelines.base",
     "load_model": "vidcore.loading",
     "save_native": "vidcore.loading",

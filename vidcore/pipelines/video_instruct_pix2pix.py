@@ -1,0 +1,150 @@
+"""Video InstructPix2Pix (Text2Video-Zero, arXiv 2303.13439, Sect. 4.4): edit a video with an instruction
+("make it Van Gogh style") using an InstructPix2Pix image model (e.g. ``timbrooks/instruct-pix2pix``, an
+SD1.5 UNet with 8 input channels: noisy latents + the frame's VAE latents), with cross-frame attention.
+
+Every frame is edited as InstructPix2Pix edits an image, all frames in one batch, and every spatial
+self-attention takes its keys and values from the first frame of its video, separately in each of the three
+guidance branches (instruction + frame, frame only, neither). This equals the recipe of diffusers'
+Text2Video-Zero documentation: ``StableDiffusionInstructPix2PixPipeline`` with
+``CrossFrameAttnProcessor(batch_size=3)`` called on the frames as a batch of images with the prompt repeated
+(same generator -> same frames).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import torch
+
+from ..nn.attention import set_cross_frame_attention
+from ..random import randn_tensor
+from .base import VideoPipelineOutput
+from .text2video_zero import COMPONENTS, load_sd_components
+from .text_to_video import TextToVideoPipeline
+from .video_processing import postprocess_video, preprocess_video
+
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "image_latents")
+
+
+class VideoInstructPix2PixPipeline(TextToVideoPipeline):
+    """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
+
+    components = COMPONENTS
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,
+                        variant: str | None = None, revision: str | None = None, token: str | None = None,
+                        **overrides):
+        """Load an InstructPix2Pix folder or hub repo (``timbrooks/instruct-pix2pix``). Its scheduler is Euler
+        ancestral, which vidcore does not implement: Euler (deterministic) is built from the same config, with a
+        log message; pass ``scheduler=`` to choose another (e.g. DDIM)."""
+        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
+
+    def encode_frames(self, video: torch.Tensor, dtype, device) -> torch.Tensor:
+        """``b 3 f H W`` in [-1, 1] -> ``(b f) 4 h w`` VAE latents: the distribution's mode, not scaled by the
+        VAE scaling factor (InstructPix2Pix's conditioning)."""
+        b, c, f, h, w = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        if c == 4:
+            return frames.to(device=device, dtype=dtype)
+        vae = self._run_on_device("vae")
+        return vae.encode(frames.to(device=device, dtype=vae.dtype)).mode().to(dtype)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, video=None, num_inference_steps: int = 100,
+                 guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
+                 negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 decode_chunk_size: int | None = None, cross_frame_attention: bool = True):
+        """Edit ``video`` following the instruction ``prompt``.
+
+        ``video``: a file path or URL (read with :func:`vidcore.load_video`), a list of PIL frames, an ``f h w 3``
+        array, an ``f 3 h w`` tensor, or a batch of those (one video per prompt); frames are cut to a multiple of
+        the VAE factor (8). Argument names and defaults follow diffusers' ``StableDiffusionInstructPix2PixPipeline``
+        (``num_inference_steps=100``, ``guidance_scale=7.5``, ``image_guidance_scale=1.5``; guidance runs when
+        ``guidance_scale > 1`` and ``image_guidance_scale >= 1``). ``latents``: the noise ``b 4 f h w`` (drawn as
+        ``(b f) 4 h w``, one sample per frame, as diffusers draws one per image). ``cross_frame_attention=False``
+        edits each frame independently (plain InstructPix2Pix). Returns ``.frames`` as the other video pipelines.
+        """
+        if video is None:
+            raise ValueError("video is required: a file path, a list of PIL frames, an array or a tensor")
+        if isinstance(video, (str, os.PathLike)):
+            from ..io import load_video
+
+            video = load_video(video)
+        video_t = preprocess_video(video, self.vae_scale_factor)  # n 3 f H W
+        n, c, frames, h, w = video_t.shape
+        self.check_inputs(prompt, 8, 8, frames, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, None)
+        if self.unet.config.in_channels != 8:
+            raise ValueError(f"video InstructPix2Pix needs an 8-channel InstructPix2Pix UNet (e.g. "
+                             f"timbrooks/instruct-pix2pix); this one takes {self.unet.config.in_channels}")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+
+        device = self.device
+        guidance = guidance_scale > 1.0 and image_guidance_scale >= 1.0
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        batch = cond.shape[0]
+        if n not in (1, batch // num_videos_per_prompt, batch):
+            raise ValueError(f"got {n} videos for {batch // num_videos_per_prompt} prompts")
+        image = self.encode_frames(video_t, cond.dtype, device)  # (n f) 4 h w
+        image = image.reshape(n, frames, *image.shape[1:]).repeat_interleave(batch // n, dim=0).flatten(0, 1)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        s = self.vae_scale_factor
+        shape = (batch * frames, self.vae.config.latent_channels, *((h, w) if c == 4 else (h // s, w // s)))
+        if latents is not None:
+            if latents.ndim != 5 or latents.shape[0] != batch or latents.shape[2] != frames:
+                raise ValueError(f"latents must have shape {(batch, shape[1], frames, *shape[2:])}, got "
+                                 f"{tuple(latents.shape)}")
+            latents = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        x = self.prepare_latents(shape, cond.dtype, device, generator, latents)  # (b f) 4 h w
+        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "image_latents": image}
+
+        unet = self._run_on_device("unet")
+        set_cross_frame_attention(unet, frames if cross_frame_attention else None)
+        try:
+            with self.progress_bar(total=len(timesteps)) as bar:
+                for i, t in enumerate(timesteps):
+                    c_emb = state["prompt_embeds"].repeat_interleave(frames, dim=0)
+                    img = state["image_latents"]
+                    if guidance:  # branches: instruction + frame, frame only, neither
+                        u_emb = state["negative_prompt_embeds"].repeat_interleave(frames, dim=0)
+                        embeds = torch.cat([c_emb, u_emb, u_emb])
+                        img = torch.cat([img, img, torch.zeros_like(img)])
+                        model_in = self.scheduler.scale_model_input(torch.cat([x] * 3), t)
+                    else:
+                        embeds, model_in = c_emb, self.scheduler.scale_model_input(x, t)
+                    noise = unet(torch.cat([model_in, img], dim=1), t, embeds)
+                    if guidance:
+                        text, frame_only, neither = noise.chunk(3)
+                        noise = (neither + guidance_scale * (text - frame_only)
+                                 + image_guidance_scale * (frame_only - neither))
+                    x = self.scheduler.step(noise, t, x, eta=eta, generator=generator)
+                    if callback_on_step_end is not None:
+                        local = {"latents": x, **state}
+                        out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                        out = out or {}
+                        x = out.get("latents", x)
+                        state.update({k: out[k] for k in CALLBACK_TENSOR_INPUTS[1:] if k in out})
+                    bar.update()
+        finally:
+            set_cross_frame_attention(unet, None)
+
+        latents = x.reshape(batch, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
+        if output_type == "latent":
+            result = latents
+        else:
+            result = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        return VideoPipelineOutput(frames=result) if return_dict else (result,)
