@@ -1,0 +1,339 @@
+"""Controlled video: Text2Video-Zero with ControlNet (Khachatryan et al., arXiv 2303.13439, section 4.2).
+
+A Stable Diffusion 1.x image model plus a ControlNet turn one control image per frame (a pose skeleton, Canny
+edges, a depth map ...) into a video, with no training:
+
+* every frame starts from the **same** initial noise (one ``1 4 h w`` draw repeated for all frames);
+* every spatial self-attention of the UNet **and** of the ControlNet takes its keys and values from frame 0
+  (cross-frame attention, :func:`vidcore.nn.attention.set_cross_frame_attention`), so the appearance set
+  by the first frame carries over; the control images alone drive the motion;
+* each step runs the ControlNet on the frames and their control images and adds its residuals to the UNet's
+  skip features (``controlnet_conditioning_scale``; ``guess_mode`` runs the ControlNet on the conditional half
+  only, with residual scales growing from 0.1 to 1).
+
+diffusers has no pipeline for this: its Text2Video-Zero documentation builds it from
+``StableDiffusionControlNetPipeline`` with ``CrossFrameAttnProcessor(batch_size=2)`` on the UNet and the
+ControlNet, a prompt list of one prompt per frame and ``latents`` repeated over frames. This pipeline gives
+the same frames for the same noise (tests/test_pipeline_controlled_video.py), draws that noise from
+``generator`` itself, and checks its inputs.
+
+Difference: in guess mode with guidance, diffusers' recipe runs the ControlNet on the conditional frames only,
+while ``CrossFrameAttnProcessor(batch_size=2)`` still splits that batch in two halves, so the second half of
+the frames attends to its own first frame instead of frame 0. Here cross-frame attention always uses frame 0
+of the video (the recipe's intent; equal to diffusers with ``batch_size=1`` on the ControlNet in that mode).
+
+Control images: pose images come from the user (e.g. OpenPose renderings, the format
+``lllyasviel/sd-controlnet-openpose`` was trained on); edges can be computed with :func:`vidcore.controls.canny`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from .. import hub
+from ..errors import ModelNotFoundError
+from ..models.controlnet import ControlNet
+from ..models.unet2d import UNet2D
+from ..nn.attention import Attention, set_cross_frame_attention
+from ..random import randn_tensor
+from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .text_to_video import TextToVideoPipeline
+from .video_processing import OUTPUT_TYPES, postprocess_video
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+
+# ----------------------------------------------------------------------------- control frames
+
+
+def control_frames_to_tensor(frames, height: int | None = None, width: int | None = None,
+                             multiple: int = 8) -> torch.Tensor:
+    """Control images -> float ``f c H W`` in [0, 1], as diffusers' ControlNet pipelines prepare them.
+
+    ``frames``: a list of PIL images (resized to ``width x height`` with Lanczos, then RGB), a uint8 or float
+    ``f H W c`` array, or an ``f c H W`` tensor in [0, 1] (arrays and tensors are resized with nearest
+    interpolation). Without ``height``/``width`` the frames' size rounded down to ``multiple`` is used."""
+    if isinstance(frames, (PIL.Image.Image, np.ndarray, torch.Tensor)) and not (
+            isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim == 4):
+        raise ValueError("conditioning_frames must hold one image per frame: a list of PIL images, an (f, H, W, c) "
+                         "array or an (f, c, H, W) tensor")
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise ValueError("conditioning_frames is empty")
+        if all(isinstance(f, PIL.Image.Image) for f in frames):
+            sizes = {f.size for f in frames}
+            if len(sizes) > 1:
+                raise ValueError(f"conditioning_frames differ in size ({sorted(sizes)}); give frames of one size")
+            w, h = frames[0].size
+            height = height or h - h % multiple
+            width = width or w - w % multiple
+            resized = [f.resize((width, height), PIL.Image.LANCZOS) if f.size != (width, height) else f for f in frames]
+            arr = np.stack([np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0 for f in resized])
+            return torch.from_numpy(arr).permute(0, 3, 1, 2)
+        if all(isinstance(f, np.ndarray) and f.ndim == 3 for f in frames):
+            frames = np.stack(frames)
+        elif all(isinstance(f, torch.Tensor) and f.ndim == 3 for f in frames):
+            frames = torch.stack(frames)
+        else:
+            raise ValueError("conditioning_frames must be PIL images, (H, W, c) arrays or (c, H, W) tensors, one kind")
+    if isinstance(frames, np.ndarray):
+        x = frames.astype(np.float32) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float32)
+        x = torch.from_numpy(x).permute(0, 3, 1, 2)
+    else:
+        x = frames.float()
+    h, w = x.shape[-2:]
+    height = height or h - h % multiple
+    width = width or w - w % multiple
+    if (height, width) != (h, w):
+        x = F.interpolate(x, size=(height, width))
+    return x
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _scheduler(config_file: Path):
+    """The stored scheduler, or (SD1.5 ships PNDM, which vidcore lacks) DDIM built from its config."""
+    from ..schedulers import DDIMScheduler, from_config, read_config
+
+    try:
+        return from_config(config_file)
+    except (ValueError, NotImplementedError) as err:
+        log.warning("the stored scheduler is not usable in vidcore (%s); using DDIMScheduler built from its config",
+                    str(err).split(";")[0])
+        return DDIMScheduler.from_config(read_config(config_file))
+
+
+def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, revision: str | None = None,
+                    token: str | None = None, config_from=None) -> ControlNet:
+    """``controlnet=`` of ``from_pretrained``: a ControlNet module, or what ``vidcore.load_model`` reads (a diffusers
+    ControlNet folder or hub repo id such as ``lllyasviel/sd-controlnet-openpose``, a vidcore native file, or an
+    original ``control_*.pth`` / ``.safetensors`` file, whose config is SD1.5's unless ``config_from`` says)."""
+    from ..loading import load_model
+    from .animatediff import _resolve
+
+    dtype = hub.parse_dtype(torch_dtype)
+    if isinstance(controlnet, ControlNet):
+        return controlnet.to(dtype) if dtype is not None else controlnet
+    if isinstance(controlnet, torch.nn.Module):
+        raise TypeError(f"controlnet must be a vidcore ControlNet (vidcore.load_model(...)), got "
+                        f"{type(controlnet).__name__}")
+    if not isinstance(controlnet, (str, os.PathLike)):
+        raise TypeError(f"controlnet must be a path, a hub repo id or a ControlNet, got {type(controlnet).__name__}")
+    local = Path(os.fspath(controlnet)).expanduser()
+    if not local.exists():  # hub repo: only its config and weights
+        local = _resolve(controlnet, [""], variant, revision, token)
+    module = load_model(local, torch_dtype=dtype, variant=variant, config_from=config_from if local.is_file() else None)
+    if not isinstance(module, ControlNet):
+        raise ModelNotFoundError(f"controlnet={os.fspath(controlnet)!r} holds a {type(module).__name__}, not a "
+                                 "ControlNet (e.g. lllyasviel/sd-controlnet-openpose)")
+    return module
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class ControlledVideoPipeline(TextToVideoPipeline):
+    """Stable Diffusion 1.x (``UNet2D``) + ``ControlNet`` -> a video following one control image per frame
+    (Text2Video-Zero's ControlNet variant; see the module docstring)."""
+
+    components = COMPONENTS
+
+    def __init__(self, tokenizer, text_encoder, unet, controlnet, vae, scheduler):
+        if not isinstance(unet, UNet2D):
+            raise TypeError(f"ControlledVideoPipeline: unet must be a vidcore UNet2D, got {type(unet).__name__}")
+        if not isinstance(controlnet, ControlNet):
+            raise TypeError(f"ControlledVideoPipeline: controlnet must be a vidcore ControlNet, got "
+                            f"{type(controlnet).__name__}")
+        controlnet.check_compatible(unet)
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, controlnet=controlnet, vae=vae,
+                         scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, controlnet=None,
+                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                        revision: str | None = None, token: str | None = None, controlnet_config_from=None,
+                        **overrides):
+        """Load a Stable Diffusion 1.x folder or hub repo (``stable-diffusion-v1-5/stable-diffusion-v1-5``) and
+        ``controlnet`` (a ControlNet, or a folder / hub repo id / file :func:`load_controlnet` reads, e.g.
+        ``lllyasviel/sd-controlnet-openpose`` or ``lllyasviel/sd-controlnet-canny``); without it the folder's own
+        ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used. A stored scheduler vidcore does
+        not implement (PNDM) is replaced by DDIM built from its config; ``scheduler=`` and the other components
+        passed as keyword arguments replace the stored ones."""
+        from ..loading import load_model
+        from .animatediff import _resolve
+
+        unknown = sorted(set(overrides) - set(COMPONENTS))
+        if unknown:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
+        dtype = hub.parse_dtype(torch_dtype)
+        modules = dict(overrides)
+        if controlnet is not None:
+            modules["controlnet"] = load_controlnet(controlnet, dtype, variant, None, token, controlnet_config_from)
+        wanted = [c for c in COMPONENTS if c not in modules]
+        root = _resolve(path_or_repo, wanted, variant, revision, token)
+        if not (root / "model_index.json").is_file():
+            raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is "
+                                     f"missing (looked in {root})")
+        for name in wanted:
+            sub = root / name
+            if not sub.is_dir():
+                hint = (" (an SD model has none: pass controlnet=, CLI --controlnet, e.g. "
+                        "lllyasviel/sd-controlnet-openpose)" if name == "controlnet" else "")
+                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}{hint}")
+            if name == "tokenizer":
+                modules[name] = load_tokenizer(sub)
+            elif name == "text_encoder":
+                modules[name] = load_text_encoder(sub, dtype, variant)
+            elif name == "scheduler":
+                modules[name] = _scheduler(sub / "scheduler_config.json")
+            elif name == "controlnet":
+                modules[name] = load_controlnet(sub, dtype, variant)
+            else:
+                modules[name] = load_model(sub, torch_dtype=dtype, variant=variant)
+        return cls(**modules)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def prepare_control(self, conditioning_frames, height, width) -> torch.Tensor:
+        """The control images as ``f c H W`` in [0, 1] at the generated size, checked against the ControlNet."""
+        x = control_frames_to_tensor(conditioning_frames, height, width, self.vae_scale_factor)
+        h, w = x.shape[-2:]
+        if h % 8 or w % 8 or h <= 0 or w <= 0:
+            raise ValueError(f"height and width must be positive multiples of 8, got height={h}, width={w} (from "
+                             f"{'the arguments' if height or width else 'the conditioning frames'})")
+        channels = self.controlnet.config.conditioning_channels
+        if x.shape[1] != channels:
+            raise ValueError(f"conditioning_frames have {x.shape[1]} channels; the ControlNet takes {channels}")
+        return x
+
+    def prepare_shared_latents(self, num_frames, shape, dtype, device, generator, latents=None) -> torch.Tensor:
+        """``f c h w`` initial latents: one draw of ``1 c h w`` repeated over frames (Text2Video-Zero's recipe),
+        or ``latents`` given as ``1 c h w`` (repeated) or ``f c h w``; scaled by the scheduler's sigma."""
+        if latents is None:
+            latents = randn_tensor((1, *shape), generator=generator, device=device, dtype=dtype)
+        elif latents.ndim != 4 or tuple(latents.shape[1:]) != tuple(shape) or latents.shape[0] not in (1, num_frames):
+            raise ValueError(f"latents must have shape (1, {', '.join(map(str, shape))}) (shared by all frames) or "
+                             f"({num_frames}, {', '.join(map(str, shape))}), got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype)
+        if latents.shape[0] == 1:
+            latents = latents.repeat(num_frames, 1, 1, 1)
+        return latents * self.scheduler.init_noise_sigma
+
+    # -- call -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | None = None, conditioning_frames=None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 negative_prompt: str | None = None, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, controlnet_conditioning_scale: float = 1.0,
+                 guess_mode: bool = False, control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
+                 clip_skip: int | None = None, callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+                 decode_chunk_size: int | None = None, video_length: int | None = None,
+                 cross_frame_attention: bool = True):
+        """Generate one video with one frame per control image in ``conditioning_frames``.
+
+        Argument names and defaults follow diffusers' StableDiffusionControlNetPipeline; ``prompt`` is one string
+        for the whole video (diffusers' recipe repeats it per frame), ``latents`` is ``1 4 h w`` (shared by every
+        frame) or ``f 4 h w``. ``video_length``, when given, must equal the number of control images.
+        ``cross_frame_attention=False`` turns Text2Video-Zero's frame-0 attention off (plain per-frame ControlNet).
+        Returns ``.frames`` of one video (np ``1 f H W 3``, pt ``1 f 3 H W``, ``[[PIL]]`` or latents ``1 4 f h w``).
+        """
+        if conditioning_frames is None:
+            raise ValueError("conditioning_frames is required: one control image (pose, edges ...) per frame")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt or prompt_embeds")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be one string (the prompt of every frame), got {type(prompt).__name__}")
+        if prompt_embeds is not None and prompt_embeds.shape[0] != 1:
+            raise ValueError(f"prompt_embeds must hold one prompt (1, tokens, dim), got {tuple(prompt_embeds.shape)}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not 0.0 <= control_guidance_start < control_guidance_end <= 1.0:
+            raise ValueError(f"need 0 <= control_guidance_start < control_guidance_end <= 1, got "
+                             f"{control_guidance_start} and {control_guidance_end}")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (value <= 0 or value % 8):
+                raise ValueError(f"height and width must be positive multiples of 8, got {name}={value}")
+        control = self.prepare_control(conditioning_frames, height, width)
+        frames = control.shape[0]
+        if video_length is not None and video_length != frames:
+            raise ValueError(f"video_length={video_length} but conditioning_frames holds {frames} control images: "
+                             "give one control image per frame")
+        height, width = control.shape[-2:]
+
+        device = self.device
+        guidance = guidance_scale > 1.0
+        guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
+        cond, uncond = self.encode_prompt(prompt, device, 1, guidance, negative_prompt, prompt_embeds,
+                                          negative_prompt_embeds, clip_skip)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        s = self.vae_scale_factor
+        shape = (self.unet.config.in_channels, height // s, width // s)
+        latents = self.prepare_shared_latents(frames, shape, cond.dtype, device, generator, latents)  # f c h w
+
+        control = control.to(device=device, dtype=self.controlnet.dtype)
+        if guidance and not guess_mode:
+            control = torch.cat([control] * 2)
+
+        unet, controlnet = self._run_on_device("unet"), self.controlnet.to(device)
+        saved = {m: m.cross_frame for model in (unet, controlnet) for m in model.modules() if isinstance(m, Attention)}
+        try:
+            for model in (unet, controlnet):
+                set_cross_frame_attention(model, frames if cross_frame_attention else None)
+            with self.progress_bar(total=len(timesteps)) as bar:
+                for i, t in enumerate(timesteps):
+                    text = cond.expand(frames, -1, -1)  # (f) m d: the prompt of every frame
+                    embeds = torch.cat([uncond.expand(frames, -1, -1), text]) if guidance else text
+                    model_in = torch.cat([latents] * 2) if guidance else latents
+                    model_in = self.scheduler.scale_model_input(model_in, t)
+                    outside = (i / len(timesteps) < control_guidance_start
+                               or (i + 1) / len(timesteps) > control_guidance_end)
+                    residuals = {}
+                    if not outside:  # outside the control window the residuals would be zeros
+                        only_cond = guess_mode and guidance  # ControlNet on the conditional frames only
+                        c_in = self.scheduler.scale_model_input(latents, t) if only_cond else model_in
+                        down, mid = controlnet(c_in, t, text if only_cond else embeds, control,
+                                               conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode)
+                        if only_cond:
+                            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+                            mid = torch.cat([torch.zeros_like(mid), mid])
+                        residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+                    noise = unet(model_in, t, embeds, **residuals)
+                    if guidance:
+                        noise_uncond, noise_text = noise.chunk(2)
+                        noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
+                    if callback_on_step_end is not None:
+                        local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
+                        out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                        out = out or {}
+                        latents = out.get("latents", latents)
+                        cond = out.get("prompt_embeds", cond)
+                        uncond = out.get("negative_prompt_embeds", uncond)
+                    bar.update()
+        finally:
+            for m, value in saved.items():
+                m.cross_frame = value
+
+        video = latents.permute(1, 0, 2, 3)[None]  # 1 c f h w
+        if output_type != "latent":
+            video = postprocess_video(self.decode_latents(video, decode_chunk_size), output_type)
+        return VideoPipelineOutput(frames=video) if return_dict else (video,)
