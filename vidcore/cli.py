@@ -6,6 +6,8 @@
     vidcore generate image-to-video --model PATH_OR_REPO --image rocket.png --num-frames 25 -o rocket.mp4
     vidcore generate animatediff    --model SD15 --motion-adapter ADAPTER --prompt "a panda surfing" -o panda.gif
     vidcore generate animatediff    --model civitai_model.safetensors --config-from SD15 --motion-adapter ADAPTER ...
+    vidcore generate text2video-zero --model SD15 --prompt "a horse galloping on a street" -o horse.mp4
+    vidcore generate edit           --model timbrooks/instruct-pix2pix --video in.mp4 --prompt "make it Van Gogh style"
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore convert  mm_sd_v15_v2.ckpt motion-adapter-v2 --to diffusers
     vidcore convert  civitai_model.safetensors vae.safetensors --component vae
@@ -40,7 +42,8 @@ EXIT_INTERRUPTED = 130
 # Built-in model per generate task; ``None`` makes ``--model`` required for that task.
 # A later release fills these in (a small demo model), which also makes ``--model`` optional.
 DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None,
-                                         "image-to-video": None, "animatediff": None}
+                                         "image-to-video": None, "animatediff": None, "text2video-zero": None,
+                                         "edit": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
@@ -107,7 +110,31 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     if not svd:
         p.add_argument("--prompt", required=True)
         p.add_argument("--negative-prompt", default=None)
-    if task == "video-to-video":
+    if task == "edit":  # Text2Video-Zero's video InstructPix2Pix; defaults are diffusers' InstructPix2Pix pipeline's
+        p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
+        p.add_argument("--frames", type=_positive_int, default=None,
+                       help="edit at most N frames (after --frame-stride; default all)")
+        p.add_argument("--frame-stride", type=_positive_int, default=1, help="keep every S-th input frame")
+        p.add_argument("--height", type=_positive_int, default=None, help="resize input frames to this height")
+        p.add_argument("--width", type=_positive_int, default=None, help="resize input frames to this width")
+        p.add_argument("--guidance", type=float, default=7.5, help="text (instruction) guidance scale")
+        p.add_argument("--image-guidance", type=float, default=1.5,
+                       help="how closely to follow the input frames (guidance runs when >= 1 and --guidance > 1)")
+        p.add_argument("--fps", type=_positive_float, default=None,
+                       help="output frame rate (default: the input's divided by the stride, else 8)")
+    elif task == "text2video-zero":  # defaults are diffusers' TextToVideoZeroPipeline's
+        p.add_argument("--frames", type=_positive_int, default=8, help="number of frames (video_length)")
+        p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--width", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
+        p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+        p.add_argument("--motion-field-strength-x", type=float, default=12.0,
+                       help="horizontal motion per frame, in pixels of a 512x512 grid")
+        p.add_argument("--motion-field-strength-y", type=float, default=12.0,
+                       help="vertical motion per frame, in pixels of a 512x512 grid")
+        p.add_argument("--t0", type=int, default=44, help="step (from the end) where the first frame is copied")
+        p.add_argument("--t1", type=int, default=47, help="step (from the end) the copies are noised back to; < --steps")
+        p.add_argument("--fps", type=_positive_float, default=4.0, help="output frame rate")
+    elif task == "video-to-video":
         p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
         p.add_argument("--strength", type=_unit_float, default=0.6,
                        help="how much to change the input: 0 keeps it, 1 ignores it")
@@ -169,7 +196,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
     if not svd:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
-        p.add_argument("--scheduler", choices=sorted(ANIMATEDIFF_SCHEDULERS if task == "animatediff" else SCHEDULERS),
+        p.add_argument("--scheduler", choices=sorted(ANIMATEDIFF_SCHEDULERS if task in ("animatediff", "edit")
+                                                     else SCHEDULERS),
                        default=None,
                        help="sampler (default: the one stored with the model)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default: fp16 on cuda, fp32 on cpu)")
@@ -194,6 +222,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.set_defaults(steps=50, decode_chunk_size=1)
     if task == "animatediff":
         p.set_defaults(decode_chunk_size=16)
+    if task in ("text2video-zero", "edit"):
+        p.set_defaults(steps=50 if task == "text2video-zero" else 100)
     return p
 
 
@@ -212,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(tasks, "i2vgen-xl", "image + text -> video (I2VGen-XL)")
     _add_generate_parser(tasks, "image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)")
     _add_generate_parser(tasks, "animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)")
+    _add_generate_parser(tasks, "text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)")
+    _add_generate_parser(tasks, "edit", "video + instruction -> edited video (Text2Video-Zero with InstructPix2Pix)")
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
@@ -399,9 +431,13 @@ def _load_input_video(args) -> tuple[list, float | None]:
     from .io import load_video
 
     frames, fps = load_video(args.video, return_fps=True)
+    stride = getattr(args, "frame_stride", 1)
+    if stride > 1:
+        frames, fps = frames[::stride], (fps / stride if fps else fps)
     if args.frames is not None:
         if args.frames > len(frames):
-            raise UsageError(f"--frames {args.frames}: the input video has only {len(frames)} frames")
+            raise UsageError(f"--frames {args.frames}: the input video has only {len(frames)} frames"
+                             + (f" at --frame-stride {stride}" if stride > 1 else ""))
         frames = frames[: args.frames]
     if args.height is not None or args.width is not None:
         w, h = frames[0].size
@@ -449,7 +485,7 @@ def cmd_generate(args) -> int:
     if args.cpu_offload and not device.startswith("cuda"):
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    video, input_fps = _load_input_video(args) if args.task == "video-to-video" else (None, None)
+    video, input_fps = _load_input_video(args) if args.task in ("video-to-video", "edit") else (None, None)
     image = _load_input_image(args) if args.task in IMAGE_TASKS else None
     if args.no_progress:
         _quiet_library_progress()
@@ -459,11 +495,14 @@ def cmd_generate(args) -> int:
     from .pipelines.animatediff import AnimateDiffPipeline
     from .pipelines.i2vgen_xl import I2VGenXLPipeline
     from .pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
+    from .pipelines.text2video_zero import TextToVideoZeroPipeline
     from .pipelines.text_to_video import TextToVideoPipeline
+    from .pipelines.video_instruct_pix2pix import VideoInstructPix2PixPipeline
     from .pipelines.video_to_video import VideoToVideoPipeline
 
     cls = {"video-to-video": VideoToVideoPipeline, "i2vgen-xl": I2VGenXLPipeline,
-           "image-to-video": StableVideoDiffusionPipeline}.get(args.task, TextToVideoPipeline)
+           "image-to-video": StableVideoDiffusionPipeline, "text2video-zero": TextToVideoZeroPipeline,
+           "edit": VideoInstructPix2PixPipeline}.get(args.task, TextToVideoPipeline)
     if args.task == "animatediff" and Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
         pipe = AnimateDiffPipeline.from_single_file(model, motion_adapter=args.motion_adapter,
@@ -496,6 +535,14 @@ def cmd_generate(args) -> int:
         target_fps = int(args.fps) if float(args.fps).is_integer() else args.fps  # the model saw integer rates
         call.update(image=image, height=args.height, width=args.width, num_frames=args.frames, target_fps=target_fps)
         fps = args.fps
+    elif args.task == "text2video-zero":
+        call.update(height=args.height, width=args.width, video_length=args.frames, t0=args.t0, t1=args.t1,
+                    motion_field_strength_x=args.motion_field_strength_x,
+                    motion_field_strength_y=args.motion_field_strength_y)
+        fps = args.fps
+    elif args.task == "edit":
+        call.update(video=video, image_guidance_scale=args.image_guidance)
+        fps = args.fps or input_fps or 8.0
     elif args.task == "animatediff":
         call.update(height=args.height, width=args.width, num_frames=args.frames, context_length=args.context_length,
                     context_stride=args.context_stride, context_weighting=args.context_weighting)
