@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .frame_hooks import frame_handler
+
 BACKEND_NAMES = ("auto", "sdpa", "triton", "math")
 _GLOBAL_BACKEND = "auto"
 
@@ -97,7 +99,18 @@ def temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frame
 
     Each pixel of each video attends over its ``f`` frames. A registered kernel (the Triton one) reads
     this layout directly; the SDPA/math path rearranges to ``(b n) heads f d`` and back.
+    Under frame parallelism (``nn.frame_hooks``) ``f`` is this process's frame count and the handler
+    makes the attention span all frames.
     """
+    handler = frame_handler()
+    if handler is not None:
+        return handler.temporal_attend(q, k, v, num_frames, heads, backend)
+    return local_temporal_attend(q, k, v, num_frames, heads, backend)
+
+
+def local_temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, heads: int,
+                          backend: str | None = None) -> torch.Tensor:
+    """:func:`temporal_attend` on the frames at hand, never redirected."""
     name = backend or _GLOBAL_BACKEND
     if name in ("auto", "triton"):
         out = _triton_temporal(q, k, v, num_frames, heads, required=name == "triton")

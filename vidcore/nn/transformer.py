@@ -9,7 +9,7 @@ from torch import nn
 
 from .attention import Attention
 from .embeddings import SinusoidalPositions, TimestepMLP, sinusoidal_embedding
-from .resnet import AlphaBlender
+from .resnet import AlphaBlender, video_norm
 
 
 class FeedForward(nn.Module):
@@ -111,7 +111,7 @@ def video_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int) -> to
     Runs the native GroupNorm on a ``b c f h w`` view (a transpose, no copy in)."""
     n, c, h, w = x.shape
     video = x.view(n // num_frames, num_frames, c, h, w).transpose(1, 2)
-    return norm(video).transpose(1, 2).reshape(n, c, h, w)
+    return video_norm(norm, video).transpose(1, 2).reshape(n, c, h, w)
 
 
 class TemporalTransformer(nn.Module):

@@ -42,11 +42,52 @@ class TextToVideoPipeline(VideoPipeline):
         if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
             raise ValueError("prompt_embeds and negative_prompt_embeds must have the same shape")
 
+    # -- parallel -------------------------------------------------------------------------------
+    def enable_parallel(self, cfg: bool = True, frames: bool = True) -> None:
+        """Split the denoising over the processes of a torchrun launch (``vidcore.parallel``): ``cfg``
+        puts the unconditional and conditional halves of classifier-free guidance on two ranks,
+        ``frames`` gives each rank a contiguous slice of the frames (temporal layers communicate).
+        Both together need 2 x (frame ranks) processes. The VAE decode is split over all ranks by
+        frames; the video is returned on rank 0 only (``frames`` is None on the others). Results
+        equal the single-process run; every rank must pass the same arguments and seed."""
+        from ..parallel import ParallelConfig, ParallelRunner, init_distributed
+
+        init_distributed(device=self.device)
+        self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
+
+    def disable_parallel(self) -> None:
+        self._parallel = None
+
+    @property
+    def parallel(self):
+        """The :class:`vidcore.parallel.ParallelRunner` after ``enable_parallel``, else None."""
+        return getattr(self, "_parallel", None)
+
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale):
+        """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds)."""
+        guidance = guidance_scale > 1.0
+        if self.parallel is not None:
+            model_in = self.scheduler.scale_model_input(latents, t)
+            return self.parallel.predict_noise(unet, model_in, t, prompt_embeds, guidance_scale)
+        model_in = torch.cat([latents] * 2) if guidance else latents
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        noise = unet(model_in, t, prompt_embeds)
+        if guidance:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
+
     # -- pieces ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
                       negative_prompt_embeds=None, clip_skip=None):
-        self._run_on_device("text_encoder")
-        dtype = self.text_encoder.dtype
+        if self.text_encoder is None:  # embeddings given, no text encoder loaded
+            if prompt_embeds is None or (guidance and negative_prompt_embeds is None):
+                raise ValueError("this pipeline has no text_encoder: pass prompt_embeds (and negative_prompt_embeds "
+                                 "with guidance_scale > 1)")
+            dtype = self.unet.dtype
+        else:
+            self._run_on_device("text_encoder")
+            dtype = self.text_encoder.dtype
         return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, dtype, num_videos_per_prompt, guidance,
                              negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
 
@@ -54,15 +95,12 @@ class TextToVideoPipeline(VideoPipeline):
                 callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
         """The sampling loop. latents: b c f h w; prompt_embeds: (2b or b) m d with the negatives first."""
         unet = self._run_on_device("unet")
-        guidance = guidance_scale > 1.0
+        if self.parallel is not None:
+            self.parallel.check(latents.shape[2])
+            latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents] * 2) if guidance else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                noise = unet(model_in, t, prompt_embeds)
-                if guidance:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
+                noise = self.predict_noise(unet, latents, t, prompt_embeds, guidance_scale)
                 # The scheduler steps on frames folded into the batch (b f) c h w, as diffusers does;
                 # this fixes the order of eta noise draws.
                 b, c, f, h, w = latents.shape
@@ -80,7 +118,8 @@ class TextToVideoPipeline(VideoPipeline):
         return latents
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
-        """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call.
+        """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call
+        (with ``enable_parallel``: split over the ranks, the video on rank 0 and None elsewhere).
 
         An fp16 VAE whose config asks for it (``force_upcast``) decodes in float32, avoiding overflow.
         """
@@ -91,10 +130,16 @@ class TextToVideoPipeline(VideoPipeline):
         if upcast:
             vae.float()
         z = z.to(vae.dtype)
-        chunk = decode_chunk_size or z.shape[0]
-        frames = torch.cat([vae.decode(part) for part in z.split(chunk)])
+        decode = lambda z: torch.cat([vae.decode(part) for part in z.split(decode_chunk_size or z.shape[0])])  # noqa: E731
+        if self.parallel is not None:  # frames split over all ranks, gathered on rank 0 (None elsewhere)
+            s = self.vae_scale_factor
+            frames = self.parallel.decode(decode, z, (vae.config.out_channels, h * s, w * s))
+        else:
+            frames = decode(z)
         if upcast:
             vae.half()
+        if frames is None:
+            return None
         return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
     def prepare_latents(self, shape, dtype, device, generator, latents=None):
@@ -107,7 +152,11 @@ class TextToVideoPipeline(VideoPipeline):
         return latents.to(device) * self.scheduler.init_noise_sigma
 
     def finish(self, latents, output_type, return_dict, decode_chunk_size):
-        video = latents if output_type == "latent" else postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+        if output_type == "latent":
+            video = latents
+        else:
+            decoded = self.decode_latents(latents, decode_chunk_size)
+            video = None if decoded is None else postprocess_video(decoded, output_type)
         return VideoPipelineOutput(frames=video) if return_dict else (video,)
 
     # -- call -----------------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""vidcore.parallel on CPU with gloo: spawned process groups of 2, 3 and 4 ranks, tiny shapes.
+
+One spawn per world size runs every check of that size (process start-up dominates) and each rank
+reports max abs errors against the single-process computation, which every rank also runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import traceback
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Seeded non-trivial values for every parameter (no zero-initialised layers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.ndim >= 2:
+                p.copy_(noise / math.sqrt(math.prod(p.shape[1:])))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.1 * noise)
+    return module.eval()
+
+
+def tiny_unet(seed=0, **overrides):
+    from vidcore.models.unet3d import UNet3D, UNet3DConfig
+
+    cfg = dict(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+               up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, norm_num_groups=4,
+               cross_attention_dim=12, attention_head_dim=8)
+    cfg.update(overrides)
+    return randomize(UNet3D(UNet3DConfig(**cfg)), seed)
+
+
+def tiny_pipeline():
+    from vidcore.models.vae import AutoencoderKL, AutoencoderKLConfig
+    from vidcore.pipelines.text_to_video import TextToVideoPipeline
+    from vidcore.schedulers import from_config
+
+    vae = randomize(AutoencoderKL(AutoencoderKLConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                                      down_block_types=("DownEncoderBlock2D",) * 2,
+                                                      up_block_types=("UpDecoderBlock2D",) * 2)), 3)
+    scheduler = from_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                             "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+                             "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"})
+    pipe = TextToVideoPipeline(tokenizer=None, text_encoder=None, unet=tiny_unet(2), vae=vae, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def err(a, b) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-12)
+
+
+# ----------------------------------------------------------------------------- checks run on every rank
+
+
+def check_primitives(rank, world, res):
+    from vidcore.nn.attention import temporal_attend
+    from vidcore.nn.resnet import frame_conv, video_norm
+    from vidcore.parallel import comm, frame_parallel
+
+    g = dist.group.WORLD
+    gen = torch.Generator().manual_seed(0)
+    b, fl, c = 2, 2, 6
+    f = fl * world
+    mine = slice(rank * fl, (rank + 1) * fl)
+    # layout switch, pixel count not divisible by the world size
+    for n in (7, world):
+        full = torch.randn(b, f, n, c, generator=gen)
+        local = full[:, mine].reshape(b * fl, n, c)
+        px = comm.frames_to_pixels(local, fl, g)
+        sizes = comm.pixel_split(n, world)
+        start = sum(sizes[:rank])
+        expect = full[:, :, start:start + sizes[rank]].reshape(b * f, sizes[rank], c)
+        tag = "W" if n == world else n
+        res[f"frames_to_pixels_n{tag}"] = (px - expect).abs().max().item()
+        res[f"pixels_to_frames_n{tag}"] = (comm.pixels_to_frames(px, fl, n, g) - local).abs().max().item()
+    # halo-exchanged temporal conv, through the nn hook
+    conv = randomize(nn.Conv3d(c, 4, (3, 1, 1), padding=(1, 0, 0)), 1)
+    x = torch.randn(b, c, f, 3, 5, generator=gen)
+    ref = frame_conv(conv, x)
+    with frame_parallel(g):
+        res["frame_conv"] = err(frame_conv(conv, x[:, :, mine]), ref[:, :, mine])
+    # GroupNorm with statistics across ranks (offset data: a naive E[x^2]-E[x]^2 would lose digits)
+    norm = randomize(nn.GroupNorm(3, c), 2)
+    x = 3 * torch.randn(b, c, f, 3, 5, generator=gen) + 5
+    ref = norm(x)
+    with frame_parallel(g):
+        res["group_norm"] = err(video_norm(norm, x[:, :, mine]), ref[:, :, mine])
+    # temporal attention (all_to_all in and out), 9 pixels
+    for n in (9, 1):  # 1 pixel: fewer than ranks, padded
+        heads, d = 2, 4
+        q, k, v = (torch.randn(b * f, n, heads * d, generator=gen) for _ in range(3))
+        ref = temporal_attend(q, k, v, f, heads).view(b, f, n, -1)[:, mine].reshape(b * fl, n, -1)
+        sl = lambda t: t.view(b, f, n, -1)[:, mine].reshape(b * fl, n, -1)  # noqa: E731
+        with frame_parallel(g):
+            res[f"temporal_attend_n{n}"] = err(temporal_attend(sl(q), sl(k), sl(v), fl, heads), ref)
+    # no handler outside the context
+    from vidcore.nn.frame_hooks import frame_handler
+    res["handler_removed"] = float(frame_handler() is not None)
+
+
+UNET_CASES = {
+    "two-levels": (dict(), (2, 4, 8, 12)),
+    "three-levels-odd-size": (dict(block_out_channels=(8, 16, 16), layers_per_block=1, attention_head_dim=4,
+                                   down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
+                                   up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2), (1, 4, 9, 7)),
+}
+
+
+def check_unet(rank, world, res, frames_per_rank=1):
+    from vidcore.parallel import unet3d_forward
+
+    for name, (overrides, (b, c, h, w)) in UNET_CASES.items():
+        unet = tiny_unet(5, **overrides)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(b, c, frames_per_rank * world, h, w, generator=gen)
+        ctx = torch.randn(b, 5, 12, generator=gen)
+        t = torch.tensor([3, 871])[:b]
+        with torch.no_grad():
+            ref = unet(x, t, ctx)
+            got = unet3d_forward(unet, x, t, ctx, dist.group.WORLD)
+        res[f"unet_{name}"] = err(got, ref)
+
+
+def run_pipe(pipe, **kw):
+    gen = torch.Generator().manual_seed(7)
+    cond = torch.randn(1, 5, 12, generator=gen)
+    uncond = torch.randn(1, 5, 12, generator=gen)
+    return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, height=16, width=16, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(11), output_type="pt", **kw).frames
+
+
+def check_pipeline(rank, world, res, modes, num_frames):
+    pipe = tiny_pipeline()
+    ref = run_pipe(pipe, num_frames=num_frames, eta=0.5)
+    for cfg, frames in modes:
+        pipe.enable_parallel(cfg=cfg, frames=frames)
+        got = run_pipe(pipe, num_frames=num_frames, eta=0.5)
+        key = f"pipeline_{'cfg' if cfg else ''}{'+' if cfg and frames else ''}{'frames' if frames else ''}"
+        res[key] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
+
+
+def check_bad_frames(rank, world, res):
+    pipe = tiny_pipeline()
+    pipe.enable_parallel(cfg=False, frames=True)
+    try:
+        run_pipe(pipe, num_frames=world + 1)
+        res["bad_frames_message"] = ""
+    except ValueError as e:
+        res["bad_frames_message"] = str(e)
+
+
+def scenario(rank, world):
+    res = {}
+    torch.set_num_threads(1)
+    if world in (2, 3):
+        check_primitives(rank, world, res)
+        check_unet(rank, world, res, frames_per_rank=2 if world == 2 else 1)
+        check_pipeline(rank, world, res, [(False, True)] + ([(True, False)] if world == 2 else []), num_frames=world)
+        check_bad_frames(rank, world, res)
+    if world == 4:
+        check_pipeline(rank, world, res, [(True, True)], num_frames=4)
+    return res
+
+
+def _worker(rank, world, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    try:
+        res = scenario(rank, world)
+    except Exception:
+        res = {"error": traceback.format_exc()}
+    with open(os.path.join(out_dir, f"{rank}.json"), "w") as fh:
+        json.dump(res, fh)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cache = {}
+
+    def get(world):
+        if world not in cache:
+            out = tmp_path_factory.mktemp(f"world{world}")
+            mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world)
+            cache[world] = [json.load(open(out / f"{r}.json")) for r in range(world)]
+            errors = [f"rank {r}: {res['error']}" for r, res in enumerate(cache[world]) if "error" in res]
+            assert not errors, "\n".join(errors)
+        return cache[world]
+
+    return get
+
+
+PRIMITIVES = ["frames_to_pixels_n7", "pixels_to_frames_n7", "frames_to_pixels_nW", "pixels_to_frames_nW",
+              "frame_conv", "group_norm", "temporal_attend_n9", "temporal_attend_n1",
+              "handler_removed"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_primitives_equal_single_process(results, world):
+    for r, res in enumerate(results(world)):
+        for key in PRIMITIVES:
+            assert res[key] <= TOL, (world, r, key, res[key])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_frame_parallel_unet3d_equals_single_process(results, world):
+    for r, res in enumerate(results(world)):
+        for name in UNET_CASES:
+            assert res[f"unet_{name}"] < TOL, (world, r, name, res[f"unet_{name}"])
+
+
+@pytest.mark.parametrize("world,keys", [(2, ["pipeline_frames", "pipeline_cfg"]), (3, ["pipeline_frames"]),
+                                        (4, ["pipeline_cfg+frames"])])
+def test_parallel_pipeline_equals_single_process(results, world, keys):
+    res = results(world)
+    for key in keys:
+        assert res[0][key] < 3e-5, (world, key, res[0][key])
+        assert all(other[key] == 0.0 for other in res[1:]), "only rank 0 receives the video"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_frames_not_divisible_is_a_clear_error(results, world):
+    for res in results(world):
+        msg = res["bad_frames_message"]
+        assert f"num_frames divisible by {world}" in msg and f"num_frames={world + 1}" in msg, msg
+
+
+def test_config_errors_without_a_process_group():
+    from vidcore.parallel import ParallelConfig, init_distributed
+
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="not initialised"):
+        ParallelConfig.create(cfg=True, frames=False)
+    env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
+    try:
+        with pytest.raises(RuntimeError, match="torchrun"):
+            init_distributed(device="cpu")
+    finally:
+        os.environ.update(env)

@@ -1,0 +1,157 @@
+"""Communication primitives for frame-parallel inference, each exact against its single-process op.
+
+Frames are split into contiguous, equal slices over the ranks of a frame group (rank ``j`` holds
+frames ``[j f_l, (j+1) f_l)``); pixels, where they are sharded, are split as ``torch.tensor_split``
+does (the first ``n % W`` ranks get one more), so any pixel count of at least ``W`` works.
+
+* :func:`frames_to_pixels` / :func:`pixels_to_frames` – the Ulysses-style layout switch for temporal
+  attention, one ``all_to_all`` each way: ``(b f_l) n c`` (frames sharded) <-> ``(b f) n_l c``
+  (pixels sharded).
+* :func:`halo_exchange` – the edge frames a kernel-``2p+1`` convolution over frames needs from the
+  neighbouring ranks (zeros at the video's ends, as the convolution's zero padding).
+* :func:`group_norm` – GroupNorm of ``b c f_l h w`` with statistics over all ranks' frames (one
+  ``all_gather`` of per-rank count, mean and centred sum of squares, merged with Chan's formula).
+* :func:`gather` – all_gather + cat along a dim (equal slices).
+
+``group`` None means a group of one (no communication). Inference only: no autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def group_size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def group_rank(group) -> int:
+    return 0 if group is None else dist.get_rank(group)
+
+
+def pixel_split(n: int, world: int) -> list[int]:
+    """Pixels per rank for ``n`` pixels over ``world`` ranks (torch.tensor_split's sizes)."""
+    base, extra = divmod(n, world)
+    return [base + (j < extra) for j in range(world)]
+
+
+def frames_to_pixels(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
+    """``(b f_l) n c`` with this rank's ``f_l = num_frames`` frames -> ``(b f) n_l c``: every frame of
+    this rank's pixel slice (``f = W f_l`` in rank order). One all_to_all."""
+    world = group_size(group)
+    if world == 1:
+        return x
+    rank = group_rank(group)
+    bf, n, c = x.shape
+    b = bf // num_frames
+    if n < world:
+        raise ValueError(f"frames_to_pixels: {n} pixels cannot be split over {world} ranks (pad them first)")
+    sizes = pixel_split(n, world)
+    unit = b * num_frames * c  # elements per pixel in a slice
+    send = rearrange(x, "(b f) n c -> n b f c", f=num_frames).contiguous()
+    out = x.new_empty(world * sizes[rank] * unit)
+    dist.all_to_all_single(out, send.view(-1), [sizes[rank] * unit] * world, [s * unit for s in sizes], group=group)
+    return rearrange(out.view(world, sizes[rank], b, num_frames, c), "w n b f c -> (b w f) n c")
+
+
+def pixels_to_frames(y: torch.Tensor, num_frames: int, num_pixels: int, group) -> torch.Tensor:
+    """Inverse of :func:`frames_to_pixels`: ``(b f) n_l c`` -> ``(b f_l) n c`` with ``f_l = num_frames``
+    and ``n = num_pixels``. One all_to_all."""
+    world = group_size(group)
+    if world == 1:
+        return y
+    rank = group_rank(group)
+    _, n_local, c = y.shape
+    b = y.shape[0] // (world * num_frames)
+    sizes = pixel_split(num_pixels, world)
+    if sizes[rank] != n_local:
+        raise ValueError(f"pixels_to_frames: this rank holds {n_local} pixels, expected {sizes[rank]} of {num_pixels}")
+    unit = b * num_frames * c
+    send = rearrange(y, "(b w f) n c -> w n b f c", w=world, f=num_frames).contiguous()
+    out = y.new_empty(num_pixels * unit)
+    dist.all_to_all_single(out, send.view(-1), [s * unit for s in sizes], [n_local * unit] * world, group=group)
+    return rearrange(out.view(num_pixels, b, num_frames, c), "n b f c -> (b f) n c")
+
+
+def _global(group, r: int) -> int:
+    return dist.get_global_rank(group, r)
+
+
+def halo_exchange(x: torch.Tensor, width: int, group, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``width`` frames before and after this rank's slice ``x`` (frames along ``dim``): the previous
+    rank's last and the next rank's first frames; zeros at the first/last rank (zero padding).
+    Point-to-point with the two neighbours only."""
+    if x.shape[dim] < width:
+        raise ValueError(f"halo exchange needs at least {width} frames per rank, this rank has {x.shape[dim]}")
+    world, rank = group_size(group), group_rank(group)
+    before = x.new_zeros(*x.shape[:dim], width, *x.shape[dim + 1:])
+    after = torch.zeros_like(before)
+    if world == 1:
+        return before, after
+    ops = []
+    if rank > 0:
+        ops += [dist.P2POp(dist.isend, x.narrow(dim, 0, width).contiguous(), _global(group, rank - 1), group),
+                dist.P2POp(dist.irecv, before, _global(group, rank - 1), group)]
+    if rank < world - 1:
+        ops += [dist.P2POp(dist.isend, x.narrow(dim, x.shape[dim] - width, width).contiguous(),
+                           _global(group, rank + 1), group),
+                dist.P2POp(dist.irecv, after, _global(group, rank + 1), group)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return before, after
+
+
+def frame_conv(conv: nn.Conv3d, x: torch.Tensor, group) -> torch.Tensor:
+    """A ``(k, 1, 1)`` Conv3d with frame padding ``(k - 1) / 2`` over ``b c f_l h w`` frame slices: the
+    halo frames from the neighbours replace the zero padding, so each rank gets its output frames."""
+    k, pad = conv.weight.shape[2], conv.padding[0]
+    if conv.weight.shape[3:] != (1, 1) or k != 2 * pad + 1 or conv.stride[0] != 1 or conv.dilation[0] != 1:
+        raise ValueError(f"frame-parallel conv supports (k, 1, 1) kernels with 'same' frame padding, got kernel "
+                         f"{tuple(conv.weight.shape[2:])} padding {conv.padding}")
+    before, after = halo_exchange(x, pad, group)
+    padded = torch.cat([before, x, after], dim=2)
+    b, c, f, h, w = padded.shape
+    out = F.conv2d(padded.reshape(b, c, f, h * w), conv.weight.squeeze(-1), conv.bias)
+    return out.view(b, -1, f - 2 * pad, h, w)
+
+
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor, group) -> torch.Tensor:
+    """``norm`` on ``b c f_l h w`` with statistics over the frames of every rank in ``group``.
+
+    Each rank computes count, mean and centred sum of squares per (video, group) in float32; one
+    all_gather; Chan's parallel merge gives the mean and (biased) variance of the whole video."""
+    if group_size(group) == 1:
+        return norm(x)
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    xf = x.float().reshape(b, g, -1)
+    count = xf.shape[-1]
+    mean = xf.mean(-1)  # b g
+    m2 = (xf - mean[..., None]).square().sum(-1)
+    local = torch.stack([torch.full_like(mean, count), mean, m2])  # 3 b g
+    parts = [torch.empty_like(local) for _ in range(group_size(group))]
+    dist.all_gather(parts, local, group=group)
+    counts, means, m2s = torch.stack(parts).unbind(1)  # each W b g
+    total = counts.sum(0)
+    gmean = (counts * means).sum(0) / total
+    var = (m2s.sum(0) + (counts * (means - gmean).square()).sum(0)) / total
+    y = (xf - gmean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]
+    y = y.view(x.shape)
+    if norm.affine:
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+    return y.to(x.dtype)
+
+
+def gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
+    """All ranks' equal-shaped slices ``x`` concatenated along ``dim`` in rank order, on every rank."""
+    world = group_size(group)
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=dim)

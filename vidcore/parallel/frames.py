@@ -1,0 +1,96 @@
+"""Frame parallelism for ModelScope's UNet3D: each rank of a frame group runs the UNet on a contiguous
+slice of the frames; only the ops that mix frames communicate.
+
+Per-frame work (res blocks, spatial transformers, up/down sampling, conv in/out and their
+per-frame GroupNorms) needs nothing. The frame-mixing ops in ``nn/`` consult ``nn.frame_hooks``, and
+:class:`FrameShardHandler` answers them:
+
+* temporal attention: q, k, v (``(b f_l) n (heads d)``) switch to pixel-sharded ``(b f) n_l c`` in
+  one all_to_all (stacked), attend over all frames locally, and switch back in a second;
+* temporal convolutions (3x1x1): one-frame halo exchange with the neighbouring ranks;
+* GroupNorms over frames (temporal conv stacks, temporal transformers, ``transformer_in``): statistics
+  merged across ranks.
+
+Frames must divide evenly over the group (:func:`~vidcore.parallel.group.check_frames` says so).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..nn.attention import local_temporal_attend
+from ..nn.frame_hooks import use_frame_handler
+from . import comm
+from .group import check_frames
+
+
+class FrameShardHandler:
+    """Answers the frame-mixing ops of ``nn/`` for a rank that holds a slice of every video's frames."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def temporal_attend(self, q, k, v, num_frames: int, heads: int, backend=None) -> torch.Tensor:
+        # q, k, v: (b f_l) n (heads d), f_l = num_frames local frames
+        n, inner = q.shape[1], q.shape[2]
+        world = comm.group_size(self.group)
+        qkv = torch.cat([q, k, v], dim=-1)
+        padded = max(n, world)  # fewer pixels than ranks (tiny latents): zero pixels, dropped after
+        if padded > n:
+            qkv = torch.cat([qkv, qkv.new_zeros(qkv.shape[0], padded - n, qkv.shape[2])], dim=1)
+        qkv = comm.frames_to_pixels(qkv, num_frames, self.group)  # (b f) n_l 3c
+        q, k, v = qkv.split(inner, dim=-1)
+        out = local_temporal_attend(q.contiguous(), k.contiguous(), v.contiguous(), num_frames * world, heads, backend)
+        return comm.pixels_to_frames(out, num_frames, padded, self.group)[:, :n]  # (b f_l) n c
+
+    def frame_conv(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+        return comm.frame_conv(conv, x, self.group)
+
+    def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        return comm.group_norm(norm, x, self.group)
+
+
+@contextmanager
+def frame_parallel(group):
+    """Inside the block, the frame-mixing ops of every model treat their input as this rank's slice of
+    frames of the ranks in ``group`` (None or one rank: ordinary ops)."""
+    with use_frame_handler(FrameShardHandler(group) if comm.group_size(group) > 1 else None):
+        yield
+
+
+def shard_frames(x: torch.Tensor, group, dim: int = 2) -> torch.Tensor:
+    """This rank's contiguous slice of the frames along ``dim``."""
+    world = comm.group_size(group)
+    check_frames(x.shape[dim], world)
+    per = x.shape[dim] // world
+    return x.narrow(dim, comm.group_rank(group) * per, per)
+
+
+def _shard_folded(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
+    """``(b f) ...`` -> ``(b f_l) ...`` (ControlNet residuals)."""
+    video = x.view(x.shape[0] // num_frames, num_frames, *x.shape[1:])
+    return shard_frames(video, group, dim=1).reshape(-1, *x.shape[1:])
+
+
+def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, group,
+                   timestep_cond=None, down_block_additional_residuals=None, mid_block_additional_residual=None,
+                   gather: bool = True) -> torch.Tensor:
+    """``unet(sample b c f h w, ...)`` computed frame-parallel over ``group``; every rank passes the
+    full inputs and gets the full output (``gather=False``: its own frames only)."""
+    from ..models.unet3d import UNet3D
+
+    if not isinstance(unet, UNet3D):
+        raise TypeError(f"frame parallel is implemented for ModelScope's UNet3D, got {type(unet).__name__}")
+    f = sample.shape[2]
+    local = shard_frames(sample, group)
+    if down_block_additional_residuals is not None:
+        down_block_additional_residuals = tuple(_shard_folded(r, f, group) for r in down_block_additional_residuals)
+    if mid_block_additional_residual is not None:
+        mid_block_additional_residual = _shard_folded(mid_block_additional_residual, f, group)
+    with frame_parallel(group):
+        out = unet(local, timestep, encoder_hidden_states, timestep_cond, down_block_additional_residuals,
+                   mid_block_additional_residual)
+    return comm.gather(out, group, dim=2) if gather else out
