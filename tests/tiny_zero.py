@@ -29,7 +29,7 @@ PIX2PIX_SCHEDULER_CONFIG = {
 }
 
 
-def _components(in_channels: int, seed: int, unet_overrides: dict | None):
+def _components(in_channels: int, seed: int, unet_overrides: dict | None, vae_overrides: dict | None = None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet_config = tiny.tiny_unet2d_config(in_channels=in_channels, **(unet_overrides or {}))
@@ -38,7 +38,7 @@ def _components(in_channels: int, seed: int, unet_overrides: dict | None):
     text_encoder = tiny.make_tiny_text_encoder(hidden=unet_config["cross_attention_dim"], seed=seed + 1,
                                                tokenizer=tokenizer)
     unet = tiny.randomize_(UNet2DConditionModel(**unet_config), seed + 2).eval()
-    vae = tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config()), seed + 3).eval()
+    vae = tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config(**(vae_overrides or {}))), seed + 3).eval()
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None,
                 feature_extractor=None, requires_safety_checker=False)
 
@@ -50,23 +50,24 @@ def _save(pipe, folder: Path):
     return pipe
 
 
-def build_tiny_sd(folder, seed: int = 0, unet_overrides: dict | None = None):
+def build_tiny_sd(folder, seed: int = 0, unet_overrides: dict | None = None, vae_overrides: dict | None = None):
     """SD1.5-layout folder (PNDM scheduler config) -> diffusers ``StableDiffusionPipeline`` (float32)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
-                                   **_components(4, seed, unet_overrides))
+                                   **_components(4, seed, unet_overrides, vae_overrides))
     return _save(pipe, Path(folder))
 
 
-def build_tiny_pix2pix(folder, seed: int = 0, unet_overrides: dict | None = None):
+def build_tiny_pix2pix(folder, seed: int = 0, unet_overrides: dict | None = None,
+                       vae_overrides: dict | None = None):
     """InstructPix2Pix-layout folder (8-channel UNet, Euler ancestral config) -> diffusers
     ``StableDiffusionInstructPix2PixPipeline`` (float32)."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline(
         scheduler=EulerAncestralDiscreteScheduler.from_config(PIX2PIX_SCHEDULER_CONFIG),
-        **_components(8, seed, unet_overrides))
+        **_components(8, seed, unet_overrides, vae_overrides))
     return _save(pipe, Path(folder))
 
 
