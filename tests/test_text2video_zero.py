@@ -165,6 +165,27 @@ def test_callbacks_and_attention_restored(setup):
     assert all(m.cross_frame is None for m in ours.unet.modules() if isinstance(m, Attention))
 
 
+def test_callback_replaces_prompt_embeds(setup):
+    _, folder = setup
+    ours = load(folder)
+    other = vidcore.pipelines.text.clip_embed(ours.tokenizer, ours.text_encoder, ["a red car"], "cpu")
+
+    def swap_at(step):
+        def on_step(pipe, i, t, tensors):
+            return {"prompt_embeds": other} if i == step else {}
+        return on_step
+
+    def run(**kw):
+        return ours(prompt="a dog", generator=torch.Generator().manual_seed(0),
+                    callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"], **SMALL, **kw).frames
+
+    target = ours(prompt="a red car", generator=torch.Generator().manual_seed(0), **SMALL).frames
+    base = run()
+    late = run(callback_on_step_end=swap_at(3))  # swapped inside the last phase: the final step uses it
+    early = run(callback_on_step_end=swap_at(-1))  # never
+    assert np.array_equal(early, base) and np.abs(late - base).max() > 1e-4 and np.abs(late - target).max() > 1e-4
+
+
 def test_errors(setup):
     _, folder = setup
     ours = load(folder)

@@ -155,13 +155,14 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * eps
 
     def backward(self, latents, timesteps, embeds, guidance_scale, eta, generator, step, callbacks) -> torch.Tensor:
-        """DDIM (or the scheduler's) denoising over ``timesteps``; latents ``n c h w``, embeds ``(2n | n) m d``
-        with the negatives first. ``step`` is the global step index of the first timestep."""
+        """DDIM (or the scheduler's) denoising over ``timesteps``; latents ``n c h w``; ``embeds()`` gives the
+        text embeddings ``(2n | n) m d``, negatives first (read every step: callbacks may replace them).
+        ``step`` is the global step index of the first timestep."""
         unet = self._run_on_device("unet")
         guidance = guidance_scale > 1.0
         for i, t in enumerate(timesteps):
             model_in = torch.cat([latents] * 2) if guidance else latents
-            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds)
+            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds())
             if guidance:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
@@ -248,9 +249,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         try:
             set_cross_frame_attention(self.unet, None)
             # 1. the first frame, alone: noise -> T1 -> T0
-            x_t1 = self.backward(x, first, embeds(False), guidance_scale, eta, generator, 0, callbacks)
+            x_t1 = self.backward(x, first, lambda: embeds(False), guidance_scale, eta, generator, 0, callbacks)
             saved = copy.deepcopy(self.scheduler)  # multistep samplers resume from T1 in phase 3
-            x_t0 = self.backward(x_t1, second, embeds(False), guidance_scale, eta, generator, len(first), callbacks)
+            x_t0 = self.backward(x_t1, second, lambda: embeds(False), guidance_scale, eta, generator, len(first), callbacks)
             # 2. the other frames: copies of the T0 latent, translated, noised back to T1
             if frames > 1:
                 copies = x_t0[:, None].expand(-1, frames - 1, -1, -1, -1)  # b (f-1) c h w
@@ -263,7 +264,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             # 3. all frames from T1 with cross-frame attention
             self.scheduler = saved
             set_cross_frame_attention(self.unet, frames)
-            out = self.backward(video.flatten(0, 1), last, embeds(True), guidance_scale, eta, generator,
+            out = self.backward(video.flatten(0, 1), last, lambda: embeds(True), guidance_scale, eta, generator,
                                 len(first) + len(second), callbacks)
         finally:
             set_cross_frame_attention(self.unet, None)
