@@ -91,6 +91,21 @@ def test_no_guidance_per_frame_latents_and_latent_output(setup, ours):
     assert (ref_lat.permute(1, 0, 2, 3)[None] - lat).abs().max() < 1e-4
 
 
+def test_num_videos_per_prompt(setup, ours):
+    """Each video is its own group for cross-frame attention: two videos at once equal two separate calls."""
+    frames = tc.random_control_frames(3, 16, 16, seed=8)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    kw = dict(num_inference_steps=2, guidance_scale=3.0, output_type="np")
+    both = ours("a bird", frames, num_videos_per_prompt=2, latents=latents, **kw).frames
+    assert both.shape == (2, 3, 16, 16, 3)
+    for i in range(2):
+        one = ours("a bird", frames, latents=latents[i:i + 1], **kw).frames
+        check(one[0], both[i], tol=1e-5)
+    assert np.abs(both[0] - both[1]).max() > 1e-3
+    drawn = ours("a bird", frames, num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0), **kw).frames
+    assert drawn.shape == (2, 3, 16, 16, 3) and np.abs(drawn[0] - drawn[1]).max() > 1e-3
+
+
 def test_cross_frame_attention_is_on_during_the_call_and_restored(setup, ours):
     frames = tc.random_control_frames(3, 16, 16, seed=6)
     seen = []

@@ -8,6 +8,7 @@
     vidcore generate animatediff    --model civitai_model.safetensors --config-from SD15 --motion-adapter ADAPTER ...
     vidcore generate text2video-zero --model SD15 --prompt "a horse galloping on a street" -o horse.mp4
     vidcore generate edit           --model timbrooks/instruct-pix2pix --video in.mp4 --prompt "make it Van Gogh style"
+    vidcore generate controlled     --control canny --video in.mp4 --model SD15 --controlnet CONTROLNET --prompt "..."
     vidcore convert  SRC DST [--to vidcore|diffusers] [--subfolder unet] [--dtype fp16] [--force]
     vidcore convert  mm_sd_v15_v2.ckpt motion-adapter-v2 --to diffusers
     vidcore convert  civitai_model.safetensors vae.safetensors --component vae
@@ -43,7 +44,7 @@ EXIT_INTERRUPTED = 130
 # A later release fills these in (a small demo model), which also makes ``--model`` optional.
 DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None,
                                          "image-to-video": None, "animatediff": None, "text2video-zero": None,
-                                         "edit": None}
+                                         "edit": None, "controlled": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
@@ -120,6 +121,25 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--guidance", type=float, default=7.5, help="text (instruction) guidance scale")
         p.add_argument("--image-guidance", type=float, default=1.5,
                        help="how closely to follow the input frames (guidance runs when >= 1 and --guidance > 1)")
+        p.add_argument("--fps", type=_positive_float, default=None,
+                       help="output frame rate (default: the input's divided by the stride, else 8)")
+    elif task == "controlled":  # Text2Video-Zero + ControlNet; defaults are diffusers' ControlNet pipeline's
+        p.add_argument("--control", required=True, choices=("pose", "canny"),
+                       help="pose: --video's frames are pose images; canny: edges are computed from its frames")
+        p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
+        p.add_argument("--controlnet", default=None, metavar="PATH_OR_REPO",
+                       help="ControlNet folder, file or hub repo id (lllyasviel/sd-controlnet-openpose, "
+                            "lllyasviel/sd-controlnet-canny); default: --model's controlnet/")
+        p.add_argument("--frames", type=_positive_int, default=None,
+                       help="use at most N frames (after --frame-stride; default all)")
+        p.add_argument("--frame-stride", type=_positive_int, default=1, help="keep every S-th input frame")
+        p.add_argument("--height", type=_positive_int, default=None, help="resize input frames to this height")
+        p.add_argument("--width", type=_positive_int, default=None, help="resize input frames to this width")
+        p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+        p.add_argument("--controlnet-scale", type=float, default=1.0, help="weight of the ControlNet residuals")
+        p.add_argument("--guess-mode", action="store_true", help="ControlNet on the conditional half only")
+        p.add_argument("--canny-low", type=float, default=100.0, help="Canny hysteresis low threshold (0..255 scale)")
+        p.add_argument("--canny-high", type=float, default=200.0, help="Canny strong-edge threshold (0..255 scale)")
         p.add_argument("--fps", type=_positive_float, default=None,
                        help="output frame rate (default: the input's divided by the stride, else 8)")
     elif task == "text2video-zero":  # defaults are diffusers' TextToVideoZeroPipeline's
@@ -244,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(tasks, "animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)")
     _add_generate_parser(tasks, "text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)")
     _add_generate_parser(tasks, "edit", "video + instruction -> edited video (Text2Video-Zero with InstructPix2Pix)")
+    _add_generate_parser(tasks, "controlled", "pose or edge video + text -> video (Text2Video-Zero with ControlNet)")
 
     conv = commands.add_parser(
         "convert", help="convert a model between the diffusers layout and vidcore's native file",
@@ -485,7 +506,8 @@ def cmd_generate(args) -> int:
     if args.cpu_offload and not device.startswith("cuda"):
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    video, input_fps = _load_input_video(args) if args.task in ("video-to-video", "edit") else (None, None)
+    video_task = args.task in ("video-to-video", "edit", "controlled")
+    video, input_fps = _load_input_video(args) if video_task else (None, None)
     image = _load_input_image(args) if args.task in IMAGE_TASKS else None
     if args.no_progress:
         _quiet_library_progress()
@@ -493,6 +515,7 @@ def cmd_generate(args) -> int:
     import torch
 
     from .pipelines.animatediff import AnimateDiffPipeline
+    from .pipelines.controlled_video import ControlledVideoPipeline
     from .pipelines.i2vgen_xl import I2VGenXLPipeline
     from .pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
     from .pipelines.text2video_zero import TextToVideoZeroPipeline
@@ -514,6 +537,9 @@ def cmd_generate(args) -> int:
                              f"'{model}' is a pipeline folder or repo")
         pipe = AnimateDiffPipeline.from_pretrained(model, motion_adapter=args.motion_adapter,
                                                    torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
+    elif args.task == "controlled":
+        pipe = ControlledVideoPipeline.from_pretrained(model, controlnet=args.controlnet,
+                                                       torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     else:
         pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
@@ -540,6 +566,13 @@ def cmd_generate(args) -> int:
                     motion_field_strength_x=args.motion_field_strength_x,
                     motion_field_strength_y=args.motion_field_strength_y)
         fps = args.fps
+    elif args.task == "controlled":
+        from .controls import canny
+
+        control = canny(video, args.canny_low, args.canny_high) if args.control == "canny" else video
+        call.update(conditioning_frames=control, controlnet_conditioning_scale=args.controlnet_scale,
+                    guess_mode=args.guess_mode)
+        fps = args.fps or input_fps or 8.0
     elif args.task == "edit":
         call.update(video=video, image_guidance_scale=args.image_guidance)
         fps = args.fps or input_fps or 8.0

@@ -217,24 +217,27 @@ class ControlledVideoPipeline(TextToVideoPipeline):
             raise ValueError(f"conditioning_frames have {x.shape[1]} channels; the ControlNet takes {channels}")
         return x
 
-    def prepare_shared_latents(self, num_frames, shape, dtype, device, generator, latents=None) -> torch.Tensor:
-        """``f c h w`` initial latents: one draw of ``1 c h w`` repeated over frames (Text2Video-Zero's recipe),
-        or ``latents`` given as ``1 c h w`` (repeated) or ``f c h w``; scaled by the scheduler's sigma."""
+    def prepare_shared_latents(self, videos, num_frames, shape, dtype, device, generator, latents=None):
+        """``(b f) c h w`` initial latents: one draw of ``b c h w``, each video's latent repeated over its frames
+        (Text2Video-Zero's recipe), or ``latents`` given as ``b c h w`` (repeated) or ``(b f) c h w``; scaled by
+        the scheduler's sigma."""
         if latents is None:
-            latents = randn_tensor((1, *shape), generator=generator, device=device, dtype=dtype)
-        elif latents.ndim != 4 or tuple(latents.shape[1:]) != tuple(shape) or latents.shape[0] not in (1, num_frames):
-            raise ValueError(f"latents must have shape (1, {', '.join(map(str, shape))}) (shared by all frames) or "
-                             f"({num_frames}, {', '.join(map(str, shape))}), got {tuple(latents.shape)}")
+            latents = randn_tensor((videos, *shape), generator=generator, device=device, dtype=dtype)
+        elif (latents.ndim != 4 or tuple(latents.shape[1:]) != tuple(shape)
+              or latents.shape[0] not in (videos, videos * num_frames)):
+            dims = ", ".join(map(str, shape))
+            raise ValueError(f"latents must have shape ({videos}, {dims}) (shared by the frames of a video) or "
+                             f"({videos * num_frames}, {dims}), got {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype)
-        if latents.shape[0] == 1:
-            latents = latents.repeat(num_frames, 1, 1, 1)
+        if latents.shape[0] == videos:
+            latents = latents.repeat_interleave(num_frames, dim=0)
         return latents * self.scheduler.init_noise_sigma
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | None = None, conditioning_frames=None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
-                 negative_prompt: str | None = None, eta: float = 0.0,
+                 negative_prompt: str | None = None, num_videos_per_prompt: int = 1, eta: float = 0.0,
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  output_type: str = "pil", return_dict: bool = True, controlnet_conditioning_scale: float = 1.0,
@@ -246,10 +249,11 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         """Generate one video with one frame per control image in ``conditioning_frames``.
 
         Argument names and defaults follow diffusers' StableDiffusionControlNetPipeline; ``prompt`` is one string
-        for the whole video (diffusers' recipe repeats it per frame), ``latents`` is ``1 4 h w`` (shared by every
-        frame) or ``f 4 h w``. ``video_length``, when given, must equal the number of control images.
+        for the whole video (diffusers' recipe repeats it per frame); ``num_videos_per_prompt`` videos follow the
+        same control images, each from its own noise; ``latents`` is ``b 4 h w`` (shared by the frames of each
+        video) or ``(b f) 4 h w``. ``video_length``, when given, must equal the number of control images.
         ``cross_frame_attention=False`` turns Text2Video-Zero's frame-0 attention off (plain per-frame ControlNet).
-        Returns ``.frames`` of one video (np ``1 f H W 3``, pt ``1 f 3 H W``, ``[[PIL]]`` or latents ``1 4 f h w``).
+        Returns ``.frames`` (np ``b f H W 3``, pt ``b f 3 H W``, ``[[PIL]]`` or latents ``b 4 f h w``).
         """
         if conditioning_frames is None:
             raise ValueError("conditioning_frames is required: one control image (pose, edges ...) per frame")
@@ -259,6 +263,8 @@ class ControlledVideoPipeline(TextToVideoPipeline):
             raise TypeError(f"prompt must be one string (the prompt of every frame), got {type(prompt).__name__}")
         if prompt_embeds is not None and prompt_embeds.shape[0] != 1:
             raise ValueError(f"prompt_embeds must hold one prompt (1, tokens, dim), got {tuple(prompt_embeds.shape)}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be a positive integer, got {num_videos_per_prompt!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if not 0.0 <= control_guidance_start < control_guidance_end <= 1.0:
@@ -280,16 +286,17 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         device = self.device
         guidance = guidance_scale > 1.0
         guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
-        cond, uncond = self.encode_prompt(prompt, device, 1, guidance, negative_prompt, prompt_embeds,
+        videos = num_videos_per_prompt
+        cond, uncond = self.encode_prompt(prompt, device, videos, guidance, negative_prompt, prompt_embeds,
                                           negative_prompt_embeds, clip_skip)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         s = self.vae_scale_factor
         shape = (self.unet.config.in_channels, height // s, width // s)
-        latents = self.prepare_shared_latents(frames, shape, cond.dtype, device, generator, latents)  # f c h w
+        latents = self.prepare_shared_latents(videos, frames, shape, cond.dtype, device, generator, latents)
 
-        control = control.to(device=device, dtype=self.controlnet.dtype)
+        control = control.to(device=device, dtype=self.controlnet.dtype).repeat(videos, 1, 1, 1)  # (b f) c H W
         if guidance and not guess_mode:
             control = torch.cat([control] * 2)
 
@@ -300,8 +307,8 @@ class ControlledVideoPipeline(TextToVideoPipeline):
                 set_cross_frame_attention(model, frames if cross_frame_attention else None)
             with self.progress_bar(total=len(timesteps)) as bar:
                 for i, t in enumerate(timesteps):
-                    text = cond.expand(frames, -1, -1)  # (f) m d: the prompt of every frame
-                    embeds = torch.cat([uncond.expand(frames, -1, -1), text]) if guidance else text
+                    text = cond.repeat_interleave(frames, dim=0)  # (b f) m d: the prompt of every frame
+                    embeds = torch.cat([uncond.repeat_interleave(frames, dim=0), text]) if guidance else text
                     model_in = torch.cat([latents] * 2) if guidance else latents
                     model_in = self.scheduler.scale_model_input(model_in, t)
                     outside = (i / len(timesteps) < control_guidance_start
@@ -333,7 +340,7 @@ class ControlledVideoPipeline(TextToVideoPipeline):
             for m, value in saved.items():
                 m.cross_frame = value
 
-        video = latents.permute(1, 0, 2, 3)[None]  # 1 c f h w
+        video = latents.view(videos, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
         if output_type != "latent":
             video = postprocess_video(self.decode_latents(video, decode_chunk_size), output_type)
         return VideoPipelineOutput(frames=video) if return_dict else (video,)
