@@ -287,3 +287,22 @@ def test_config_round_trips():
     cfg = ControlNetConfig.from_diffusers_config(V11_OPENPOSE)
     assert cfg.cross_attention_dim == 768 and cfg.conditioning_embedding_out_channels == (16, 32, 96, 256)
     assert ControlNetConfig.from_diffusers_config(cfg.to_diffusers_config()) == cfg
+
+
+def test_lazy_exports_and_convert_cli(tmp_path, capsys):
+    """vidcore.ControlNet / ControlledVideoPipeline / canny resolve lazily; `vidcore convert` turns an original
+    file into a diffusers folder that diffusers loads to the same tensors."""
+    from diffusers import ControlNetModel
+
+    from vidcore.cli import main
+
+    assert vidcore.ControlNet is ControlNet and vidcore.ControlNetConfig is ControlNetConfig
+    assert vidcore.ControlledVideoPipeline.__name__ == "ControlledVideoPipeline" and callable(vidcore.canny)
+    ref, ours = build(tmp_path)
+    path = vidcore.save_original(ours, tmp_path / "control_tiny.pth")
+    code = main(["convert", str(path), str(tmp_path / "out"), "--to", "diffusers", "--config-from",
+                 str(tmp_path / "controlnet")])
+    assert code == 0, capsys.readouterr().err
+    assert "converted controlnet original -> diffusers" in capsys.readouterr().out
+    again = ControlNetModel.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in ref.state_dict().items())
