@@ -20,7 +20,10 @@ Formats understood:
   :func:`load_sd_single_file` returns all three, reading the file once;
 * an original AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt``, ``v3_sd15_mm.ckpt``, ...): the adapter
   config is read from its keys (levels, widths, mid block, ``motion_max_seq_length`` from the position
-  table); ``config_from`` overrides it (head count and norm groups cannot be seen in the weights).
+  table); ``config_from`` overrides it (head count and norm groups cannot be seen in the weights);
+* an original ControlNet file (lllyasviel's ``control_v11p_sd15_openpose.pth``, ``control_sd15_canny.pth``, their
+  ``.safetensors`` re-exports: ``control_model.*`` keys, prefix optional): config from ``config_from`` (a diffusers
+  ControlNet folder, a pipeline folder's ``controlnet/``, ``config.json`` or dict) or SD1.5's ControlNet config.
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
