@@ -263,3 +263,63 @@ def test_config_errors_without_a_process_group():
             init_distributed(device="cpu")
     finally:
         os.environ.update(env)
+
+
+# ----------------------------------------------------------------------------- CLI under a torchrun-like environment
+
+
+def _cli_worker(rank, world, port, argvs, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vidcore.cli import main
+
+    codes = []
+    for argv in argvs:
+        try:
+            codes.append(main(argv))
+        except SystemExit as e:  # argparse
+            codes.append(e.code)
+        if dist.is_initialized():  # the failing call stops before destroying its group
+            dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"{rank}.json"), "w") as fh:
+        json.dump(codes, fh)
+
+
+def _gif_frames(path):
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        return np.stack([np.asarray(f.convert("RGB"), dtype=np.int16) for f in ImageSequence.Iterator(im)])
+
+
+def test_cli_parallel_frames_writes_the_single_process_video_on_rank_0(tmp_path, capsys):
+    from vidcore.cli import main
+    from vidcore.tools.random_model import make_random_pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: tiny convs slow down a lot with threads on a busy 2-core box
+    try:
+        _run_cli_test(tmp_path, capsys, main, make_random_pipeline)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_cli_test(tmp_path, capsys, main, make_random_pipeline):
+    model = make_random_pipeline(tmp_path / "model", "tiny")
+    base = ["generate", "text-to-video", "--model", str(model), "--prompt", "a red fox", "--frames", "4",
+            "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu", "--no-progress"]
+    assert main(base + ["-o", str(tmp_path / "single.gif")]) == 0
+    # without torchrun's environment: a usage error that names torchrun
+    assert main(base + ["-o", str(tmp_path / "x.gif"), "--parallel", "frames"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    argvs = [base + ["-o", str(tmp_path / "parallel.gif"), "--parallel", "frames"],
+             base[:7] + ["3"] + base[8:] + ["-o", str(tmp_path / "bad.gif"), "--parallel", "frames"]]
+    mp.spawn(_cli_worker, args=(2, free_port(), argvs, str(tmp_path)), nprocs=2)
+    codes = [json.load(open(tmp_path / f"{r}.json")) for r in range(2)]
+    assert codes == [[0, 2]] * 2  # 3 frames over 2 ranks: usage error on every rank, before any work
+    assert not (tmp_path / "bad.gif").exists()
+    single, parallel = _gif_frames(tmp_path / "single.gif"), _gif_frames(tmp_path / "parallel.gif")
+    assert single.shape == parallel.shape == (4, 32, 32, 3)
+    assert abs(single - parallel).max() <= 2  # float32 rounding may move a value across a uint8/palette step

@@ -46,6 +46,8 @@ DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video"
                                          "image-to-video": None, "animatediff": None, "text2video-zero": None,
                                          "edit": None, "controlled": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
+PARALLEL_TASKS = ("text-to-video", "video-to-video")  # tasks with --parallel (vidcore.parallel)
+PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
@@ -236,6 +238,12 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                    help="frames per VAE decode call" + (" (default: all; fewer saves memory)" if svd else ""))
     p.add_argument("--num-videos", type=_positive_int, default=1,
                    help="videos to generate for the " + ("image" if svd else "prompt"))
+    if task in PARALLEL_TASKS:
+        p.add_argument("--parallel", choices=PARALLEL_MODES, default=None,
+                       help="split the denoising over the processes of a torchrun launch (torchrun "
+                            "--nproc-per-node N -m vidcore.cli generate ...): cfg = guidance halves on 2 processes, "
+                            "frames = a slice of frames per process, cfg+frames = both (2 x frame processes); "
+                            "exact, rank 0 writes the video")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_generate, task=task)
     if task == "i2vgen-xl":
@@ -497,12 +505,34 @@ def _configure_pipeline(pipe, args, device: str) -> None:
     pipe.set_progress_bar_config(disable=args.no_progress)
 
 
+def _enable_parallel(pipe, args, num_frames: int) -> None:
+    """``--parallel``: process groups from torchrun's environment; input errors before any work."""
+    mode = args.parallel
+    if "WORLD_SIZE" not in os.environ:
+        raise UsageError(f"--parallel {mode} runs under torchrun: torchrun --nproc-per-node N -m vidcore.cli "
+                         f"generate {args.task} ... --parallel {mode}")
+    if "cfg" in mode and args.guidance <= 1.0:
+        raise UsageError(f"--parallel {mode} splits classifier-free guidance; it needs --guidance > 1, got {args.guidance}")
+    try:
+        pipe.enable_parallel(cfg="cfg" in mode, frames="frames" in mode)
+        pipe.parallel.check(num_frames)
+    except ValueError as err:
+        raise UsageError(f"--parallel {mode}: {err}") from None
+    if pipe.parallel.config.rank != 0:
+        pipe.set_progress_bar_config(disable=True)
+
+
 def cmd_generate(args) -> int:
     model = args.model or DEFAULT_MODELS.get(args.task)
     if model is None:
         raise UsageError(f"generate {args.task}: --model is required")
     outputs = _output_paths(args.output, args.num_videos)
     device = _resolve_device(args.device)
+    parallel = getattr(args, "parallel", None)
+    if parallel is not None and args.cpu_offload:
+        raise UsageError("--parallel keeps every model on its process's device; drop --cpu-offload")
+    if parallel is not None and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per torchrun process
     if args.cpu_offload and not device.startswith("cuda"):
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
@@ -543,6 +573,8 @@ def cmd_generate(args) -> int:
     else:
         pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
+    if parallel is not None:
+        _enable_parallel(pipe, args, len(video) if video is not None else args.frames)
 
     call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
                 output_type="np", num_videos_per_prompt=args.num_videos, decode_chunk_size=args.decode_chunk_size)
@@ -583,9 +615,11 @@ def cmd_generate(args) -> int:
     else:
         call.update(height=args.height, width=args.width, num_frames=args.frames)
         fps = args.fps
-    frames = pipe(**call).frames  # b f h w 3 in [0, 1]
-    for video_frames, path in zip(frames, outputs):
+    frames = pipe(**call).frames  # b f h w 3 in [0, 1]; None on processes other than rank 0 (--parallel)
+    for video_frames, path in zip(frames if frames is not None else (), outputs):
         print(_write_video(video_frames, path, fps))
+    if parallel is not None:
+        torch.distributed.destroy_process_group()
     return EXIT_OK
 
 
