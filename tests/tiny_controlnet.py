@@ -41,7 +41,7 @@ class TinyControlled(NamedTuple):
 
 
 def build_tiny_controlled(root, seed: int = 0, unet_overrides: dict | None = None,
-                          controlnet_overrides: dict | None = None) -> TinyControlled:
+                          controlnet_overrides: dict | None = None, vae_overrides: dict | None = None) -> TinyControlled:
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
 
     root = Path(root)
@@ -49,7 +49,7 @@ def build_tiny_controlled(root, seed: int = 0, unet_overrides: dict | None = Non
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = tiny.make_tiny_tokenizer(tmp)
     pipe = StableDiffusionControlNetPipeline(
-        vae=tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config()), seed + 3).eval(),
+        vae=tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config(**(vae_overrides or {}))), seed + 3).eval(),
         text_encoder=tiny.make_tiny_text_encoder(hidden=unet_config["cross_attention_dim"], seed=seed + 1,
                                                  tokenizer=tokenizer),
         tokenizer=tokenizer,
