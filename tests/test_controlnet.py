@@ -7,6 +7,7 @@ import torch
 import tiny
 import vidcore
 from conversion.maps import original_controlnet
+from tiny_controlnet import tiny_controlnet_config
 from vidcore.errors import ConversionError
 from vidcore.models.controlnet import ControlNet, ControlNetConfig
 
@@ -21,15 +22,6 @@ def _one_thread():
 
 def rel_err(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
-
-
-def tiny_controlnet_config(**overrides) -> dict:
-    """``ControlNetModel`` kwargs matching ``tiny.tiny_unet2d_config`` (levels 32, 64; 4 heads; context 24)."""
-    config = dict(in_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), block_out_channels=(32, 64),
-                  layers_per_block=2, norm_num_groups=8, cross_attention_dim=24, attention_head_dim=4,
-                  conditioning_embedding_out_channels=(8, 16))
-    config.update(overrides)
-    return config
 
 
 CONFIGS = {

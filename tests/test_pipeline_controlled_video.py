@@ -104,6 +104,11 @@ def test_num_videos_per_prompt(setup, ours):
     assert np.abs(both[0] - both[1]).max() > 1e-3
     drawn = ours("a bird", frames, num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0), **kw).frames
     assert drawn.shape == (2, 3, 16, 16, 3) and np.abs(drawn[0] - drawn[1]).max() > 1e-3
+    kw.pop("output_type")
+    pt = ours("a bird", frames, num_videos_per_prompt=2, latents=latents, output_type="pt", **kw).frames
+    assert pt.shape == (2, 3, 3, 16, 16) and torch.allclose(pt.permute(0, 1, 3, 4, 2), torch.from_numpy(both))
+    pil = ours("a bird", frames, latents=latents[:1], **kw).frames  # diffusers' default output: PIL
+    assert len(pil) == 1 and len(pil[0]) == 3 and pil[0][0].size == (16, 16)
 
 
 def test_cross_frame_attention_is_on_during_the_call_and_restored(setup, ours):
