@@ -115,3 +115,24 @@ def test_cross_frame_source_frame_and_bad_batch():
         attn(x)
     with pytest.raises(ValueError, match=r"source_frame must be in \[0, 3\)"):
         A.set_cross_frame_attention(attn, 3, source_frame=3)
+
+
+@pytest.mark.parametrize("tokens", [77, 1])
+def test_per_video_context_equals_repeated_context(tokens):
+    """x is (b f) n c and the context is given once per video (b m c): the result must equal attending
+    to the context repeated for every frame (what diffusers' video UNets build), with fewer k/v rows."""
+    torch.manual_seed(0)
+    attn = A.Attention(query_dim=16, heads=2, head_dim=8, context_dim=12).eval()
+    b, f, n = 2, 5, 9
+    x = torch.randn(b * f, n, 16)
+    ctx = torch.randn(b, tokens, 12)
+    calls = []
+    attn.to_k.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        shared = attn(x, ctx)
+        repeated = attn(x, ctx.repeat_interleave(f, dim=0))
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-5)
+    if tokens > 1:
+        assert calls == [b, b * f]  # k projected once per video, not per frame
+    with pytest.raises(ValueError, match="not a multiple"):
+        attn(torch.randn(7, n, 16), ctx)

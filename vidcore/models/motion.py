@@ -246,9 +246,8 @@ class UNetMotion(nn.Module):
             raise ValueError(f"num_frames={f} exceeds the motion adapter's motion_max_seq_length="
                              f"{self.adapter.max_frames}; generate at most {self.adapter.max_frames} frames at a "
                              "time (longer videos need a sliding context window)")
-        if encoder_hidden_states.shape[0] == b and f > 1:
-            context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
-        elif encoder_hidden_states.shape[0] == b * f:
+        if encoder_hidden_states.shape[0] in (b, b * f):
+            # b m d is shared by each video's frames without being repeated (see nn.attention.Attention)
             context = encoder_hidden_states
         else:
             raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} must be the video batch "

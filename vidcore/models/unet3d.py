@@ -226,7 +226,7 @@ class UNet3D(nn.Module):
         up_factor = 2 ** (len(self.up_blocks) - 1)
         odd_size = h % up_factor != 0 or w % up_factor != 0
         temb = temb.repeat_interleave(f, dim=0)  # (b f) d
-        context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
+        context = encoder_hidden_states  # b m d: shared by each video's frames (see nn.attention.Attention)
 
         x = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
         x = self.transformer_in(x, f)

@@ -148,15 +148,29 @@ class Attention(nn.Module):
         if context is not None and context.shape[1] == 1 and num_frames is None:
             # One key: softmax weights are exactly 1, so every query gets that token's value
             # (SVD's image-embedding cross-attention). Skips q, k and the score computation.
-            return self.to_out(self.to_v(context)).expand(x.shape[0], x.shape[1], -1)
+            out = self.to_out(self.to_v(context))  # b 1 c
+            if out.shape[0] != x.shape[0]:  # one context per video of (b f) frames
+                if x.shape[0] % out.shape[0]:
+                    raise ValueError(f"x batch {x.shape[0]} is not a multiple of the context batch {out.shape[0]}")
+                out = out.repeat_interleave(x.shape[0] // out.shape[0], dim=0)
+            return out.expand(x.shape[0], x.shape[1], -1)
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if num_frames is not None:
             return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend))
-        b = x.shape[0]
-        q, k, v = (t.view(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        out = attend(q, k, v, self.backend)  # b heads n d
-        return self.to_out(out.transpose(1, 2).reshape(b, -1, self.heads * self.head_dim))
+        rows, n, _ = x.shape
+        b = context.shape[0]
+        if rows != b:
+            # x is (b f) n c and the context is one per video (b m c): every frame of a video attends to
+            # the same keys, so its frames' queries are one longer sequence b (f n) c. Exact, and k/v
+            # are projected once per video instead of once per frame (video UNets repeat the prompt
+            # for every frame before projecting it).
+            if rows % b:
+                raise ValueError(f"x batch {rows} is not a multiple of the context batch {b}")
+            q = q.reshape(b, -1, q.shape[-1])
+        q, k, v = (t.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        out = attend(q, k, v, self.backend)  # b heads (f n) d
+        return self.to_out(out.transpose(1, 2).reshape(rows, n, self.heads * self.head_dim))
 
 
     def _source_frame_tokens(self, x: torch.Tensor) -> torch.Tensor:
