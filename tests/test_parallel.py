@@ -165,6 +165,35 @@ def check_pipeline(rank, world, res, modes, num_frames):
         pipe.disable_parallel()
 
 
+def check_video_to_video(rank, world, res):
+    from vidcore.pipelines.video_to_video import VideoToVideoPipeline
+
+    t2v = tiny_pipeline()
+    pipe = VideoToVideoPipeline(**{name: getattr(t2v, name) for name in VideoToVideoPipeline.components})
+    pipe.set_progress_bar_config(disable=True)
+    video = torch.rand(2 * world, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # f 3 h w in [0, 1]
+    gen = torch.Generator().manual_seed(7)
+    embeds = dict(prompt_embeds=torch.randn(1, 5, 12, generator=gen), negative_prompt_embeds=torch.randn(1, 5, 12, generator=gen))
+    run = lambda: pipe(video=video, strength=0.8, num_inference_steps=3, output_type="pt",  # noqa: E731
+                       generator=torch.Generator().manual_seed(5), **embeds).frames
+    ref = run()
+    pipe.enable_parallel(cfg=False, frames=True)
+    got = run()
+    res["video_to_video_frames"] = err(got, ref) if rank == 0 else float(got is not None)
+
+
+def check_config_errors(rank, world, res):
+    from vidcore.parallel import ParallelConfig
+
+    for name, kw in (("cfg_only", dict(cfg=True, frames=False)), ("cfg_frames", dict(cfg=True, frames=True)),
+                     ("neither", dict(cfg=False, frames=False))):
+        try:
+            ParallelConfig.create(**kw)
+            res[f"config_error_{name}"] = ""
+        except ValueError as e:
+            res[f"config_error_{name}"] = str(e)
+
+
 def check_bad_frames(rank, world, res):
     pipe = tiny_pipeline()
     pipe.enable_parallel(cfg=False, frames=True)
@@ -183,6 +212,10 @@ def scenario(rank, world):
         check_unet(rank, world, res, frames_per_rank=2 if world == 2 else 1)
         check_pipeline(rank, world, res, [(False, True)] + ([(True, False)] if world == 2 else []), num_frames=world)
         check_bad_frames(rank, world, res)
+    if world == 2:
+        check_video_to_video(rank, world, res)
+    if world == 3:
+        check_config_errors(rank, world, res)
     if world == 4:
         check_pipeline(rank, world, res, [(True, True)], num_frames=4)
     return res
@@ -242,6 +275,19 @@ def test_parallel_pipeline_equals_single_process(results, world, keys):
     for key in keys:
         assert res[0][key] < 3e-5, (world, key, res[0][key])
         assert all(other[key] == 0.0 for other in res[1:]), "only rank 0 receives the video"
+
+
+def test_frame_parallel_video_to_video_equals_single_process(results):
+    res = results(2)
+    assert res[0]["video_to_video_frames"] < 3e-5
+    assert res[1]["video_to_video_frames"] == 0.0
+
+
+def test_world_size_that_does_not_fit_is_a_clear_error(results):
+    for res in results(3):
+        assert "exactly 2 processes, got world size 3" in res["config_error_cfg_only"]
+        assert "even world size" in res["config_error_cfg_frames"]
+        assert "choose cfg=True, frames=True or both" in res["config_error_neither"]
 
 
 @pytest.mark.parametrize("world", [2, 3])
