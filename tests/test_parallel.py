@@ -146,6 +146,34 @@ def check_unet(rank, world, res, frames_per_rank=1):
         res[f"unet_{name}"] = err(got, ref)
 
 
+def check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank):
+    """SVD's UNet (frame-index embedding, temporal res blocks, temporal mix blocks) and an AnimateDiff-style
+    temporal transformer with sinusoidal frame positions, frame-parallel vs single process."""
+    from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
+    from vidcore.nn.transformer import TemporalTransformer
+    from vidcore.parallel import frame_parallel, shard_frames, svd_unet_forward
+
+    g = dist.group.WORLD
+    f = frames_per_rank * world
+    unet = randomize(SVDUNet(SVDUNetConfig(
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_attention_heads=(2, 4),
+        cross_attention_dim=16, layers_per_block=1, addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+        num_frames=f)), 6)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, f, 8, 6, 10, generator=gen)
+    ctx, ids = torch.randn(2, 1, 16, generator=gen), torch.randn(2, 3, generator=gen)
+    with torch.no_grad():
+        res["svd_unet"] = err(svd_unet_forward(unet, x, 20.0, ctx, ids, g), unet(x, 20.0, ctx, ids))
+        motion = randomize(TemporalTransformer(16, 2, 8, 4, max_positions=12), 7)
+        video = torch.randn(2, 16, f, 3, 5, generator=gen)
+        folded = lambda v: v.transpose(1, 2).reshape(-1, 16, 3, 5)  # b c f h w -> (b f) c h w  # noqa: E731
+        ref = motion(folded(video), f).view(2, f, 16, 3, 5)
+        with frame_parallel(g):
+            got = motion(folded(shard_frames(video, g)), frames_per_rank).view(2, frames_per_rank, 16, 3, 5)
+        res["motion_positions"] = err(got, shard_frames(ref, g, dim=1))
+
+
 def run_pipe(pipe, **kw):
     gen = torch.Generator().manual_seed(7)
     cond = torch.randn(1, 5, 12, generator=gen)
@@ -210,6 +238,7 @@ def scenario(rank, world):
     if world in (2, 3):
         check_primitives(rank, world, res)
         check_unet(rank, world, res, frames_per_rank=2 if world == 2 else 1)
+        check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank=2 if world == 2 else 1)
         check_pipeline(rank, world, res, [(False, True)] + ([(True, False)] if world == 2 else []), num_frames=world)
         check_bad_frames(rank, world, res)
     if world == 2:
@@ -266,6 +295,13 @@ def test_frame_parallel_unet3d_equals_single_process(results, world):
     for r, res in enumerate(results(world)):
         for name in UNET_CASES:
             assert res[f"unet_{name}"] < TOL, (world, r, name, res[f"unet_{name}"])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_frame_parallel_svd_unet_and_frame_positions_equal_single_process(results, world):
+    for r, res in enumerate(results(world)):
+        assert res["svd_unet"] < TOL, (world, r, res["svd_unet"])
+        assert res["motion_positions"] < TOL, (world, r, res["motion_positions"])
 
 
 @pytest.mark.parametrize("world,keys", [(2, ["pipeline_frames", "pipeline_cfg"]), (3, ["pipeline_frames"]),

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .frame_hooks import frame_start
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0,
                          max_period: float = 10000.0) -> torch.Tensor:
@@ -60,9 +62,10 @@ class SinusoidalPositions(nn.Module):
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         # x: (b f) n c -> the same with pe[f] added to every token of frame f
-        if num_frames > self.max_len:
-            raise ValueError(f"{num_frames} frames is more than this temporal module's {self.max_len} positions "
+        start = frame_start(num_frames)  # > 0 for later frame slices under frame parallelism
+        if start + num_frames > self.max_len:
+            raise ValueError(f"{start + num_frames} frames is more than this temporal module's {self.max_len} positions "
                              f"(motion_max_seq_length); use at most {self.max_len} frames per window")
         n, tokens, c = x.shape
-        pe = self.pe[0, :num_frames].to(x.dtype)  # f c
+        pe = self.pe[0, start:start + num_frames].to(x.dtype)  # f c
         return (x.view(n // num_frames, num_frames, tokens, c) + pe[None, :, None]).view(n, tokens, c)

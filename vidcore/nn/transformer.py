@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import Attention
 from .embeddings import SinusoidalPositions, TimestepMLP, sinusoidal_embedding
+from .frame_hooks import frame_start
 from .resnet import AlphaBlender, video_norm
 
 
@@ -192,7 +193,8 @@ class SpatioTemporalTransformer(nn.Module):
         # x: (b f) c h w ; context: (b f) m d
         n, c, h, w = x.shape
         tokens = self.proj_in(rearrange(self.norm(x), "n c h w -> n (h w) c"))
-        frame_ids = torch.arange(num_frames, device=x.device).repeat(n // num_frames)
+        start = frame_start(num_frames)  # > 0 for later frame slices under frame parallelism
+        frame_ids = torch.arange(start, start + num_frames, device=x.device).repeat(n // num_frames)
         frame_emb = self.time_pos_embed(sinusoidal_embedding(frame_ids, c).to(tokens.dtype))[:, None]  # n 1 c
         for spatial, temporal in zip(self.transformer_blocks, self.temporal_transformer_blocks):
             tokens = spatial(tokens, context)

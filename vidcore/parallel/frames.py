@@ -1,5 +1,5 @@
-"""Frame parallelism for ModelScope's UNet3D: each rank of a frame group runs the UNet on a contiguous
-slice of the frames; only the ops that mix frames communicate.
+"""Frame parallelism for video UNets (ModelScope's UNet3D, SVD's UNet): each rank of a frame group runs
+the UNet on a contiguous slice of the frames; only the ops that mix frames communicate.
 
 Per-frame work (res blocks, spatial transformers, up/down sampling, conv in/out and their
 per-frame GroupNorms) needs nothing. The frame-mixing ops in ``nn/`` consult ``nn.frame_hooks``, and
@@ -10,6 +10,8 @@ per-frame GroupNorms) needs nothing. The frame-mixing ops in ``nn/`` consult ``n
 * temporal convolutions (3x1x1): one-frame halo exchange with the neighbouring ranks;
 * GroupNorms over frames (temporal conv stacks, temporal transformers, ``transformer_in``): statistics
   merged across ranks.
+* frame-indexed embeddings (SVD's frame-index embedding, AnimateDiff's positions) start at the rank's
+  first frame.
 
 Frames must divide evenly over the group (:func:`~vidcore.parallel.group.check_frames` says so).
 """
@@ -51,6 +53,9 @@ class FrameShardHandler:
 
     def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         return comm.group_norm(norm, x, self.group)
+
+    def frame_start(self, num_frames: int) -> int:
+        return comm.group_rank(self.group) * num_frames  # equal contiguous slices
 
 
 @contextmanager
@@ -94,3 +99,17 @@ def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: 
         out = unet(local, timestep, encoder_hidden_states, timestep_cond, down_block_additional_residuals,
                    mid_block_additional_residual)
     return comm.gather(out, group, dim=2) if gather else out
+
+
+def svd_unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                     added_time_ids: torch.Tensor, group, gather: bool = True) -> torch.Tensor:
+    """SVD's ``unet(sample b f c h w, t, context b m d, added_time_ids b k)`` computed frame-parallel over
+    ``group``; every rank passes the full inputs and gets the full output (``gather=False``: its frames)."""
+    from ..models.svd_unet import SVDUNet
+
+    if not isinstance(unet, SVDUNet):
+        raise TypeError(f"svd_unet_forward needs SVD's UNet, got {type(unet).__name__}")
+    local = shard_frames(sample, group, dim=1)
+    with frame_parallel(group):
+        out = unet(local, timestep, encoder_hidden_states, added_time_ids)
+    return comm.gather(out, group, dim=1) if gather else out
