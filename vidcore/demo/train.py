@@ -354,10 +354,12 @@ def _normal_permissions(folder: Path) -> None:
 
 
 def train(cfg: DemoConfig, out: str | os.PathLike, force: bool = False, quiet: bool = False,
-          vae_from: str | os.PathLike | None = None) -> Path:
+          vae_from: str | os.PathLike | None = None, callback=None) -> Path:
     """Run both stages and write the pipeline folder ``out`` (atomically). Returns its path.
 
-    ``vae_from``: a pipeline folder whose autoencoder is reused (stage 1 is skipped).
+    ``vae_from``: a pipeline folder whose autoencoder is reused (stage 1 is skipped). ``callback(step,
+    text_encoder, unet_ema, unet, tokenizer=, vae=)`` runs every ``cfg.snapshot_every`` UNet steps (progress
+    checks during long runs).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -365,12 +367,12 @@ def train(cfg: DemoConfig, out: str | os.PathLike, force: bool = False, quiet: b
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, out, quiet, vae_from)
+        return _train(cfg, out, quiet, vae_from, callback)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: DemoConfig, out: Path, quiet: bool, vae_from) -> Path:
+def _train(cfg: DemoConfig, out: Path, quiet: bool, vae_from, callback=None) -> Path:
     t0 = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     videos, prompts = make_dataset(cfg.num_clips, seed=cfg.seed, num_frames=cfg.num_frames, size=cfg.size,
@@ -399,7 +401,10 @@ def _train(cfg: DemoConfig, out: Path, quiet: bool, vae_from) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}."))
     try:
         tokenizer = build_tokenizer(tmp / "_tokenizer")
-        text_encoder, unet_ema, unet, unet_log = train_unet(cfg, (mean, std), prompts, tokenizer, scaling_factor, quiet)
+        snapshot = None if callback is None else (
+            lambda step, te, ema, unet: callback(step, te, ema, unet, tokenizer=tokenizer, vae=vae))
+        text_encoder, unet_ema, unet, unet_log = train_unet(cfg, (mean, std), prompts, tokenizer, scaling_factor, quiet,
+                                                            callback=snapshot)
         wall = time.perf_counter() - t0
         write_pipeline(tmp, tmp / "_tokenizer", text_encoder, unet_ema, vae)
         shutil.rmtree(tmp / "_tokenizer")
