@@ -118,8 +118,15 @@ def test_sample_timesteps():
 
 def test_training_smoke(tmp_path):
     cfg = replace(DemoConfig(), size=16, num_frames=4, num_clips=48, vae_channels=(8, 8), vae_steps=30, vae_batch=16,
-                  text_width=16, unet_channels=(8, 16), unet_steps=30, unet_batch=4, warmup=5, log_every=5)
-    out = train(cfg, tmp_path / "tiny", quiet=True)
+                  text_width=16, unet_channels=(8, 16), unet_steps=30, unet_batch=4, warmup=5, log_every=5,
+                  snapshot_every=10, text_pretrain_steps=5)
+    seen = []
+
+    def progress(step, text_encoder, unet_ema, unet, tokenizer, vae):
+        seen.append((step, type(unet_ema).__name__, type(vae).__name__, tokenizer.model_max_length))
+
+    out = train(cfg, tmp_path / "tiny", quiet=True, callback=progress)
+    assert seen == [(s, "UNet3D", "AutoencoderKL", 77) for s in (10, 20, 30)]
     log = json.loads((out / "train_log.json").read_text())
     for stage in ("vae_loss", "unet_loss"):
         losses = [p["loss"] for p in log[stage]]
