@@ -174,6 +174,48 @@ def check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank):
         res["motion_positions"] = err(got, shard_frames(ref, g, dim=1))
 
 
+def check_svd_pipeline(rank, world, res, modes, frames):
+    """SVD's sampling loop (per-frame guidance scales, Euler) and chunked temporal-decoder decode."""
+    from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
+    from vidcore.models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
+    from vidcore.pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
+    from vidcore.schedulers import from_config
+
+    unet = randomize(SVDUNet(SVDUNetConfig(
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_attention_heads=(2, 4),
+        cross_attention_dim=16, layers_per_block=1, addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
+        num_frames=frames)), 8)
+    vae = randomize(AutoencoderKLTemporalDecoder(AutoencoderKLTemporalDecoderConfig(
+        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1)), 9)
+    scheduler = from_config({"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                             "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+                             "sigma_max": 700.0, "sigma_min": 0.002, "steps_offset": 1, "timestep_spacing": "leading",
+                             "timestep_type": "continuous", "use_karras_sigmas": True, "interpolation_type": "linear"})
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=None, unet=unet, scheduler=scheduler,
+                                        feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(4)
+    latents = torch.randn(1, frames, 4, 6, 6, generator=gen)
+    image_latents = torch.cat([torch.zeros(1, frames, 4, 6, 6), torch.randn(1, 1, 4, 6, 6, generator=gen).expand(1, frames, -1, -1, -1)])
+    embeds = torch.cat([torch.zeros(1, 1, 16), torch.randn(1, 1, 16, generator=gen)])
+    ids = torch.randn(1, 3, generator=gen).repeat(2, 1)
+    scales = torch.linspace(1.0, 3.0, frames)[None, :, None, None, None]
+
+    def run():
+        scheduler.set_timesteps(3)
+        out = pipe.denoise(latents * scheduler.init_noise_sigma, scheduler.timesteps, image_latents, embeds, ids, scales)
+        return pipe.decode_latents(out, decode_chunk_size=3)  # chunks of 3 frames: uneven over the ranks
+
+    ref = run()
+    for cfg, fr in modes:
+        pipe.enable_parallel(cfg=cfg, frames=fr)
+        got = run()
+        key = f"svd_pipeline_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}"
+        res[key] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
+
+
 def run_pipe(pipe, **kw):
     gen = torch.Generator().manual_seed(7)
     cond = torch.randn(1, 5, 12, generator=gen)
@@ -243,10 +285,12 @@ def scenario(rank, world):
         check_bad_frames(rank, world, res)
     if world == 2:
         check_video_to_video(rank, world, res)
+        check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
     if world == 3:
         check_config_errors(rank, world, res)
     if world == 4:
         check_pipeline(rank, world, res, [(True, True)], num_frames=4)
+        check_svd_pipeline(rank, world, res, [(True, True)], frames=4)
     return res
 
 
@@ -317,6 +361,14 @@ def test_frame_parallel_video_to_video_equals_single_process(results):
     res = results(2)
     assert res[0]["video_to_video_frames"] < 3e-5
     assert res[1]["video_to_video_frames"] == 0.0
+
+
+@pytest.mark.parametrize("world,keys", [(2, ["svd_pipeline_frames", "svd_pipeline_cfg"]), (4, ["svd_pipeline_cfg+frames"])])
+def test_parallel_svd_sampling_and_decode_equal_single_process(results, world, keys):
+    res = results(world)
+    for key in keys:
+        assert res[0][key] < 3e-5, (world, key, res[0][key])
+        assert all(other[key] == 0.0 for other in res[1:]), "only rank 0 receives the video"
 
 
 def test_world_size_that_does_not_fit_is_a_clear_error(results):

@@ -9,8 +9,8 @@ GroupNorm statistics), ``frames`` (frame-parallel UNet3D and SVD UNet) and ``pip
 from .comm import frames_to_pixels, gather, group_norm, halo_exchange, pixels_to_frames
 from .frames import FrameShardHandler, frame_parallel, shard_frames, svd_unet_forward, unet3d_forward
 from .group import ParallelConfig, init_distributed
-from .pipeline import ParallelRunner
+from .pipeline import ParallelPipelineMixin, ParallelRunner
 
-__all__ = ["FrameShardHandler", "ParallelConfig", "ParallelRunner", "frame_parallel", "frames_to_pixels", "gather",
+__all__ = ["FrameShardHandler", "ParallelConfig", "ParallelPipelineMixin", "ParallelRunner", "frame_parallel", "frames_to_pixels", "gather",
            "group_norm", "halo_exchange", "init_distributed", "pixels_to_frames", "shard_frames", "svd_unet_forward",
            "unet3d_forward"]

@@ -1,9 +1,10 @@
-"""Parallel denoising and decoding for the ModelScope pipelines (``pipe.enable_parallel``).
+"""Parallel denoising and decoding for the ModelScope and SVD pipelines (``pipe.enable_parallel``).
 
 Every rank runs the same pipeline code on the same inputs; the ranks split the UNet's work:
 
 * CFG parallel: the CFG group's rank 0 runs the UNet on the unconditional half of the guidance
-  batch, rank 1 on the conditional half; one all_gather of the noise predictions per step.
+  batch, rank 1 on the conditional half; one all_gather of the noise predictions per step (of the
+  rank's frames; the guided frames are then gathered over the frame group).
 * Frame parallel: the frame group's ranks each run their slice of frames (``frames.py``); the
   guided noise of the slices is gathered once per step.
 
@@ -18,8 +19,30 @@ import torch
 import torch.distributed as dist
 
 from . import comm
-from .frames import unet3d_forward
-from .group import ParallelConfig, check_frames
+from .frames import svd_unet_forward, unet3d_forward
+from .group import ParallelConfig, check_frames, init_distributed
+
+
+class ParallelPipelineMixin:
+    """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it."""
+
+    def enable_parallel(self, cfg: bool = True, frames: bool = True) -> None:
+        """Split the denoising over the processes of a torchrun launch (``vidcore.parallel``): ``cfg``
+        puts the unconditional and conditional halves of classifier-free guidance on two ranks,
+        ``frames`` gives each rank a contiguous slice of the frames (temporal layers communicate).
+        Both together need 2 x (frame ranks) processes. The VAE decode is split over all ranks by
+        frames; the video is returned on rank 0 only (``frames`` is None on the others). Results
+        equal the single-process run; every rank must pass the same arguments and seed."""
+        init_distributed(device=self.device)
+        self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
+
+    def disable_parallel(self) -> None:
+        self._parallel = None
+
+    @property
+    def parallel(self) -> "ParallelRunner | None":
+        """The :class:`ParallelRunner` after ``enable_parallel``, else None."""
+        return getattr(self, "_parallel", None)
 
 
 class ParallelRunner:
@@ -53,6 +76,45 @@ class ParallelRunner:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
         return comm.gather(noise, pc.frame_group, dim=2)
+
+    def predict_noise_svd(self, unet, model_in: torch.Tensor, t, image_latents: torch.Tensor, embeds: torch.Tensor,
+                          time_ids: torch.Tensor, guidance_scale: torch.Tensor | None) -> torch.Tensor:
+        """SVD's guided prediction for ``model_in`` (b f 4 h w, scaled). With guidance the conditions
+        (image latents b f 4 h w, image embeddings b 1 d, added time ids b k) are [uncond; cond] and
+        ``guidance_scale`` holds per-frame scales ``b f 1 1 1``. Full b f 4 h w on every rank."""
+        pc = self.config
+        guidance = guidance_scale is not None
+        if guidance and pc.cfg_size == 2:
+            i = pc.cfg_index
+            x = torch.cat([model_in, image_latents.chunk(2)[i]], dim=2)
+            local = svd_unet_forward(unet, x, t, embeds.chunk(2)[i], time_ids.chunk(2)[i], pc.frame_group, gather=False)
+            uncond, cond = comm.gather(local, pc.cfg_group, dim=0).chunk(2)
+        else:
+            x = torch.cat([torch.cat([model_in] * 2) if guidance else model_in, image_latents], dim=2)
+            local = svd_unet_forward(unet, x, t, embeds, time_ids, pc.frame_group, gather=False)
+            if not guidance:
+                return comm.gather(local, pc.frame_group, dim=1)
+            uncond, cond = local.chunk(2)
+        scale = guidance_scale[:, pc.frame_slice(model_in.shape[1])]
+        return comm.gather(uncond + scale * (cond - uncond), pc.frame_group, dim=1)
+
+    def decode_parts(self, decode_fn, parts: list[torch.Tensor], frame_shape: tuple[int, ...]) -> torch.Tensor | None:
+        """``decode_fn`` on each of ``parts`` (latent chunks decoded independently, e.g. SVD's temporal
+        decoder chunks), contiguous runs of parts per rank; all decoded frames in order on rank 0, None
+        elsewhere."""
+        pc = self.config
+        world, rank = pc.world_size, pc.rank
+        counts = comm.pixel_split(len(parts), world)  # parts per rank
+        first = sum(counts[:rank])
+        sizes = [sum(p.shape[0] for p in parts[sum(counts[:r]): sum(counts[:r + 1])]) for r in range(world)]
+        device = parts[0].device
+        buf = torch.zeros(max(sizes), *frame_shape, dtype=torch.float32, device=device)
+        mine = [decode_fn(p).float() for p in parts[first: first + counts[rank]]]
+        if mine:
+            buf[: sizes[rank]] = torch.cat(mine)
+        gathered = [torch.empty_like(buf) for _ in range(world)] if rank == 0 else None
+        dist.gather(buf, gathered, dst=0)
+        return torch.cat([g[:n] for g, n in zip(gathered, sizes)]) if rank == 0 else None
 
     def decode(self, decode_fn, z: torch.Tensor, frame_shape: tuple[int, ...]) -> torch.Tensor | None:
         """``decode_fn`` (n c h w latents -> n *frame_shape images) over all ranks, each on a contiguous

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import load_image
+from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from .base import VideoPipeline, VideoPipelineOutput
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -159,7 +160,7 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------- pipeline
 
 
-class StableVideoDiffusionPipeline(VideoPipeline):
+class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
     """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
 
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
@@ -337,15 +338,23 @@ class StableVideoDiffusionPipeline(VideoPipeline):
         ``guidance_scale`` (``b f 1 1 1`` per-frame scales) is given, else ``guidance_scale`` is None."""
         unet = self._run_on_device("unet")
         guidance = guidance_scale is not None
+        if self.parallel is not None:  # enable_parallel: CFG halves / frame slices on the ranks
+            self.parallel.check(latents.shape[1])
+            latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents] * 2) if guidance else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
-                pred = unet(model_in, t, image_embeddings, added_time_ids)
-                if guidance:
-                    uncond, cond = pred.chunk(2)
-                    pred = uncond + guidance_scale * (cond - uncond)
+                if self.parallel is not None:
+                    pred = self.parallel.predict_noise_svd(unet, self.scheduler.scale_model_input(latents, t), t,
+                                                           image_latents, image_embeddings, added_time_ids,
+                                                           guidance_scale)
+                else:
+                    model_in = torch.cat([latents] * 2) if guidance else latents
+                    model_in = self.scheduler.scale_model_input(model_in, t)
+                    model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
+                    pred = unet(model_in, t, image_embeddings, added_time_ids)
+                    if guidance:
+                        uncond, cond = pred.chunk(2)
+                        pred = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(pred, t, latents)
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
@@ -364,8 +373,15 @@ class StableVideoDiffusionPipeline(VideoPipeline):
         z = latents.flatten(0, 1) * (1 / vae.config.scaling_factor)
         z = z.to(vae.dtype)
         groups = z.split(f) if per_video else [z]
-        frames = torch.cat([vae.decode(part, num_frames=part.shape[0])
-                            for group in groups for part in group.split(decode_chunk_size)])
+        parts = [part for group in groups for part in group.split(decode_chunk_size)]
+        decode = lambda part: vae.decode(part, num_frames=part.shape[0])  # noqa: E731
+        if self.parallel is not None:  # whole chunks per rank (exact), the frames on rank 0, None elsewhere
+            s = self.vae_scale_factor
+            frames = self.parallel.decode_parts(decode, parts, (vae.config.out_channels, z.shape[-2] * s, z.shape[-1] * s))
+            if frames is None:
+                return None
+        else:
+            frames = torch.cat([decode(part) for part in parts])
         return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
     # -- call -----------------------------------------------------------------------------------
@@ -446,6 +462,6 @@ class StableVideoDiffusionPipeline(VideoPipeline):
         if output_type == "latent":
             video = latents
         else:
-            video = postprocess_video(self.decode_latents(latents, decode_chunk_size, per_video=fix_batch_quirks),
-                                      output_type)
+            decoded = self.decode_latents(latents, decode_chunk_size, per_video=fix_batch_quirks)
+            video = None if decoded is None else postprocess_video(decoded, output_type)  # None: rank > 0 (parallel)
         return VideoPipelineOutput(frames=video) if return_dict else (video,)

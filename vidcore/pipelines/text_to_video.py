@@ -10,13 +10,14 @@ from typing import Callable
 
 import torch
 
+from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from .base import VideoPipeline, VideoPipelineOutput
 from .text import encode_prompt
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
 
-class TextToVideoPipeline(VideoPipeline):
+class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
     @property
@@ -42,27 +43,7 @@ class TextToVideoPipeline(VideoPipeline):
         if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
             raise ValueError("prompt_embeds and negative_prompt_embeds must have the same shape")
 
-    # -- parallel -------------------------------------------------------------------------------
-    def enable_parallel(self, cfg: bool = True, frames: bool = True) -> None:
-        """Split the denoising over the processes of a torchrun launch (``vidcore.parallel``): ``cfg``
-        puts the unconditional and conditional halves of classifier-free guidance on two ranks,
-        ``frames`` gives each rank a contiguous slice of the frames (temporal layers communicate).
-        Both together need 2 x (frame ranks) processes. The VAE decode is split over all ranks by
-        frames; the video is returned on rank 0 only (``frames`` is None on the others). Results
-        equal the single-process run; every rank must pass the same arguments and seed."""
-        from ..parallel import ParallelConfig, ParallelRunner, init_distributed
-
-        init_distributed(device=self.device)
-        self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
-
-    def disable_parallel(self) -> None:
-        self._parallel = None
-
-    @property
-    def parallel(self):
-        """The :class:`vidcore.parallel.ParallelRunner` after ``enable_parallel``, else None."""
-        return getattr(self, "_parallel", None)
-
+    # -- parallel (enable_parallel / disable_parallel / parallel: ParallelPipelineMixin) ------------
     def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale):
         """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds)."""
         guidance = guidance_scale > 1.0
