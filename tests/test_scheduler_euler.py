@@ -229,8 +229,9 @@ def test_from_config_names(name):
 
 
 def test_ancestral_is_not_euler():
+    assert type(vs.from_config({"_class_name": "EulerAncestralDiscreteScheduler"})) is vs.EulerAncestralDiscreteScheduler
     with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
-        vs.from_config({"_class_name": "EulerAncestralDiscreteScheduler"})
+        vs.from_config({"_class_name": "EulerAncestralDiscreteSchedulerX"})
 
 
 def test_config_roundtrip_and_switch_from_ddim():

@@ -263,10 +263,11 @@ def test_ddpm_add_noise_half_precision():
 
 def test_from_config_unknown_class_name():
     with pytest.raises(ValueError) as err:
-        vs.from_config({"_class_name": "EulerAncestralDiscreteScheduler"})
+        vs.from_config({"_class_name": "LMSDiscreteScheduler"})
     msg = str(err.value)
-    assert "'EulerAncestralDiscreteScheduler'" in msg
-    for name in ("DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"):
+    assert "'LMSDiscreteScheduler'" in msg
+    for name in ("DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler", "PNDMScheduler",
+                 "EulerAncestralDiscreteScheduler"):
         assert name in msg
 
 

@@ -3,6 +3,7 @@
     from vidcore.schedulers import from_config
     scheduler = from_config("path/to/model/scheduler")             # reads _class_name
     scheduler = from_config(cfg_dict, timestep_spacing="trailing")   # with overrides
+    pndm = from_config({"_class_name": "PNDMScheduler", "skip_prk_steps": True})  # SD1.5's PLMS
     dpm = DPMSolverMultistepScheduler.from_config(scheduler.to_diffusers_config())  # switch sampler
 """
 
@@ -15,13 +16,21 @@ from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
 from .dpm_solver import DPMSolverMultistepConfig, DPMSolverMultistepScheduler
 from .euler import EulerDiscreteConfig, EulerDiscreteScheduler
+from .euler_ancestral import EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler
+from .pndm import PNDMConfig, PNDMScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.diffusers_name: cls
-    for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler)
+    for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler,
+                EulerAncestralDiscreteScheduler, PNDMScheduler)
 }
 # short names beyond "<ClassName> minus 'Scheduler'" (lower-case keys)
-SHORT_NAMES: dict[str, str] = {"euler": "EulerDiscreteScheduler"}
+SHORT_NAMES: dict[str, str] = {
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "eulerancestral": "EulerAncestralDiscreteScheduler",
+}
 
 
 def scheduler_class(name: str) -> type[Scheduler]:
@@ -34,7 +43,8 @@ def scheduler_class(name: str) -> type[Scheduler]:
             return cls
     supported = ", ".join(SCHEDULERS)
     raise ValueError(
-        f"unsupported scheduler type {name!r}; supported: {supported} (or without 'Scheduler'; 'Euler' also works)"
+        f"unsupported scheduler type {name!r}; supported: {supported} "
+        "(or without 'Scheduler'; 'Euler' and 'Euler-A' also work)"
     )
 
 
@@ -54,8 +64,12 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepConfig",
     "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteConfig",
+    "EulerAncestralDiscreteScheduler",
     "EulerDiscreteConfig",
     "EulerDiscreteScheduler",
+    "PNDMConfig",
+    "PNDMScheduler",
     "Scheduler",
     "SchedulerConfig",
     "from_config",

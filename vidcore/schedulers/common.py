@@ -228,6 +228,9 @@ class Scheduler:
         elif options:
             config = dataclasses.replace(config, **options)
         self.config = config
+        # keys of the source file this class has no field for, written back by to_diffusers_config (as
+        # diffusers keeps them): SD1.5's PNDM config says clip_sample=False, which matters once moved to DDIM
+        self.extra_config: dict[str, Any] = {}
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
 
@@ -237,10 +240,15 @@ class Scheduler:
         config written for another scheduler can be reused, as with diffusers' ``from_config``."""
         if isinstance(config, SchedulerConfig):
             config = config.to_diffusers_config(cls.diffusers_name)
-        return cls(cls.config_class.from_diffusers_config(read_config(config), **overrides))
+        config = read_config(config)
+        scheduler = cls(cls.config_class.from_diffusers_config(config, **overrides))
+        names = set(cls.config_class.field_names()) | set(cls.config_class.unsupported)
+        scheduler.extra_config = {k: v for k, v in config.items() if k not in names and not k.startswith("_")}
+        return scheduler
 
     def to_diffusers_config(self) -> dict:
-        return self.config.to_diffusers_config(self.diffusers_name)
+        out = self.config.to_diffusers_config(self.diffusers_name)
+        return {**out, **{k: v for k, v in self.extra_config.items() if k not in out}}
 
     @property
     def num_train_timesteps(self) -> int:
