@@ -448,6 +448,13 @@ def _run_cli_test(tmp_path, capsys, main, make_random_pipeline):
     # without torchrun's environment: a usage error that names torchrun
     assert main(base + ["-o", str(tmp_path / "x.gif"), "--parallel", "frames"]) == 2
     assert "torchrun" in capsys.readouterr().err
+    os.environ["WORLD_SIZE"] = "2"  # as under torchrun; the guidance check comes before any process group
+    try:
+        assert main(base + ["-o", str(tmp_path / "x.gif"), "--parallel", "cfg", "--guidance", "1.0"]) == 2
+    finally:
+        del os.environ["WORLD_SIZE"]
+    assert "needs --guidance > 1, got 1.0" in capsys.readouterr().err
+    assert not dist.is_initialized()
     argvs = [base + ["-o", str(tmp_path / "parallel.gif"), "--parallel", "frames"],
              base[:7] + ["3"] + base[8:] + ["-o", str(tmp_path / "bad.gif"), "--parallel", "frames"]]
     mp.spawn(_cli_worker, args=(2, free_port(), argvs, str(tmp_path)), nprocs=2)

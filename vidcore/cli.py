@@ -46,7 +46,7 @@ DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video"
                                          "image-to-video": None, "animatediff": None, "text2video-zero": None,
                                          "edit": None, "controlled": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
-PARALLEL_TASKS = ("text-to-video", "video-to-video")  # tasks with --parallel (vidcore.parallel)
+PARALLEL_TASKS = ("text-to-video", "video-to-video", "image-to-video")  # tasks with --parallel (vidcore.parallel)
 PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
@@ -511,8 +511,9 @@ def _enable_parallel(pipe, args, num_frames: int) -> None:
     if "WORLD_SIZE" not in os.environ:
         raise UsageError(f"--parallel {mode} runs under torchrun: torchrun --nproc-per-node N -m vidcore.cli "
                          f"generate {args.task} ... --parallel {mode}")
-    if "cfg" in mode and args.guidance <= 1.0:
-        raise UsageError(f"--parallel {mode} splits classifier-free guidance; it needs --guidance > 1, got {args.guidance}")
+    flag, guidance = ("--max-guidance", args.max_guidance) if args.task == "image-to-video" else ("--guidance", args.guidance)
+    if "cfg" in mode and guidance <= 1.0:
+        raise UsageError(f"--parallel {mode} splits classifier-free guidance; it needs {flag} > 1, got {guidance}")
     try:
         pipe.enable_parallel(cfg="cfg" in mode, frames="frames" in mode)
         pipe.parallel.check(num_frames)
@@ -574,7 +575,7 @@ def cmd_generate(args) -> int:
         pipe = cls.from_pretrained(model, torch_dtype=_torch_dtype(dtype_name), variant=args.variant)
     _configure_pipeline(pipe, args, device)
     if parallel is not None:
-        _enable_parallel(pipe, args, len(video) if video is not None else args.frames)
+        _enable_parallel(pipe, args, len(video) if video is not None else args.frames or pipe.unet.config.num_frames)
 
     call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
                 output_type="np", num_videos_per_prompt=args.num_videos, decode_chunk_size=args.decode_chunk_size)
