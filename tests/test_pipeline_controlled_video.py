@@ -178,3 +178,27 @@ def test_mismatched_controlnet_and_missing_controlnet(setup, tmp_path):
         ControlledVideoPipeline.from_pretrained(plain)
     with pytest.raises(ModelNotFoundError, match="not a ControlNet"):
         ControlledVideoPipeline.from_pretrained(setup.sd, controlnet=plain / "unet")
+
+
+def test_stored_pndm_scheduler_matches_diffusers_with_pndm(setup, tmp_path):
+    """An SD1.5 folder's stored scheduler is PNDM (runwayml/stable-diffusion-v1-5): used as diffusers does."""
+    import json
+    import shutil
+
+    import diffusers
+    from tiny_animatediff import SD15_SCHEDULER_CONFIG
+
+    folder = tmp_path / "sd"
+    shutil.copytree(setup.sd, folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG))
+    pipe = ControlledVideoPipeline.from_pretrained(folder, controlnet=setup.controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    frames = tc.random_control_frames(3, 16, 24, seed=2)
+    saved = setup.pipe.scheduler
+    setup.pipe.scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    try:
+        expected = tc.reference_frames(setup.pipe, frames, "a dancer", "blurry", seed=5, num_inference_steps=4)
+    finally:
+        setup.pipe.scheduler = saved
+    check(expected, run(pipe, frames, "a dancer", negative_prompt="blurry", seed=5, num_inference_steps=4)[0])

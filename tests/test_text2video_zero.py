@@ -28,7 +28,9 @@ def setup(tmp_path_factory):
     return tiny_zero.zero_pipeline(sd), folder
 
 
-def load(folder, **kwargs):
+def load(folder, stored_scheduler=False, **kwargs):
+    if not stored_scheduler:  # the reference (tiny_zero.zero_pipeline) samples with DDIM from the stored config
+        kwargs.setdefault("scheduler", vidcore.schedulers.DDIMScheduler.from_config(folder))
     pipe = vidcore.TextToVideoZeroPipeline.from_pretrained(folder, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -75,7 +77,23 @@ def test_warp_errors():
 
 # -- parity with diffusers ------------------------------------------------------------------------
 
-def test_default_scheduler_and_parity(setup):
+def test_stored_pndm_scheduler_parity(setup):
+    import diffusers
+
+    ref, folder = setup
+    ours = load(folder, stored_scheduler=True)
+    assert type(ours.scheduler).__name__ == "PNDMScheduler"  # the stored SD1.5 scheduler, as diffusers
+    saved = ref.scheduler
+    ref.scheduler = diffusers.PNDMScheduler.from_config(tiny_zero.SD15_SCHEDULER_CONFIG)
+    try:
+        for kwargs in (SMALL, dict(SMALL, num_inference_steps=6, t0=2, t1=4)):
+            expected, got = run_both(ref, ours, prompt="a bear playing guitar", negative_prompt="blurry", **kwargs)
+            assert np.abs(got.frames[0] - expected).max() < TOL
+    finally:
+        ref.scheduler = saved
+
+
+def test_ddim_parity(setup):
     ref, folder = setup
     ours = load(folder)
     assert type(ours.scheduler).__name__ == "DDIMScheduler"  # built from the stored PNDM config

@@ -104,7 +104,7 @@ def control_frames_to_tensor(frames, height: int | None = None, width: int | Non
 
 
 def _scheduler(config_file: Path):
-    """The stored scheduler, or (SD1.5 ships PNDM, which vidcore lacks) DDIM built from its config."""
+    """The stored scheduler (SD1.5 ships PNDM), or DDIM built from its config for one vidcore lacks (e.g. LMS)."""
     from ..schedulers import DDIMScheduler, from_config, read_config
 
     try:
@@ -168,9 +168,9 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         """Load a Stable Diffusion 1.x folder or hub repo (``stable-diffusion-v1-5/stable-diffusion-v1-5``) and
         ``controlnet`` (a ControlNet, or a folder / hub repo id / file :func:`load_controlnet` reads, e.g.
         ``lllyasviel/sd-controlnet-openpose`` or ``lllyasviel/sd-controlnet-canny``); without it the folder's own
-        ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used. A stored scheduler vidcore does
-        not implement (PNDM) is replaced by DDIM built from its config; ``scheduler=`` and the other components
-        passed as keyword arguments replace the stored ones."""
+        ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used. The stored scheduler is used (PNDM
+        for SD1.5, as diffusers; one vidcore does not implement is replaced by DDIM built from its config);
+        ``scheduler=`` and the other components passed as keyword arguments replace the stored ones."""
         from ..loading import load_model
         from .animatediff import _resolve
 

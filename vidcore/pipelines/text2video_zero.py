@@ -46,9 +46,9 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
 
 def sd_scheduler(config_file: Path):
-    """The stored scheduler when vidcore implements it; otherwise (SD1.5 ships PNDM, InstructPix2Pix Euler
-    ancestral) the closest vidcore sampler built from the same config (Euler for Euler ancestral, else DDIM),
-    with a log message."""
+    """The stored scheduler (SD1.5 ships PNDM, InstructPix2Pix Euler ancestral); one vidcore does not implement
+    (e.g. LMS) is replaced by the closest vidcore sampler built from the same config (Euler for Euler-like
+    names, else DDIM), with a log message."""
     from ..schedulers import DDIMScheduler, EulerDiscreteScheduler, from_config, read_config
 
     try:
@@ -121,9 +121,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
                         **overrides):
         """Load a Stable Diffusion 1.x folder or hub repo (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``).
 
-        The hub's SD1.5 scheduler is PNDM, which vidcore does not implement: DDIM is built from its config
-        (the scheduler Text2Video-Zero is described with; diffusers' own test does the same). ``scheduler=``
-        and any other component passed as a keyword argument replace the stored one."""
+        The stored scheduler is used (PNDM for the hub's SD1.5, as diffusers); ``scheduler=`` and any other
+        component passed as a keyword argument replace it (e.g. DDIM, the sampler Text2Video-Zero is described
+        with: ``vidcore.schedulers.DDIMScheduler.from_config(folder + "/scheduler")``)."""
         return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
 
     def check_zero_inputs(self, video_length, frame_ids, t0, t1, num_inference_steps):

@@ -36,9 +36,8 @@ class VideoInstructPix2PixPipeline(TextToVideoPipeline):
     def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,
                         variant: str | None = None, revision: str | None = None, token: str | None = None,
                         **overrides):
-        """Load an InstructPix2Pix folder or hub repo (``timbrooks/instruct-pix2pix``). Its scheduler is Euler
-        ancestral, which vidcore does not implement: Euler (deterministic) is built from the same config, with a
-        log message; pass ``scheduler=`` to choose another (e.g. DDIM)."""
+        """Load an InstructPix2Pix folder or hub repo (``timbrooks/instruct-pix2pix``) with its stored scheduler
+        (Euler ancestral there, as in diffusers); pass ``scheduler=`` to choose another (e.g. DDIM or Euler)."""
         return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
 
     def encode_frames(self, video: torch.Tensor, dtype, device) -> torch.Tensor:
