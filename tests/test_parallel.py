@@ -385,6 +385,19 @@ def test_frames_not_divisible_is_a_clear_error(results, world):
         assert f"num_frames divisible by {world}" in msg and f"num_frames={world + 1}" in msg, msg
 
 
+def test_pipelines_without_parallel_sampling_refuse_enable_parallel():
+    """Subclasses of TextToVideoPipeline with their own loops inherit the method but not the support."""
+    from vidcore.pipelines.animatediff import AnimateDiffPipeline
+    from vidcore.pipelines.i2vgen_xl import I2VGenXLPipeline
+    from vidcore.pipelines.text2video_zero import TextToVideoZeroPipeline
+
+    for cls in (AnimateDiffPipeline, I2VGenXLPipeline, TextToVideoZeroPipeline):
+        pipe = cls.__new__(cls)  # no components needed: the check comes first
+        with pytest.raises(NotImplementedError, match=f"{cls.__name__} has no parallel sampling yet"):
+            pipe.enable_parallel(cfg=True, frames=False)
+    assert not dist.is_initialized()
+
+
 def test_config_errors_without_a_process_group():
     from vidcore.parallel import ParallelConfig, init_distributed
 

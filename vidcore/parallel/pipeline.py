@@ -24,7 +24,13 @@ from .group import ParallelConfig, check_frames, init_distributed
 
 
 class ParallelPipelineMixin:
-    """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it."""
+    """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it.
+
+    A pipeline class opts in with ``parallel_support = True`` in its own body: subclasses with their
+    own sampling loops (AnimateDiff, I2VGen-XL, Text2Video-Zero, ...) inherit the methods but not the
+    support, and ``enable_parallel`` refuses them instead of splitting half of their work."""
+
+    parallel_support = False
 
     def enable_parallel(self, cfg: bool = True, frames: bool = True) -> None:
         """Split the denoising over the processes of a torchrun launch (``vidcore.parallel``): ``cfg``
@@ -33,6 +39,9 @@ class ParallelPipelineMixin:
         Both together need 2 x (frame ranks) processes. The VAE decode is split over all ranks by
         frames; the video is returned on rank 0 only (``frames`` is None on the others). Results
         equal the single-process run; every rank must pass the same arguments and seed."""
+        if type(self).__dict__.get("parallel_support") is not True:
+            raise NotImplementedError(f"{type(self).__name__} has no parallel sampling yet; enable_parallel supports "
+                                      "TextToVideoPipeline, VideoToVideoPipeline and StableVideoDiffusionPipeline")
         init_distributed(device=self.device)
         self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
 

@@ -163,6 +163,7 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
     """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
 
+    parallel_support = True  # enable_parallel (vidcore.parallel)
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")
 

@@ -18,6 +18,7 @@ from .video_processing import OUTPUT_TYPES, postprocess_video
 
 
 class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
+    parallel_support = True  # enable_parallel (vidcore.parallel)
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
     @property

@@ -16,6 +16,7 @@ from .video_processing import preprocess_video
 
 
 class VideoToVideoPipeline(TextToVideoPipeline):
+    parallel_support = True  # enable_parallel (vidcore.parallel)
 
     def timesteps_for_strength(self, num_inference_steps: int, strength: float):
         """Skip the first ``(1 - strength)`` of the schedule; returns the remaining timesteps."""
