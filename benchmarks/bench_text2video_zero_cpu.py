@@ -2,7 +2,8 @@
 
 - zero-shot: ``vidcore.TextToVideoZeroPipeline`` vs diffusers' deprecated ``TextToVideoZeroPipeline`` (DDIM).
 - edit: ``vidcore.VideoInstructPix2PixPipeline`` vs diffusers' ``StableDiffusionInstructPix2PixPipeline`` with
-  ``CrossFrameAttnProcessor(batch_size=3)`` on the frames as a batch (Euler), the recipe diffusers documents.
+  ``CrossFrameAttnProcessor(batch_size=3)`` on the frames as a batch (the stored Euler ancestral sampler), the
+  recipe diffusers documents.
 
 Each pair is built from the same random weights (``tests/tiny_zero.py``), checked to agree, then timed as full
 calls (text encoding, sampling, VAE encode/decode, postprocessing) alternately in one process; medians reported.
@@ -60,10 +61,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import diffusers
-    from diffusers import EulerDiscreteScheduler
 
     import tiny_zero
     import vidcore
+    import vidcore.schedulers
 
     print("## Machine")
     print_machine()
@@ -72,10 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sd = tiny_zero.build_tiny_sd(Path(tmp) / "sd", unet_overrides=UNET, vae_overrides=VAE)
         p2p = tiny_zero.build_tiny_pix2pix(Path(tmp) / "p2p", unet_overrides=UNET, vae_overrides=VAE)
-        zero_ours = vidcore.TextToVideoZeroPipeline.from_pretrained(Path(tmp) / "sd")
+        # zero-shot: DDIM from the stored (PNDM) config on both sides; edit: the stored Euler ancestral on both
+        zero_ours = vidcore.TextToVideoZeroPipeline.from_pretrained(
+            Path(tmp) / "sd", scheduler=vidcore.schedulers.DDIMScheduler.from_config(Path(tmp) / "sd"))
         edit_ours = vidcore.VideoInstructPix2PixPipeline.from_pretrained(Path(tmp) / "p2p")
     zero_ref = tiny_zero.zero_pipeline(sd)
-    p2p.scheduler = EulerDiscreteScheduler.from_config(p2p.scheduler.config)  # what vidcore loads for Euler ancestral
     for pipe in (zero_ours, edit_ours):
         pipe.set_progress_bar_config(disable=True)
     print(f"UNet parameters: {sum(p.numel() for p in sd.unet.parameters()) / 1e6:.2f} M, "

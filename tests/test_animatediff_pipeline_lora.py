@@ -65,7 +65,11 @@ def loras(setup, tmp_path_factory):
 
 
 def load(setup):
-    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    # the diffusers reference samples with AnimateDiff's recommended DDIM, built here from the stored config
+    scheduler = animatediff_scheduler(setup.sd / "scheduler" / "scheduler_config.json")
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

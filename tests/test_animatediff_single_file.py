@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatch
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -65,11 +66,16 @@ def test_single_file_equals_the_folder_and_diffusers(setup, ldm_file):
     ours = AnimateDiffPipeline.from_single_file(ldm_file, motion_adapter=setup.adapter, config_from=setup.sd)
     folder = AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
     assert isinstance(ours.unet.unet, vidcore.UNet2D) and isinstance(ours.vae, vidcore.AutoencoderKL)
-    assert type(ours.scheduler).__name__ == "DDIMScheduler"  # PNDM in the folder -> AnimateDiff's DDIM, as there
+    assert type(ours.scheduler).__name__ == "PNDMScheduler"  # the folder's stored SD1.5 scheduler, as diffusers
     assert ours.scheduler.to_diffusers_config() == folder.scheduler.to_diffusers_config()
     got = frames(ours)
     assert np.array_equal(got, frames(folder))  # the reverse map round trip is exact
-    expected = np.asarray(setup.pipe(generator=torch.Generator().manual_seed(0), **KW).frames)
+    saved = setup.pipe.scheduler
+    try:
+        setup.pipe.scheduler = diffusers.PNDMScheduler.from_config(ta.SD15_SCHEDULER_CONFIG)
+        expected = np.asarray(setup.pipe(generator=torch.Generator().manual_seed(0), **KW).frames)
+    finally:
+        setup.pipe.scheduler = saved
     assert np.abs(got - expected).max() < TOL
 
 

@@ -67,7 +67,7 @@ def test_writes_a_gif_equal_to_a_direct_call(capsys, setup, tmp_path):
     assert np.abs(first - expected[0]).mean() < 0.05
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "dpm++"])
+@pytest.mark.parametrize("scheduler", ["euler", "dpm++", "euler-a"])
 def test_forwards_every_option(capsys, setup, tmp_path, monkeypatch, scheduler):
     """The CLI's frames equal a direct pipeline call with the same arguments (so no option is dropped)."""
     written = []
@@ -86,8 +86,8 @@ def test_forwards_every_option(capsys, setup, tmp_path, monkeypatch, scheduler):
                       generator=torch.Generator("cpu").manual_seed(3))
     assert expected.shape == (2, 30, 8, 8, 3)
     assert [fps for _, fps in written] == [10, 10]
-    for (frames, _), want in zip(written, expected):
-        np.testing.assert_allclose(frames, want, rtol=0, atol=1e-6)
+    for (frames, _), want in zip(written, expected):  # the CLI decodes with VAE slicing: float32 rounding only
+        np.testing.assert_allclose(frames, want, rtol=0, atol=5e-6)
     # the context options reach the pipeline: other windows give another video
     written.clear()
     run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt",

@@ -31,7 +31,16 @@ def setup(tmp_path_factory):
     return ta.build_tiny_animatediff(tmp_path_factory.mktemp("animatediff"), variant_fp16=True)
 
 
-def load(setup, **kwargs):
+def recommended_ddim(setup):
+    """AnimateDiff's recommended DDIM from the folder's (PNDM) config: what the diffusers reference samples with."""
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    return animatediff_scheduler(setup.sd / "scheduler" / "scheduler_config.json")
+
+
+def load(setup, stored_scheduler=False, **kwargs):
+    if not stored_scheduler:
+        kwargs.setdefault("scheduler", recommended_ddim(setup))
     pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -53,10 +62,24 @@ SMALL = dict(num_frames=5, height=16, width=24, num_inference_steps=3)
 
 # -- parity with diffusers ------------------------------------------------------------------------
 
-def test_default_ddim_with_negative_prompt(setup):
+def test_stored_pndm_scheduler_parity(setup):
+    import diffusers
+
+    ours = load(setup, stored_scheduler=True)
+    assert type(ours.scheduler).__name__ == "PNDMScheduler"  # the hub SD1.5 scheduler, used as diffusers does
+    ref = setup.pipe
+    saved = ref.scheduler
+    try:
+        ref.scheduler = diffusers.PNDMScheduler.from_config(ta.SD15_SCHEDULER_CONFIG)
+        compare(ref, ours, prompt="a cat walking", negative_prompt="blurry", **SMALL)
+        compare(ref, ours, prompt="a dog", num_frames=3, height=16, width=16, num_inference_steps=6, seed=2)
+    finally:
+        ref.scheduler = saved
+
+
+def test_recommended_ddim_with_negative_prompt(setup):
     ours = load(setup)
-    # the hub SD1.5 scheduler is PNDM: vidcore swaps in DDIM with AnimateDiff's recommended settings, the
-    # scheduler AnimateDiff's docs build by hand for diffusers
+    # the scheduler AnimateDiff's docs build by hand for diffusers: DDIM with linear betas from the PNDM config
     assert type(ours.scheduler).__name__ == "DDIMScheduler"
     ref_cfg = setup.pipe.scheduler.config
     for key, value in ta.ANIMATEDIFF_DDIM.items():
@@ -174,7 +197,8 @@ def test_clip_skip_uses_the_earlier_layer(setup):
 
 def test_module_adapter_fp16_variant_and_dtype(setup):
     adapter = vidcore.load_model(setup.adapter)
-    ours = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=adapter, variant="fp16")
+    ours = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=adapter, variant="fp16",
+                                                       scheduler=recommended_ddim(setup))
     ours.set_progress_bar_config(disable=True)
     assert ours.motion_adapter is adapter and isinstance(ours.unet, UNetMotion)
     assert ours.unet.unet.conv_in.weight.dtype == torch.float32  # fp16 files, float32 by default

@@ -17,7 +17,7 @@ import torch
 
 import tiny
 
-# scheduler_config.json of runwayml/stable-diffusion-v1-5 (the PNDM sampler vidcore does not implement)
+# scheduler_config.json of runwayml/stable-diffusion-v1-5 (PNDM with skip_prk_steps)
 SD15_SCHEDULER_CONFIG = {
     "_class_name": "PNDMScheduler",
     "beta_end": 0.012,

@@ -16,7 +16,7 @@ import PIL.Image
 import tiny
 from tiny_animatediff import SD15_SCHEDULER_CONFIG
 
-# scheduler_config.json of timbrooks/instruct-pix2pix (a sampler vidcore does not implement)
+# scheduler_config.json of timbrooks/instruct-pix2pix
 PIX2PIX_SCHEDULER_CONFIG = {
     "_class_name": "EulerAncestralDiscreteScheduler",
     "beta_end": 0.012,
@@ -73,7 +73,7 @@ def build_tiny_pix2pix(folder, seed: int = 0, unet_overrides: dict | None = None
 
 def zero_pipeline(sd_pipe):
     """diffusers' deprecated ``TextToVideoZeroPipeline`` on ``sd_pipe``'s modules with DDIM from its config
-    (what vidcore builds from the stored PNDM config)."""
+    (the paper's sampler; the tests give vidcore the same with ``scheduler=``)."""
     from diffusers import DDIMScheduler, TextToVideoZeroPipeline
 
     pipe = TextToVideoZeroPipeline(vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer,

@@ -51,7 +51,8 @@ PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
-ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler"}
+ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
+                          "pndm": "PNDMScheduler"}
 DTYPES = ("fp32", "fp16", "bf16")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES + (".gif",)

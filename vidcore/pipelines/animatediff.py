@@ -169,8 +169,8 @@ def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, t
 
 
 def stored_scheduler(config_file: Path):
-    """The scheduler of a pipeline's ``scheduler_config.json``; one vidcore does not implement (SD1.5 repos ship
-    PNDM) is replaced by DDIM with AnimateDiff's recommended settings, with a log message."""
+    """The scheduler of a pipeline's ``scheduler_config.json`` (PNDM for SD1.5 repos, as diffusers); one vidcore
+    does not implement (e.g. LMS) is replaced by DDIM with AnimateDiff's recommended settings, with a log message."""
     from ..schedulers import from_config
 
     try:
@@ -207,6 +207,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    parallel_support = True  # enable_parallel (vidcore.parallel), one context window only
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None):
         if isinstance(unet, UNet2D):
@@ -235,9 +236,10 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         AnimateDiff pipeline folder (``unet/`` a diffusers UNetMotionModel; its motion modules are used unless
         ``motion_adapter`` is given).
 
-        ``scheduler=`` (and any other component) replaces the stored one. A stored scheduler vidcore does not
-        implement (SD1.5 repos ship PNDM) is replaced by DDIM with AnimateDiff's recommended settings
-        (:func:`animatediff_scheduler`), with a log message.
+        ``scheduler=`` (and any other component) replaces the stored one, which is used as diffusers does (PNDM
+        for SD1.5 repos). AnimateDiff's docs recommend DDIM with linear betas:
+        ``scheduler=animatediff_scheduler(folder + "/scheduler")`` (:func:`animatediff_scheduler`). A stored
+        scheduler vidcore does not implement is replaced by that DDIM, with a log message.
         """
         from ..loading import load_model
 
@@ -301,7 +303,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         ``stable-diffusion-v1-5/stable-diffusion-v1-5``, the hub's copy of ``runwayml/stable-diffusion-v1-5``): it
         gives the UNet / VAE / text-encoder configs, the tokenizer and the scheduler. From the hub only those
         small files are downloaded (:data:`SINGLE_FILE_CONFIG_PATTERNS`), never the repo's weights. The scheduler
-        is chosen as in :meth:`from_pretrained` (PNDM -> DDIM with AnimateDiff's settings); ``scheduler=`` and
+        is chosen as in :meth:`from_pretrained` (the stored one, PNDM for SD1.5); ``scheduler=`` and
         the other components passed as keyword arguments replace the loaded ones (a component given that way is
         not read from the file). ``variant`` applies to the motion adapter's weights.
 
@@ -366,6 +368,9 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     # -- pieces ---------------------------------------------------------------------------------
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several."""
+        if self.parallel is not None:  # one window (checked in __call__): CFG halves / frame slices on the ranks
+            return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(latents, t), t, embeds,
+                                               guidance_scale)
         guidance = guidance_scale > 1.0
         model_in = torch.cat([latents] * 2) if guidance else latents
         model_in = self.scheduler.scale_model_input(model_in, t)
@@ -434,6 +439,12 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
 
         unet = self._run_on_device("unet")
+        if self.parallel is not None:
+            if len(windows) > 1:
+                raise ValueError(f"enable_parallel runs one context window: num_frames={num_frames} needs "
+                                 f"context_length >= {num_frames} (sliding windows are not split over processes)")
+            self.parallel.check(num_frames)
+            latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
                 embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
@@ -452,5 +463,6 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         if output_type == "latent":
             video = latents
         else:
-            video = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
+            decoded = self.decode_latents(latents, decode_chunk_size)  # None on ranks > 0 with enable_parallel
+            video = None if decoded is None else postprocess_video(decoded, output_type)
         return VideoPipelineOutput(frames=video) if return_dict else (video,)

@@ -92,6 +92,23 @@ def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token,
     return modules
 
 
+def _history_per_frame(scheduler, shape: tuple, frames: int):
+    """Multistep samplers (PNDM, DPM-Solver) resume phase 3 with outputs kept from phase 1, where the batch was the
+    first frame of each video (``shape``, ``b c h w``); phase 3 steps ``(b f) c h w``. Each kept tensor is repeated
+    per frame: for one video this equals diffusers' broadcasting, and several videos work (diffusers fails)."""
+    def per_frame(value):
+        if isinstance(value, torch.Tensor) and tuple(value.shape) == shape:
+            return value.repeat_interleave(frames, dim=0)
+        return value
+
+    for name, value in list(vars(scheduler).items()):
+        if isinstance(value, list):
+            setattr(scheduler, name, [per_frame(v) for v in value])
+        else:
+            setattr(scheduler, name, per_frame(value))
+    return scheduler
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -144,7 +161,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         ``sqrt(a) x + sqrt(1 - a) eps`` with ``a = prod(1 - beta[t_from:t_to])``. ``latents``: ``b (f-1) c h w``."""
         betas = getattr(self.scheduler, "betas", None)
         if betas is None:
-            raise ValueError(f"{type(self.scheduler).__name__} has no beta table; use DDIM (the default)")
+            raise ValueError(f"{type(self.scheduler).__name__} has no beta table; use DDIM or PNDM")
         alpha = torch.prod((1.0 - betas)[t_from:t_to])
         rows = latents.shape[1:]
         if isinstance(generator, (list, tuple)) and len(generator) > 1:
@@ -262,7 +279,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             else:
                 video = x_t1[:, None]
             # 3. all frames from T1 with cross-frame attention
-            self.scheduler = saved
+            self.scheduler = _history_per_frame(saved, tuple(x_t1.shape), frames)
             set_cross_frame_attention(self.unet, frames)
             out = self.backward(video.flatten(0, 1), last, lambda: embeds(True), guidance_scale, eta, generator,
                                 len(first) + len(second), callbacks)
