@@ -63,7 +63,7 @@ def assert_loop_matches(ours, theirs, steps, sample=None):
 def test_sd15_config_matches(steps):
     ours, theirs = both(SD15)
     assert_loop_matches(ours, theirs, steps)
-    assert len(ours.timesteps) == steps + 1 if steps > 1 else 1  # second timestep repeated
+    assert len(ours.timesteps) == (steps + 1 if steps > 1 else 1)  # second timestep repeated
 
 
 @pytest.mark.parametrize("steps", [4, 7, 20])
