@@ -216,6 +216,37 @@ def check_svd_pipeline(rank, world, res, modes, frames):
         pipe.disable_parallel()
 
 
+def check_animatediff(rank, world, res, modes, frames):
+    """AnimateDiff (SD1.5-style UNet2D + motion modules with frame positions): pipeline with one context window,
+    and a clear error for sliding windows."""
+    from vidcore.models.motion import MotionAdapter, MotionAdapterConfig
+    from vidcore.models.unet2d import UNet2D, UNet2DConfig
+    from vidcore.pipelines.animatediff import AnimateDiffPipeline
+
+    t2v = tiny_pipeline()
+    unet = randomize(UNet2D(UNet2DConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                         norm_num_groups=4, cross_attention_dim=12, attention_head_dim=2)), 10)
+    adapter = randomize(MotionAdapter(MotionAdapterConfig(block_out_channels=(16, 32), motion_layers_per_block=1,
+                                                          motion_norm_num_groups=4, motion_num_attention_heads=2,
+                                                          motion_max_seq_length=8, use_motion_mid_block=False)), 11)
+    pipe = AnimateDiffPipeline(tokenizer=None, text_encoder=None, unet=unet, vae=t2v.vae, scheduler=t2v.scheduler,
+                               motion_adapter=adapter)
+    pipe.set_progress_bar_config(disable=True)
+    ref = run_pipe(pipe, num_frames=frames, eta=0.5)
+    for cfg, fr in modes:
+        pipe.enable_parallel(cfg=cfg, frames=fr)
+        got = run_pipe(pipe, num_frames=frames, eta=0.5)
+        key = f"animatediff_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}"
+        res[key] = err(got, ref) if rank == 0 else float(got is not None)
+        try:
+            run_pipe(pipe, num_frames=frames, context_length=frames // 2, context_stride=1)
+            res["animatediff_windows_message"] = ""
+        except ValueError as e:
+            res["animatediff_windows_message"] = str(e)
+        pipe.disable_parallel()
+
+
 def run_pipe(pipe, **kw):
     gen = torch.Generator().manual_seed(7)
     cond = torch.randn(1, 5, 12, generator=gen)
@@ -286,6 +317,7 @@ def scenario(rank, world):
     if world == 2:
         check_video_to_video(rank, world, res)
         check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
+        check_animatediff(rank, world, res, [(False, True), (True, False)], frames=4)
     if world == 3:
         check_config_errors(rank, world, res)
     if world == 4:
@@ -371,6 +403,16 @@ def test_parallel_svd_sampling_and_decode_equal_single_process(results, world, k
         assert all(other[key] == 0.0 for other in res[1:]), "only rank 0 receives the video"
 
 
+def test_parallel_animatediff_equals_single_process(results):
+    res = results(2)
+    for key in ("animatediff_frames", "animatediff_cfg"):
+        assert res[0][key] < 3e-5, (key, res[0][key])
+        assert res[1][key] == 0.0
+    for r in res:
+        assert "enable_parallel runs one context window: num_frames=4 needs context_length >= 4" in \
+            r["animatediff_windows_message"], r["animatediff_windows_message"]
+
+
 def test_world_size_that_does_not_fit_is_a_clear_error(results):
     for res in results(3):
         assert "exactly 2 processes, got world size 3" in res["config_error_cfg_only"]
@@ -387,11 +429,10 @@ def test_frames_not_divisible_is_a_clear_error(results, world):
 
 def test_pipelines_without_parallel_sampling_refuse_enable_parallel():
     """Subclasses of TextToVideoPipeline with their own loops inherit the method but not the support."""
-    from vidcore.pipelines.animatediff import AnimateDiffPipeline
     from vidcore.pipelines.i2vgen_xl import I2VGenXLPipeline
     from vidcore.pipelines.text2video_zero import TextToVideoZeroPipeline
 
-    for cls in (AnimateDiffPipeline, I2VGenXLPipeline, TextToVideoZeroPipeline):
+    for cls in (I2VGenXLPipeline, TextToVideoZeroPipeline):
         pipe = cls.__new__(cls)  # no components needed: the check comes first
         with pytest.raises(NotImplementedError, match=f"{cls.__name__} has no parallel sampling yet"):
             pipe.enable_parallel(cfg=True, frames=False)

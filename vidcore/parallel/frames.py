@@ -1,4 +1,4 @@
-"""Frame parallelism for video UNets (ModelScope's UNet3D, SVD's UNet): each rank of a frame group runs
+"""Frame parallelism for video UNets (ModelScope's UNet3D, AnimateDiff's UNetMotion, SVD's UNet): each rank of a frame group runs
 the UNet on a contiguous slice of the frames; only the ops that mix frames communicate.
 
 Per-frame work (res blocks, spatial transformers, up/down sampling, conv in/out and their
@@ -83,14 +83,18 @@ def _shard_folded(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
 def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, group,
                    timestep_cond=None, down_block_additional_residuals=None, mid_block_additional_residual=None,
                    gather: bool = True) -> torch.Tensor:
-    """``unet(sample b c f h w, ...)`` computed frame-parallel over ``group``; every rank passes the
-    full inputs and gets the full output (``gather=False``: its own frames only)."""
+    """``unet(sample b c f h w, ...)`` computed frame-parallel over ``group`` for ModelScope's UNet3D and
+    AnimateDiff's UNetMotion; every rank passes the full inputs and gets the full output
+    (``gather=False``: its own frames only). A per-frame context ``(b f) m d`` is sliced too."""
+    from ..models.motion import UNetMotion
     from ..models.unet3d import UNet3D
 
-    if not isinstance(unet, UNet3D):
-        raise TypeError(f"frame parallel is implemented for ModelScope's UNet3D, got {type(unet).__name__}")
-    f = sample.shape[2]
+    if not isinstance(unet, (UNet3D, UNetMotion)):
+        raise TypeError(f"unet3d_forward takes a UNet3D or UNetMotion, got {type(unet).__name__}")
+    b, f = sample.shape[0], sample.shape[2]
     local = shard_frames(sample, group)
+    if f > 1 and encoder_hidden_states.shape[0] == b * f:
+        encoder_hidden_states = _shard_folded(encoder_hidden_states, f, group)
     if down_block_additional_residuals is not None:
         down_block_additional_residuals = tuple(_shard_folded(r, f, group) for r in down_block_additional_residuals)
     if mid_block_additional_residual is not None:

@@ -1,4 +1,4 @@
-"""Parallel denoising and decoding for the ModelScope and SVD pipelines (``pipe.enable_parallel``).
+"""Parallel denoising and decoding for the ModelScope, AnimateDiff and SVD pipelines (``pipe.enable_parallel``).
 
 Every rank runs the same pipeline code on the same inputs; the ranks split the UNet's work:
 
@@ -27,7 +27,7 @@ class ParallelPipelineMixin:
     """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it.
 
     A pipeline class opts in with ``parallel_support = True`` in its own body: subclasses with their
-    own sampling loops (AnimateDiff, I2VGen-XL, Text2Video-Zero, ...) inherit the methods but not the
+    own sampling loops (I2VGen-XL, Text2Video-Zero, ControlNet video, ...) inherit the methods but not the
     support, and ``enable_parallel`` refuses them instead of splitting half of their work."""
 
     parallel_support = False
@@ -41,7 +41,8 @@ class ParallelPipelineMixin:
         equal the single-process run; every rank must pass the same arguments and seed."""
         if type(self).__dict__.get("parallel_support") is not True:
             raise NotImplementedError(f"{type(self).__name__} has no parallel sampling yet; enable_parallel supports "
-                                      "TextToVideoPipeline, VideoToVideoPipeline and StableVideoDiffusionPipeline")
+                                      "TextToVideoPipeline, VideoToVideoPipeline, AnimateDiffPipeline and "
+                                      "StableVideoDiffusionPipeline")
         init_distributed(device=self.device)
         self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
 
