@@ -77,7 +77,8 @@ class SentBytes:
                 if (name == "gather") != (self.dist.get_rank() == src):
                     self.total += t.numel() * t.element_size() * (1 if name == "gather" else world - 1)
             else:
-                self.total += sum(op.tensor.numel() * op.tensor.element_size() for op in args[0] if op.op is self.dist.isend)
+                sends = [op.tensor for op in args[0] if op.op is self.dist.isend]
+                self.total += sum(t.numel() * t.element_size() for t in sends)
             return fn(*args, **kwargs)
 
         return counted

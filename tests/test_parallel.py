@@ -188,7 +188,8 @@ def check_svd_pipeline(rank, world, res, modes, frames):
         num_frames=frames)), 8)
     vae = randomize(AutoencoderKLTemporalDecoder(AutoencoderKLTemporalDecoderConfig(
         block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1)), 9)
-    scheduler = from_config({"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    scheduler = from_config({"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012,
+                             "beta_schedule": "scaled_linear",
                              "beta_start": 0.00085, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
                              "sigma_max": 700.0, "sigma_min": 0.002, "steps_offset": 1, "timestep_spacing": "leading",
                              "timestep_type": "continuous", "use_karras_sigmas": True, "interpolation_type": "linear"})
@@ -197,14 +198,16 @@ def check_svd_pipeline(rank, world, res, modes, frames):
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(4)
     latents = torch.randn(1, frames, 4, 6, 6, generator=gen)
-    image_latents = torch.cat([torch.zeros(1, frames, 4, 6, 6), torch.randn(1, 1, 4, 6, 6, generator=gen).expand(1, frames, -1, -1, -1)])
+    image = torch.randn(1, 1, 4, 6, 6, generator=gen).expand(1, frames, -1, -1, -1)
+    image_latents = torch.cat([torch.zeros(1, frames, 4, 6, 6), image])
     embeds = torch.cat([torch.zeros(1, 1, 16), torch.randn(1, 1, 16, generator=gen)])
     ids = torch.randn(1, 3, generator=gen).repeat(2, 1)
     scales = torch.linspace(1.0, 3.0, frames)[None, :, None, None, None]
 
     def run():
         scheduler.set_timesteps(3)
-        out = pipe.denoise(latents * scheduler.init_noise_sigma, scheduler.timesteps, image_latents, embeds, ids, scales)
+        out = pipe.denoise(latents * scheduler.init_noise_sigma, scheduler.timesteps, image_latents, embeds, ids,
+                           scales)
         return pipe.decode_latents(out, decode_chunk_size=3)  # chunks of 3 frames: uneven over the ranks
 
     ref = run()
@@ -224,7 +227,8 @@ def check_animatediff(rank, world, res, modes, frames):
     from vidcore.pipelines.animatediff import AnimateDiffPipeline
 
     t2v = tiny_pipeline()
-    unet = randomize(UNet2D(UNet2DConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    unet = randomize(UNet2D(UNet2DConfig(block_out_channels=(16, 32),
+                                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
                                          norm_num_groups=4, cross_attention_dim=12, attention_head_dim=2)), 10)
     adapter = randomize(MotionAdapter(MotionAdapterConfig(block_out_channels=(16, 32), motion_layers_per_block=1,
@@ -274,7 +278,8 @@ def check_video_to_video(rank, world, res):
     pipe.set_progress_bar_config(disable=True)
     video = torch.rand(2 * world, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # f 3 h w in [0, 1]
     gen = torch.Generator().manual_seed(7)
-    embeds = dict(prompt_embeds=torch.randn(1, 5, 12, generator=gen), negative_prompt_embeds=torch.randn(1, 5, 12, generator=gen))
+    embeds = dict(prompt_embeds=torch.randn(1, 5, 12, generator=gen),
+                  negative_prompt_embeds=torch.randn(1, 5, 12, generator=gen))
     run = lambda: pipe(video=video, strength=0.8, num_inference_steps=3, output_type="pt",  # noqa: E731
                        generator=torch.Generator().manual_seed(5), **embeds).frames
     ref = run()
@@ -395,7 +400,8 @@ def test_frame_parallel_video_to_video_equals_single_process(results):
     assert res[1]["video_to_video_frames"] == 0.0
 
 
-@pytest.mark.parametrize("world,keys", [(2, ["svd_pipeline_frames", "svd_pipeline_cfg"]), (4, ["svd_pipeline_cfg+frames"])])
+@pytest.mark.parametrize("world,keys", [(2, ["svd_pipeline_frames", "svd_pipeline_cfg"]),
+                                        (4, ["svd_pipeline_cfg+frames"])])
 def test_parallel_svd_sampling_and_decode_equal_single_process(results, world, keys):
     res = results(world)
     for key in keys:

@@ -11,6 +11,7 @@ from .frames import FrameShardHandler, frame_parallel, shard_frames, svd_unet_fo
 from .group import ParallelConfig, init_distributed
 from .pipeline import ParallelPipelineMixin, ParallelRunner
 
-__all__ = ["FrameShardHandler", "ParallelConfig", "ParallelPipelineMixin", "ParallelRunner", "frame_parallel", "frames_to_pixels", "gather",
+__all__ = ["FrameShardHandler", "ParallelConfig", "ParallelPipelineMixin", "ParallelRunner", "frame_parallel",
+           "frames_to_pixels", "gather",
            "group_norm", "halo_exchange", "init_distributed", "pixels_to_frames", "shard_frames", "svd_unet_forward",
            "unet3d_forward"]

@@ -1,4 +1,5 @@
-"""Frame parallelism for video UNets (ModelScope's UNet3D, AnimateDiff's UNetMotion, SVD's UNet): each rank of a frame group runs
+"""Frame parallelism for video UNets (ModelScope's UNet3D, AnimateDiff's UNetMotion, SVD's UNet): each rank
+of a frame group runs
 the UNet on a contiguous slice of the frames; only the ops that mix frames communicate.
 
 Per-frame work (res blocks, spatial transformers, up/down sampling, conv in/out and their

@@ -69,7 +69,8 @@ class ParallelRunner:
         dist.broadcast(x, src=0)
         return x
 
-    def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor,
+                      guidance_scale: float) -> torch.Tensor:
         """Guided noise for ``model_in`` (b c f h w, already scaled); ``embeds`` is [uncond; cond]
         (2b m d) with guidance, else cond (b m d). Returns the full b c f h w noise on every rank."""
         pc = self.config

@@ -378,7 +378,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         decode = lambda part: vae.decode(part, num_frames=part.shape[0])  # noqa: E731
         if self.parallel is not None:  # whole chunks per rank (exact), the frames on rank 0, None elsewhere
             s = self.vae_scale_factor
-            frames = self.parallel.decode_parts(decode, parts, (vae.config.out_channels, z.shape[-2] * s, z.shape[-1] * s))
+            frame_shape = (vae.config.out_channels, z.shape[-2] * s, z.shape[-1] * s)
+            frames = self.parallel.decode_parts(decode, parts, frame_shape)
             if frames is None:
                 return None
         else:

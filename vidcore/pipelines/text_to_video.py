@@ -112,7 +112,10 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         if upcast:
             vae.float()
         z = z.to(vae.dtype)
-        decode = lambda z: torch.cat([vae.decode(part) for part in z.split(decode_chunk_size or z.shape[0])])  # noqa: E731
+
+        def decode(z):
+            return torch.cat([vae.decode(part) for part in z.split(decode_chunk_size or z.shape[0])])
+
         if self.parallel is not None:  # frames split over all ranks, gathered on rank 0 (None elsewhere)
             s = self.vae_scale_factor
             frames = self.parallel.decode(decode, z, (vae.config.out_channels, h * s, w * s))
