@@ -56,6 +56,9 @@ class ParallelPipelineMixin:
 
 
 class ParallelRunner:
+    """The per-step work of a parallel pipeline for one :class:`ParallelConfig`: checks, the initial
+    broadcast, the guided noise prediction (UNet3D / UNetMotion or SVD) and the split VAE decode."""
+
     def __init__(self, config: ParallelConfig):
         self.config = config
 
