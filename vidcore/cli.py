@@ -1,6 +1,7 @@
 """The ``vidcore`` command: generate videos, convert checkpoints, inspect models.
 
     vidcore generate text-to-video  --model PATH_OR_REPO --prompt "a panda playing guitar" -o panda.mp4
+    vidcore generate text-to-video  --model PATH_OR_REPO --prompts prompts.txt --outdir videos/ [--format gif]
     vidcore generate video-to-video --model PATH_OR_REPO --video in.mp4 --prompt "..." --strength 0.6
     vidcore generate i2vgen-xl      --model PATH_OR_REPO --image img.png --prompt "..." -o out.gif
     vidcore generate image-to-video --model PATH_OR_REPO --image rocket.png --num-frames 25 -o rocket.mp4
@@ -29,6 +30,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -57,10 +59,20 @@ DTYPES = ("fp32", "fp16", "bf16")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES + (".gif",)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 single file
+BATCH_FORMATS = ("mp4", "gif")  # --prompts --format
+MANIFEST = "prompts.json"  # written into --outdir by rank 0
 
 
 class UsageError(ValueError):
     """A bad combination of arguments found after parsing (printed like any other error)."""
+
+
+class _OutputAction(argparse.Action):
+    """Store ``-o/--output`` and record that it was given (``--prompts`` excludes it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.output_given = True
 
 
 # =========================================================================== argument parsing
@@ -112,7 +124,7 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                            if task == "animatediff" else ""))
     svd = task == "image-to-video"  # Stable Video Diffusion: no text, its own sampler and conditions
     if not svd:
-        p.add_argument("--prompt", required=True)
+        p.add_argument("--prompt", default=None, help="the text prompt (required unless --prompts is given)")
         p.add_argument("--negative-prompt", default=None)
     if task == "edit":  # Text2Video-Zero's video InstructPix2Pix; defaults are diffusers' InstructPix2Pix pipeline's
         p.add_argument("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
@@ -213,8 +225,17 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--width", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
         p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
         p.add_argument("--fps", type=_positive_float, default=8.0, help="output frame rate")
-    p.add_argument("-o", "--output", default="output.mp4",
+    p.add_argument("-o", "--output", default="output.mp4", action=_OutputAction,
                    help=f"output file, {'/'.join(OUTPUT_SUFFIXES)}; with --num-videos N: NAME_0.mp4 ... NAME_{{N-1}}.mp4")
+    if not svd:
+        p.add_argument("--prompts", default=None, metavar="FILE",
+                       help="batch: one prompt per line (blank lines and lines starting with # are skipped), one "
+                            "video each written to --outdir as NNNN_slug.FORMAT with seed --seed + N (N = the "
+                            "prompt's index); under torchrun prompt N goes to rank N %% WORLD_SIZE; existing "
+                            f"outputs are skipped; rank 0 writes DIR/{MANIFEST}. Excludes --prompt, -o, --parallel")
+        p.add_argument("--outdir", default=None, metavar="DIR", help="output folder of --prompts")
+        p.add_argument("--format", choices=BATCH_FORMATS, default=None,
+                       help="file format of the --prompts videos (default: mp4)")
     p.add_argument("--steps", type=_positive_int, default=25, help="number of denoising steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
     if not svd:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
@@ -246,7 +267,7 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                             "frames = a slice of frames per process, cfg+frames = both (2 x frame processes); "
                             "exact, rank 0 writes the video")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=cmd_generate, task=task)
+    p.set_defaults(func=cmd_generate, task=task, output_given=False)
     if task == "i2vgen-xl":
         p.set_defaults(steps=50, decode_chunk_size=1)
     if task == "animatediff":
@@ -457,6 +478,78 @@ def _write_video(frames, path: Path, fps: float) -> str:
     return export_to_video(frames, path, fps=fps)
 
 
+def _slug(prompt: str, max_length: int = 48) -> str:
+    """Filename-safe slug: ASCII letters and digits in lower case, other runs -> '-' ('prompt' if none)."""
+    text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    return slug[:max_length].rstrip("-") or "prompt"
+
+
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--prompts {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--prompts {path}: cannot read it ({err})") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [line for line in prompts if line and not line.startswith("#")]
+    if not prompts:
+        raise UsageError(f"--prompts {path}: no prompts (blank lines and lines starting with # are skipped)")
+    return prompts
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the world size from torchrun's environment; (0, 1) without torchrun."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise UsageError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}: "
+                         "expected integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} / WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    return rank, world
+
+
+def _batch_jobs(args) -> list[dict]:
+    """``--prompts``: check the arguments and return every prompt's job (index, prompt, seed, path)."""
+    if args.prompt is not None:
+        raise UsageError("--prompts and --prompt exclude each other; put the prompt in the --prompts file")
+    if args.output_given:
+        raise UsageError("--prompts writes into --outdir; drop -o/--output")
+    if getattr(args, "parallel", None) is not None:
+        raise UsageError("--prompts spreads the prompts over the torchrun processes, one whole video each; "
+                         "drop --parallel")
+    if args.num_videos != 1:
+        raise UsageError("--prompts writes one video per prompt; drop --num-videos")
+    if args.outdir is None:
+        raise UsageError("--prompts needs --outdir DIR")
+    outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--outdir {args.outdir!r} is not a directory")
+    prompts = _read_prompts(args.prompts)
+    width = max(4, len(str(len(prompts) - 1)))
+    suffix = args.format or BATCH_FORMATS[0]
+    return [dict(index=i, prompt=prompt, seed=args.seed + i, path=outdir / f"{i:0{width}d}_{_slug(prompt)}.{suffix}")
+            for i, prompt in enumerate(prompts)]
+
+
+def _write_manifest(jobs: list[dict], outdir: Path) -> None:
+    """``DIR/prompts.json``: index, prompt, seed and file name of every prompt (written atomically)."""
+    entries = [dict(index=j["index"], prompt=j["prompt"], seed=j["seed"], file=j["path"].name) for j in jobs]
+    outdir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=f".{MANIFEST}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, outdir / MANIFEST)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _load_input_video(args) -> tuple[list, float | None]:
     from .io import load_video
 
@@ -528,12 +621,29 @@ def cmd_generate(args) -> int:
     model = args.model or DEFAULT_MODELS.get(args.task)
     if model is None:
         raise UsageError(f"generate {args.task}: --model is required")
-    outputs = _output_paths(args.output, args.num_videos)
+    batch = getattr(args, "prompts", None) is not None
+    if batch:  # one video per prompt; the prompts are spread over torchrun's processes (no process group)
+        jobs = _batch_jobs(args)
+        rank, world = _rank_and_world_size()
+        todo = []
+        for job in jobs[rank::world]:
+            if job["path"].exists():
+                print(f"skipped {job['path']} (exists)")
+            else:
+                todo.append(job)
+        runs = [(job["prompt"], job["seed"], [job["path"]]) for job in todo]
+    else:
+        if args.task != "image-to-video" and args.prompt is None:
+            raise UsageError(f"generate {args.task}: --prompt is required (or --prompts FILE --outdir DIR)")
+        for flag in ("outdir", "format"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"--{flag} applies to --prompts; with --prompt, -o names the output file")
+        runs = [(getattr(args, "prompt", None), args.seed, _output_paths(args.output, args.num_videos))]
     device = _resolve_device(args.device)
     parallel = getattr(args, "parallel", None)
     if parallel is not None and args.cpu_offload:
         raise UsageError("--parallel keeps every model on its process's device; drop --cpu-offload")
-    if parallel is not None and device == "cuda":
+    if (parallel is not None or batch and "WORLD_SIZE" in os.environ) and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per torchrun process
     if args.cpu_offload and not device.startswith("cuda"):
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
@@ -541,6 +651,11 @@ def cmd_generate(args) -> int:
     video_task = args.task in ("video-to-video", "edit", "controlled")
     video, input_fps = _load_input_video(args) if video_task else (None, None)
     image = _load_input_image(args) if args.task in IMAGE_TASKS else None
+    if batch:
+        if rank == 0:
+            _write_manifest(jobs, Path(args.outdir))
+        if not runs:  # this process's share is done (or empty): no model to load
+            return EXIT_OK
     if args.no_progress:
         _quiet_library_progress()
 
@@ -578,11 +693,10 @@ def cmd_generate(args) -> int:
     if parallel is not None:
         _enable_parallel(pipe, args, len(video) if video is not None else args.frames or pipe.unet.config.num_frames)
 
-    call = dict(num_inference_steps=args.steps, generator=torch.Generator("cpu").manual_seed(args.seed),
-                output_type="np", num_videos_per_prompt=args.num_videos, decode_chunk_size=args.decode_chunk_size)
+    call = dict(num_inference_steps=args.steps, output_type="np", num_videos_per_prompt=args.num_videos,
+                decode_chunk_size=args.decode_chunk_size)
     if args.task != "image-to-video":
-        call.update(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance,
-                    eta=args.eta)
+        call.update(negative_prompt=args.negative_prompt, guidance_scale=args.guidance, eta=args.eta)
     if args.task == "image-to-video":
         call.update(image=image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
                     motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
@@ -617,9 +731,13 @@ def cmd_generate(args) -> int:
     else:
         call.update(height=args.height, width=args.width, num_frames=args.frames)
         fps = args.fps
-    frames = pipe(**call).frames  # b f h w 3 in [0, 1]; None on processes other than rank 0 (--parallel)
-    for video_frames, path in zip(frames if frames is not None else (), outputs):
-        print(_write_video(video_frames, path, fps))
+    for prompt, seed, outputs in runs:
+        call["generator"] = torch.Generator("cpu").manual_seed(seed)
+        if args.task != "image-to-video":
+            call["prompt"] = prompt
+        frames = pipe(**call).frames  # b f h w 3 in [0, 1]; None on processes other than rank 0 (--parallel)
+        for video_frames, path in zip(frames if frames is not None else (), outputs):
+            print(_write_video(video_frames, path, fps))  # atomic: a temporary sibling, then os.replace
     if parallel is not None:
         torch.distributed.destroy_process_group()
     return EXIT_OK
