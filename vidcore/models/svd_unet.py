@@ -22,6 +22,7 @@ from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
+from .options import ForwardChunkingMixin
 
 DOWN_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
 UP_TYPES = ("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal")
@@ -112,7 +113,7 @@ class MidSTBlock(nn.Module):
         return self.resnets[1](x, temb, num_frames)
 
 
-class SVDUNet(nn.Module):
+class SVDUNet(ForwardChunkingMixin, nn.Module):
     """``forward(sample b f c h w, timestep, encoder_hidden_states b m d, added_time_ids b 3) -> b f c_out h w``."""
 
     def __init__(self, config: SVDUNetConfig):
@@ -156,21 +157,6 @@ class SVDUNet(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(32, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
-        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
-
-    def disable_forward_chunking(self) -> None:
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size = None
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor) -> torch.Tensor:

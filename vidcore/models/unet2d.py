@@ -27,6 +27,7 @@ from ..nn.resnet import ResBlock2D
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
 from .freeu import FreeU, apply_freeu
+from .options import UNetOptionsMixin
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -203,7 +204,7 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class UNet2D(nn.Module):
+class UNet2D(UNetOptionsMixin, nn.Module):
     """SD UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):
@@ -244,31 +245,6 @@ class UNet2D(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2)
         self.freeu: FreeU | None = None
-
-    # -- options ------------------------------------------------------------------------------
-    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
-        """FreeU (Si et al. 2023): rescale backbone/skip features in the two lowest-resolution up blocks."""
-        self.freeu = FreeU(s1, s2, b1, b2)
-
-    def disable_freeu(self) -> None:
-        self.freeu = None
-
-    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
-        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
-        if dim not in (0, 1):
-            raise ValueError(f"forward chunking dim must be 0 or 1, got {dim}")
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
-
-    def disable_forward_chunking(self) -> None:
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size = None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
 
     # -- pieces (video models call these) -----------------------------------------------------
     def time_embed(self, timestep, batch: int, device, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ..nn.resnet import ResBlock2D, TemporalConv
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer, TemporalTransformer
 from .freeu import FreeU, apply_freeu
+from .options import UNetOptionsMixin
 
 DOWN_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
@@ -134,7 +135,7 @@ class MidBlock3D(nn.Module):
         return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
 
 
-class UNet3D(nn.Module):
+class UNet3D(UNetOptionsMixin, nn.Module):
     """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
 
     def __init__(self, config: UNet3DConfig, conv_in_channels: int | None = None):
@@ -172,31 +173,6 @@ class UNet3D(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         self.freeu: FreeU | None = None
-
-    # -- options ------------------------------------------------------------------------------
-    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
-        """FreeU (Si et al. 2023): rescale backbone/skip features in the two lowest-resolution up blocks."""
-        self.freeu = FreeU(s1, s2, b1, b2)
-
-    def disable_freeu(self) -> None:
-        self.freeu = None
-
-    def enable_forward_chunking(self, chunk_size: int | None = None, dim: int = 0) -> None:
-        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
-        if dim not in (0, 1):
-            raise ValueError(f"forward chunking dim must be 0 or 1, got {dim}")
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
-
-    def disable_forward_chunking(self) -> None:
-        for module in self.modules():
-            if hasattr(module, "chunk_size"):
-                module.chunk_size = None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
 
     # -- forward ------------------------------------------------------------------------------
     def time_features(self, t, batch: int, device) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""Inference options shared by the UNets: FreeU and feed-forward chunking (one implementation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .freeu import FreeU
+
+
+class ForwardChunkingMixin:
+    """``enable_forward_chunking``: every feed-forward (modules with a ``chunk_size`` attribute, see
+    ``nn.transformer.FeedForward``) runs in chunks, which lowers peak memory and is exact."""
+
+    def enable_forward_chunking(self: nn.Module, chunk_size: int | None = None, dim: int = 0) -> None:
+        """Run every feed-forward in chunks of ``chunk_size`` along ``dim`` (0 batch, 1 tokens); exact."""
+        if dim not in (0, 1):
+            raise ValueError(f"forward chunking dim must be 0 or 1, got {dim}")
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size, module.chunk_dim = chunk_size or 1, dim
+
+    def disable_forward_chunking(self: nn.Module) -> None:
+        for module in self.modules():
+            if hasattr(module, "chunk_size"):
+                module.chunk_size = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+
+class UNetOptionsMixin(ForwardChunkingMixin):
+    """Forward chunking plus FreeU (for UNets with SD-style up blocks; ``forward`` reads ``self.freeu``)."""
+
+    freeu: FreeU | None = None
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023): rescale backbone/skip features in the two lowest-resolution up blocks."""
+        self.freeu = FreeU(s1, s2, b1, b2)
+
+    def disable_freeu(self) -> None:
+        self.freeu = None
