@@ -207,16 +207,7 @@ class SplitRule:
         return self.name or f"{self.src} -> split({', '.join(self.dst)})"
 
     def plan(self, key: str, direction: Direction) -> _Step | None:
-        if direction == "forward":
-            values = self._src.match(key)
-            if values is None:
-                return None
-            return _Step(self, (key,), tuple(d.render(values) for d in self._dst))
-        for d in self._dst:
-            values = d.match(key)
-            if values is not None:
-                return _Step(self, tuple(p.render(values) for p in self._dst), (self._src.render(values),))
-        return None
+        return _plan_fan(self, self._src, self._dst, key, from_one=direction == "forward")
 
     def run_step(
         self, step: _Step, tensors: Mapping[str, torch.Tensor], direction: Direction
@@ -228,6 +219,20 @@ class SplitRule:
             parts = torch.tensor_split(tensors[step.src_keys[0]], len(self.dst), dim=self.dim)
             return {k: p.clone() for k, p in zip(step.dst_keys, parts)}
         return {step.dst_keys[0]: torch.cat([tensors[k] for k in step.src_keys], dim=self.dim)}
+
+
+def _plan_fan(rule, one: _Pattern, many: tuple[_Pattern, ...], key: str, from_one: bool) -> _Step | None:
+    """Plan a one-key <-> several-keys rule (SplitRule, TiedRule). From the single key, it names all
+    the others; from any one of the several keys, the step takes the whole group (all rendered from
+    the matched placeholders) to the single key."""
+    if from_one:
+        values = one.match(key)
+        return None if values is None else _Step(rule, (key,), tuple(p.render(values) for p in many))
+    for pattern in many:
+        values = pattern.match(key)
+        if values is not None:
+            return _Step(rule, tuple(p.render(values) for p in many), (one.render(values),))
+    return None
 
 
 @dataclass(frozen=True)
@@ -266,16 +271,7 @@ class TiedRule:
         return self.name or f"tie({', '.join(self.src)}) -> {self.dst}"
 
     def plan(self, key: str, direction: Direction) -> _Step | None:
-        if direction == "reverse":
-            values = self._dst.match(key)
-            if values is None:
-                return None
-            return _Step(self, (key,), tuple(s.render(values) for s in self._src))
-        for s in self._src:
-            values = s.match(key)
-            if values is not None:
-                return _Step(self, tuple(p.render(values) for p in self._src), (self._dst.render(values),))
-        return None
+        return _plan_fan(self, self._dst, self._src, key, from_one=direction == "reverse")
 
     def run_step(
         self, step: _Step, tensors: Mapping[str, torch.Tensor], direction: Direction
