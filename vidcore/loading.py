@@ -325,31 +325,38 @@ def _is_image_encoder(module: nn.Module) -> bool:
     return isinstance(module, CLIPVisionModelWithProjection)
 
 
-def _image_encoder_config(config_from, revision, token) -> dict:
-    """The transformers CLIPVisionConfig (as a dict) for an sgm file's image encoder: `config_from` (a
-    config.json, a model folder, a pipeline folder's image_encoder/, a hub repo id or a dict), or the
-    released SVD's (OpenCLIP ViT-H/14)."""
+def _clip_tower_config(config_from, revision, token, *, subfolder: str, half: str, model_type: str, default: dict,
+                       needs: str) -> dict:
+    """A transformers CLIP tower config (as a dict) for an original single file's encoder: ``config_from``
+    (a config.json, a model folder, a pipeline folder's ``subfolder``/, a hub repo id or a dict), or
+    ``default``. A full CLIP config gives its ``half`` ("vision_config" / "text_config")."""
     if config_from is None:
-        return dict(original_svd.SVD_IMAGE_ENCODER_CONFIG)
+        return dict(default)
     if isinstance(config_from, Mapping):
         config, where = dict(config_from), "config_from"
     else:
-        root = hub.resolve(config_from, allow_patterns=["config.json", "image_encoder/config.json"],
+        root = hub.resolve(config_from, allow_patterns=["config.json", f"{subfolder}/config.json"],
                            revision=revision, token=token)
-        candidates = [root] if root.is_file() else [root / "config.json", root / "image_encoder" / "config.json"]
+        candidates = [root] if root.is_file() else [root / "config.json", root / subfolder / "config.json"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or "
-                                     "image_encoder/config.json) for the image encoder")
+                                     f"{subfolder}/config.json) for the {subfolder.replace('_', ' ')}")
         config, where = hub.load_config(found), str(found)
-    if config.get("model_type") == "clip" and isinstance(config.get("vision_config"), Mapping):
-        config = dict(config["vision_config"])  # a full CLIP config: its vision half
-    kind = config.get("_class_name") or config.get("model_type", "clip_vision_model")
-    if kind != "clip_vision_model":
-        raise ConfigError(f"{where} is a {kind} config, but the image encoder of an original Stable Video "
-                          "Diffusion file needs a CLIPVisionModelWithProjection config (a pipeline's "
-                          "image_encoder/config.json)")
+    if config.get("model_type") == "clip" and isinstance(config.get(half), Mapping):
+        config = dict(config[half])  # a full CLIP config: one half of it
+    kind = config.get("_class_name") or config.get("model_type", model_type)
+    if kind != model_type:
+        raise ConfigError(f"{where} is a {kind} config, but {needs} (a pipeline's {subfolder}/config.json)")
     return config
+
+
+def _image_encoder_config(config_from, revision, token) -> dict:
+    """CLIPVisionConfig for an sgm file's image encoder; default: the released SVD's (OpenCLIP ViT-H/14)."""
+    return _clip_tower_config(config_from, revision, token, subfolder="image_encoder", half="vision_config",
+                              model_type="clip_vision_model", default=original_svd.SVD_IMAGE_ENCODER_CONFIG,
+                              needs="the image encoder of an original Stable Video Diffusion file needs a "
+                                    "CLIPVisionModelWithProjection config")
 
 
 def _load_image_encoder(state: dict, config: dict, files: list[Path]):
@@ -407,28 +414,11 @@ def _is_text_encoder(module: nn.Module) -> bool:
 
 
 def _text_encoder_config(config_from, revision, token) -> dict:
-    """The transformers CLIPTextConfig (as a dict) for an LDM file's text encoder: `config_from` (a config.json,
-    a model folder, a pipeline folder's text_encoder/, a hub repo id or a dict), or SD1.5's (CLIP ViT-L/14)."""
-    if config_from is None:
-        return dict(original_sd.SD15_TEXT_ENCODER_CONFIG)
-    if isinstance(config_from, Mapping):
-        config, where = dict(config_from), "config_from"
-    else:
-        root = hub.resolve(config_from, allow_patterns=["config.json", "text_encoder/config.json"],
-                           revision=revision, token=token)
-        candidates = [root] if root.is_file() else [root / "config.json", root / "text_encoder" / "config.json"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or "
-                                     "text_encoder/config.json) for the text encoder")
-        config, where = hub.load_config(found), str(found)
-    if config.get("model_type") == "clip" and isinstance(config.get("text_config"), Mapping):
-        config = dict(config["text_config"])  # a full CLIP config: its text half
-    kind = config.get("_class_name") or config.get("model_type", "clip_text_model")
-    if kind != "clip_text_model":
-        raise ConfigError(f"{where} is a {kind} config, but the text encoder of an original Stable Diffusion file "
-                          "needs a CLIPTextModel config (a pipeline's text_encoder/config.json)")
-    return config
+    """CLIPTextConfig for an LDM file's text encoder; default: SD1.5's (CLIP ViT-L/14)."""
+    return _clip_tower_config(config_from, revision, token, subfolder="text_encoder", half="text_config",
+                              model_type="clip_text_model", default=original_sd.SD15_TEXT_ENCODER_CONFIG,
+                              needs="the text encoder of an original Stable Diffusion file needs a CLIPTextModel "
+                                    "config")
 
 
 def _load_text_encoder(state: dict, config: dict, files: list[Path]):
