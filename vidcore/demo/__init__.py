@@ -1,9 +1,11 @@
-"""A tiny text-to-video model trained by the project on synthetic clips, shipped inside the package.
+"""A tiny text-to-video model to be trained by the project on synthetic clips and shipped in the package.
 
-``vidcore generate text-to-video --prompt "a red circle moving right" -o demo.mp4`` uses it when no
-``--model`` is given. It knows 4 colors (red, green, blue, yellow), 3 shapes (circle, square,
-triangle) and 4 directions (left, right, up, down): prompts look like ``"a {color} {shape} moving
-{direction}"``. See ``vidcore/demo/README.md`` for the data, training and measured accuracy.
+Status: in progress. The data generator (``data.py``), the training script (``python -m
+vidcore.demo.train``) and the evaluation (``python -m vidcore.demo.evaluate``) work and are tested, but
+no trained weights are shipped yet: the recipes tried so far learn the color words but not the motion
+direction, so ``vidcore generate`` still needs ``--model``. The vocabulary is 4 colors (red, green,
+blue, yellow), 3 shapes (circle, square, triangle) and 4 directions (left, right, up, down): prompts look
+like ``"a {color} {shape} moving {direction}"``.
 """
 
 from __future__ import annotations
