@@ -51,7 +51,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..engine import KeyMap, Rule
-from .original_svd import _RESNET_NAMES, _per_block, _vae_attention, _vae_resnet
+from .original_svd import _RESNET_NAMES, _per_block, _vae_attention, _vae_resnet, ldm_unet_rules
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -149,43 +149,14 @@ def _unet_layout(config: Mapping) -> tuple[int, int, list[bool], list[bool]]:
     return levels, layers[0], down, up
 
 
+def _transformer(src: str, dst: str, part: str) -> list[Rule]:
+    return [Rule(f"{src}.{{rest}}", f"{dst}.{{rest}}", name=f"{part} transformer")]
+
+
 def sd_unet_rules(config: Mapping) -> list[Rule]:
     """LDM ``UNetModel`` names (without ``model.diffusion_model.``) -> diffusers names, for `config`'s layout."""
     levels, L, down_attn, up_attn = _unet_layout(config)
-    rules = [
-        Rule("time_embed.0.{leaf}", "time_embedding.linear_1.{leaf}", name="time_embed"),
-        Rule("time_embed.2.{leaf}", "time_embedding.linear_2.{leaf}", name="time_embed"),
-        Rule("input_blocks.0.0.{leaf}", "conv_in.{leaf}", name="conv_in"),
-        Rule("out.0.{leaf}", "conv_norm_out.{leaf}", name="out"),
-        Rule("out.2.{leaf}", "conv_out.{leaf}", name="out"),
-    ]
-    for b in range(levels):
-        for j in range(L):
-            n, d = b * (L + 1) + j + 1, f"down_blocks.{b}"
-            rules += _res_block(f"input_blocks.{n}.0", f"{d}.resnets.{j}", "input_blocks")
-            if down_attn[b]:
-                rules.append(Rule(f"input_blocks.{n}.1.{{rest}}", f"{d}.attentions.{j}.{{rest}}",
-                                  name="input_blocks transformer"))
-        if b < levels - 1:
-            rules.append(Rule(f"input_blocks.{(b + 1) * (L + 1)}.0.op.{{leaf}}",
-                              f"down_blocks.{b}.downsamplers.0.conv.{{leaf}}", name="input_blocks downsample op"))
-    rules += [
-        *_res_block("middle_block.0", "mid_block.resnets.0", "middle_block"),
-        Rule("middle_block.1.{rest}", "mid_block.attentions.0.{rest}", name="middle_block transformer"),
-        *_res_block("middle_block.2", "mid_block.resnets.1", "middle_block"),
-    ]
-    for u in range(levels):
-        for j in range(L + 1):
-            n, d = u * (L + 1) + j, f"up_blocks.{u}"
-            rules += _res_block(f"output_blocks.{n}.0", f"{d}.resnets.{j}", "output_blocks")
-            if up_attn[u]:
-                rules.append(Rule(f"output_blocks.{n}.1.{{rest}}", f"{d}.attentions.{j}.{{rest}}",
-                                  name="output_blocks transformer"))
-            if u < levels - 1 and j == L:
-                k = 2 if up_attn[u] else 1  # the upsampler follows the block's last module
-                rules.append(Rule(f"output_blocks.{n}.{k}.conv.{{leaf}}", f"{d}.upsamplers.0.conv.{{leaf}}",
-                                  name="output_blocks upsample conv"))
-    return rules
+    return ldm_unet_rules(levels, L, down_attn, up_attn, _res_block, _transformer)
 
 
 def sd_unet_map(config: Mapping | None = None) -> KeyMap:

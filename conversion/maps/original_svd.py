@@ -176,15 +176,17 @@ def _unet_layout(config: Mapping) -> tuple[int, list[int], list[bool], list[bool
     return levels, layers, down, up
 
 
-def svd_unet_rules(config: Mapping) -> list[Rule]:
-    """sgm ``VideoUNet`` (without ``model.diffusion_model.``) -> diffusers names, for `config`'s layout."""
-    levels, layers, down_attn, up_attn = _unet_layout(config)
-    L = layers[0]
+def ldm_unet_rules(levels: int, L: int, down_attn: list[bool], up_attn: list[bool], res_block, transformer,
+                   extra_head: Iterable[Rule] = ()) -> list[Rule]:
+    """The LDM ``UNetModel`` numbering shared by SD's and sgm's video UNet: ``input_blocks.N`` (res block
+    at slot 0, transformer at slot 1, a downsampler ``op`` block after each level), a res/attention/res
+    ``middle_block`` and ``output_blocks.N`` (upsampler after the level's last module), mapped to
+    diffusers' down/mid/up blocks. ``res_block(src, dst, part)`` and ``transformer(src, dst, part)``
+    give the rules of one module; ``L`` res blocks per down level (``L + 1`` per up level)."""
     rules = [
         Rule("time_embed.0.{leaf}", "time_embedding.linear_1.{leaf}", name="time_embed"),
         Rule("time_embed.2.{leaf}", "time_embedding.linear_2.{leaf}", name="time_embed"),
-        Rule("label_emb.0.0.{leaf}", "add_embedding.linear_1.{leaf}", name="label_emb"),
-        Rule("label_emb.0.2.{leaf}", "add_embedding.linear_2.{leaf}", name="label_emb"),
+        *extra_head,
         Rule("input_blocks.0.0.{leaf}", "conv_in.{leaf}", name="conv_in"),
         Rule("out.0.{leaf}", "conv_norm_out.{leaf}", name="out"),
         Rule("out.2.{leaf}", "conv_out.{leaf}", name="out"),
@@ -192,28 +194,36 @@ def svd_unet_rules(config: Mapping) -> list[Rule]:
     for b in range(levels):
         for j in range(L):
             n, d = b * (L + 1) + j + 1, f"down_blocks.{b}"
-            rules += _video_res_block(f"input_blocks.{n}.0", f"{d}.resnets.{j}", "input_blocks")
+            rules += res_block(f"input_blocks.{n}.0", f"{d}.resnets.{j}", "input_blocks")
             if down_attn[b]:
-                rules += _video_transformer(f"input_blocks.{n}.1", f"{d}.attentions.{j}", "input_blocks")
+                rules += transformer(f"input_blocks.{n}.1", f"{d}.attentions.{j}", "input_blocks")
         if b < levels - 1:
             rules.append(Rule(f"input_blocks.{(b + 1) * (L + 1)}.0.op.{{leaf}}",
                               f"down_blocks.{b}.downsamplers.0.conv.{{leaf}}", name="input_blocks downsample op"))
     rules += [
-        *_video_res_block("middle_block.0", "mid_block.resnets.0", "middle_block"),
-        *_video_transformer("middle_block.1", "mid_block.attentions.0", "middle_block"),
-        *_video_res_block("middle_block.2", "mid_block.resnets.1", "middle_block"),
+        *res_block("middle_block.0", "mid_block.resnets.0", "middle_block"),
+        *transformer("middle_block.1", "mid_block.attentions.0", "middle_block"),
+        *res_block("middle_block.2", "mid_block.resnets.1", "middle_block"),
     ]
     for u in range(levels):
         for j in range(L + 1):
             n, d = u * (L + 1) + j, f"up_blocks.{u}"
-            rules += _video_res_block(f"output_blocks.{n}.0", f"{d}.resnets.{j}", "output_blocks")
+            rules += res_block(f"output_blocks.{n}.0", f"{d}.resnets.{j}", "output_blocks")
             if up_attn[u]:
-                rules += _video_transformer(f"output_blocks.{n}.1", f"{d}.attentions.{j}", "output_blocks")
+                rules += transformer(f"output_blocks.{n}.1", f"{d}.attentions.{j}", "output_blocks")
             if u < levels - 1 and j == L:
                 k = 2 if up_attn[u] else 1  # the upsampler follows the block's last module
                 rules.append(Rule(f"output_blocks.{n}.{k}.conv.{{leaf}}", f"{d}.upsamplers.0.conv.{{leaf}}",
                                   name="output_blocks upsample conv"))
     return rules
+
+
+def svd_unet_rules(config: Mapping) -> list[Rule]:
+    """sgm ``VideoUNet`` (without ``model.diffusion_model.``) -> diffusers names, for `config`'s layout."""
+    levels, layers, down_attn, up_attn = _unet_layout(config)
+    label_emb = [Rule("label_emb.0.0.{leaf}", "add_embedding.linear_1.{leaf}", name="label_emb"),
+                 Rule("label_emb.0.2.{leaf}", "add_embedding.linear_2.{leaf}", name="label_emb")]
+    return ldm_unet_rules(levels, layers[0], down_attn, up_attn, _video_res_block, _video_transformer, label_emb)
 
 
 def svd_unet_map(config: Mapping | None = None) -> KeyMap:
