@@ -359,25 +359,31 @@ def _image_encoder_config(config_from, revision, token) -> dict:
                                     "CLIPVisionModelWithProjection config")
 
 
+def _load_transformers_tower(model_cls, cfg, keymap, state: dict, files: list[Path], shape: str):
+    """Original tensors -> a transformers model of ``cfg``: every key and shape is checked against a
+    meta-device copy (``keymap(target_shapes)`` converts) before transformers builds the model around the
+    checked tensors (and its non-persistent buffers). ``shape`` describes cfg in the error message."""
+    with torch.device("meta"):
+        shell = model_cls(cfg)
+    target = {k: v.shape for k, v in shell.state_dict().items()}
+    try:
+        converted, report = keymap(target).convert(state, target)
+    except ConversionError as err:
+        names = ", ".join(str(f) for f in files)
+        raise ConversionError(f"{names} does not fit {model_cls.__name__} ({shape}): {err}", err.report) from err
+    module = model_cls.from_pretrained(None, config=cfg, state_dict=converted,
+                                       dtype=next(iter(converted.values())).dtype)
+    return module.eval(), report
+
+
 def _load_image_encoder(state: dict, config: dict, files: list[Path]):
-    """OpenCLIP ViT tensors (sgm prefix stripped) -> transformers CLIPVisionModelWithProjection, every key
-    and shape checked against `config` before anything is built."""
+    """OpenCLIP ViT tensors (sgm prefix stripped) -> transformers CLIPVisionModelWithProjection."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig.from_dict(config)
-    with torch.device("meta"):
-        shell = CLIPVisionModelWithProjection(cfg)
-    target = {k: v.shape for k, v in shell.state_dict().items()}
-    try:
-        converted, report = original_svd.open_clip_vision_map().convert(state, target)
-    except ConversionError as err:
-        names = ", ".join(str(f) for f in files)
-        raise ConversionError(f"{names} does not fit CLIPVisionModelWithProjection ({cfg.num_hidden_layers} layers, "
-                              f"width {cfg.hidden_size}, projection {cfg.projection_dim}): {err}", err.report) from err
-    # transformers builds the model around the checked tensors (and its non-persistent position_ids)
-    module = CLIPVisionModelWithProjection.from_pretrained(None, config=cfg, state_dict=converted,
-                                                           dtype=next(iter(converted.values())).dtype)
-    return module.eval(), report
+    return _load_transformers_tower(
+        CLIPVisionModelWithProjection, cfg, lambda target: original_svd.open_clip_vision_map(), state, files,
+        f"{cfg.num_hidden_layers} layers, width {cfg.hidden_size}, projection {cfg.projection_dim}")
 
 
 def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision, token):
@@ -422,22 +428,12 @@ def _text_encoder_config(config_from, revision, token) -> dict:
 
 
 def _load_text_encoder(state: dict, config: dict, files: list[Path]):
-    """CLIP text tensors (LDM prefix stripped) -> transformers CLIPTextModel, checked against `config` first."""
+    """CLIP text tensors (LDM prefix stripped) -> transformers CLIPTextModel."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = CLIPTextConfig.from_dict(config)
-    with torch.device("meta"):
-        shell = CLIPTextModel(cfg)
-    target = {k: v.shape for k, v in shell.state_dict().items()}
-    try:
-        converted, report = original_sd.clip_text_map(target).convert(state, target)
-    except ConversionError as err:
-        names = ", ".join(str(f) for f in files)
-        raise ConversionError(f"{names} does not fit CLIPTextModel ({cfg.num_hidden_layers} layers, width "
-                              f"{cfg.hidden_size}): {err}", err.report) from err
-    module = CLIPTextModel.from_pretrained(None, config=cfg, state_dict=converted,
-                                           dtype=next(iter(converted.values())).dtype)
-    return module.eval(), report
+    return _load_transformers_tower(CLIPTextModel, cfg, original_sd.clip_text_map, state, files,
+                                    f"{cfg.num_hidden_layers} layers, width {cfg.hidden_size}")
 
 
 def _load_ldm_sd(where: Path, raw: dict, component: str, config_from, revision, token):
