@@ -29,16 +29,14 @@ from common import add_repo_paths, interleaved, loadavg, median_ms, print_machin
 
 add_repo_paths()
 
-# SD1.5's UNet layout (three cross-attention levels + one plain level, 8 heads) at 1/10 of the width, the
-# matching ControlNet with SD's conditioning embedding (16/32/96/256, factor 8), a four-level VAE (factor 8).
-UNET = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8, norm_num_groups=16,
-            cross_attention_dim=64, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, sample_size=8)
+# The reduced SD1.5 UNet and VAE of the Text2Video-Zero benchmark, and the matching ControlNet with SD's
+# conditioning embedding (16/32/96/256, factor 8).
+from bench_text2video_zero_cpu import UNET, VAE  # noqa: E402
+
 CONTROLNET = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=8,
                   norm_num_groups=16, cross_attention_dim=64,
                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                   conditioning_embedding_out_channels=(16, 32, 96, 256))
-VAE = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8)
 HEADER = ("pipeline", "median ms", "min-max ms", "median CPU ms", "n", "ratio of medians", "median paired ratio")
 
 
