@@ -82,45 +82,58 @@ def check_primitives(rank, world, res):
     from vidcore.nn.resnet import frame_conv, video_norm
     from vidcore.parallel import comm, frame_parallel
 
+    for f in (2 * world, 2 * world + 1):  # even split, and rank 0 holding one frame more
+        _check_primitives(rank, world, res, f, "" if f % world == 0 else "_uneven")
+
+
+def _check_primitives(rank, world, res, f, tag):
+    from vidcore.nn.attention import temporal_attend
+    from vidcore.nn.resnet import frame_conv, video_norm
+    from vidcore.parallel import comm, frame_parallel
+
     g = dist.group.WORLD
     gen = torch.Generator().manual_seed(0)
-    b, fl, c = 2, 2, 6
-    f = fl * world
-    mine = slice(rank * fl, (rank + 1) * fl)
+    b, c = 2, 6
+    fsizes = comm.split_sizes(f, world)
+    fl = fsizes[rank]
+    mine = slice(sum(fsizes[:rank]), sum(fsizes[:rank + 1]))
     # layout switch, pixel count not divisible by the world size
     for n in (7, world):
         full = torch.randn(b, f, n, c, generator=gen)
         local = full[:, mine].reshape(b * fl, n, c)
-        px = comm.frames_to_pixels(local, fl, g)
-        sizes = comm.pixel_split(n, world)
+        px = comm.frames_to_pixels(local, fl, g, fsizes)
+        sizes = comm.split_sizes(n, world)
         start = sum(sizes[:rank])
         expect = full[:, :, start:start + sizes[rank]].reshape(b * f, sizes[rank], c)
-        tag = "W" if n == world else n
-        res[f"frames_to_pixels_n{tag}"] = (px - expect).abs().max().item()
-        res[f"pixels_to_frames_n{tag}"] = (comm.pixels_to_frames(px, fl, n, g) - local).abs().max().item()
+        ntag = "W" if n == world else n
+        res[f"frames_to_pixels_n{ntag}{tag}"] = (px - expect).abs().max().item()
+        res[f"pixels_to_frames_n{ntag}{tag}"] = (comm.pixels_to_frames(px, fl, n, g, fsizes) - local).abs().max().item()
+    # gather of unequal slices
+    full = torch.randn(b, c, f, 2, generator=gen)
+    res[f"gather{tag}"] = (comm.gather(full[:, :, mine], g, dim=2, sizes=fsizes) - full).abs().max().item()
     # halo-exchanged temporal conv, through the nn hook
     conv = randomize(nn.Conv3d(c, 4, (3, 1, 1), padding=(1, 0, 0)), 1)
     x = torch.randn(b, c, f, 3, 5, generator=gen)
     ref = frame_conv(conv, x)
-    with frame_parallel(g):
-        res["frame_conv"] = err(frame_conv(conv, x[:, :, mine]), ref[:, :, mine])
+    with frame_parallel(g, f):
+        res[f"frame_conv{tag}"] = err(frame_conv(conv, x[:, :, mine]), ref[:, :, mine])
     # GroupNorm with statistics across ranks (offset data: a naive E[x^2]-E[x]^2 would lose digits)
     norm = randomize(nn.GroupNorm(3, c), 2)
     x = 3 * torch.randn(b, c, f, 3, 5, generator=gen) + 5
     ref = norm(x)
-    with frame_parallel(g):
-        res["group_norm"] = err(video_norm(norm, x[:, :, mine]), ref[:, :, mine])
+    with frame_parallel(g, f):
+        res[f"group_norm{tag}"] = err(video_norm(norm, x[:, :, mine]), ref[:, :, mine])
     # temporal attention (all_to_all in and out), 9 pixels
     for n in (9, 1):  # 1 pixel: fewer than ranks, padded
         heads, d = 2, 4
         q, k, v = (torch.randn(b * f, n, heads * d, generator=gen) for _ in range(3))
         ref = temporal_attend(q, k, v, f, heads).view(b, f, n, -1)[:, mine].reshape(b * fl, n, -1)
         sl = lambda t: t.view(b, f, n, -1)[:, mine].reshape(b * fl, n, -1)  # noqa: E731
-        with frame_parallel(g):
-            res[f"temporal_attend_n{n}"] = err(temporal_attend(sl(q), sl(k), sl(v), fl, heads), ref)
+        with frame_parallel(g, f):
+            res[f"temporal_attend_n{n}{tag}"] = err(temporal_attend(sl(q), sl(k), sl(v), fl, heads), ref)
     # no handler outside the context
     from vidcore.nn.frame_hooks import frame_handler
-    res["handler_removed"] = float(frame_handler() is not None)
+    res[f"handler_removed{tag}"] = float(frame_handler() is not None)
 
 
 UNET_CASES = {
@@ -131,22 +144,22 @@ UNET_CASES = {
 }
 
 
-def check_unet(rank, world, res, frames_per_rank=1):
+def check_unet(rank, world, res, num_frames, tag=""):
     from vidcore.parallel import unet3d_forward
 
     for name, (overrides, (b, c, h, w)) in UNET_CASES.items():
         unet = tiny_unet(5, **overrides)
         gen = torch.Generator().manual_seed(1)
-        x = torch.randn(b, c, frames_per_rank * world, h, w, generator=gen)
+        x = torch.randn(b, c, num_frames, h, w, generator=gen)
         ctx = torch.randn(b, 5, 12, generator=gen)
         t = torch.tensor([3, 871])[:b]
         with torch.no_grad():
             ref = unet(x, t, ctx)
             got = unet3d_forward(unet, x, t, ctx, dist.group.WORLD)
-        res[f"unet_{name}"] = err(got, ref)
+        res[f"unet_{name}{tag}"] = err(got, ref)
 
 
-def check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank):
+def check_svd_unet_and_motion_positions(rank, world, res, num_frames, tag=""):
     """SVD's UNet (frame-index embedding, temporal res blocks, temporal mix blocks) and an AnimateDiff-style
     temporal transformer with sinusoidal frame positions, frame-parallel vs single process."""
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
@@ -154,7 +167,8 @@ def check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank):
     from vidcore.parallel import frame_parallel, shard_frames, svd_unet_forward
 
     g = dist.group.WORLD
-    f = frames_per_rank * world
+    f = num_frames
+    fl = len(range(f)[rank::world])  # frames on this rank (tensor_split sizes)
     unet = randomize(SVDUNet(SVDUNetConfig(
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_attention_heads=(2, 4),
@@ -164,17 +178,17 @@ def check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank):
     x = torch.randn(2, f, 8, 6, 10, generator=gen)
     ctx, ids = torch.randn(2, 1, 16, generator=gen), torch.randn(2, 3, generator=gen)
     with torch.no_grad():
-        res["svd_unet"] = err(svd_unet_forward(unet, x, 20.0, ctx, ids, g), unet(x, 20.0, ctx, ids))
+        res[f"svd_unet{tag}"] = err(svd_unet_forward(unet, x, 20.0, ctx, ids, g), unet(x, 20.0, ctx, ids))
         motion = randomize(TemporalTransformer(16, 2, 8, 4, max_positions=12), 7)
         video = torch.randn(2, 16, f, 3, 5, generator=gen)
         folded = lambda v: v.transpose(1, 2).reshape(-1, 16, 3, 5)  # b c f h w -> (b f) c h w  # noqa: E731
         ref = motion(folded(video), f).view(2, f, 16, 3, 5)
-        with frame_parallel(g):
-            got = motion(folded(shard_frames(video, g)), frames_per_rank).view(2, frames_per_rank, 16, 3, 5)
-        res["motion_positions"] = err(got, shard_frames(ref, g, dim=1))
+        with frame_parallel(g, f):
+            got = motion(folded(shard_frames(video, g)), fl).view(2, fl, 16, 3, 5)
+        res[f"motion_positions{tag}"] = err(got, shard_frames(ref, g, dim=1))
 
 
-def check_svd_pipeline(rank, world, res, modes, frames):
+def check_svd_pipeline(rank, world, res, modes, frames, tag=""):
     """SVD's sampling loop (per-frame guidance scales, Euler) and chunked temporal-decoder decode."""
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
     from vidcore.models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
@@ -214,14 +228,14 @@ def check_svd_pipeline(rank, world, res, modes, frames):
     for cfg, fr in modes:
         pipe.enable_parallel(cfg=cfg, frames=fr)
         got = run()
-        key = f"svd_pipeline_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}"
+        key = f"svd_pipeline_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}{tag}"
         res[key] = err(got, ref) if rank == 0 else float(got is not None)
         pipe.disable_parallel()
 
 
 def check_animatediff(rank, world, res, modes, frames):
-    """AnimateDiff (SD1.5-style UNet2D + motion modules with frame positions): pipeline with one context window,
-    and a clear error for sliding windows."""
+    """AnimateDiff (SD1.5-style UNet2D + motion modules with frame positions): one context window, and
+    sliding windows (each window split over the ranks; 6 frames in windows of 4: uneven at world 3)."""
     from vidcore.models.motion import MotionAdapter, MotionAdapterConfig
     from vidcore.models.unet2d import UNet2D, UNet2DConfig
     from vidcore.pipelines.animatediff import AnimateDiffPipeline
@@ -243,12 +257,13 @@ def check_animatediff(rank, world, res, modes, frames):
         got = run_pipe(pipe, num_frames=frames, eta=0.5)
         key = f"animatediff_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}"
         res[key] = err(got, ref) if rank == 0 else float(got is not None)
-        try:
-            run_pipe(pipe, num_frames=frames, context_length=frames // 2, context_stride=1)
-            res["animatediff_windows_message"] = ""
-        except ValueError as e:
-            res["animatediff_windows_message"] = str(e)
         pipe.disable_parallel()
+    windows = dict(num_frames=6, context_length=4, context_stride=2, eta=0.5)
+    ref = run_pipe(pipe, **windows)
+    pipe.enable_parallel(cfg=False, frames=True)
+    got = run_pipe(pipe, **windows)
+    res["animatediff_windows_frames"] = err(got, ref) if rank == 0 else float(got is not None)
+    pipe.disable_parallel()
 
 
 def run_pipe(pipe, **kw):
@@ -259,13 +274,13 @@ def run_pipe(pipe, **kw):
                 generator=torch.Generator().manual_seed(11), output_type="pt", **kw).frames
 
 
-def check_pipeline(rank, world, res, modes, num_frames):
+def check_pipeline(rank, world, res, modes, num_frames, tag=""):
     pipe = tiny_pipeline()
     ref = run_pipe(pipe, num_frames=num_frames, eta=0.5)
     for cfg, frames in modes:
         pipe.enable_parallel(cfg=cfg, frames=frames)
         got = run_pipe(pipe, num_frames=num_frames, eta=0.5)
-        key = f"pipeline_{'cfg' if cfg else ''}{'+' if cfg and frames else ''}{'frames' if frames else ''}"
+        key = f"pipeline_{'cfg' if cfg else ''}{'+' if cfg and frames else ''}{'frames' if frames else ''}{tag}"
         res[key] = err(got, ref) if rank == 0 else float(got is not None)
         pipe.disable_parallel()
 
@@ -304,7 +319,7 @@ def check_bad_frames(rank, world, res):
     pipe = tiny_pipeline()
     pipe.enable_parallel(cfg=False, frames=True)
     try:
-        run_pipe(pipe, num_frames=world + 1)
+        run_pipe(pipe, num_frames=world - 1)
         res["bad_frames_message"] = ""
     except ValueError as e:
         res["bad_frames_message"] = str(e)
@@ -315,18 +330,24 @@ def scenario(rank, world):
     torch.set_num_threads(1)
     if world in (2, 3):
         check_primitives(rank, world, res)
-        check_unet(rank, world, res, frames_per_rank=2 if world == 2 else 1)
-        check_svd_unet_and_motion_positions(rank, world, res, frames_per_rank=2 if world == 2 else 1)
+        check_unet(rank, world, res, num_frames=2 * world if world == 2 else world)
+        check_unet(rank, world, res, num_frames=world + 1, tag="_uneven")
+        check_svd_unet_and_motion_positions(rank, world, res, num_frames=2 * world if world == 2 else world)
+        check_svd_unet_and_motion_positions(rank, world, res, num_frames=world + 2, tag="_uneven")
         check_pipeline(rank, world, res, [(False, True)] + ([(True, False)] if world == 2 else []), num_frames=world)
+        check_pipeline(rank, world, res, [(False, True)], num_frames=world + 1, tag="_uneven")
         check_bad_frames(rank, world, res)
     if world == 2:
         check_video_to_video(rank, world, res)
         check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
+        check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_uneven")
         check_animatediff(rank, world, res, [(False, True), (True, False)], frames=4)
     if world == 3:
         check_config_errors(rank, world, res)
+        check_animatediff(rank, world, res, [], frames=4)
     if world == 4:
         check_pipeline(rank, world, res, [(True, True)], num_frames=4)
+        check_pipeline(rank, world, res, [(True, True)], num_frames=5, tag="_uneven")
         check_svd_pipeline(rank, world, res, [(True, True)], frames=4)
     return res
 
@@ -359,34 +380,38 @@ def results(tmp_path_factory):
     return get
 
 
-PRIMITIVES = ["frames_to_pixels_n7", "pixels_to_frames_n7", "frames_to_pixels_nW", "pixels_to_frames_nW",
+PRIMITIVES = ["frames_to_pixels_n7", "pixels_to_frames_n7", "frames_to_pixels_nW", "pixels_to_frames_nW", "gather",
               "frame_conv", "group_norm", "temporal_attend_n9", "temporal_attend_n1",
               "handler_removed"]
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_primitives_equal_single_process(results, world):
+@pytest.mark.parametrize("tag", ["", "_uneven"])
+def test_primitives_equal_single_process(results, world, tag):
     for r, res in enumerate(results(world)):
         for key in PRIMITIVES:
-            assert res[key] <= TOL, (world, r, key, res[key])
+            assert res[key + tag] <= TOL, (world, r, key + tag, res[key + tag])
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_frame_parallel_unet3d_equals_single_process(results, world):
+@pytest.mark.parametrize("tag", ["", "_uneven"])
+def test_frame_parallel_unet3d_equals_single_process(results, world, tag):
     for r, res in enumerate(results(world)):
         for name in UNET_CASES:
-            assert res[f"unet_{name}"] < TOL, (world, r, name, res[f"unet_{name}"])
+            assert res[f"unet_{name}{tag}"] < TOL, (world, r, name, res[f"unet_{name}{tag}"])
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_frame_parallel_svd_unet_and_frame_positions_equal_single_process(results, world):
+@pytest.mark.parametrize("tag", ["", "_uneven"])
+def test_frame_parallel_svd_unet_and_frame_positions_equal_single_process(results, world, tag):
     for r, res in enumerate(results(world)):
-        assert res["svd_unet"] < TOL, (world, r, res["svd_unet"])
-        assert res["motion_positions"] < TOL, (world, r, res["motion_positions"])
+        assert res["svd_unet" + tag] < TOL, (world, r, res["svd_unet" + tag])
+        assert res["motion_positions" + tag] < TOL, (world, r, res["motion_positions" + tag])
 
 
-@pytest.mark.parametrize("world,keys", [(2, ["pipeline_frames", "pipeline_cfg"]), (3, ["pipeline_frames"]),
-                                        (4, ["pipeline_cfg+frames"])])
+@pytest.mark.parametrize("world,keys", [(2, ["pipeline_frames", "pipeline_cfg", "pipeline_frames_uneven"]),
+                                        (3, ["pipeline_frames", "pipeline_frames_uneven"]),
+                                        (4, ["pipeline_cfg+frames", "pipeline_cfg+frames_uneven"])])
 def test_parallel_pipeline_equals_single_process(results, world, keys):
     res = results(world)
     for key in keys:
@@ -400,7 +425,7 @@ def test_frame_parallel_video_to_video_equals_single_process(results):
     assert res[1]["video_to_video_frames"] == 0.0
 
 
-@pytest.mark.parametrize("world,keys", [(2, ["svd_pipeline_frames", "svd_pipeline_cfg"]),
+@pytest.mark.parametrize("world,keys", [(2, ["svd_pipeline_frames", "svd_pipeline_cfg", "svd_pipeline_frames_uneven"]),
                                         (4, ["svd_pipeline_cfg+frames"])])
 def test_parallel_svd_sampling_and_decode_equal_single_process(results, world, keys):
     res = results(world)
@@ -411,12 +436,15 @@ def test_parallel_svd_sampling_and_decode_equal_single_process(results, world, k
 
 def test_parallel_animatediff_equals_single_process(results):
     res = results(2)
-    for key in ("animatediff_frames", "animatediff_cfg"):
+    for key in ("animatediff_frames", "animatediff_cfg", "animatediff_windows_frames"):
         assert res[0][key] < 3e-5, (key, res[0][key])
         assert res[1][key] == 0.0
-    for r in res:
-        assert "enable_parallel runs one context window: num_frames=4 needs context_length >= 4" in \
-            r["animatediff_windows_message"], r["animatediff_windows_message"]
+
+
+def test_parallel_animatediff_sliding_windows_split_unevenly(results):
+    res = results(3)  # windows of 4 frames over 3 ranks: 2 + 1 + 1
+    assert res[0]["animatediff_windows_frames"] < 3e-5, res[0]["animatediff_windows_frames"]
+    assert all(r["animatediff_windows_frames"] == 0.0 for r in res[1:])
 
 
 def test_world_size_that_does_not_fit_is_a_clear_error(results):
@@ -427,10 +455,10 @@ def test_world_size_that_does_not_fit_is_a_clear_error(results):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_frames_not_divisible_is_a_clear_error(results, world):
+def test_fewer_frames_than_processes_is_a_clear_error(results, world):
     for res in results(world):
         msg = res["bad_frames_message"]
-        assert f"num_frames divisible by {world}" in msg and f"num_frames={world + 1}" in msg, msg
+        assert f"needs at least {world} frames" in msg and f"num_frames={world - 1}" in msg, msg
 
 
 def test_pipelines_without_parallel_sampling_refuse_enable_parallel():
@@ -516,10 +544,10 @@ def _run_cli_test(tmp_path, capsys, main, make_random_pipeline):
     assert "needs --guidance > 1, got 1.0" in capsys.readouterr().err
     assert not dist.is_initialized()
     argvs = [base + ["-o", str(tmp_path / "parallel.gif"), "--parallel", "frames"],
-             base[:7] + ["3"] + base[8:] + ["-o", str(tmp_path / "bad.gif"), "--parallel", "frames"]]
+             base[:7] + ["1"] + base[8:] + ["-o", str(tmp_path / "bad.gif"), "--parallel", "frames"]]
     mp.spawn(_cli_worker, args=(2, free_port(), argvs, str(tmp_path)), nprocs=2)
     codes = [json.load(open(tmp_path / f"{r}.json")) for r in range(2)]
-    assert codes == [[0, 2]] * 2  # 3 frames over 2 ranks: usage error on every rank, before any work
+    assert codes == [[0, 2]] * 2  # 1 frame over 2 ranks: usage error on every rank, before any work
     assert not (tmp_path / "bad.gif").exists()
     single, parallel = _gif_frames(tmp_path / "single.gif"), _gif_frames(tmp_path / "parallel.gif")
     assert single.shape == parallel.shape == (4, 32, 32, 3)

@@ -1,8 +1,9 @@
 """Communication primitives for frame-parallel inference, each exact against its single-process op.
 
-Frames are split into contiguous, equal slices over the ranks of a frame group (rank ``j`` holds
-frames ``[j f_l, (j+1) f_l)``); pixels, where they are sharded, are split as ``torch.tensor_split``
-does (the first ``n % W`` ranks get one more), so any pixel count of at least ``W`` works.
+Frames are split into contiguous slices over the ranks of a frame group, and pixels (where they are
+sharded) likewise, both as ``torch.tensor_split`` does (:func:`split_sizes`: the first ``n % W`` ranks
+get one more), so any frame or pixel count of at least ``W`` works. Functions that switch or gather
+frames take ``frame_sizes`` (every rank's frame count, in rank order; None: all equal).
 
 * :func:`frames_to_pixels` / :func:`pixels_to_frames` – the Ulysses-style layout switch for temporal
   attention, one ``all_to_all`` each way: ``(b f_l) n c`` (frames sharded) <-> ``(b f) n_l c``
@@ -11,7 +12,7 @@ does (the first ``n % W`` ranks get one more), so any pixel count of at least ``
   neighbouring ranks (zeros at the video's ends, as the convolution's zero padding).
 * :func:`group_norm` – GroupNorm of ``b c f_l h w`` with statistics over all ranks' frames (one
   ``all_gather`` of per-rank count, mean and centred sum of squares, merged with Chan's formula).
-* :func:`gather` – all_gather + cat along a dim (equal slices).
+* :func:`gather` – all_gather + cat along a dim (slices of equal or given sizes).
 
 ``group`` None means a group of one (no communication). Inference only: no autograd.
 """
@@ -33,47 +34,60 @@ def group_rank(group) -> int:
     return 0 if group is None else dist.get_rank(group)
 
 
-def pixel_split(n: int, world: int) -> list[int]:
-    """Pixels per rank for ``n`` pixels over ``world`` ranks (torch.tensor_split's sizes)."""
+def split_sizes(n: int, world: int) -> list[int]:
+    """Items per rank for ``n`` items (frames or pixels) over ``world`` ranks: torch.tensor_split's sizes."""
     base, extra = divmod(n, world)
     return [base + (j < extra) for j in range(world)]
 
 
-def frames_to_pixels(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
+def _frame_sizes(frame_sizes, num_frames: int, group) -> list[int]:
+    world, rank = group_size(group), group_rank(group)
+    sizes = list(frame_sizes) if frame_sizes is not None else [num_frames] * world
+    if len(sizes) != world or sizes[rank] != num_frames:
+        raise ValueError(f"frame_sizes {sizes} do not fit {world} ranks with {num_frames} frames on rank {rank}")
+    return sizes
+
+
+def frames_to_pixels(x: torch.Tensor, num_frames: int, group, frame_sizes=None) -> torch.Tensor:
     """``(b f_l) n c`` with this rank's ``f_l = num_frames`` frames -> ``(b f) n_l c``: every frame of
-    this rank's pixel slice (``f = W f_l`` in rank order). One all_to_all."""
+    this rank's pixel slice (``f = sum(frame_sizes)`` in rank order). One all_to_all."""
     world = group_size(group)
     if world == 1:
         return x
     rank = group_rank(group)
+    fsizes = _frame_sizes(frame_sizes, num_frames, group)
     bf, n, c = x.shape
     b = bf // num_frames
     if n < world:
         raise ValueError(f"frames_to_pixels: {n} pixels cannot be split over {world} ranks (pad them first)")
-    sizes = pixel_split(n, world)
-    unit = b * num_frames * c  # elements per pixel in a slice
+    sizes = split_sizes(n, world)
     send = rearrange(x, "(b f) n c -> n b f c", f=num_frames).contiguous()
-    out = x.new_empty(world * sizes[rank] * unit)
-    dist.all_to_all_single(out, send.view(-1), [sizes[rank] * unit] * world, [s * unit for s in sizes], group=group)
-    return rearrange(out.view(world, sizes[rank], b, num_frames, c), "w n b f c -> (b w f) n c")
+    out = x.new_empty(sizes[rank] * b * sum(fsizes) * c)
+    recv_splits = [sizes[rank] * b * fj * c for fj in fsizes]  # rank j sends its frames of my pixels
+    dist.all_to_all_single(out, send.view(-1), recv_splits, [s * b * num_frames * c for s in sizes], group=group)
+    parts = [p.view(sizes[rank], b, fj, c) for p, fj in zip(out.split(recv_splits), fsizes)]
+    return rearrange(torch.cat(parts, dim=2), "n b f c -> (b f) n c")
 
 
-def pixels_to_frames(y: torch.Tensor, num_frames: int, num_pixels: int, group) -> torch.Tensor:
+def pixels_to_frames(y: torch.Tensor, num_frames: int, num_pixels: int, group, frame_sizes=None) -> torch.Tensor:
     """Inverse of :func:`frames_to_pixels`: ``(b f) n_l c`` -> ``(b f_l) n c`` with ``f_l = num_frames``
     and ``n = num_pixels``. One all_to_all."""
     world = group_size(group)
     if world == 1:
         return y
     rank = group_rank(group)
+    fsizes = _frame_sizes(frame_sizes, num_frames, group)
     _, n_local, c = y.shape
-    b = y.shape[0] // (world * num_frames)
-    sizes = pixel_split(num_pixels, world)
+    b = y.shape[0] // sum(fsizes)
+    sizes = split_sizes(num_pixels, world)
     if sizes[rank] != n_local:
         raise ValueError(f"pixels_to_frames: this rank holds {n_local} pixels, expected {sizes[rank]} of {num_pixels}")
-    unit = b * num_frames * c
-    send = rearrange(y, "(b w f) n c -> w n b f c", w=world, f=num_frames).contiguous()
-    out = y.new_empty(num_pixels * unit)
-    dist.all_to_all_single(out, send.view(-1), [s * unit for s in sizes], [n_local * unit] * world, group=group)
+    # to rank j: its frames of my pixels, n_l b f_j c
+    by_frames = rearrange(y, "(b f) n c -> n b f c", b=b).split(fsizes, dim=2)
+    send = torch.cat([p.reshape(-1) for p in by_frames])
+    out = y.new_empty(num_pixels * b * num_frames * c)
+    dist.all_to_all_single(out, send, [s * b * num_frames * c for s in sizes], [n_local * b * fj * c for fj in fsizes],
+                           group=group)
     return rearrange(out.view(num_pixels, b, num_frames, c), "n b f c -> (b f) n c")
 
 
@@ -147,11 +161,19 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor, group) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
-    """All ranks' equal-shaped slices ``x`` concatenated along ``dim`` in rank order, on every rank."""
+def gather(x: torch.Tensor, group, dim: int, sizes=None) -> torch.Tensor:
+    """All ranks' slices ``x`` concatenated along ``dim`` in rank order, on every rank. ``sizes``: every
+    rank's extent along ``dim`` when they differ (slices are padded to the largest for the all_gather)."""
     world = group_size(group)
     if world == 1:
         return x
+    sizes = list(sizes) if sizes is not None else [x.shape[dim]] * world
+    if sizes[group_rank(group)] != x.shape[dim]:
+        raise ValueError(f"gather: this rank's slice has {x.shape[dim]} along dim {dim}, sizes say {sizes}")
+    top = max(sizes)
+    if x.shape[dim] < top:
+        pad = x.new_zeros(*x.shape[:dim], top - x.shape[dim], *x.shape[dim + 1:])
+        x = torch.cat([x, pad], dim=dim)
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)

@@ -14,7 +14,8 @@ per-frame GroupNorms) needs nothing. The frame-mixing ops in ``nn/`` consult ``n
 * frame-indexed embeddings (SVD's frame-index embedding, AnimateDiff's positions) start at the rank's
   first frame.
 
-Frames must divide evenly over the group (:func:`~vidcore.parallel.group.check_frames` says so).
+Frames are split as ``torch.tensor_split`` does (the first ``f % W`` ranks hold one more), so any
+frame count of at least the group size works (:func:`~vidcore.parallel.group.check_frames`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ from .group import check_frames
 
 
 class FrameShardHandler:
-    """Answers the frame-mixing ops of ``nn/`` for a rank that holds a slice of every video's frames."""
+    """Answers the frame-mixing ops of ``nn/`` for a rank that holds a slice of every video's
+    ``num_frames`` frames (``comm.split_sizes`` of them)."""
 
-    def __init__(self, group):
+    def __init__(self, group, num_frames: int):
         self.group = group
+        self.sizes = comm.split_sizes(num_frames, comm.group_size(group))
+        check_frames(num_frames, len(self.sizes))
 
     def temporal_attend(self, q, k, v, num_frames: int, heads: int, backend=None) -> torch.Tensor:
         # q, k, v: (b f_l) n (heads d), f_l = num_frames local frames
@@ -44,10 +48,10 @@ class FrameShardHandler:
         padded = max(n, world)  # fewer pixels than ranks (tiny latents): zero pixels, dropped after
         if padded > n:
             qkv = torch.cat([qkv, qkv.new_zeros(qkv.shape[0], padded - n, qkv.shape[2])], dim=1)
-        qkv = comm.frames_to_pixels(qkv, num_frames, self.group)  # (b f) n_l 3c
+        qkv = comm.frames_to_pixels(qkv, num_frames, self.group, self.sizes)  # (b f) n_l 3c
         q, k, v = qkv.split(inner, dim=-1)
-        out = local_temporal_attend(q.contiguous(), k.contiguous(), v.contiguous(), num_frames * world, heads, backend)
-        return comm.pixels_to_frames(out, num_frames, padded, self.group)[:, :n]  # (b f_l) n c
+        out = local_temporal_attend(q.contiguous(), k.contiguous(), v.contiguous(), sum(self.sizes), heads, backend)
+        return comm.pixels_to_frames(out, num_frames, padded, self.group, self.sizes)[:, :n]  # (b f_l) n c
 
     def frame_conv(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         return comm.frame_conv(conv, x, self.group)
@@ -56,23 +60,33 @@ class FrameShardHandler:
         return comm.group_norm(norm, x, self.group)
 
     def frame_start(self, num_frames: int) -> int:
-        return comm.group_rank(self.group) * num_frames  # equal contiguous slices
+        rank = comm.group_rank(self.group)
+        if num_frames != self.sizes[rank]:
+            raise ValueError(f"rank {rank} holds {self.sizes[rank]} frames, an op was given {num_frames}")
+        return sum(self.sizes[:rank])
 
 
 @contextmanager
-def frame_parallel(group):
-    """Inside the block, the frame-mixing ops of every model treat their input as this rank's slice of
-    frames of the ranks in ``group`` (None or one rank: ordinary ops)."""
-    with use_frame_handler(FrameShardHandler(group) if comm.group_size(group) > 1 else None):
+def frame_parallel(group, num_frames: int):
+    """Inside the block, the frame-mixing ops of every model treat their input as this rank's slice
+    (:func:`shard_frames`) of videos of ``num_frames`` frames split over ``group`` (None or one rank:
+    ordinary ops)."""
+    with use_frame_handler(FrameShardHandler(group, num_frames) if comm.group_size(group) > 1 else None):
         yield
+
+
+def frame_sizes(num_frames: int, group) -> list[int]:
+    """Frames per rank of ``group`` (the first ``num_frames % W`` ranks hold one more)."""
+    world = comm.group_size(group)
+    check_frames(num_frames, world)
+    return comm.split_sizes(num_frames, world)
 
 
 def shard_frames(x: torch.Tensor, group, dim: int = 2) -> torch.Tensor:
     """This rank's contiguous slice of the frames along ``dim``."""
-    world = comm.group_size(group)
-    check_frames(x.shape[dim], world)
-    per = x.shape[dim] // world
-    return x.narrow(dim, comm.group_rank(group) * per, per)
+    sizes = frame_sizes(x.shape[dim], group)
+    rank = comm.group_rank(group)
+    return x.narrow(dim, sum(sizes[:rank]), sizes[rank])
 
 
 def _shard_folded(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
@@ -100,10 +114,10 @@ def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: 
         down_block_additional_residuals = tuple(_shard_folded(r, f, group) for r in down_block_additional_residuals)
     if mid_block_additional_residual is not None:
         mid_block_additional_residual = _shard_folded(mid_block_additional_residual, f, group)
-    with frame_parallel(group):
+    with frame_parallel(group, f):
         out = unet(local, timestep, encoder_hidden_states, timestep_cond, down_block_additional_residuals,
                    mid_block_additional_residual)
-    return comm.gather(out, group, dim=2) if gather else out
+    return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
 
 
 def svd_unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -114,7 +128,8 @@ def svd_unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states
 
     if not isinstance(unet, SVDUNet):
         raise TypeError(f"svd_unet_forward needs SVD's UNet, got {type(unet).__name__}")
+    f = sample.shape[1]
     local = shard_frames(sample, group, dim=1)
-    with frame_parallel(group):
+    with frame_parallel(group, f):
         out = unet(local, timestep, encoder_hidden_states, added_time_ids)
-    return comm.gather(out, group, dim=1) if gather else out
+    return comm.gather(out, group, dim=1, sizes=frame_sizes(f, group)) if gather else out

@@ -101,14 +101,15 @@ class ParallelConfig:
         return self.rank == 0
 
     def frame_slice(self, num_frames: int) -> slice:
-        """This rank's contiguous frames; errors unless ``num_frames`` divides evenly."""
+        """This rank's contiguous frames (the first ``num_frames % frame_size`` ranks hold one more)."""
         check_frames(num_frames, self.frame_size)
-        per = num_frames // self.frame_size
-        return slice(self.frame_index * per, (self.frame_index + 1) * per)
+        base, extra = divmod(num_frames, self.frame_size)
+        start = self.frame_index * base + min(self.frame_index, extra)
+        return slice(start, start + base + (self.frame_index < extra))
 
 
 def check_frames(num_frames: int, frame_size: int) -> None:
-    if num_frames % frame_size:
-        ok = [n for n in range(frame_size, 4 * frame_size + 1, frame_size)]
-        raise ValueError(f"frame parallel over {frame_size} processes needs num_frames divisible by {frame_size}, "
-                         f"got num_frames={num_frames} (for example {ok}); or change --nproc-per-node")
+    """Every rank of a frame group needs at least one frame."""
+    if num_frames < frame_size:
+        raise ValueError(f"frame parallel over {frame_size} processes needs at least {frame_size} frames (one per "
+                         f"process), got num_frames={num_frames}; use fewer processes (--nproc-per-node)")

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from . import comm
-from .frames import svd_unet_forward, unet3d_forward
+from .frames import frame_sizes, svd_unet_forward, unet3d_forward
 from .group import ParallelConfig, check_frames, init_distributed
 
 
@@ -63,7 +63,7 @@ class ParallelRunner:
         self.config = config
 
     def check(self, num_frames: int) -> None:
-        """Raise before any work if the frames cannot be split over the frame group."""
+        """Raise before any work if the frames cannot be split over the frame group (fewer than one per rank)."""
         check_frames(num_frames, self.config.frame_size)
 
     def broadcast(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +78,7 @@ class ParallelRunner:
         (2b m d) with guidance, else cond (b m d). Returns the full b c f h w noise on every rank."""
         pc = self.config
         guidance = guidance_scale > 1.0
+        sizes = frame_sizes(model_in.shape[2], pc.frame_group)
         if guidance and pc.cfg_size == 2:
             half = embeds.chunk(2)[pc.cfg_index]
             local = unet3d_forward(unet, model_in, t, half, pc.frame_group, gather=False)  # b c f_l h w
@@ -89,7 +90,7 @@ class ParallelRunner:
             if guidance:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
-        return comm.gather(noise, pc.frame_group, dim=2)
+        return comm.gather(noise, pc.frame_group, dim=2, sizes=sizes)
 
     def predict_noise_svd(self, unet, model_in: torch.Tensor, t, image_latents: torch.Tensor, embeds: torch.Tensor,
                           time_ids: torch.Tensor, guidance_scale: torch.Tensor | None) -> torch.Tensor:
@@ -98,6 +99,7 @@ class ParallelRunner:
         ``guidance_scale`` holds per-frame scales ``b f 1 1 1``. Full b f 4 h w on every rank."""
         pc = self.config
         guidance = guidance_scale is not None
+        sizes = frame_sizes(model_in.shape[1], pc.frame_group)
         if guidance and pc.cfg_size == 2:
             i = pc.cfg_index
             x = torch.cat([model_in, image_latents.chunk(2)[i]], dim=2)
@@ -107,10 +109,10 @@ class ParallelRunner:
             x = torch.cat([torch.cat([model_in] * 2) if guidance else model_in, image_latents], dim=2)
             local = svd_unet_forward(unet, x, t, embeds, time_ids, pc.frame_group, gather=False)
             if not guidance:
-                return comm.gather(local, pc.frame_group, dim=1)
+                return comm.gather(local, pc.frame_group, dim=1, sizes=sizes)
             uncond, cond = local.chunk(2)
         scale = guidance_scale[:, pc.frame_slice(model_in.shape[1])]
-        return comm.gather(uncond + scale * (cond - uncond), pc.frame_group, dim=1)
+        return comm.gather(uncond + scale * (cond - uncond), pc.frame_group, dim=1, sizes=sizes)
 
     def decode_parts(self, decode_fn, parts: list[torch.Tensor], frame_shape: tuple[int, ...]) -> torch.Tensor | None:
         """``decode_fn`` on each of ``parts`` (latent chunks decoded independently, e.g. SVD's temporal
@@ -118,7 +120,7 @@ class ParallelRunner:
         elsewhere."""
         pc = self.config
         world, rank = pc.world_size, pc.rank
-        counts = comm.pixel_split(len(parts), world)  # parts per rank
+        counts = comm.split_sizes(len(parts), world)  # parts per rank
         first = sum(counts[:rank])
         sizes = [sum(p.shape[0] for p in parts[sum(counts[:r]): sum(counts[:r + 1])]) for r in range(world)]
         device = parts[0].device

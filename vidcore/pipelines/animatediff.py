@@ -207,7 +207,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
-    parallel_support = True  # enable_parallel (vidcore.parallel), one context window only
+    parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None):
         if isinstance(unet, UNet2D):
@@ -368,9 +368,19 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     # -- pieces ---------------------------------------------------------------------------------
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several."""
-        if self.parallel is not None:  # one window (checked in __call__): CFG halves / frame slices on the ranks
-            return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(latents, t), t, embeds,
-                                               guidance_scale)
+        if self.parallel is not None:  # CFG halves / frame slices of each window on the ranks
+            def window_noise(start, end):
+                return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(latents[:, :, start:end], t),
+                                                   t, embeds, guidance_scale)
+            if len(windows) == 1:
+                return window_noise(0, latents.shape[2])
+            total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
+            weight_sum = torch.zeros(latents.shape[2], dtype=torch.float32, device=latents.device)
+            for start, end in windows:  # guidance is linear, so guiding per window equals guiding the mean
+                w = context_weights(end - start, weighting).to(latents.device)
+                total[:, :, start:end] += window_noise(start, end).float() * w[:, None, None]
+                weight_sum[start:end] += w
+            return (total / weight_sum[:, None, None]).to(latents.dtype)
         guidance = guidance_scale > 1.0
         model_in = torch.cat([latents] * 2) if guidance else latents
         model_in = self.scheduler.scale_model_input(model_in, t)
@@ -440,10 +450,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
 
         unet = self._run_on_device("unet")
         if self.parallel is not None:
-            if len(windows) > 1:
-                raise ValueError(f"enable_parallel runs one context window: num_frames={num_frames} needs "
-                                 f"context_length >= {num_frames} (sliding windows are not split over processes)")
-            self.parallel.check(num_frames)
+            self.parallel.check(min(end - start for start, end in windows))
             latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
