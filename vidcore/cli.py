@@ -48,7 +48,7 @@ DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video"
                                          "image-to-video": None, "animatediff": None, "text2video-zero": None,
                                          "edit": None, "controlled": None}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
-PARALLEL_TASKS = ("text-to-video", "video-to-video", "image-to-video", "animatediff")  # --parallel (vidcore.parallel)
+PARALLEL_TASKS = ("text-to-video", "video-to-video", "i2vgen-xl", "image-to-video", "animatediff")  # --parallel (vidcore.parallel)
 PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``

@@ -87,6 +87,13 @@ class I2VGenXLUNet(UNet3D):
     def forward(self, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor,
                 image_embeddings: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.backbone(*self.prepare(sample, timestep, fps, image_latents, image_embeddings, encoder_hidden_states,
+                                           timestep_cond))
+
+    def prepare(self, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor, image_embeddings: torch.Tensor,
+                encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None = None):
+        """The conditioning before the backbone: ``(sample ⊕ encoded image latents  b 2c f h w, temb b d,
+        context b m' d)``. Cheap next to the backbone, so frame-parallel ranks compute it whole."""
         b, c, f, h, w = sample.shape
         temb = self.time_embed(timestep, b, sample.device, timestep_cond)
         fps_feat = self.time_features(fps, torch.as_tensor(fps).reshape(-1).shape[0], sample.device)
@@ -96,4 +103,4 @@ class I2VGenXLUNet(UNet3D):
         cond = self.image_latents_proj_in(rearrange(image_latents, "b c f h w -> (b f) c h w"))
         cond = rearrange(cond, "(b f) c h w -> (b h w) f c", f=f)
         cond = rearrange(self.image_latents_temporal_encoder(cond), "(b h w) f c -> b c f h w", h=h, w=w)
-        return self.backbone(torch.cat([sample, cond], dim=1), temb, context)
+        return torch.cat([sample, cond], dim=1), temb, context

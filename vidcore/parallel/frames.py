@@ -120,6 +120,23 @@ def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: 
     return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
 
 
+def i2vgen_unet_forward(unet, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor,
+                        image_embeddings: torch.Tensor, encoder_hidden_states: torch.Tensor, group,
+                        gather: bool = True) -> torch.Tensor:
+    """I2VGen-XL's ``unet(sample b c f h w, t, fps, image_latents b 4 f h w, image_embeddings b d, text b m d)``
+    computed frame-parallel over ``group``. The image conditioning (its own small attention over frames
+    at 4 channels) is computed whole on every rank; the backbone runs on this rank's frames."""
+    from ..models.i2vgen_unet import I2VGenXLUNet
+
+    if not isinstance(unet, I2VGenXLUNet):
+        raise TypeError(f"i2vgen_unet_forward needs I2VGen-XL's UNet, got {type(unet).__name__}")
+    f = sample.shape[2]
+    x, temb, context = unet.prepare(sample, timestep, fps, image_latents, image_embeddings, encoder_hidden_states)
+    with frame_parallel(group, f):
+        out = unet.backbone(shard_frames(x, group), temb, context)
+    return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
+
+
 def svd_unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                      added_time_ids: torch.Tensor, group, gather: bool = True) -> torch.Tensor:
     """SVD's ``unet(sample b f c h w, t, context b m d, added_time_ids b k)`` computed frame-parallel over

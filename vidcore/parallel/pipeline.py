@@ -1,4 +1,5 @@
-"""Parallel denoising and decoding for the ModelScope, AnimateDiff and SVD pipelines (``pipe.enable_parallel``).
+"""Parallel denoising and decoding for the ModelScope, I2VGen-XL, AnimateDiff and SVD pipelines
+(``pipe.enable_parallel``).
 
 Every rank runs the same pipeline code on the same inputs; the ranks split the UNet's work:
 
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import comm
-from .frames import frame_sizes, svd_unet_forward, unet3d_forward
+from .frames import frame_sizes, i2vgen_unet_forward, svd_unet_forward, unet3d_forward
 from .group import ParallelConfig, check_frames, init_distributed
 
 
@@ -27,7 +28,7 @@ class ParallelPipelineMixin:
     """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it.
 
     A pipeline class opts in with ``parallel_support = True`` in its own body: subclasses with their
-    own sampling loops (I2VGen-XL, Text2Video-Zero, ControlNet video, ...) inherit the methods but not the
+    own sampling loops (Text2Video-Zero, ControlNet video, ...) inherit the methods but not the
     support, and ``enable_parallel`` refuses them instead of splitting half of their work."""
 
     parallel_support = False
@@ -41,8 +42,8 @@ class ParallelPipelineMixin:
         equal the single-process run; every rank must pass the same arguments and seed."""
         if type(self).__dict__.get("parallel_support") is not True:
             raise NotImplementedError(f"{type(self).__name__} has no parallel sampling yet; enable_parallel supports "
-                                      "TextToVideoPipeline, VideoToVideoPipeline, AnimateDiffPipeline and "
-                                      "StableVideoDiffusionPipeline")
+                                      "TextToVideoPipeline, VideoToVideoPipeline, I2VGenXLPipeline, "
+                                      "AnimateDiffPipeline and StableVideoDiffusionPipeline")
         init_distributed(device=self.device)
         self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
 
@@ -72,21 +73,29 @@ class ParallelRunner:
         dist.broadcast(x, src=0)
         return x
 
-    def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor,
-                      guidance_scale: float) -> torch.Tensor:
+    def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor, guidance_scale: float,
+                      image_conditioning: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Guided noise for ``model_in`` (b c f h w, already scaled); ``embeds`` is [uncond; cond]
-        (2b m d) with guidance, else cond (b m d). Returns the full b c f h w noise on every rank."""
+        (2b m d) with guidance, else cond (b m d). ``image_conditioning``: I2VGen-XL's (fps, image
+        latents, image embeddings), batched like ``embeds``. Returns the full b c f h w noise on every rank."""
         pc = self.config
         guidance = guidance_scale > 1.0
         sizes = frame_sizes(model_in.shape[2], pc.frame_group)
+
+        def forward(x, text, extra):  # this rank's frames of unet(x, t, text)
+            if extra is None:
+                return unet3d_forward(unet, x, t, text, pc.frame_group, gather=False)
+            return i2vgen_unet_forward(unet, x, t, *extra, text, pc.frame_group, gather=False)
+
         if guidance and pc.cfg_size == 2:
-            half = embeds.chunk(2)[pc.cfg_index]
-            local = unet3d_forward(unet, model_in, t, half, pc.frame_group, gather=False)  # b c f_l h w
+            i = pc.cfg_index
+            extra = None if image_conditioning is None else tuple(c.chunk(2)[i] for c in image_conditioning)
+            local = forward(model_in, embeds.chunk(2)[i], extra)  # b c f_l h w
             uncond, cond = comm.gather(local, pc.cfg_group, dim=0).chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)
         else:  # frames only (or cfg ranks without guidance: both compute the same)
             batch = torch.cat([model_in] * 2) if guidance else model_in
-            noise = unet3d_forward(unet, batch, t, embeds, pc.frame_group, gather=False)
+            noise = forward(batch, embeds, image_conditioning)
             if guidance:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)

@@ -145,6 +145,14 @@ class I2VGenXLPipeline(TextToVideoPipeline):
             latents = torch.cat([latents, positions.expand(*latents.shape[:2], -1, *latents.shape[3:])], dim=2)
         return latents
 
+    parallel_support = True  # enable_parallel (vidcore.parallel): CFG halves and frame slices
+
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale):
+        if self.parallel is None:
+            return super().predict_noise(unet, latents, t, prompt_embeds, guidance_scale)
+        return self.parallel.predict_noise(self.unet, self.scheduler.scale_model_input(latents, t), t, prompt_embeds,
+                                           guidance_scale, image_conditioning=self._unet_conditioning)
+
     def _run_on_device(self, name: str):
         # During sampling the (inherited) denoise loop calls unet(sample, t, text); bind the image and
         # fps conditions of the current call to it.
