@@ -312,8 +312,8 @@ def test_error_bad_arguments_fail_before_loading(capsys, tmp_path):
     code, out, err = run_cli(capsys, "generate", "text-to-video", "--model", tmp_path / "missing", "--prompt", "x",
                              "-o", tmp_path / "out.avi")
     assert_one_line_error(code, out, err, "-o/--output", ".mp4")
-    with pytest.raises(SystemExit) as exc:  # argparse: --model is required (no built-in model yet)
-        main(["generate", "text-to-video", "--prompt", "x"])
+    with pytest.raises(SystemExit) as exc:  # argparse: --model is required (only text-to-video has a built-in one)
+        main(["generate", "video-to-video", "--video", "v.mp4", "--prompt", "x"])
     assert exc.value.code == 2
     assert "--model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

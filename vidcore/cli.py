@@ -42,11 +42,11 @@ EXIT_RUNTIME = 1  # the run itself failed (out of memory)
 EXIT_USAGE = 2  # bad input: arguments, missing or corrupt models (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130
 
-# Built-in model per generate task; ``None`` makes ``--model`` required for that task.
-# A later release fills these in (a small demo model), which also makes ``--model`` optional.
-DEFAULT_MODELS: dict[str, str | None] = {"text-to-video": None, "video-to-video": None, "i2vgen-xl": None,
-                                         "image-to-video": None, "animatediff": None, "text2video-zero": None,
-                                         "edit": None, "controlled": None}
+# Tasks whose --model is optional: without it they run vidcore's built-in demo model (vidcore/demo).
+DEMO_TASKS = ("text-to-video",)
+# text-to-video settings left unset on the command line: (for a --model, for the demo model)
+TEXT_TO_VIDEO_DEFAULTS = {"frames": (16, "num_frames"), "guidance": (9.0, "guidance_scale"), "fps": (8.0, "fps"),
+                          "steps": (25, "num_inference_steps")}
 IMAGE_TASKS = ("i2vgen-xl", "image-to-video")  # tasks with an --image input
 PARALLEL_TASKS = ("text-to-video", "video-to-video", "i2vgen-xl", "image-to-video", "animatediff")  # --parallel (vidcore.parallel)
 PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
@@ -114,14 +114,22 @@ def _device(text: str) -> str:
     return text
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` except where the default is None (the help text says what happens then)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentParser:
-    p = tasks.add_parser(task, help=help_text, description=help_text,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    default_model = DEFAULT_MODELS.get(task)
-    p.add_argument("--model", required=default_model is None, default=default_model, metavar="PATH_OR_REPO",
+    p = tasks.add_parser(task, help=help_text, description=help_text, formatter_class=_DefaultsFormatter)
+    demo = task in DEMO_TASKS
+    p.add_argument("--model", required=not demo, default=None, metavar="PATH_OR_REPO",
                    help="diffusers pipeline folder (with model_index.json) or hub repo id"
                         + (", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"
-                           if task == "animatediff" else ""))
+                           if task == "animatediff" else "")
+                        + ("; default: the built-in demo model (32x32 px shapes, offline), e.g. "
+                           "cerspense/zeroscope_v2_576w for a real one" if demo else ""))
     svd = task == "image-to-video"  # Stable Video Diffusion: no text, its own sampler and conditions
     if not svd:
         p.add_argument("--prompt", default=None, help="the text prompt (required unless --prompts is given)")
@@ -219,12 +227,13 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
                        help="frames between window starts (default: context length // 4)")
         p.add_argument("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
                        help="how overlapping windows are blended")
-    else:
-        p.add_argument("--frames", type=_positive_int, default=16, help="number of frames")
+    else:  # text-to-video: unset values come from TEXT_TO_VIDEO_DEFAULTS (different for the demo model)
+        p.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default 16; demo model 8)")
         p.add_argument("--height", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
         p.add_argument("--width", type=_positive_int, default=None, help="multiple of 8 (default: the model's size)")
-        p.add_argument("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
-        p.add_argument("--fps", type=_positive_float, default=8.0, help="output frame rate")
+        p.add_argument("--guidance", type=float, default=None,
+                       help="classifier-free guidance scale (default 9; demo model 5)")
+        p.add_argument("--fps", type=_positive_float, default=None, help="output frame rate (default 8; demo model 4)")
     p.add_argument("-o", "--output", default="output.mp4", action=_OutputAction,
                    help=f"output file, {'/'.join(OUTPUT_SUFFIXES)}; with --num-videos N: NAME_0.mp4 ... NAME_{{N-1}}.mp4")
     if not svd:
@@ -236,7 +245,8 @@ def _add_generate_parser(tasks, task: str, help_text: str) -> argparse.ArgumentP
         p.add_argument("--outdir", default=None, metavar="DIR", help="output folder of --prompts")
         p.add_argument("--format", choices=BATCH_FORMATS, default=None,
                        help="file format of the --prompts videos (default: mp4)")
-    p.add_argument("--steps", type=_positive_int, default=25, help="number of denoising steps")
+    p.add_argument("--steps", type=_positive_int, default=None if demo else 25, help="number of denoising steps"
+                   + (" (default 25)" if demo else ""))
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
     if not svd:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
@@ -617,10 +627,29 @@ def _enable_parallel(pipe, args, num_frames: int) -> None:
         pipe.set_progress_bar_config(disable=True)
 
 
-def cmd_generate(args) -> int:
-    model = args.model or DEFAULT_MODELS.get(args.task)
+def _text_to_video_defaults(args) -> str:
+    """The model to load; fills the settings left unset (the demo model has its own, see vidcore.demo)."""
+    from .demo import DEFAULTS as DEMO, demo_model_path
+
+    model = args.model
     if model is None:
-        raise UsageError(f"generate {args.task}: --model is required")
+        try:
+            model = str(demo_model_path())
+        except VidcoreError as err:
+            raise UsageError(str(err)) from None
+        print(f"no --model given: using vidcore's built-in demo model ({DEMO['height']}x{DEMO['width']} px, "
+              f"{DEMO['num_frames']} frames, colored shapes moving left/right/up/down); pass --model "
+              f"cerspense/zeroscope_v2_576w (or any hub id or folder) for a real model")
+    for name, (default, demo_key) in TEXT_TO_VIDEO_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, DEMO[demo_key] if args.model is None else default)
+    return model
+
+
+def cmd_generate(args) -> int:
+    model = args.model
+    if args.task in DEMO_TASKS:
+        model = _text_to_video_defaults(args)
     batch = getattr(args, "prompts", None) is not None
     if batch:  # one video per prompt; the prompts are spread over torchrun's processes (no process group)
         jobs = _batch_jobs(args)
