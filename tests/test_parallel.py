@@ -138,6 +138,7 @@ def _check_primitives(rank, world, res, f, tag):
 
 UNET_CASES = {
     "two-levels": (dict(), (2, 4, 8, 12)),
+    "frame-positions": (dict(frame_positions=8), (1, 4, 8, 4)),  # the demo model's extension
     "three-levels-odd-size": (dict(block_out_channels=(8, 16, 16), layers_per_block=1, attention_head_dim=4,
                                    down_block_types=("CrossAttnDownBlock3D",) * 2 + ("DownBlock3D",),
                                    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 2), (1, 4, 9, 7)),

@@ -64,6 +64,7 @@ class DemoConfig:
     unet_channels: tuple[int, ...] = (32, 64)
     unet_layers: int = 1
     head_dim: int = 8
+    frame_positions: int | None = None  # UNet3DConfig.frame_positions (None = ModelScope's UNet3D)
     unet_steps: int = 4000
     unet_batch: int = 24  # clips
     unet_lr: float = 1e-3
@@ -71,6 +72,7 @@ class DemoConfig:
     prompt_dropout: float = 0.1
     ema_decay: float = 0.999
     text_pretrain_steps: int = 200
+    train_text_encoder: bool = False  # keep training it with the UNet after the pretraining (collapses directions)
     high_noise_fraction: float = 0.0  # share of each batch with t drawn from the top 30 % of the schedule
     loss_weighting: str = "v"  # epsilon-MSE weight per timestep, see loss_weight()
     max_loss_weight: float = 50.0
@@ -101,7 +103,8 @@ def build_unet(cfg: DemoConfig) -> UNet3D:
         block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers, attention_head_dim=cfg.head_dim,
         cross_attention_dim=cfg.text_width, norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",),
-        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1), sample_size=cfg.size // cfg.vae_factor))
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1), sample_size=cfg.size // cfg.vae_factor,
+        frame_positions=cfg.frame_positions))
 
 
 def build_tokenizer(folder: Path):
@@ -283,7 +286,14 @@ def train_unet(cfg: DemoConfig, latents: tuple[torch.Tensor, torch.Tensor], prom
     if cfg.text_pretrain_steps:
         pretrain_text_encoder(cfg, text_encoder, ids[1:], tokenizer.eos_token_id, quiet)
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    if not cfg.train_text_encoder:
+        # frozen after pretraining, as real text-to-video models freeze their pretrained CLIP: trained on by
+        # the diffusion loss, the text encoder let the direction words collapse (the UNet learned color
+        # first and took the motion direction from the noise)
+        text_encoder.eval().requires_grad_(False)
+        with torch.no_grad():
+            frozen_context = text_encoder(ids)[0]  # (1 + 48) 77 d
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     mean, std = (x.to(dev) for x in latents)
@@ -299,9 +309,11 @@ def train_unet(cfg: DemoConfig, latents: tuple[torch.Tensor, torch.Tensor], prom
         t = sample_timesteps(cfg.unet_batch, scheduler.num_train_timesteps, cfg.high_noise_fraction, g).to(dev)
         noise = torch.randn(x0.shape, generator=g).to(dev)
         xt = scheduler.add_noise(x0, noise, t)
-        # encode the unique prompts of this batch once
-        uniq, inverse = which.unique(return_inverse=True)
-        context = text_encoder(ids[uniq])[0][inverse]
+        if cfg.train_text_encoder:  # encode the unique prompts of this batch once
+            uniq, inverse = which.unique(return_inverse=True)
+            context = text_encoder(ids[uniq])[0][inverse]
+        else:
+            context = frozen_context[which]
         pred = unet(xt, t, context)
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3, 4))
         a = alphas_cumprod.to(dev)[t]

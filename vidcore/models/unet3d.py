@@ -46,6 +46,11 @@ class UNet3DConfig:
     attention_head_dim: int | tuple[int, ...] = 64
     time_cond_proj_dim: int | None = None
     sample_size: int | None = None
+    # vidcore extension, not in diffusers' UNet3DConditionModel (None = ModelScope): a fixed sinusoidal
+    # frame-position table of this many frames added before every temporal attention, as AnimateDiff's
+    # motion modules do. ModelScope's temporal attention has no positions, so a small model trained from
+    # scratch cannot tell the first frame from the last and never learns the direction words (the demo).
+    frame_positions: int | None = None
 
     @classmethod
     def from_diffusers_config(cls, config: dict) -> "UNet3DConfig":
@@ -74,6 +79,8 @@ class UNet3DConfig:
 
     def to_diffusers_config(self) -> dict:
         out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        if out["frame_positions"] is None:  # vidcore's extension: absent from ModelScope / diffusers configs
+            del out["frame_positions"]
         return {"_class_name": "UNet3DConditionModel", **out}
 
     def head_dims(self) -> tuple[int, ...]:
@@ -102,7 +109,8 @@ class Block3D(nn.Module):
             SpatialTransformer(out_channels, heads, head_dim, cfg.cross_attention_dim, g) for _ in range(layers if attention else 0)
         )
         self.temp_attentions = nn.ModuleList(
-            TemporalTransformer(out_channels, heads, head_dim, g) for _ in range(layers if attention else 0)
+            TemporalTransformer(out_channels, heads, head_dim, g, max_positions=cfg.frame_positions)
+            for _ in range(layers if attention else 0)
         )
         self.downsample = Downsample(out_channels, padding=cfg.downsample_padding) if downsample else None
         self.upsample = Upsample(out_channels) if upsample else None
@@ -127,7 +135,8 @@ class MidBlock3D(nn.Module):
         )
         self.temp_convs = nn.ModuleList(TemporalConv(channels, g) for _ in range(2))
         self.attentions = nn.ModuleList([SpatialTransformer(channels, heads, head_dim, cfg.cross_attention_dim, g)])
-        self.temp_attentions = nn.ModuleList([TemporalTransformer(channels, heads, head_dim, g)])
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(channels, heads, head_dim, g,
+                                                                  max_positions=cfg.frame_positions)])
 
     def forward(self, x, temb, context, num_frames):
         x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
@@ -147,7 +156,8 @@ class UNet3D(UNetOptionsMixin, nn.Module):
         head_dims = cfg.head_dims()
         self.conv_in = nn.Conv2d(conv_in_channels or cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
-        self.transformer_in = TemporalTransformer(ch[0], 8, head_dims[0], cfg.norm_num_groups)
+        self.transformer_in = TemporalTransformer(ch[0], 8, head_dims[0], cfg.norm_num_groups,
+                                                 max_positions=cfg.frame_positions)
 
         self.down_blocks = nn.ModuleList()
         skips = [ch[0]]  # channels of every skip tensor, in push order

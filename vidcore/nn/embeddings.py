@@ -65,7 +65,7 @@ class SinusoidalPositions(nn.Module):
         start = frame_start(num_frames)  # > 0 for later frame slices under frame parallelism
         if start + num_frames > self.max_len:
             raise ValueError(f"{start + num_frames} frames is more than this temporal module's {self.max_len} positions "
-                             f"(motion_max_seq_length); use at most {self.max_len} frames per window")
+                             f"(motion_max_seq_length / frame_positions); use at most {self.max_len} frames per window")
         n, tokens, c = x.shape
         pe = self.pe[0, start:start + num_frames].to(x.dtype)  # f c
         return (x.view(n // num_frames, num_frames, tokens, c) + pe[None, :, None]).view(n, tokens, c)
