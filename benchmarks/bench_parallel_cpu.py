@@ -8,13 +8,20 @@ rank). Reports the median step time, each rank's peak RSS (whole process: Python
 activations, communication buffers) and the bytes each rank sends per step, counted at the
 torch.distributed calls. Every parallel result is checked against the single-process step.
 
-Part 2 (arithmetic, no communication): the real UNets built on the meta device run with a handler
-that gives each frame-mixing op the shapes a rank would see and records the bytes it would send
-(all-to-all of q|k|v and of the attention output, halo frames, GroupNorm statistics); FLOPs per
-rank come from torch.utils.flop_counter. Both per UNet forward on the CFG batch (b = 2), fp16.
+Part 2 (arithmetic, no communication): the real UNets built on the meta device run rank 0's slice of
+the frames (split as torch.tensor_split: rank 0 holds the largest slice) through the real frame
+handler (vidcore.parallel.frames.FrameShardHandler) with a stand-in for torch.distributed that sends
+nothing and records the bytes each call would send (all-to-all of q|k|v and of the attention output,
+halo frames, GroupNorm statistics); FLOPs per rank come from torch.utils.flop_counter (math
+attention), peak activation bytes per rank from LiveBytes (a TorchDispatchMode that tracks the live
+storages created during the forward; weights and inputs are not counted; attention allocated as a
+fused SDPA kernel would, without the score matrix). All per UNet forward on the CFG batch (b = 2),
+fp16; W = 1 is the plain forward with no handler. LiveBytes is checked first against a chain of ops
+with a known peak and against real CPU tensors for a reduced UNet3D.
 
     /work/venv/bin/python benchmarks/bench_parallel_cpu.py                  # both parts
     /work/venv/bin/python benchmarks/bench_parallel_cpu.py --part 2
+    /work/venv/bin/python benchmarks/bench_parallel_cpu.py --part 2 --models svd
     /work/venv/bin/python benchmarks/bench_parallel_cpu.py --frames 8 --size 16 --steps 5
 """
 
@@ -29,9 +36,13 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_repo_paths, print_machine, table  # noqa: E402
@@ -155,53 +166,175 @@ def part1(args) -> None:
 # ----------------------------------------------------------------------------- part 2: arithmetic
 
 
-class VolumeHandler:
-    """A frame handler for meta tensors: each op gets the shapes a rank of ``world`` sees, no
-    communication, and the bytes it would send are summed (interior rank: two halo neighbours)."""
+class FakeDist:
+    """Stands in for ``torch.distributed`` inside ``vidcore.parallel.comm`` on meta tensors: rank ``rank`` of a
+    group of ``world``, no communication (receive buffers keep their allocated, meta, contents), and the bytes
+    this rank would send are summed per kind (all-to-all: all but the own split; all_gather: W - 1 copies, ring;
+    halo: the isends of the point-to-point exchange)."""
 
-    def __init__(self, world: int):
-        self.world, self.sent = world, {"all-to-all": 0, "halo": 0, "norm stats": 0}
+    isend, irecv = "isend", "irecv"
 
-    def temporal_attend(self, q, k, v, num_frames, heads, backend=None):
-        from vidcore.nn.attention import local_temporal_attend
+    class P2POp:
+        def __init__(self, op, tensor, peer, group=None):
+            self.op, self.tensor, self.peer = op, tensor, peer
 
-        w, (bf, n, c) = self.world, q.shape
-        n_local = -(-n // w)
-        self.sent["all-to-all"] += 4 * bf * n * c * q.element_size() * (w - 1) // w  # q|k|v in, output back
-        sharded = torch.empty(bf * w, n_local, c, device=q.device, dtype=q.dtype)
-        local_temporal_attend(sharded, sharded, sharded, num_frames * w, heads, "math")
-        return torch.empty_like(q)
+    def __init__(self, world: int, rank: int = 0):
+        self.world, self.rank = world, rank
+        self.sent = {"all-to-all": 0, "halo": 0, "norm stats": 0}
 
-    def frame_conv(self, conv, x):
-        from vidcore.parallel.comm import frame_conv
+    def get_world_size(self, group=None):
+        return self.world
 
-        b, c, f, h, w = x.shape
-        self.sent["halo"] += 2 * b * c * h * w * x.element_size() if self.world > 1 else 0
-        return frame_conv(conv, x, None)
+    def get_rank(self, group=None):
+        return self.rank
 
-    def group_norm(self, norm, x):
-        self.sent["norm stats"] += 3 * x.shape[0] * norm.num_groups * 4 * (self.world - 1)
-        return norm(x)
+    def get_global_rank(self, group, r):
+        return r
+
+    def all_to_all_single(self, out, inp, output_split_sizes=None, input_split_sizes=None, group=None):
+        mine = input_split_sizes[self.rank] if input_split_sizes else inp.numel() // self.world
+        self.sent["all-to-all"] += (inp.numel() - mine) * inp.element_size()
+
+    def all_gather(self, parts, t, group=None):
+        self.sent["norm stats"] += (self.world - 1) * t.numel() * t.element_size()
+
+    def batch_isend_irecv(self, ops):
+        self.sent["halo"] += sum(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op == self.isend)
+        return []
 
 
-def count(model, inputs, world: int):
+@contextmanager
+def meta_rank(world: int, num_frames: int):
+    """The real ``FrameShardHandler`` (as ``frame_parallel`` installs it) for rank 0 of ``world`` (the largest
+    slice when ``num_frames % world``), with :class:`FakeDist` in place of ``torch.distributed``. Yields the
+    FakeDist (its ``sent``); world 1: no handler (the plain single-process forward)."""
+    from vidcore.nn.frame_hooks import use_frame_handler
+    from vidcore.parallel import comm
+    from vidcore.parallel.frames import FrameShardHandler
+
+    fake, saved = FakeDist(world), comm.dist
+    comm.dist = fake
+    try:
+        with use_frame_handler(FrameShardHandler(object(), num_frames) if world > 1 else None):
+            yield fake
+    finally:
+        comm.dist = saved
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the tensors created while the mode is active (activations; weights and inputs made
+    before it are not counted). Every tensor output of every aten op is keyed by its storage: the storage's
+    nbytes are added when a new storage first appears and subtracted when the last tensor object seen on
+    it is freed (views and in-place results of tracked storages add references; those of storages made
+    before the mode are ignored). Works on meta tensors (the storage identity is
+    ``untyped_storage()._cdata``; meta data_ptr is 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.refs = 0, 0, {}
+
+    def _drop(self, key):
+        self.refs[key][0] -= 1
+        if self.refs[key][0] == 0:
+            self.live -= self.refs.pop(key)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in self.refs:
+                self.refs[key][0] += 1
+            elif key in inputs:  # a view or in-place result of a weight/input made before the mode
+                continue
+            else:
+                self.refs[key] = [1, storage.nbytes()]
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._drop, key)
+        return out
+
+
+def _check_live_bytes() -> None:
+    """LiveBytes on a chain whose answer is known: the peak is 3 N float32 values, and nothing is left."""
+    n = 1000
+    for device in ("meta", "cpu"):
+        x = torch.zeros(n, device=device)
+        with LiveBytes() as mem:
+            a = x + 1  # N live
+            b = a * 2  # 2N
+            del a  # N
+            b.add_(1)  # in-place: no new storage
+            v = b.view(10, 100)  # a view: no new storage
+            x.mul_(1)  # in-place on an input: not counted
+            c = torch.cat([v, v])  # N + 2N = 3N (the peak)
+            del b, v  # 2N (c)
+            d = c[:5].half()  # 2N + 500 float16 values
+            del c, d
+        assert mem.peak == 3 * n * 4 and mem.live == 0, (device, mem.peak, mem.live)
+
+
+def _check_meta_vs_cpu() -> None:
+    """W = 1 peak of a reduced UNet3D forward on meta equals the one on real CPU tensors."""
+    from test_parallel import randomize
+    from vidcore.nn.attention import attention_backend
+    from vidcore.models.unet3d import UNet3D, UNet3DConfig
+
+    peaks = []
+    for device in ("cpu", "meta"):
+        torch.manual_seed(0)
+        unet = randomize(UNet3D(UNet3DConfig(**REDUCED)), 0).to(device)
+        inputs = (torch.randn(2, 4, 4, 8, 8).to(device), 500, torch.randn(2, 7, 64).to(device))
+        with torch.no_grad(), attention_backend("math"), LiveBytes() as mem:
+            unet(*inputs)
+        peaks.append(mem.peak)
+    assert peaks[0] == peaks[1], peaks
+    print(f"self-checks passed: LiveBytes chain (3N), reduced UNet3D W = 1 peak on CPU = on meta "
+          f"({peaks[0] / 2**20:.2f} MiB)")
+
+
+@contextmanager
+def fused_attention():
+    """SDPA as a fused (memory-efficient / flash) GPU kernel allocates it: the output only, no score matrix
+    (on meta, F.scaled_dot_product_attention decomposes into the math path, which materializes the scores)."""
+    import torch.nn.functional as F
+
+    saved = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda q, k, v, *a, **kw: \
+        torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = saved
+
+
+def count(model, make, frames: int, world: int):
+    """FLOPs, bytes sent and peak activation bytes of rank 0 (the largest slice) for one forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from vidcore.nn.attention import attention_backend
-    from vidcore.nn.frame_hooks import use_frame_handler
+    from vidcore.parallel.comm import split_sizes
 
-    handler = VolumeHandler(world)
-    with torch.no_grad(), attention_backend("math"), use_frame_handler(handler), \
+    inputs = make(split_sizes(frames, world)[0])
+    with torch.no_grad(), attention_backend("math"), meta_rank(world, frames) as fake, \
             FlopCounterMode(display=False) as flops:
         model(*inputs)
-    return flops.get_total_flops(), handler.sent
+    with torch.no_grad(), attention_backend("sdpa"), fused_attention(), meta_rank(world, frames), LiveBytes() as mem:
+        model(*inputs)
+    return flops.get_total_flops(), fake.sent, mem.peak
 
 
 def part2(args) -> None:
     from conversion.maps.original_svd import SVD_XT_UNET_CONFIG
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
     from vidcore.models.unet3d import UNet3D, UNet3DConfig
+    from vidcore.parallel.comm import split_sizes
 
+    _check_live_bytes()
+    _check_meta_vs_cpu()
     modelscope = {"attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 1024,
                   "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"], "layers_per_block": 2,
                   "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3}
@@ -209,33 +342,39 @@ def part2(args) -> None:
     with torch.device("meta"):
         ms = UNet3D(UNet3DConfig.from_diffusers_config(modelscope)).to(dt)
         svd = SVDUNet(SVDUNetConfig.from_diffusers_config(SVD_XT_UNET_CONFIG)).to(dt)
-    cases = [("Zeroscope 576x320", ms, 24, (2, 4, 8),
+    cases = [("Zeroscope 576x320", ms, 24, (1, 2, 4, 8),
               lambda f_l: (torch.empty(2, 4, f_l, 40, 72, device="meta", dtype=dt), 500,
                            torch.empty(2, 77, 1024, device="meta", dtype=dt))),
-             ("SVD-XT 1024x576", svd, 25, (5,),
-              lambda f_l: (torch.empty(2, f_l, 8, 72, 128, device="meta", dtype=dt), 500,
-                           torch.empty(2, 1, 1024, device="meta", dtype=dt),
-                           torch.empty(2, 3, device="meta", dtype=dt))),
-             ("SVD 1024x576, 14 frames", svd, 14, (2, 7),
+             ("SVD-XT 1024x576", svd, 25, (1, 2, 4, 5, 8),
               lambda f_l: (torch.empty(2, f_l, 8, 72, 128, device="meta", dtype=dt), 500,
                            torch.empty(2, 1, 1024, device="meta", dtype=dt),
                            torch.empty(2, 3, device="meta", dtype=dt)))]
-    print("\n## Part 2: per UNet forward on the CFG batch (b = 2), fp16, frames split over W ranks "
-          f"(bytes sent by an interior rank; time at {args.tflops:g} TFLOP/s achieved and "
+    cases = [c for c in cases if not args.models or any(m.lower() in c[0].lower() for m in args.models)]
+    print("\n## Part 2: per UNet forward on the CFG batch (b = 2), fp16, frames split over W ranks as "
+          "torch.tensor_split (rank 0 holds the largest slice; its FLOPs, bytes sent and peak activations; halo "
+          f"for a rank with two neighbours when W > 2; time at {args.tflops:g} TFLOP/s achieved and "
           f"{args.link_gbs:g} GB/s per link, no overlap)\n")
     rows = []
     for name, model, frames, worlds, make in cases:
-        single, _ = count(model, make(frames), 1)
+        base_peak = None
         for w in worlds:
-            flops, sent = count(model, make(frames // w), w)
+            t0 = time.perf_counter()
+            flops, sent, peak = count(model, make, frames, w)
+            if w > 2:
+                sent["halo"] *= 2  # rank 0 has one neighbour; an interior rank sends the same to two
+            base_peak = peak if w == 1 else base_peak
             total = sum(sent.values())
             t_compute, t_comm = flops / (args.tflops * 1e12), total / (args.link_gbs * 1e9)
-            rows.append((name, frames, w, f"{single / 1e12:.1f}", f"{flops / 1e12:.2f}",
-                         f"{sent['all-to-all'] / 2**20:.0f}", f"{sent['halo'] / 2**20:.0f}",
-                         f"{sent['norm stats'] / 2**10:.0f} KiB", f"{flops / max(total, 1):.0f}",
-                         f"{1000 * t_compute:.0f}", f"{1000 * t_comm:.1f}"))
-    print(table(rows, ("model", "frames", "W", "TFLOP (1 rank)", "TFLOP per rank", "all-to-all MiB", "halo MiB",
-                       "norm stats", "FLOP per byte sent", "compute ms", "comm ms")))
+            sizes = split_sizes(frames, w)
+            rows.append((name, frames, w, "/".join(map(str, sorted(set(sizes), reverse=True))),
+                         f"{flops / 1e12:.2f}", f"{sent['all-to-all'] / 2**20:.0f}", f"{sent['halo'] / 2**20:.0f}",
+                         f"{sent['norm stats'] / 2**10:.0f} KiB", f"{flops / total:.0f}" if total else "-",
+                         f"{1000 * t_compute:.0f}", f"{1000 * t_comm:.1f}", f"{peak / 2**30:.2f}",
+                         f"{peak / base_peak:.3f}" if base_peak else "-"))
+            print(f"  {name} W={w}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    print(table(rows, ("model", "frames", "W", "frames per rank", "TFLOP per rank", "all-to-all MiB", "halo MiB",
+                       "norm stats", "FLOP per byte sent", "compute ms", "comm ms", "peak activations GiB per rank",
+                       "vs W=1")))
 
 
 def main() -> None:
@@ -246,6 +385,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--tflops", type=float, default=300.0, help="assumed achieved fp16 TFLOP/s per GPU (part 2)")
     p.add_argument("--link-gbs", type=float, default=150.0, help="assumed GB/s each rank can send (part 2)")
+    p.add_argument("--models", nargs="*", help="part 2: only the rows whose model name contains one of these")
     args = p.parse_args()
     print_machine()
     if args.part in ("1", "both"):
