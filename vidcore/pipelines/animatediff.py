@@ -23,7 +23,6 @@ only the motion modules' attention and also reschedules the initial noise (not i
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -39,7 +38,6 @@ from .lora import MotionLoRAMixin
 from .text_to_video import TextToVideoPipeline
 from .video_processing import postprocess_video
 
-log = logging.getLogger(__name__)
 
 # What AnimateDiff's documentation passes to DDIMScheduler.from_pretrained(sd_model, subfolder="scheduler", ...)
 # (the motion modules were trained with linear betas).
@@ -171,15 +169,10 @@ def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, t
 def stored_scheduler(config_file: Path):
     """The scheduler of a pipeline's ``scheduler_config.json`` (PNDM for SD1.5 repos, as diffusers); one vidcore
     does not implement (e.g. LMS) is replaced by DDIM with AnimateDiff's recommended settings, with a log message."""
-    from ..schedulers import from_config
+    from ..schedulers import stored_or_fallback
 
-    try:
-        return from_config(config_file)
-    except (ValueError, NotImplementedError) as err:
-        log.warning("the stored scheduler is not usable in vidcore (%s); using DDIM with AnimateDiff's "
-                    "recommended settings (%s)", str(err).split(";")[0],
-                    ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items()))
-        return animatediff_scheduler(config_file)
+    settings = ", ".join(f"{k}={v!r}" for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items())
+    return stored_or_fallback(config_file, animatediff_scheduler, f" with AnimateDiff's recommended settings ({settings})")
 
 
 def animatediff_scheduler(config, kind: str | None = None, **overrides):

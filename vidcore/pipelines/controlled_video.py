@@ -28,7 +28,6 @@ Control images: pose images come from the user (e.g. OpenPose renderings, the fo
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -44,11 +43,10 @@ from ..models.controlnet import ControlNet
 from ..models.unet2d import UNet2D
 from ..nn.attention import Attention, set_cross_frame_attention
 from ..random import randn_tensor
-from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .base import VideoPipelineOutput
 from .text_to_video import TextToVideoPipeline
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
-log = logging.getLogger(__name__)
 
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
@@ -101,18 +99,6 @@ def control_frames_to_tensor(frames, height: int | None = None, width: int | Non
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def _scheduler(config_file: Path):
-    """The stored scheduler (SD1.5 ships PNDM), or DDIM built from its config for one vidcore lacks (e.g. LMS)."""
-    from ..schedulers import DDIMScheduler, from_config, read_config
-
-    try:
-        return from_config(config_file)
-    except (ValueError, NotImplementedError) as err:
-        log.warning("the stored scheduler is not usable in vidcore (%s); using DDIMScheduler built from its config",
-                    str(err).split(";")[0])
-        return DDIMScheduler.from_config(read_config(config_file))
 
 
 def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, revision: str | None = None,
@@ -169,40 +155,18 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         ``controlnet`` (a ControlNet, or a folder / hub repo id / file :func:`load_controlnet` reads, e.g.
         ``lllyasviel/sd-controlnet-openpose`` or ``lllyasviel/sd-controlnet-canny``); without it the folder's own
         ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used. The stored scheduler is used (PNDM
-        for SD1.5, as diffusers; one vidcore does not implement is replaced by DDIM built from its config);
+        for SD1.5, as diffusers; one vidcore does not implement is replaced as in :func:`~vidcore.pipelines.text2video_zero.sd_scheduler`);
         ``scheduler=`` and the other components passed as keyword arguments replace the stored ones."""
-        from ..loading import load_model
-        from .animatediff import _resolve
+        from .text2video_zero import load_sd_components
 
-        unknown = sorted(set(overrides) - set(COMPONENTS))
-        if unknown:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
-        dtype = hub.parse_dtype(torch_dtype)
         modules = dict(overrides)
         if controlnet is not None:
-            modules["controlnet"] = load_controlnet(controlnet, dtype, variant, None, token, controlnet_config_from)
-        wanted = [c for c in COMPONENTS if c not in modules]
-        root = _resolve(path_or_repo, wanted, variant, revision, token)
-        if not (root / "model_index.json").is_file():
-            raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is "
-                                     f"missing (looked in {root})")
-        for name in wanted:
-            sub = root / name
-            if not sub.is_dir():
-                hint = (" (an SD model has none: pass controlnet=, CLI --controlnet, e.g. "
-                        "lllyasviel/sd-controlnet-openpose)" if name == "controlnet" else "")
-                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}{hint}")
-            if name == "tokenizer":
-                modules[name] = load_tokenizer(sub)
-            elif name == "text_encoder":
-                modules[name] = load_text_encoder(sub, dtype, variant)
-            elif name == "scheduler":
-                modules[name] = _scheduler(sub / "scheduler_config.json")
-            elif name == "controlnet":
-                modules[name] = load_controlnet(sub, dtype, variant)
-            else:
-                modules[name] = load_model(sub, torch_dtype=dtype, variant=variant)
-        return cls(**modules)
+            modules["controlnet"] = load_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, None, token,
+                                                    controlnet_config_from)
+        hint = " (an SD model has none: pass controlnet=, CLI --controlnet, e.g. lllyasviel/sd-controlnet-openpose)"
+        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, modules,
+                                        components=COMPONENTS, loaders={"controlnet": load_controlnet},
+                                        hints={"controlnet": hint}))
 
     # -- pieces ---------------------------------------------------------------------------------
     def prepare_control(self, conditioning_frames, height, width) -> torch.Tensor:

@@ -19,7 +19,6 @@ jump's noise ``(b (f-1)) 4 h w``, then any DDIM ``eta`` noise), so a seed gives 
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
 from .text_to_video import TextToVideoPipeline
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
-log = logging.getLogger(__name__)
 
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
@@ -49,29 +47,30 @@ def sd_scheduler(config_file: Path):
     """The stored scheduler (SD1.5 ships PNDM, InstructPix2Pix Euler ancestral); one vidcore does not implement
     (e.g. LMS) is replaced by the closest vidcore sampler built from the same config (Euler for Euler-like
     names, else DDIM), with a log message."""
-    from ..schedulers import DDIMScheduler, EulerDiscreteScheduler, from_config, read_config
+    from ..schedulers import DDIMScheduler, EulerDiscreteScheduler, stored_or_fallback
 
-    try:
-        return from_config(config_file)
-    except (ValueError, NotImplementedError) as err:
-        config = read_config(config_file)
+    def closest(config):
         cls = EulerDiscreteScheduler if "Euler" in str(config.get("_class_name")) else DDIMScheduler
-        log.warning("the stored scheduler is not usable in vidcore (%s); using %s built from its config",
-                    str(err).split(";")[0], cls.__name__)
         return cls.from_config(config)
 
+    return stored_or_fallback(config_file, closest, " built from its config")
 
-def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides) -> dict:
-    """Tokenizer, text encoder, UNet2D, VAE and scheduler of a Stable Diffusion 1.x-layout folder or hub repo
-    (only those components' configs and safetensors are downloaded); ``overrides`` replace stored ones."""
+
+def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides,
+                       components: Sequence[str] = COMPONENTS, loaders: dict | None = None,
+                       hints: dict[str, str] | None = None) -> dict:
+    """Tokenizer, text encoder, UNet2D, VAE and scheduler (or ``components``) of a Stable Diffusion 1.x-layout
+    folder or hub repo (only those components' configs and safetensors are downloaded); ``overrides`` replace
+    stored ones. ``loaders``: ``name -> fn(folder, dtype, variant)`` for components beyond SD's own (a
+    ControlNet); ``hints``: text appended to the error when that component's folder is missing."""
     from ..loading import load_model
     from .animatediff import _resolve
 
-    unknown = sorted(set(overrides) - set(COMPONENTS))
+    unknown = sorted(set(overrides) - set(components))
     if unknown:
         raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
     dtype = hub.parse_dtype(torch_dtype)
-    wanted = [c for c in COMPONENTS if c not in overrides]
+    wanted = [c for c in components if c not in overrides]
     root = _resolve(path_or_repo, wanted, variant, revision, token)
     if not (root / "model_index.json").is_file():
         raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is missing "
@@ -80,13 +79,15 @@ def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token,
     for name in wanted:
         sub = root / name
         if not sub.is_dir():
-            raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
+            raise ModelNotFoundError(f"component folder '{name}' is missing in {root}{(hints or {}).get(name, '')}")
         if name == "tokenizer":
             modules[name] = load_tokenizer(sub)
         elif name == "text_encoder":
             modules[name] = load_text_encoder(sub, dtype, variant)
         elif name == "scheduler":
             modules[name] = sd_scheduler(sub / "scheduler_config.json")
+        elif name in (loaders or {}):
+            modules[name] = loaders[name](sub, dtype, variant)
         else:
             modules[name] = load_model(sub, torch_dtype=dtype, variant=variant)
     return modules

@@ -56,6 +56,20 @@ def from_config(config: dict | str | Path, **overrides) -> Scheduler:
     return scheduler_class(cfg["_class_name"]).from_config(cfg, **overrides)
 
 
+def stored_or_fallback(config: dict | str | Path, fallback, note: str = "") -> Scheduler:
+    """The scheduler a pipeline stored (:func:`from_config`), or ``fallback(config dict)`` when vidcore does not
+    implement that class (e.g. LMS), with a log message naming both (``note`` is appended to it)."""
+    import logging
+
+    try:
+        return from_config(config)
+    except (ValueError, NotImplementedError) as err:
+        scheduler = fallback(read_config(config))
+        logging.getLogger(__name__).warning("the stored scheduler is not usable in vidcore (%s); using %s%s",
+                                            str(err).split(";")[0], type(scheduler).__name__, note)
+        return scheduler
+
+
 __all__ = [
     "SCHEDULERS",
     "DDIMConfig",
@@ -73,6 +87,7 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "from_config",
+    "stored_or_fallback",
     "read_config",
     "scheduler_class",
 ]
