@@ -1,11 +1,13 @@
-"""A tiny text-to-video model to be trained by the project on synthetic clips and shipped in the package.
+"""vidcore's built-in demo model: a tiny text-to-video pipeline trained by the project on synthetic clips and
+shipped in the package (``model/``, diffusers layout, fp16 safetensors), so that ``vidcore generate
+text-to-video`` without ``--model`` makes a real video offline.
 
-Status: in progress. The data generator (``data.py``), the training script (``python -m
-vidcore.demo.train``) and the evaluation (``python -m vidcore.demo.evaluate``) work and are tested, but
-no trained weights are shipped yet: the recipes tried so far learn the color words but not the motion
-direction, so ``vidcore generate`` still needs ``--model``. The vocabulary is 4 colors (red, green,
-blue, yellow), 3 shapes (circle, square, triangle) and 4 directions (left, right, up, down): prompts look
-like ``"a {color} {shape} moving {direction}"``.
+``data.py`` makes the clips (one colored shape crossing a black 32x32 frame in 8 frames), ``train.py``
+trains the pipeline (``python -m vidcore.demo.train --out DIR``) and ``evaluate.py`` scores it
+(``python -m vidcore.demo.evaluate``). The vocabulary is 4 colors (red, green, blue, yellow), 3 shapes
+(circle, square, triangle) and 4 directions (left, right, up, down): prompts look like
+``"a {color} {shape} moving {direction}"``; other words are ignored. ``model/README.md`` has the training
+command, time and metrics.
 """
 
 from __future__ import annotations
