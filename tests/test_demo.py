@@ -85,3 +85,13 @@ def test_cli_without_model_uses_the_demo(capsys, tmp_path):
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == DEFAULTS["num_frames"] and frames[0].shape == (DEFAULTS["height"], DEFAULTS["width"], 3)
+
+
+def test_bf16_runs_finite_and_follows_the_prompt():
+    """What a GPU user gets by default is low precision (fp16 there); bf16 is the fast low-precision path on CPU."""
+    pipe = vidcore.TextToVideoPipeline.from_pretrained(demo_model_path(), torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {k: v for k, v in DEFAULTS.items() if k != "fps"}
+    out = pipe("a green square moving down", **kwargs, generator=torch.Generator().manual_seed(2), output_type="np").frames
+    assert np.isfinite(out).all()
+    assert (score_color(out[0]), score_direction(out[0])) == ("green", "down")
