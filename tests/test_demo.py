@@ -69,6 +69,8 @@ def test_follows_color_and_direction(pipe):
 
 
 def test_unknown_words_still_run(pipe):
+    """Words outside the vocabulary are spelled out letter by letter: the call works (the docs say the result
+    is then unreliable)."""
     out = pipe("a purple hexagon zigzagging diagonally!", num_frames=2, num_inference_steps=2,
                generator=torch.Generator().manual_seed(0), output_type="np").frames
     assert out.shape == (1, 2, DEFAULTS["height"], DEFAULTS["width"], 3) and np.isfinite(out).all()

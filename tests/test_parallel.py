@@ -264,6 +264,11 @@ def check_animatediff(rank, world, res, modes, frames):
     pipe.enable_parallel(cfg=False, frames=True)
     got = run_pipe(pipe, **windows)
     res["animatediff_windows_frames"] = err(got, ref) if rank == 0 else float(got is not None)
+    try:  # windows shorter than the frame group
+        run_pipe(pipe, num_frames=6, context_length=world - 1, context_stride=1)
+        res["animatediff_short_windows_message"] = ""
+    except ValueError as e:
+        res["animatediff_short_windows_message"] = str(e)
     pipe.disable_parallel()
 
 
@@ -446,6 +451,13 @@ def test_parallel_animatediff_sliding_windows_split_unevenly(results):
     res = results(3)  # windows of 4 frames over 3 ranks: 2 + 1 + 1
     assert res[0]["animatediff_windows_frames"] < 3e-5, res[0]["animatediff_windows_frames"]
     assert all(r["animatediff_windows_frames"] == 0.0 for r in res[1:])
+    for r in res:
+        assert "needs context_length >= 3, got 2" in r["animatediff_short_windows_message"], r
+
+
+def test_parallel_animatediff_short_windows_are_a_clear_error(results):
+    for r in results(2):
+        assert "needs context_length >= 2, got 1" in r["animatediff_short_windows_message"], r
 
 
 def test_world_size_that_does_not_fit_is_a_clear_error(results):
@@ -477,16 +489,17 @@ def _i2vgen_worker(rank, world, port, folder, out_dir):
         pipe.set_progress_bar_config(disable=True)
         image = PIL.Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 52, 3), dtype=np.uint8))
 
-        def run(frames):
+        def run(frames, global_seed):
+            torch.manual_seed(global_seed)  # the image's posterior sample comes from the global RNG (diffusers' way)
             return pipe("a cat", image=image, height=16, width=24, num_frames=frames, num_inference_steps=2,
                         negative_prompt="ugly", eta=0.5, clip_skip=None, output_type="pt",
-                        generator=torch.Generator().manual_seed(3), image_latents_from_generator=True).frames
+                        generator=torch.Generator().manual_seed(3)).frames
 
         for frames in (4, 3):  # 3 frames over 2 ranks: 2 + 1
-            ref = run(frames)
+            ref = run(frames, 5)
             for cfg, fr in ((False, True), (True, False)):
                 pipe.enable_parallel(cfg=cfg, frames=fr)
-                got = run(frames)
+                got = run(frames, 5 if rank == 0 else 50 + rank)  # rank 0's image latents are broadcast
                 key = f"i2vgen_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}_{frames}"
                 res[key] = err(got, ref) if rank == 0 else float(got is not None)
                 pipe.disable_parallel()

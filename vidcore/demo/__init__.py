@@ -6,7 +6,8 @@ text-to-video`` without ``--model`` makes a real video offline.
 trains the pipeline (``python -m vidcore.demo.train --out DIR``) and ``evaluate.py`` scores it
 (``python -m vidcore.demo.evaluate``). The vocabulary is 4 colors (red, green, blue, yellow), 3 shapes
 (circle, square, triangle) and 4 directions (left, right, up, down): prompts look like
-``"a {color} {shape} moving {direction}"``; other words are ignored. ``model/README.md`` has the training
+``"a {color} {shape} moving {direction}"``; other words are accepted (spelled out letter by letter by
+the tokenizer) but shift the result. ``model/README.md`` has the training
 command, time and metrics.
 """
 

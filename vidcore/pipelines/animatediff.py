@@ -443,7 +443,11 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
 
         unet = self._run_on_device("unet")
         if self.parallel is not None:
-            self.parallel.check(min(end - start for start, end in windows))
+            shortest, ranks = min(end - start for start, end in windows), self.parallel.config.frame_size
+            if len(windows) > 1 and shortest < ranks:
+                raise ValueError(f"frame parallel over {ranks} processes splits each context window: it needs "
+                                 f"context_length >= {ranks}, got {shortest}")
+            self.parallel.check(num_frames)
             latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):

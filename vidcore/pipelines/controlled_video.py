@@ -159,6 +159,9 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         ``scheduler=`` and the other components passed as keyword arguments replace the stored ones."""
         from .text2video_zero import load_sd_components
 
+        unknown = sorted(set(overrides) - set(COMPONENTS))
+        if unknown:  # before any download
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
         modules = dict(overrides)
         if controlnet is not None:
             modules["controlnet"] = load_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, None, token,

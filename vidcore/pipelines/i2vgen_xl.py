@@ -205,6 +205,8 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         image_latents = self.encode_image_latents(images, width, height, num_frames, image_embeds.dtype, device,
                                                   generator if image_latents_from_generator else None)
         image_latents = image_latents.repeat_interleave(per_video, dim=0)  # b 4 f h w
+        if self.parallel is not None:  # its posterior sample may come from each rank's global RNG: use rank 0's
+            image_latents = self.parallel.broadcast(image_latents)
         if guidance:
             image_embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])
             image_latents = torch.cat([image_latents, image_latents])
