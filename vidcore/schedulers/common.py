@@ -214,6 +214,18 @@ class SchedulerConfig:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BetaScheduleConfig(SchedulerConfig):
+    """The training noise schedule every vidcore sampler is built on (diffusers' defaults); each sampler's
+    config adds its own fields after these."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+
+
 class Scheduler:
     """What every scheduler exposes to pipelines (names mirror diffusers)."""
 

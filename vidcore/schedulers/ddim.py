@@ -16,7 +16,7 @@ from .common import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     Scheduler,
-    SchedulerConfig,
+    BetaScheduleConfig,
     add_noise_vp,
     check_choice,
     clip_x0,
@@ -27,12 +27,7 @@ from .common import (
 
 
 @dataclass(frozen=True)
-class DDIMConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class DDIMConfig(BetaScheduleConfig):
     clip_sample: bool = True
     set_alpha_to_one: bool = True
     steps_offset: int = 0

@@ -16,7 +16,7 @@ from .common import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     Scheduler,
-    SchedulerConfig,
+    BetaScheduleConfig,
     add_noise_vp,
     check_choice,
     clip_x0,
@@ -29,12 +29,7 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
 
 @dataclass(frozen=True)
-class DDPMConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class DDPMConfig(BetaScheduleConfig):
     variance_type: str = "fixed_small"
     clip_sample: bool = True
     prediction_type: str = "epsilon"

@@ -21,7 +21,7 @@ from .common import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     Scheduler,
-    SchedulerConfig,
+    BetaScheduleConfig,
     broadcast_to,
     check_choice,
     dynamic_threshold,
@@ -30,12 +30,7 @@ from .common import (
 
 
 @dataclass(frozen=True)
-class DPMSolverMultistepConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class DPMSolverMultistepConfig(BetaScheduleConfig):
     solver_order: int = 2
     prediction_type: str = "epsilon"
     thresholding: bool = False

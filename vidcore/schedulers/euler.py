@@ -23,7 +23,7 @@ from .common import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     Scheduler,
-    SchedulerConfig,
+    BetaScheduleConfig,
     broadcast_to,
     check_choice,
     make_betas,
@@ -33,12 +33,7 @@ from .dpm_solver import _karras_sigmas, _sigma_to_t
 
 
 @dataclass(frozen=True)
-class EulerDiscreteConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class EulerDiscreteConfig(BetaScheduleConfig):
     prediction_type: str = "epsilon"
     interpolation_type: str = "linear"
     use_karras_sigmas: bool = False

@@ -15,17 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from ..random import randn_tensor
-from .common import TIMESTEP_SPACINGS, SchedulerConfig, check_choice
+from .common import TIMESTEP_SPACINGS, BetaScheduleConfig, check_choice
 from .euler import EulerDiscreteScheduler
 
 
 @dataclass(frozen=True)
-class EulerAncestralDiscreteConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class EulerAncestralDiscreteConfig(BetaScheduleConfig):
     prediction_type: str = "epsilon"
     timestep_spacing: str = "linspace"
     steps_offset: int = 0

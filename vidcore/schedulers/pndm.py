@@ -21,7 +21,7 @@ import torch
 from .common import (
     TIMESTEP_SPACINGS,
     Scheduler,
-    SchedulerConfig,
+    BetaScheduleConfig,
     add_noise_vp,
     check_choice,
     make_betas,
@@ -30,12 +30,7 @@ from .common import (
 
 
 @dataclass(frozen=True)
-class PNDMConfig(SchedulerConfig):
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
+class PNDMConfig(BetaScheduleConfig):
     skip_prk_steps: bool = False
     set_alpha_to_one: bool = False
     prediction_type: str = "epsilon"
