@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_repo_paths, interleaved, loadavg, print_machine, rel_err
+from common import add_repo_paths, add_timing_args, apply_threads, interleaved, loadavg, print_machine, rel_err
 
 add_repo_paths()
 
@@ -46,13 +46,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16, help="latent height = width (16 -> 128x128 pixels)")
     ap.add_argument("--batch", type=int, default=2, help="2 = one video with classifier-free guidance")
     ap.add_argument("--dtype", choices=("all", "fp32", "bf16"), default="all")
-    ap.add_argument("--repeats", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=120.0, help="stop timing rounds after this many seconds")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+    add_timing_args(ap, repeats=8, budget=120.0, unit="rounds")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     print("## Machine")
     print_machine()
     print(f"- command: {' '.join([Path(sys.executable).name] + sys.argv)}")

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_repo_paths, interleaved, loadavg, median_ms, print_machine, rel_err, table
+from common import (add_repo_paths, add_timing_args, apply_threads, interleaved, loadavg, median_ms, print_machine,
+                    rel_err, table)
 
 add_repo_paths()
 
@@ -55,13 +56,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=64, help="height = width in pixels")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=90.0, help="stop timing a mode after this many seconds")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+    add_timing_args(ap, repeats=7, budget=90.0, unit="a mode")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     import diffusers
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench_svd_cpu import timing_table
-from common import add_repo_paths, interleaved, loadavg, print_machine, rel_err
+from common import add_repo_paths, add_timing_args, apply_threads, interleaved, loadavg, print_machine, rel_err
 
 add_repo_paths()
 
@@ -44,13 +44,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="UNet batch (2 = one video with CFG)")
     ap.add_argument("--tokens", type=int, default=77)
     ap.add_argument("--dtype", choices=("all", "fp32", "bf16"), default="all")
-    ap.add_argument("--repeats", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=120.0, help="stop timing rounds after this many seconds")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+    add_timing_args(ap, repeats=8, budget=120.0, unit="rounds")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     import diffusers
     from diffusers import I2VGenXLUNet

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from common import add_repo_paths, interleaved, loadavg, median_ms, print_machine, rel_err, table
+from common import (add_repo_paths, add_timing_args, apply_threads, interleaved, loadavg, median_ms, print_machine,
+                    rel_err, table)
 
 add_repo_paths()
 
@@ -41,16 +42,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--guidance-scale", type=float, default=9.0)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget", type=float, default=120.0, help="stop timing rounds after this many seconds")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+    add_timing_args(ap, repeats=15, budget=120.0, unit="rounds")
     ap.add_argument("--components", action="store_true",
                     help="also time the parts separately: one CFG UNet forward at the pipeline's latent shape and "
                          "one VAE decode of all frames (diffusers/vidcore interleaved)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     import diffusers
 

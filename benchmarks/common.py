@@ -99,6 +99,20 @@ class Timings:
         return statistics.median(a / b for a, b in zip(self.wall[name], self.wall[base]))
 
 
+def add_timing_args(ap, repeats: int, budget: float, unit: str = "rounds") -> None:
+    """--repeats, --warmup, --budget and --threads, as every CPU timing script takes them."""
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=budget, help=f"stop timing {unit} after this many seconds")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 = torch's default")
+
+
+def apply_threads(args) -> None:
+    """``--threads N``: torch.set_num_threads(N) unless N is 0 (torch's default)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                 budget_s: float | None = None) -> Timings:
     """Time each callable ``repeats`` times, one call of each per round, rotating the order each round.
