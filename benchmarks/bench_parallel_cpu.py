@@ -328,7 +328,7 @@ def count(model, make, frames: int, world: int):
 
 
 def part2(args) -> None:
-    from conversion.maps.original_svd import SVD_XT_UNET_CONFIG
+    from vidcore.conversion.maps.original_svd import SVD_XT_UNET_CONFIG
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
     from vidcore.models.unet3d import UNet3D, UNet3DConfig
     from vidcore.parallel.comm import split_sizes

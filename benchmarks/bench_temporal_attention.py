@@ -8,7 +8,7 @@ transformer produce when the block does not permute its input) and the output is
 * ``b strided``: SDPA on a strided ``(n, h, f, d)`` view of each video (no input copies; the last
   dim is contiguous, which the flash/mem-efficient kernels accept) + one copy of the output into
   ``(b f) n (h d)``.
-* ``c triton`` (CUDA only): ``kernels.temporal_attention_triton`` reads and writes the spatial layout
+* ``c triton`` (CUDA only): ``vidcore.kernels.temporal_attention_triton`` reads and writes the spatial layout
   directly (``dot`` and ``fma`` variants).
 
 For each shape: median time, achieved GB/s for the ideal traffic (read q, k, v once + write out once)
@@ -35,7 +35,7 @@ from common import add_repo_paths, print_machine, table
 
 add_repo_paths()
 
-from kernels.temporal_attention import (  # noqa: E402
+from vidcore.kernels.temporal_attention import (  # noqa: E402
     HAS_TRITON,
     temporal_attention_reference,
     temporal_attention_triton,

@@ -20,6 +20,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+# The repository root holds kernels/ and conversion/, which ship as vidcore.kernels and vidcore.conversion.
+# On sys.path (``python -m pytest`` puts the working directory there) they would shadow PyPI's `kernels`
+# (imported by diffusers and transformers), so the tests import vidcore as installed, as users do.
+REPO_ROOT = TESTS_DIR.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
+_early = sys.modules.get("kernels")
+assert _early is None or not str(getattr(_early, "__file__", "")).startswith(str(REPO_ROOT)), (
+    "the repository's kernels/ folder was imported as the top-level `kernels` package")
+
 
 @pytest.fixture
 def tiny_t2v(tmp_path):

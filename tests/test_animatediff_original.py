@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import tiny
 import vidcore
-from conversion.maps.original_motion import config_from_keys, detect, motion_adapter_map
+from vidcore.conversion.maps.original_motion import config_from_keys, detect, motion_adapter_map
 from vidcore.errors import CheckpointError, ConversionError
 from vidcore.hub import load_state_dict
 from vidcore.loading import BY_NAME, load_model_with_info, original_keymap, original_state_dict, save_original

@@ -1,5 +1,7 @@
 """Attention backend dispatch: choices, per-module pinning, and that "auto" never runs Triton on the CPU."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ def test_backends_agree_on_temporal_attention():
     for name in ("auto", "sdpa", "math"):
         with vidcore.attention_backend(name):
             outs[name] = A.temporal_attend(q, k, v, 3, 2)
-    from kernels import temporal_attention_reference
+    from vidcore.kernels import temporal_attention_reference
 
     ref = temporal_attention_reference(q, k, v, 3, 2)
     for out in outs.values():
@@ -27,7 +29,7 @@ def test_backends_agree_on_temporal_attention():
 
 
 def test_auto_never_runs_triton_on_cpu(monkeypatch):
-    import kernels.temporal_attention as kt
+    import vidcore.kernels.temporal_attention as kt
 
     def boom(*args, **kwargs):
         raise AssertionError("Triton kernel called on CPU under 'auto'")
@@ -62,7 +64,7 @@ def test_per_module_backend_overrides_global(tmp_path, monkeypatch):
     torch.testing.assert_close(plain, pinned, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not __import__("kernels").HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(not importlib.import_module("vidcore.kernels").HAS_TRITON, reason="triton not installed")
 def test_triton_backend_in_a_whole_unet_under_the_interpreter(tmp_path):
     """The kernel wired into UNet3D's temporal transformers gives the SDPA result (CPU interpreter)."""
     from diffusers import UNet3DConditionModel

@@ -81,10 +81,12 @@ def assert_no_temp_leftovers(folder: Path) -> None:
 # ----------------------------------------------------------------------------- generate
 
 
-def test_generate_text_to_video_mp4(capsys, pipeline_folder, tmp_path):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_generate_text_to_video_mp4(capsys, pipeline_folder, tmp_path, spelling):
     out_file = tmp_path / "out" / "cat.mp4"
-    code, out, err = run_cli(capsys, "generate", "text-to-video", "--model", pipeline_folder, "--prompt",
-                             "a cat riding a horse", "--negative-prompt", "blurry", "-o", out_file, "--seed", 3, *SMALL)
+    code, out, err = run_cli(capsys, *tiny.cli_spelling(spelling, [
+        "generate", "text-to-video", "--model", pipeline_folder, "--prompt", "a cat riding a horse",
+        "--negative-prompt", "blurry", "-o", out_file, "--seed", 3, *SMALL]))
     assert code == 0, err
     assert out.strip() == str(out_file)
     assert count_video_frames(out_file) == (3, (24, 16))
@@ -104,13 +106,14 @@ def test_generate_gif_several_videos_dpm(capsys, pipeline_folder, tmp_path):
     assert not np.array_equal(np.asarray(videos[0][0]), np.asarray(videos[1][0]))  # two different samples
 
 
-def test_generate_video_to_video(capsys, pipeline_folder, tmp_path):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_generate_video_to_video(capsys, pipeline_folder, tmp_path, spelling):
     rng = np.random.default_rng(0)
     source = vidcore.export_to_video(rng.random((4, 16, 24, 3), dtype=np.float32), tmp_path / "in.mp4", fps=6)
     out_file = tmp_path / "v2v.mp4"
-    code, out, err = run_cli(capsys, "generate", "video-to-video", "--model", pipeline_folder, "--video", source,
-                             "--prompt", "a panda surfing", "--strength", "0.6", "--frames", "3", "--steps", "2",
-                             "--device", "cpu", "--no-progress", "-o", out_file)
+    code, out, err = run_cli(capsys, *tiny.cli_spelling(spelling, [
+        "generate", "video-to-video", "--model", pipeline_folder, "--video", source, "--prompt", "a panda surfing",
+        "--strength", "0.6", "--frames", "3", "--steps", "2", "--device", "cpu", "--no-progress", "-o", out_file]))
     assert code == 0, err
     assert out.strip() == str(out_file)
     assert count_video_frames(out_file) == (3, (24, 16))

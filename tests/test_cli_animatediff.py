@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
+import tiny
 import tiny_animatediff as ta
 import vidcore.cli
 from vidcore import AnimateDiffPipeline
@@ -67,20 +68,20 @@ def test_writes_a_gif_equal_to_a_direct_call(capsys, setup, tmp_path):
     assert np.abs(first - expected[0]).mean() < 0.05
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "dpm++", "euler-a"])
-def test_forwards_every_option(capsys, setup, tmp_path, monkeypatch, scheduler):
+@pytest.mark.parametrize("scheduler,spelling", [("euler", "vidcore"), ("dpm++", "diffusers"), ("euler-a", "vidcore")])
+def test_forwards_every_option(capsys, setup, tmp_path, monkeypatch, scheduler, spelling):
     """The CLI's frames equal a direct pipeline call with the same arguments (so no option is dropped)."""
     written = []
-    monkeypatch.setattr(vidcore.cli, "_write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
-    code, out, err = run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter,
-                             "--prompt", "waves", "--frames", "30", "--height", "8", "--width", "8", "--steps", "2",
-                             "--guidance", "5.0", "--seed", "3", "--scheduler", scheduler, "--num-videos", "2",
-                             "--context-length", "12", "--context-stride", "5", "--context-weighting", "flat",
-                             "--decode-chunk-size", "4", "--vae-slicing", "--fps", "10", "--device", "cpu",
-                             "--dtype", "fp32", "--no-progress", "-o", tmp_path / "v.mp4")
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
+    code, out, err = run_cli(capsys, *tiny.cli_spelling(spelling, [
+        "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter, "--prompt", "waves",
+        "--frames", "30", "--height", "8", "--width", "8", "--steps", "2", "--guidance", "5.0", "--seed", "3",
+        "--scheduler", scheduler, "--num-videos", "2", "--context-length", "12", "--context-stride", "5",
+        "--context-weighting", "flat", "--decode-chunk-size", "4", "--vae-slicing", "--fps", "10", "--device", "cpu",
+        "--dtype", "fp32", "--no-progress", "-o", tmp_path / "v.mp4"]))
     assert code == 0, err
     assert out.split() == [str(tmp_path / "v_0.mp4"), str(tmp_path / "v_1.mp4")]
-    expected = direct(setup, scheduler=vidcore.cli.ANIMATEDIFF_SCHEDULERS[scheduler], prompt="waves", num_frames=30,
+    expected = direct(setup, scheduler=vidcore.cli.tasks.ANIMATEDIFF_SCHEDULERS[scheduler], prompt="waves", num_frames=30,
                       height=8, width=8, num_inference_steps=2, guidance_scale=5.0, num_videos_per_prompt=2,
                       context_length=12, context_stride=5, context_weighting="flat", decode_chunk_size=4,
                       generator=torch.Generator("cpu").manual_seed(3))
@@ -141,7 +142,7 @@ def test_single_file_model_with_config_from(capsys, setup, tmp_path, monkeypatch
     model = tmp_path / "civitai_model.safetensors"
     save_file(state, str(model))
     written = []
-    monkeypatch.setattr(vidcore.cli, "_write_video", lambda frames, path, fps: written.append(frames) or str(path))
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames) or str(path))
     code, out, err = run_cli(capsys, "generate", "animatediff", "--model", model, "--config-from", setup.sd,
                              "--motion-adapter", setup.adapter, "--prompt", "waves", "--frames", "2", "--height", "8",
                              "--width", "16", "--steps", "2", "--seed", "4", "--device", "cpu", "--no-progress",

@@ -16,7 +16,8 @@ import pytest
 
 import tiny
 import vidcore
-from vidcore.cli import _slug, main
+from vidcore.cli import main
+from vidcore.cli.outputs import slug as _slug
 
 # 16 x 24 pixels, 3 frames, 1 step: well under a second per video on a CPU
 SMALL = ["--height", "16", "--width", "24", "--frames", "3", "--steps", "1", "--device", "cpu", "--no-progress"]

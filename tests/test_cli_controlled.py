@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+import tiny
 import tiny_controlnet as tc
 import vidcore.cli
 from vidcore.cli import main
@@ -53,7 +54,7 @@ def run_cli(capsys, *argv):
 
 def capture(monkeypatch):
     written = []
-    monkeypatch.setattr(vidcore.cli, "_write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
     return written
 
 
@@ -63,14 +64,15 @@ def direct(built, controlnet, **kwargs):
     return pipe(output_type="np", **kwargs).frames
 
 
-def test_canny_equals_a_direct_call(capsys, setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_canny_equals_a_direct_call(capsys, setup, tmp_path, monkeypatch, spelling):
     built, video = setup
     written = capture(monkeypatch)
-    code, out, err = run_cli(capsys, "generate", "controlled", "--control", "canny", "--video", video, "--model",
-                             built.sd, "--controlnet", built.controlnet, "--prompt", "a red car", "--negative-prompt",
-                             "blurry", "--frames", "3", "--steps", "2", "--guidance", "5.0", "--seed", "3",
-                             "--controlnet-scale", "0.7", "--canny-low", "60", "--canny-high", "120", "--device", "cpu",
-                             "--no-progress", "-o", tmp_path / "out.mp4")
+    code, out, err = run_cli(capsys, *tiny.cli_spelling(spelling, [
+        "generate", "controlled", "--control", "canny", "--video", video, "--model", built.sd, "--controlnet",
+        built.controlnet, "--prompt", "a red car", "--negative-prompt", "blurry", "--frames", "3", "--steps", "2",
+        "--guidance", "5.0", "--seed", "3", "--controlnet-scale", "0.7", "--canny-low", "60", "--canny-high", "120",
+        "--device", "cpu", "--no-progress", "-o", tmp_path / "out.mp4"]))
     assert code == 0, err
     assert out.strip() == str(tmp_path / "out.mp4")
     frames = load_video(video)[:3]

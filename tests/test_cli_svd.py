@@ -73,7 +73,8 @@ def test_image_to_video_has_no_text_options(capsys):
     assert "--prompt" in capsys.readouterr().err
 
 
-def test_image_to_video_forwards_every_option(capsys, svd_folder, rocket, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_image_to_video_forwards_every_option(capsys, svd_folder, rocket, tmp_path, monkeypatch, spelling):
     """The CLI's frames equal a direct pipeline call with the same arguments (so no option is dropped),
     and ``--num-frames`` defaults to the UNet's ``num_frames``."""
     import numpy as np
@@ -84,12 +85,12 @@ def test_image_to_video_forwards_every_option(capsys, svd_folder, rocket, tmp_pa
     from vidcore.io import load_image
 
     written = []
-    monkeypatch.setattr(vidcore.cli, "_write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
-    code, out, err = run_cli(capsys, "generate", "image-to-video", "--model", svd_folder, "--image", rocket,
-                             "--fps", "5", "--motion-bucket-id", "90", "--noise-aug-strength", "0.1",
-                             "--min-guidance", "1.5", "--max-guidance", "2.0", "--height", "16", "--width", "16",
-                             "--steps", "2", "--seed", "3", "--num-videos", "2", "--device", "cpu", "--no-progress",
-                             "-o", tmp_path / "v.mp4")
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append((frames, fps)) or str(path))
+    code, out, err = run_cli(capsys, *tiny.cli_spelling(spelling, [
+        "generate", "image-to-video", "--model", svd_folder, "--image", rocket, "--fps", "5", "--motion-bucket-id",
+        "90", "--noise-aug-strength", "0.1", "--min-guidance", "1.5", "--max-guidance", "2.0", "--height", "16",
+        "--width", "16", "--steps", "2", "--seed", "3", "--num-videos", "2", "--device", "cpu", "--no-progress",
+        "-o", tmp_path / "v.mp4"]))
     assert code == 0, err
     assert out.split() == [str(tmp_path / "v_0.mp4"), str(tmp_path / "v_1.mp4")]
     pipe = StableVideoDiffusionPipeline.from_pretrained(svd_folder)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import tiny
 import tiny_zero
 import vidcore
 import vidcore.cli
@@ -38,7 +39,7 @@ def models(tmp_path_factory):
 
 def run_cli(capsys, monkeypatch, *argv):
     written = []
-    monkeypatch.setattr(vidcore.cli, "_write_video",
+    monkeypatch.setattr(vidcore.cli.generate, "write_video",
                         lambda frames, path, fps: written.append((frames, fps, path)) or str(path))
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -56,13 +57,14 @@ def direct(cls, model, scheduler=None, **kwargs):
     return pipe(output_type="np", **kwargs).frames
 
 
-def test_text2video_zero_equals_a_direct_call(capsys, monkeypatch, models, tmp_path):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_text2video_zero_equals_a_direct_call(capsys, monkeypatch, models, tmp_path, spelling):
     sd, _, _ = models
-    written, out = run_cli(capsys, monkeypatch, "generate", "text2video-zero", "--model", sd, "--prompt", "a horse",
-                           "--negative-prompt", "blurry", "--frames", "3", "--height", "16", "--width", "24",
-                           "--steps", "5", "--t0", "1", "--t1", "3", "--motion-field-strength-x", "-20",
-                           "--motion-field-strength-y", "6", "--guidance", "5", "--eta", "0.3", "--seed", "4",
-                           "--num-videos", "2", "--device", "cpu", "--no-progress", "-o", tmp_path / "h.mp4")
+    written, out = run_cli(capsys, monkeypatch, *tiny.cli_spelling(spelling, [
+        "generate", "text2video-zero", "--model", sd, "--prompt", "a horse", "--negative-prompt", "blurry",
+        "--frames", "3", "--height", "16", "--width", "24", "--steps", "5", "--t0", "1", "--t1", "3",
+        "--motion-field-strength-x", "-20", "--motion-field-strength-y", "6", "--guidance", "5", "--eta", "0.3",
+        "--seed", "4", "--num-videos", "2", "--device", "cpu", "--no-progress", "-o", tmp_path / "h.mp4"]))
     expected = direct(vidcore.TextToVideoZeroPipeline, sd, prompt="a horse", negative_prompt="blurry", video_length=3,
                       height=16, width=24, num_inference_steps=5, t0=1, t1=3, motion_field_strength_x=-20,
                       motion_field_strength_y=6, guidance_scale=5, eta=0.3, num_videos_per_prompt=2,
@@ -82,14 +84,14 @@ def test_text2video_zero_bad_t1_is_one_error_line(capsys, models, tmp_path):
     assert not (tmp_path / "x.mp4").exists()
 
 
-@pytest.mark.parametrize("scheduler", [None, "ddim"])
-def test_edit_equals_a_direct_call(capsys, monkeypatch, models, tmp_path, scheduler):
+@pytest.mark.parametrize("scheduler,spelling", [(None, "vidcore"), ("ddim", "diffusers")])
+def test_edit_equals_a_direct_call(capsys, monkeypatch, models, tmp_path, scheduler, spelling):
     _, p2p, video = models
     extra = [] if scheduler is None else ["--scheduler", scheduler]
-    written, _ = run_cli(capsys, monkeypatch, "generate", "edit", "--model", p2p, "--video", video, "--prompt",
-                         "make it Van Gogh style", "--frame-stride", "2", "--frames", "3", "--steps", "3",
-                         "--guidance", "6", "--image-guidance", "1.2", "--seed", "2", "--device", "cpu",
-                         "--no-progress", "-o", tmp_path / "e.gif", *extra)
+    written, _ = run_cli(capsys, monkeypatch, *tiny.cli_spelling(spelling, [
+        "generate", "edit", "--model", p2p, "--video", video, "--prompt", "make it Van Gogh style", "--frame-stride",
+        "2", "--frames", "3", "--steps", "3", "--guidance", "6", "--image-guidance", "1.2", "--seed", "2", "--device",
+        "cpu", "--no-progress", "-o", tmp_path / "e.gif", *extra]))
     frames = vidcore.load_video(video)[::2][:3]
     expected = direct(vidcore.VideoInstructPix2PixPipeline, p2p, scheduler=scheduler, prompt="make it Van Gogh style",
                       video=frames, num_inference_steps=3, guidance_scale=6, image_guidance_scale=1.2,

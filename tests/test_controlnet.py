@@ -6,7 +6,7 @@ import torch
 
 import tiny
 import vidcore
-from conversion.maps import original_controlnet
+from vidcore.conversion.maps import original_controlnet
 from tiny_controlnet import tiny_controlnet_config
 from vidcore.errors import ConversionError
 from vidcore.models.controlnet import ControlNet, ControlNetConfig

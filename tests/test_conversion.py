@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import tiny
 import vidcore
-from conversion.maps.diffusers_unet3d import UNET3D_MAP
-from conversion.maps.diffusers_vae import VAE_MAP
+from vidcore.conversion.maps.diffusers_unet3d import UNET3D_MAP
+from vidcore.conversion.maps.diffusers_vae import VAE_MAP
 from vidcore.errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from vidcore.loading import save_diffusers, save_native
 
@@ -127,7 +127,7 @@ def test_unknown_model_class_and_pipeline_folder(tmp_path):
 
 def test_no_half_loaded_model_on_error(tmp_path):
     """A failed conversion leaves a target module untouched."""
-    from conversion.engine import load_into
+    from vidcore.conversion.engine import load_into
 
     folder, weights = _saved_unet(tmp_path)
     model = vidcore.load_model(folder)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conversion.engine import KeyMap, Rule, conv1x1_to_linear, linear_to_conv1x1, load_into
+from vidcore.conversion.engine import KeyMap, Rule, conv1x1_to_linear, linear_to_conv1x1, load_into
 from vidcore.errors import CheckpointError, ConversionError
 
 RULES = [

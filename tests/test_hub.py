@@ -300,6 +300,6 @@ def test_parse_dtype():
 
 
 def test_no_diffusers_import():
-    code = "import sys, vidcore.hub, vidcore.errors, conversion.engine; assert 'diffusers' not in sys.modules"
+    code = "import sys, vidcore.hub, vidcore.errors, vidcore.conversion.engine; assert 'diffusers' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -48,7 +48,7 @@ def test_i2vgen_unet_matches_diffusers(tmp_path, name, f, h, w):
 def test_real_config_every_key_and_shape_converts():
     from diffusers import I2VGenXLUNet
 
-    from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
+    from vidcore.conversion.maps.diffusers_i2vgen import I2VGEN_MAP
     from vidcore.loading import BY_DIFFUSERS, _build
 
     # ali-vilab/i2vgen-xl unet/config.json

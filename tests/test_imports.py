@@ -5,7 +5,7 @@ import sys
 
 
 def test_runtime_does_not_import_diffusers():
-    code = ("import sys, vidcore, kernels, conversion, vidcore.loading, vidcore.cli, vidcore.schedulers, "
+    code = ("import sys, vidcore, vidcore.kernels, vidcore.conversion, vidcore.loading, vidcore.cli, vidcore.schedulers, "
             "vidcore.pipelines.text_to_video, vidcore.pipelines.video_to_video, vidcore.io; "
             "vidcore.TextToVideoPipeline; "
             "assert 'diffusers' not in sys.modules, 'diffusers was imported'")

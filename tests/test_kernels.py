@@ -17,7 +17,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.temporal_attention import (  # noqa: E402
+from vidcore.kernels.temporal_attention import (  # noqa: E402
     HAS_TRITON,
     MAX_PROGRAMS,
     grid_size,
@@ -103,7 +103,7 @@ def test_reference_dtype_and_errors():
 
 
 def test_import_without_triton():
-    """kernels imports, and the reference runs, when `import triton` fails."""
+    """vidcore.kernels imports, and the reference runs, when `import triton` fails."""
     code = (
         "import sys\n"
         "class Block:\n"
@@ -111,9 +111,9 @@ def test_import_without_triton():
         "        if name == 'triton' or name.startswith('triton.'):\n"
         "            raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import torch, kernels\n"
-        "from kernels import temporal_attention as ta\n"
-        "assert not kernels.HAS_TRITON and 'triton' not in sys.modules\n"
+        "import torch, vidcore.kernels\n"
+        "from vidcore.kernels import temporal_attention as ta\n"
+        "assert not vidcore.kernels.HAS_TRITON and 'triton' not in sys.modules\n"
         "q = torch.randn(4, 3, 8)\n"
         "assert ta.temporal_attention_reference(q, q, q, 2, 2).shape == q.shape\n"
         "assert not ta.supports(q, 2, 2) and ta.triton_temporal_backend(q, q, q, 2, 2) is None\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.temporal_attention import HAS_TRITON, temporal_attention_reference, temporal_attention_triton
+from vidcore.kernels.temporal_attention import HAS_TRITON, temporal_attention_reference, temporal_attention_triton
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and triton")
 
@@ -88,7 +88,7 @@ def test_svd_xt_level0_grid_beyond_65535():
 
 
 def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
-    import kernels.temporal_attention as ka
+    import vidcore.kernels.temporal_attention as ka
     from vidcore.nn.attention import attention_backend, temporal_attend
 
     calls = []

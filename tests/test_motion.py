@@ -127,7 +127,7 @@ def test_2d_weights_are_shared_not_copied(tmp_path):
 def test_loaded_adapter_matches_diffusers_weights(tmp_path):
     from diffusers import MotionAdapter as RefAdapter
 
-    from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+    from vidcore.conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 
     _, _, _, adapter = build(tmp_path, ADAPTERS["per-level-heads-2-layers"])
     ref = RefAdapter.from_pretrained(tmp_path / "adapter")

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import tiny
 import vidcore
-from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+from vidcore.conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from vidcore.errors import CheckpointError
 from vidcore.models.motion import UNetMotion
 from vidcore.models.motion_lora import fuse_lora, fused_loras, load_motion_lora, unfuse_lora

@@ -21,7 +21,7 @@ import torch
 
 import tiny
 import vidcore
-from conversion.maps.original_modelscope import (
+from vidcore.conversion.maps.original_modelscope import (
     I2VGEN_XL_UNET_CONFIG,
     MODELSCOPE_UNET_CONFIG,
     detect,
@@ -289,7 +289,7 @@ def test_config_from_of_another_class_is_refused(tmp_path):
 
 
 def test_split_rule_both_ways_and_incomplete_groups():
-    from conversion.engine import ChainedMap, KeyMap, Rule, SplitRule
+    from vidcore.conversion.engine import ChainedMap, KeyMap, Rule, SplitRule
 
     split = KeyMap([SplitRule("{p}.to_qkv.{leaf}", ("{p}.q.{leaf}", "{p}.k.{leaf}", "{p}.v.{leaf}")),
                     Rule("{key}", "{key}")], name="split")

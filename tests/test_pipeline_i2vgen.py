@@ -174,12 +174,13 @@ def test_bad_inputs(ours, image):
         ours(image=[image, image], height=16, width=16, **kw)
 
 
-def test_cli_generate_i2vgen_gif(tiny_i2v, image, tmp_path, capsys):
+@pytest.mark.parametrize("spelling", ["vidcore", "diffusers"])
+def test_cli_generate_i2vgen_gif(tiny_i2v, image, tmp_path, capsys, spelling):
     source, out = tmp_path / "in.png", tmp_path / "out.gif"
     image.save(source)
-    code = main(["generate", "i2vgen-xl", "--model", str(tiny_i2v.folder), "--image", str(source), "--prompt",
-                 "a cat", "--height", "16", "--width", "24", "--frames", "3", "--steps", "2", "--fps", "10",
-                 "--device", "cpu", "--no-progress", "-o", str(out)])
+    code = main(tiny.cli_spelling(spelling, [
+        "generate", "i2vgen-xl", "--model", tiny_i2v.folder, "--image", source, "--prompt", "a cat", "--height", "16",
+        "--width", "24", "--frames", "3", "--steps", "2", "--fps", "10", "--device", "cpu", "--no-progress", "-o", out]))
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert str(out) in printed.out

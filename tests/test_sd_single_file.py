@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import tiny
 import vidcore
-from conversion.maps.original_sd import (
+from vidcore.conversion.maps.original_sd import (
     SD15_TEXT_ENCODER_CONFIG,
     SD15_UNET_CONFIG,
     SD15_VAE_CONFIG,

@@ -23,7 +23,7 @@ from torch import nn
 
 import tiny
 import vidcore
-from conversion.maps.original_svd import (
+from vidcore.conversion.maps.original_svd import (
     IMAGE_ENCODER_PREFIX,
     SKIPPED_PREFIXES,
     SVD_IMAGE_ENCODER_CONFIG,

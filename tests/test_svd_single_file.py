@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 import tiny
 import vidcore
-from conversion.maps.original_svd import (
+from vidcore.conversion.maps.original_svd import (
     SVD_VAE_CONFIG,
     SVD_XT_UNET_CONFIG,
     UNET_PREFIX,

@@ -63,7 +63,7 @@ def test_single_token_cross_attention_shortcut_is_exact():
 def test_real_config_every_key_and_shape_converts():
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from conversion.maps.diffusers_svd import SVD_UNET_MAP
+    from vidcore.conversion.maps.diffusers_svd import SVD_UNET_MAP
     from vidcore.loading import BY_DIFFUSERS, _build
 
     # stabilityai/stable-video-diffusion-img2vid-xt unet/config.json

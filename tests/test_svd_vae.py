@@ -85,7 +85,7 @@ def test_low_precision_decode_is_finite(tmp_path, dtype):
 def test_real_config_every_key_and_shape_converts():
     from diffusers import AutoencoderKLTemporalDecoder as Ref
 
-    from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
+    from vidcore.conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
     from vidcore.loading import BY_DIFFUSERS, _build
 
     # stabilityai/stable-video-diffusion-img2vid-xt vae/config.json

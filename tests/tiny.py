@@ -516,3 +516,19 @@ def build_tiny_svd_pipeline(folder, seed: int = 0, variant_fp16: bool = False, u
         pipe.to(torch.float32)
     pipe.save_pretrained(folder)
     return pipe
+
+
+def cli_spelling(spelling: str, argv) -> list[str]:
+    """``vidcore generate TASK ...`` argv as typed with vidcore's short flags (``"vidcore"``) or with diffusers'
+    argument names (``"diffusers"``: each flag that has aliases replaced by its last one, e.g. ``--steps`` ->
+    ``--num-inference-steps``). The diffusers spelling must change at least one flag."""
+    from vidcore.cli.aliases import aliases_of
+
+    argv = [str(a) for a in argv]
+    if spelling == "vidcore":
+        return argv
+    assert spelling == "diffusers" and argv[0] == "generate", (spelling, argv[:2])
+    task = argv[1]
+    out = [(aliases_of(task, a) or (a,))[-1] if a.startswith("--") else a for a in argv]
+    assert out != argv, f"no flag of {argv} has a diffusers spelling"
+    return out

@@ -1,4 +1,4 @@
-"""``python -m vidcore ...`` runs the ``vidcore`` command (see vidcore/cli.py)."""
+"""``python -m vidcore ...`` runs the ``vidcore`` command (see vidcore/cli/)."""
 
 import sys
 

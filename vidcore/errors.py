@@ -18,7 +18,7 @@ class CheckpointError(VidcoreError):
 class ConversionError(CheckpointError):
     """A key map could not convert a state dict (unconsumed / missing / unexpected keys, shapes).
 
-    `report` holds the structured details (a `conversion.engine.ConversionReport`) when available,
+    `report` holds the structured details (a `vidcore.conversion.engine.ConversionReport`) when available,
     so tools such as `vidcore inspect` can print more than the message.
     """
 

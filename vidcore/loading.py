@@ -47,16 +47,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
-from conversion.maps import original_controlnet, original_modelscope, original_motion, original_sd, original_svd
-from conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
-from conversion.maps.diffusers_i2vgen import I2VGEN_MAP
-from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
-from conversion.maps.diffusers_svd import SVD_UNET_MAP
-from conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
-from conversion.maps.diffusers_unet2d import UNET2D_CONV_MAP, unet2d_map
-from conversion.maps.diffusers_unet3d import UNET3D_MAP
-from conversion.maps.diffusers_vae import VAE_MAP
+from .conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
+from .conversion.maps import original_controlnet, original_modelscope, original_motion, original_sd, original_svd
+from .conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
+from .conversion.maps.diffusers_i2vgen import I2VGEN_MAP
+from .conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+from .conversion.maps.diffusers_svd import SVD_UNET_MAP
+from .conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
+from .conversion.maps.diffusers_unet2d import UNET2D_CONV_MAP, unet2d_map
+from .conversion.maps.diffusers_unet3d import UNET3D_MAP
+from .conversion.maps.diffusers_vae import VAE_MAP
 
 from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError

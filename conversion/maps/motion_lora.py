@@ -13,7 +13,7 @@ Three key layouts are read (every key must be one of them, or the file is refuse
   ``lora_B.weight`` (and the older ``{layer}.lora.down.weight`` / ``lora.up.weight``), ``unet.`` optional;
 * the original AnimateDiff ``.ckpt`` (``v2_lora_ZoomIn.ckpt``): the legacy names under the original motion
   module layout (``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor
-  .to_q_lora.down.weight``), renamed with :mod:`conversion.maps.original_motion`'s rules.
+  .to_q_lora.down.weight``), renamed with :mod:`vidcore.conversion.maps.original_motion`'s rules.
 
 ``{layer}.alpha`` scalars (kohya's ``network_alpha``) scale the product by ``alpha / rank``; without one the
 scale is 1 (as the legacy processors, PEFT's default ``lora_alpha = r`` and AnimateDiff's own loader).

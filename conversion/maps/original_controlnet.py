@@ -3,7 +3,7 @@
 
 Such a file stores the ControlNet under ``control_model.`` (some re-exports drop the prefix). The encoder
 half is an LDM UNet encoder and uses the LDM UNet names (``time_embed``, ``input_blocks``, ``middle_block``; see
-:mod:`conversion.maps.original_sd`); the ControlNet's own parts are::
+:mod:`vidcore.conversion.maps.original_sd`); the ControlNet's own parts are::
 
     input_hint_block.0                  controlnet_cond_embedding.conv_in
     input_hint_block.{2k+2}  (k < n)    controlnet_cond_embedding.blocks.k     (odd indices are SiLUs)

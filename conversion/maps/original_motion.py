@@ -29,7 +29,7 @@ weights; they default to the released models' (8 heads, 32 groups).
 
 The renames follow diffusers' ``convert_animatediff_checkpoint_to_diffusers`` (single_file_utils) and
 ``scripts/convert_animatediff_motion_module_to_diffusers.py``; the tests check the reverse map against
-the former. Motion LoRA files use the same module names (see :mod:`conversion.maps.motion_lora`).
+the former. Motion LoRA files use the same module names (see :mod:`vidcore.conversion.maps.motion_lora`).
 """
 
 from __future__ import annotations

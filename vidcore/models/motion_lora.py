@@ -6,7 +6,7 @@ fused into a :class:`~vidcore.models.motion.UNetMotion`'s weights and unfused ex
 >>> unfuse_lora(unet_motion)                  # the weights as they were, bit for bit
 
 Files in diffusers' legacy processor layout (the hub's motion-LoRA repos), PEFT's ``lora_A``/``lora_B``
-layout and the original AnimateDiff ``.ckpt`` layout are read (:mod:`conversion.maps.motion_lora`). Layer
+layout and the original AnimateDiff ``.ckpt`` layout are read (:mod:`vidcore.conversion.maps.motion_lora`). Layer
 names are diffusers' ``UNetMotionModel`` names; motion-module layers land in ``unet_motion.adapter``, any
 other layer (a LoRA may also touch the spatial UNet) in ``unet_motion.unet`` through the same key maps the
 checkpoints use. Every name and shape is checked before a weight changes.
@@ -25,9 +25,9 @@ from typing import Mapping
 
 import torch
 
-from conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
-from conversion.maps.diffusers_unet2d import unet2d_map
-from conversion.maps.motion_lora import LoRALayer, parse_lora
+from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+from ..conversion.maps.diffusers_unet2d import unet2d_map
+from ..conversion.maps.motion_lora import LoRALayer, parse_lora
 
 from ..errors import CheckpointError, ModelNotFoundError
 from .motion import UNetMotion

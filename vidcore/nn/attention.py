@@ -69,7 +69,7 @@ def _triton_temporal(q, k, v, num_frames: int, heads: int, required: bool) -> to
     if not required and not q.is_cuda:
         return None  # "auto" never picks Triton on the CPU
     try:
-        from kernels.temporal_attention import HAS_TRITON, temporal_attention_triton, triton_temporal_backend
+        from ..kernels.temporal_attention import HAS_TRITON, temporal_attention_triton, triton_temporal_backend
     except ImportError:
         HAS_TRITON = False
     if required:

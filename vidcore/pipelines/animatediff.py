@@ -86,7 +86,7 @@ def context_weights(length: int, weighting: str = "pyramid") -> torch.Tensor:
 def load_unet_motion(folder: str | os.PathLike, torch_dtype=None, variant: str | None = None) -> UNetMotion:
     """A diffusers ``UNetMotionModel`` folder (a saved AnimateDiff pipeline's ``unet/``) -> ``UNetMotion``:
     its SD tensors go through the UNet2D map, its ``motion_modules`` through the MotionAdapter map."""
-    from conversion.maps.diffusers_unet_motion import split_config, split_state_dict
+    from ..conversion.maps.diffusers_unet_motion import split_config, split_state_dict
 
     from ..loading import BY_NAME, _build, _fill
 

@@ -183,7 +183,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         weights instead (``variant`` picks their file). From the hub only the needed parts are downloaded,
         never the repo's UNet / VAE weights. Components passed as keyword arguments replace the loaded ones.
         Keys of the file that belong to none of these and are not known to be unused (see
-        ``conversion.maps.original_svd.SKIPPED_PREFIXES``) are reported in a warning.
+        ``vidcore.conversion.maps.original_svd.SKIPPED_PREFIXES``) are reported in a warning.
 
         >>> pipe = StableVideoDiffusionPipeline.from_single_file(
         ...     "svd_xt_1_1.safetensors", config_from="stabilityai/stable-video-diffusion-img2vid-xt-1-1",
@@ -196,7 +196,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         from ..loading import _load_sgm_svd, read_single_file_raw
         from ..schedulers import from_config
         from .base import load_feature_extractor, load_image_encoder
-        from conversion.maps import original_svd
+        from ..conversion.maps import original_svd
 
         dtype = hub.parse_dtype(torch_dtype)
         unknown = sorted(set(overrides) - set(cls.components))

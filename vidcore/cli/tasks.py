@@ -1,0 +1,298 @@
+"""The tasks of ``vidcore generate``: for each, its own options, how its pipeline loads and the arguments
+of its pipeline call, side by side. The options every task shares are added in :mod:`.generate`."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import VidcoreError
+from .aliases import Options
+from .common import UsageError, positive_float, positive_int, torch_dtype, unit_float
+
+# --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
+SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
+                          "pndm": "PNDMScheduler"}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 single file
+PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the command line supplies besides the prompt: the input video (PIL frames) and its rate, an image."""
+
+    video: list | None = None
+    video_fps: float | None = None
+    image: object | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    help: str
+    pipeline: str  # "module:Class" under vidcore.pipelines (imported only when the task runs)
+    options: Callable[[Options], None]  # the task's own options
+    call: Callable[[object, Inputs], tuple[dict, float]]  # -> pipeline call arguments, output frame rate
+    text: bool = True  # a --prompt (and --prompts batches, --negative-prompt, --eta, --scheduler)
+    input: str | None = None  # "video" or "image": the task reads --video / --image
+    schedulers: dict[str, str] = field(default_factory=lambda: SCHEDULERS)
+    parallel: bool = False  # --parallel (vidcore.parallel)
+    defaults: dict = field(default_factory=dict)  # shared options with another default for this task
+    model_help: str = ""  # appended to --model's help
+    load: Callable | None = None  # (cls, model, args, dtype) -> pipeline; None: cls.from_pretrained
+    resolve_model: Callable | None = None  # args -> the model to load (fills unset options); None: --model
+
+    def pipeline_class(self):
+        module, name = self.pipeline.split(":")
+        return getattr(importlib.import_module(f"vidcore.pipelines.{module}"), name)
+
+
+def _size(o: Options, default_help: str = "multiple of 8 (default: the model's size)", height=None, width=None) -> None:
+    o.add("--height", type=positive_int, default=height, help="multiple of 8" if height else default_help)
+    o.add("--width", type=positive_int, default=width, help="multiple of 8" if width else default_help)
+
+
+def _input_video(o: Options, frames_help: str, stride: bool) -> None:
+    o.add("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
+    o.add("--frames", type=positive_int, default=None, help=frames_help)
+    if stride:
+        o.add("--frame-stride", type=positive_int, default=1, help="keep every S-th input frame")
+    o.add("--height", type=positive_int, default=None, help="resize input frames to this height")
+    o.add("--width", type=positive_int, default=None, help="resize input frames to this width")
+
+
+def _input_fps(args, inputs: Inputs) -> float:
+    return args.fps or inputs.video_fps or 8.0
+
+
+# --------------------------------------------------------------------------- text-to-video (ModelScope / Zeroscope)
+
+# settings left unset on the command line: (for a --model, the demo model's key in vidcore.demo.DEFAULTS)
+TEXT_TO_VIDEO_DEFAULTS = {"frames": (16, "num_frames"), "guidance": (9.0, "guidance_scale"), "fps": (8.0, "fps"),
+                          "steps": (25, "num_inference_steps")}
+
+
+def _text_to_video_options(o: Options) -> None:  # unset values come from TEXT_TO_VIDEO_DEFAULTS
+    o.add("--frames", type=positive_int, default=None, help="number of frames (default 16; demo model 8)")
+    _size(o)
+    o.add("--guidance", type=float, default=None, help="classifier-free guidance scale (default 9; demo model 5)")
+    o.add("--fps", type=positive_float, default=None, help="output frame rate (default 8; demo model 4)")
+
+
+def _text_to_video_model(args) -> str:
+    """The model to load; fills the settings left unset (the demo model has its own, see vidcore.demo)."""
+    from ..demo import DEFAULTS as DEMO, demo_model_path
+
+    model = args.model
+    if model is None:
+        try:
+            model = str(demo_model_path())
+        except VidcoreError as err:
+            raise UsageError(str(err)) from None
+        print(f"no --model given: using vidcore's built-in demo model ({DEMO['height']}x{DEMO['width']} px, "
+              f"{DEMO['num_frames']} frames, colored shapes moving left/right/up/down); pass --model "
+              f"cerspense/zeroscope_v2_576w (or any hub id or folder) for a real model")
+    for name, (default, demo_key) in TEXT_TO_VIDEO_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, DEMO[demo_key] if args.model is None else default)
+    return model
+
+
+def _text_to_video_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(height=args.height, width=args.width, num_frames=args.frames), args.fps
+
+
+# --------------------------------------------------------------------------- video-to-video (Zeroscope)
+
+
+def _video_to_video_options(o: Options) -> None:
+    o.add("--video", required=True, help="input video file (mp4, gif, ...) or http(s) URL")
+    o.add("--strength", type=unit_float, default=0.6, help="how much to change the input: 0 keeps it, 1 ignores it")
+    o.add("--frames", type=positive_int, default=None, help="use the first N input frames (default all)")
+    o.add("--height", type=positive_int, default=None, help="resize input frames to this height")
+    o.add("--width", type=positive_int, default=None, help="resize input frames to this width")
+    o.add("--guidance", type=float, default=15.0, help="classifier-free guidance scale")
+    o.add("--fps", type=positive_float, default=None, help="output frame rate (default: the input's, else 8)")
+
+
+def _video_to_video_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(video=inputs.video, strength=args.strength), _input_fps(args, inputs)
+
+
+# --------------------------------------------------------------------------- i2vgen-xl (defaults: diffusers' I2VGenXLPipeline's)
+
+
+def _i2vgen_options(o: Options) -> None:
+    o.add("--image", required=True, help="image to animate: file path or http(s) URL")
+    o.add("--frames", type=positive_int, default=16, help="number of frames")
+    _size(o, height=704, width=1280)
+    o.add("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
+    o.add("--fps", type=positive_float, default=16.0, help="frame rate: the model's target_fps condition and the output's rate")
+
+
+def _i2vgen_call(args, inputs: Inputs) -> tuple[dict, float]:
+    target_fps = int(args.fps) if float(args.fps).is_integer() else args.fps  # the model saw integer rates
+    return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames,
+                target_fps=target_fps), args.fps
+
+
+# --------------------------------------------------------------------------- image-to-video (SVD; defaults: diffusers')
+
+
+def _svd_options(o: Options) -> None:
+    o.add("--image", required=True, help="image to animate: file path or http(s) URL")
+    o.add("--frames", type=positive_int, default=None,
+          help="number of frames (default: the model's, 14 for SVD, 25 for SVD-XT)")
+    _size(o, height=576, width=1024)
+    o.add("--fps", type=positive_int, default=7, help="frame rate: the model's fps condition and the output's rate")
+    o.add("--motion-bucket-id", type=int, default=127, help="motion condition: higher moves more")
+    o.add("--noise-aug-strength", type=float, default=0.02, help="noise added to the input image")
+    o.add("--min-guidance", type=float, default=1.0, help="guidance scale of the first frame")
+    o.add("--max-guidance", type=float, default=3.0,
+          help="guidance scale of the last frame (classifier-free guidance runs iff > 1)")
+
+
+def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
+                motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+                min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance), args.fps
+
+
+# --------------------------------------------------------------------------- animatediff (defaults: diffusers')
+
+
+def _animatediff_options(o: Options) -> None:
+    o.add("--motion-adapter", default=None, metavar="PATH_OR_REPO",
+          help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2); "
+               "optional when --model is a saved AnimateDiff pipeline")
+    o.add("--config-from", default=None, metavar="PATH_OR_REPO",
+          help="with --model an original SD1.5 single file (.safetensors/.ckpt, e.g. from civitai): the "
+               "SD1.5 pipeline folder or hub repo giving configs, tokenizer and scheduler (default: "
+               "stable-diffusion-v1-5/stable-diffusion-v1-5; no weights are downloaded)")
+    o.add("--frames", type=positive_int, default=16,
+          help="number of frames; more than the adapter's motion_max_seq_length uses context windows")
+    _size(o)
+    o.add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    o.add("--fps", type=positive_float, default=8.0, help="output frame rate")
+    o.add("--context-length", type=positive_int, default=None,
+          help="frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
+    o.add("--context-stride", type=positive_int, default=None,
+          help="frames between window starts (default: context length // 4)")
+    o.add("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
+          help="how overlapping windows are blended")
+
+
+def _animatediff_load(cls, model: str, args, dtype):
+    if Path(model).suffix in SINGLE_FILE_SUFFIXES:
+        kwargs = {} if args.config_from is None else {"config_from": args.config_from}
+        return cls.from_single_file(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
+                                    variant=args.variant, **kwargs)
+    if args.config_from is not None:
+        raise UsageError(f"--config-from applies to a single-file --model ({'/'.join(SINGLE_FILE_SUFFIXES)}); "
+                         f"'{model}' is a pipeline folder or repo")
+    return cls.from_pretrained(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
+                               variant=args.variant)
+
+
+def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(height=args.height, width=args.width, num_frames=args.frames, context_length=args.context_length,
+                context_stride=args.context_stride, context_weighting=args.context_weighting), args.fps
+
+
+# --------------------------------------------------------------------------- text2video-zero (defaults: diffusers')
+
+
+def _zero_options(o: Options) -> None:
+    o.add("--frames", type=positive_int, default=8, help="number of frames (video_length)")
+    _size(o)
+    o.add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    o.add("--motion-field-strength-x", type=float, default=12.0,
+          help="horizontal motion per frame, in pixels of a 512x512 grid")
+    o.add("--motion-field-strength-y", type=float, default=12.0,
+          help="vertical motion per frame, in pixels of a 512x512 grid")
+    o.add("--t0", type=int, default=44, help="step (from the end) where the first frame is copied")
+    o.add("--t1", type=int, default=47, help="step (from the end) the copies are noised back to; < --steps")
+    o.add("--fps", type=positive_float, default=4.0, help="output frame rate")
+
+
+def _zero_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(height=args.height, width=args.width, video_length=args.frames, t0=args.t0, t1=args.t1,
+                motion_field_strength_x=args.motion_field_strength_x,
+                motion_field_strength_y=args.motion_field_strength_y), args.fps
+
+
+# --------------------------------------------------------------------------- edit (video InstructPix2Pix; defaults: diffusers')
+
+
+def _edit_options(o: Options) -> None:
+    _input_video(o, "edit at most N frames (after --frame-stride; default all)", stride=True)
+    o.add("--guidance", type=float, default=7.5, help="text (instruction) guidance scale")
+    o.add("--image-guidance", type=float, default=1.5,
+          help="how closely to follow the input frames (guidance runs when >= 1 and --guidance > 1)")
+    o.add("--fps", type=positive_float, default=None,
+          help="output frame rate (default: the input's divided by the stride, else 8)")
+
+
+def _edit_call(args, inputs: Inputs) -> tuple[dict, float]:
+    return dict(video=inputs.video, image_guidance_scale=args.image_guidance), _input_fps(args, inputs)
+
+
+# --------------------------------------------------------------------------- controlled (ControlNet; defaults: diffusers')
+
+
+def _controlled_options(o: Options) -> None:
+    o.add("--control", required=True, choices=("pose", "canny"),
+          help="pose: --video's frames are pose images; canny: edges are computed from its frames")
+    o.add("--controlnet", default=None, metavar="PATH_OR_REPO",
+          help="ControlNet folder, file or hub repo id (lllyasviel/sd-controlnet-openpose, "
+               "lllyasviel/sd-controlnet-canny); default: --model's controlnet/")
+    _input_video(o, "use at most N frames (after --frame-stride; default all)", stride=True)
+    o.add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    o.add("--controlnet-scale", type=float, default=1.0, help="weight of the ControlNet residuals")
+    o.add("--guess-mode", action="store_true", help="ControlNet on the conditional half only")
+    o.add("--canny-low", type=float, default=100.0, help="Canny hysteresis low threshold (0..255 scale)")
+    o.add("--canny-high", type=float, default=200.0, help="Canny strong-edge threshold (0..255 scale)")
+    o.add("--fps", type=positive_float, default=None,
+          help="output frame rate (default: the input's divided by the stride, else 8)")
+
+
+def _controlled_load(cls, model: str, args, dtype):
+    return cls.from_pretrained(model, controlnet=args.controlnet, torch_dtype=torch_dtype(dtype), variant=args.variant)
+
+
+def _controlled_call(args, inputs: Inputs) -> tuple[dict, float]:
+    from ..controls import canny
+
+    control = canny(inputs.video, args.canny_low, args.canny_high) if args.control == "canny" else inputs.video
+    return dict(conditioning_frames=control, controlnet_conditioning_scale=args.controlnet_scale,
+                guess_mode=args.guess_mode), _input_fps(args, inputs)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("text-to-video", "text -> video (ModelScope / Zeroscope)", "text_to_video:TextToVideoPipeline",
+         _text_to_video_options, _text_to_video_call, parallel=True, resolve_model=_text_to_video_model,
+         model_help="; default: the built-in demo model (32x32 px shapes, offline), e.g. "
+                    "cerspense/zeroscope_v2_576w for a real one"),
+    Task("video-to-video", "video + text -> video (Zeroscope)", "video_to_video:VideoToVideoPipeline",
+         _video_to_video_options, _video_to_video_call, input="video", parallel=True),
+    Task("i2vgen-xl", "image + text -> video (I2VGen-XL)", "i2vgen_xl:I2VGenXLPipeline", _i2vgen_options,
+         _i2vgen_call, input="image", parallel=True, defaults=dict(steps=50, decode_chunk_size=1)),
+    Task("image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)",
+         "stable_video_diffusion:StableVideoDiffusionPipeline", _svd_options, _svd_call, text=False, input="image",
+         parallel=True),
+    Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)",
+         "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
+         schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
+         model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
+    Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",
+         "text2video_zero:TextToVideoZeroPipeline", _zero_options, _zero_call, defaults=dict(steps=50)),
+    Task("edit", "video + instruction -> edited video (Text2Video-Zero with InstructPix2Pix)",
+         "video_instruct_pix2pix:VideoInstructPix2PixPipeline", _edit_options, _edit_call, input="video",
+         schedulers=ANIMATEDIFF_SCHEDULERS, defaults=dict(steps=100)),
+    Task("controlled", "pose or edge video + text -> video (Text2Video-Zero with ControlNet)",
+         "controlled_video:ControlledVideoPipeline", _controlled_options, _controlled_call, input="video",
+         load=_controlled_load),
+)}
