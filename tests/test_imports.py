@@ -25,3 +25,63 @@ def test_exports_are_lazy_and_resolve():
             "from vidcore.models import motion_lora; assert vidcore.fuse_lora is motion_lora.fuse_lora; "
             "assert 'diffusers' not in sys.modules, 'diffusers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """vidcore module -> the vidcore modules it imports anywhere (top level or inside functions).
+
+    The repository's kernels/ and conversion/ folders are vidcore.kernels and vidcore.conversion;
+    ``from . import comm`` is an edge to the submodule ``comm``, not to its package."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = {}
+    for package, folder in {"vidcore": "vidcore", "vidcore.kernels": "kernels", "vidcore.conversion": "conversion"}.items():
+        for path in (root / folder).rglob("*.py"):
+            parts = list(path.relative_to(root / folder).with_suffix("").parts)
+            files[".".join([package] + (parts[:-1] if parts[-1] == "__init__" else parts))] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges |= {known(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    edges.add(sub if sub in files else known(target))
+        graph[module] = {e for e in edges if e is not None and e != module}
+    return graph
+
+
+def test_no_import_cycles():
+    """No two vidcore modules need each other, not even through a function-level import (e.g. loading and the
+    motion adapter: vidcore.single_file sits below both)."""
+    graph = _import_graph()
+    assert {"vidcore.loading", "vidcore.models.motion", "vidcore.single_file"} <= set(graph)
+    assert "vidcore.single_file" in graph["vidcore.models.motion"]
+    cycles, state = [], {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles

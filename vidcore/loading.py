@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 import tempfile
 import warnings
@@ -47,7 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
+from .conversion.engine import ChainedMap, ConversionReport, KeyMap
 from .conversion.maps import original_controlnet, original_modelscope, original_motion, original_sd, original_svd
 from .conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
 from .conversion.maps.diffusers_i2vgen import I2VGEN_MAP
@@ -62,12 +61,14 @@ from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from .models.controlnet import ControlNet, ControlNetConfig
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
-from .models.motion import MotionAdapter, MotionAdapterConfig
+from .models.motion import MOTION_ORIGINAL_DESCRIPTION, MotionAdapter, MotionAdapterConfig
 from .models.svd_unet import SVDUNet, SVDUNetConfig
 from .models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
 from .models.unet2d import UNet2D, UNet2DConfig
 from .models.unet3d import UNet3D, UNet3DConfig
 from .models.vae import AutoencoderKL, AutoencoderKLConfig
+from .single_file import (build_on_meta, config_from_source, fill as _fill, read_config_from, read_single_file_raw,
+                          strip_prefixes)
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,8 @@ ORIGINAL_FORMATS = {
                                original_svd.UNET_PREFIX),
     "svd_vae": OriginalFormat("Stable Video Diffusion VAE (sgm, stabilityai/stable-video-diffusion-img2vid-xt)",
                               original_svd.svd_vae_map, original_svd.SVD_VAE_CONFIG, "vae", original_svd.VAE_PREFIX),
-    "motion_adapter": OriginalFormat("AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)",
-                                     original_motion.motion_adapter_map, original_motion.DEFAULT_CONFIG,
-                                     "motion_adapter"),
+    "motion_adapter": OriginalFormat(MOTION_ORIGINAL_DESCRIPTION, original_motion.motion_adapter_map,
+                                     original_motion.DEFAULT_CONFIG, "motion_adapter"),
     "unet2d": OriginalFormat("Stable Diffusion 1.x UNet (LDM single file, runwayml/stable-diffusion-v1-5)",
                              original_sd.sd_unet_map, original_sd.SD15_UNET_CONFIG, "unet", original_sd.UNET_PREFIX),
     "autoencoder_kl": OriginalFormat("Stable Diffusion 1.x VAE (LDM single file, runwayml/stable-diffusion-v1-5)",
@@ -163,20 +163,7 @@ def _architecture_for(config: dict, where: Path) -> Architecture:
 
 
 def _build(arch: Architecture, diffusers_config: dict) -> nn.Module:
-    try:
-        cfg = arch.config.from_diffusers_config(diffusers_config)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid {arch.diffusers_class} config: {err}") from err
-    with torch.device("meta"):
-        return arch.module(cfg)
-
-
-def _fill(module: nn.Module, state_dict: dict, keymap: KeyMap, files: list[Path], direction: str) -> ConversionReport:
-    try:
-        return load_into(module, state_dict, keymap, direction=direction, assign=True)
-    except ConversionError as err:
-        names = ", ".join(str(f) for f in files)
-        raise ConversionError(f"{names} does not fit {type(module).__name__}: {err}", err.report) from err
+    return build_on_meta(arch.module, arch.config, diffusers_config, arch.diffusers_class)
 
 
 def read_native(path: Path) -> tuple[Architecture, dict, dict]:
@@ -223,90 +210,20 @@ def _has_native_metadata(path: Path) -> bool:
 
 # -- original single-file checkpoints (ModelScope / VGen) -----------------------------------------------
 
-_WRAPPERS = ("state_dict", "model", "module")
-_LDM_PREFIX = "model.diffusion_model."
-
-
-def _torch_load_safely(path: Path) -> object:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ModelNotFoundError(f"weight file '{path}' does not exist") from err
-    except pickle.UnpicklingError as err:
-        detail = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
-        if "Unsupported operand" in detail:  # not a pickle opcode stream torch can read: garbage bytes
-            raise CheckpointError(f"{path}: pickled checkpoint is corrupt or truncated ({detail})") from err
-        if "weights only load failed" in str(err).lower():
-            raise CheckpointError(
-                f"refusing to load {path}: it contains code or unsupported objects; only tensors and plain "
-                f"containers are allowed in pickled checkpoints (prefer safetensors). {detail}".rstrip()
-            ) from err
-        raise CheckpointError(f"{path}: pickled checkpoint is corrupt or truncated ({err})") from err
-    except Exception as err:  # noqa: BLE001 - zip/EOF/runtime errors all mean a damaged file
-        raise CheckpointError(
-            f"{path}: pickled checkpoint is corrupt or truncated ({type(err).__name__}: {err})"
-        ) from err
-
-
-def read_single_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """One weight file -> flat state dict: unwraps ``{"state_dict"|"model"|"module": {...}}`` and the
-    LDM ``model.diffusion_model.`` / DDP ``module.`` key prefixes; reads safely (see ``vidcore.hub``)."""
-    return _strip_prefixes(read_single_file_raw(path))
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if any(k.startswith(_LDM_PREFIX) for k in state):  # a full LDM checkpoint: keep the UNet
-        state = {k[len(_LDM_PREFIX):]: v for k, v in state.items() if k.startswith(_LDM_PREFIX)}
-    elif state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def read_single_file_raw(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """One weight file -> flat state dict with its keys as stored (wrapper dicts unwrapped)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state = hub.load_state_dict(path)
-    else:
-        obj = _torch_load_safely(path)
-        for _ in range(len(_WRAPPERS)):
-            if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
-                break
-            inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-        if not isinstance(obj, dict):
-            raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-        dropped = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-        if dropped:
-            warnings.warn(f"{path}: ignoring non-tensor entries {[str(k) for k in dropped[:10]]}", stacklevel=3)
-        state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    return state
-
-
 def _original_config(arch: Architecture, config_from, revision, token) -> dict:
     """The diffusers config for an original checkpoint: `config_from`, or the released model's."""
     fmt = ORIGINAL_FORMATS[arch.name]
     if config_from is None:
         return dict(fmt.default_config)
-    if isinstance(config_from, Mapping):
-        config, where = dict(config_from), "config_from"
-    else:
-        sub = fmt.subfolder
-        root = hub.resolve(config_from, allow_patterns=["config.json", f"{sub}/config.json"], revision=revision,
-                           token=token)
-        candidates = [root] if root.is_file() else [root / "config.json", root / sub / "config.json"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or {sub}/config.json)")
-        config, where = hub.load_config(found), str(found)
-    name = config.get("_class_name", arch.diffusers_class)
-    if name != arch.diffusers_class:
-        raise ConfigError(f"{where} is a {name} config, but the checkpoint is an original {fmt.description} "
-                          f"checkpoint; pass a {arch.diffusers_class} config")
-    return {**config, "_class_name": arch.diffusers_class}
+    return config_from_source(config_from, class_name=arch.diffusers_class, subfolder=fmt.subfolder,
+                              description=fmt.description, revision=revision, token=token)
+
+
+def _convert_original(arch: Architecture, config: dict, state: dict, where: Path):
+    """(architecture name, config, module, report): ``arch`` built from ``config`` and filled from the original
+    tensors ``state`` of the file ``where``."""
+    module = _build(arch, config)
+    return arch.name, config, module, _fill(module, state, original_keymap(arch, config), [where], "forward")
 
 
 def original_keymap(arch: Architecture, diffusers_config: Mapping) -> ChainedMap:
@@ -332,17 +249,8 @@ def _clip_tower_config(config_from, revision, token, *, subfolder: str, half: st
     ``default``. A full CLIP config gives its ``half`` ("vision_config" / "text_config")."""
     if config_from is None:
         return dict(default)
-    if isinstance(config_from, Mapping):
-        config, where = dict(config_from), "config_from"
-    else:
-        root = hub.resolve(config_from, allow_patterns=["config.json", f"{subfolder}/config.json"],
-                           revision=revision, token=token)
-        candidates = [root] if root.is_file() else [root / "config.json", root / subfolder / "config.json"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r}: no config.json (or "
-                                     f"{subfolder}/config.json) for the {subfolder.replace('_', ' ')}")
-        config, where = hub.load_config(found), str(found)
+    config, where = read_config_from(config_from, subfolder, revision, token,
+                                     purpose=f" for the {subfolder.replace('_', ' ')}")
     if config.get("model_type") == "clip" and isinstance(config.get(half), Mapping):
         config = dict(config[half])  # a full CLIP config: one half of it
     kind = config.get("_class_name") or config.get("model_type", model_type)
@@ -386,16 +294,23 @@ def _load_image_encoder(state: dict, config: dict, files: list[Path]):
         f"{cfg.num_hidden_layers} layers, width {cfg.hidden_size}, projection {cfg.projection_dim}")
 
 
+def _component_state(where: Path, raw: dict, component: str, components: Mapping, layout, label: str,
+                     hint: str = "") -> dict:
+    """The tensors of ``component`` in a file holding several (``layout``: the original_svd / original_sd map
+    module, with ``split`` and ``COMPONENT_PREFIXES``); errors name the allowed components or the missing prefix."""
+    if component not in components:
+        raise ValueError(f"{where} is an original {label} file holding several components; component must be "
+                         f"one of {sorted(components)}, got {component!r}")
+    state = layout.split(raw)[component]
+    if not state:
+        raise CheckpointError(f"{where}: an original {label} file without the {component} "
+                              f"(no {layout.COMPONENT_PREFIXES[component]}* keys){hint}")
+    return state
+
+
 def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision, token):
     """One component of an sgm file -> (LoadedInfo architecture name, config, module, report)."""
-    if component not in SGM_SVD_COMPONENTS:
-        raise ValueError(f"{where} is an original Stable Video Diffusion file holding several components; "
-                         f"component must be one of {sorted(SGM_SVD_COMPONENTS)}, got {component!r}")
-    state = original_svd.split(raw)[component]
-    if not state:
-        prefix = original_svd.COMPONENT_PREFIXES[component]
-        raise CheckpointError(f"{where}: an original Stable Video Diffusion file without the {component} "
-                              f"(no {prefix}* keys)")
+    state = _component_state(where, raw, component, SGM_SVD_COMPONENTS, original_svd, "Stable Video Diffusion")
     if component == "image_encoder":
         config = _image_encoder_config(config_from, revision, token)
         module, report = _load_image_encoder(state, config, [where])
@@ -405,9 +320,7 @@ def _load_sgm_svd(where: Path, raw: dict, component: str, config_from, revision,
     if arch.name == "svd_vae" and "quant_conv.weight" not in state:  # sgm's AutoencodingEngine has none
         latent = int(config.get("latent_channels") or original_svd.SVD_VAE_CONFIG["latent_channels"])
         state = {**state, **original_svd.identity_quant_conv(latent, next(iter(state.values())).dtype)}
-    module = _build(arch, config)
-    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch.name, config, module, report
+    return _convert_original(arch, config, state, where)
 
 
 def _is_text_encoder(module: nn.Module) -> bool:
@@ -438,26 +351,17 @@ def _load_text_encoder(state: dict, config: dict, files: list[Path]):
 
 def _load_ldm_sd(where: Path, raw: dict, component: str, config_from, revision, token):
     """One component of an LDM Stable Diffusion file -> (LoadedInfo architecture name, config, module, report)."""
-    if component not in LDM_SD_COMPONENTS:
-        raise ValueError(f"{where} is an original Stable Diffusion file holding several components; component "
-                         f"must be one of {sorted(LDM_SD_COMPONENTS)}, got {component!r}")
-    state = original_sd.split(raw)[component]
-    if not state:
-        prefix = original_sd.COMPONENT_PREFIXES[component]
-        hint = (" (its cond_stage_model.model.* text tower is SD2's OpenCLIP, which vidcore does not convert: load "
-                "the text encoder from a diffusers folder)"
-                if component == "text_encoder" and any(k.startswith("cond_stage_model.model.") for k in raw) else "")
-        raise CheckpointError(f"{where}: an original Stable Diffusion file without the {component} "
-                              f"(no {prefix}* keys){hint}")
+    hint = (" (its cond_stage_model.model.* text tower is SD2's OpenCLIP, which vidcore does not convert: load "
+            "the text encoder from a diffusers folder)"
+            if component == "text_encoder" and any(k.startswith("cond_stage_model.model.") for k in raw) else "")
+    state = _component_state(where, raw, component, LDM_SD_COMPONENTS, original_sd, "Stable Diffusion", hint)
     if component == "text_encoder":
         config = _text_encoder_config(config_from, revision, token)
         module, report = _load_text_encoder(state, config, [where])
         return LDM_SD_COMPONENTS[component], config, module, report
     arch = BY_NAME[LDM_SD_COMPONENTS[component]]
     config = _original_config(arch, config_from, revision, token)
-    module = _build(arch, config)
-    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch.name, config, module, report
+    return _convert_original(arch, config, state, where)
 
 
 def _warn_unrecognised_ldm(where: Path, raw: dict) -> None:
@@ -484,7 +388,7 @@ def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=N
     if not where.is_file() or (fmt == "vidcore" and _has_native_metadata(where)):
         raise CheckpointError(f"{where}: not an original Stable Diffusion single file")
     raw = read_single_file_raw(where)
-    if original_svd.detect(raw) or original_motion.detect(_strip_prefixes(raw)) or not original_sd.detect(raw):
+    if original_svd.detect(raw) or original_motion.detect(strip_prefixes(raw)) or not original_sd.detect(raw):
         raise CheckpointError(f"{where}: not an original Stable Diffusion 1.x file (model.diffusion_model.*, "
                               "first_stage_model.*, cond_stage_model.transformer.* keys)")
     _warn_unrecognised_ldm(where, raw)
@@ -500,13 +404,8 @@ def _load_original_motion(where: Path, state: dict, config_from, revision, token
     if component not in (None, "motion_adapter"):
         raise ValueError(f"{where} is an AnimateDiff motion-module file; component must be None or "
                          f"'motion_adapter', got {component!r}")
-    arch = BY_NAME["motion_adapter"]
-    config = {"_class_name": "MotionAdapter", **original_motion.config_from_keys(state)}
-    if config_from is not None:
-        config.update(_original_config(arch, config_from, revision, token))
-    module = _build(arch, config)
-    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch.name, config, module, report
+    module, config, report = MotionAdapter.from_original_state_dict(state, where, config_from, revision, token)
+    return "motion_adapter", config, module, report
 
 
 def _load_original_controlnet(where: Path, raw: dict, config_from, revision, token):
@@ -517,9 +416,7 @@ def _load_original_controlnet(where: Path, raw: dict, config_from, revision, tok
                       f"{other[:5]}", stacklevel=4)
     arch = BY_NAME["controlnet"]
     config = _original_config(arch, config_from, revision, token)
-    module = _build(arch, config)
-    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch.name, config, module, report
+    return _convert_original(arch, config, state, where)
 
 
 def _load_original(where: Path, config_from, revision, token,
@@ -527,17 +424,17 @@ def _load_original(where: Path, config_from, revision, token,
     raw = read_single_file_raw(where)
     if original_controlnet.detect(raw) and component in (None, "controlnet"):
         return _load_original_controlnet(where, raw, config_from, revision, token)
-    if original_motion.detect(_strip_prefixes(raw)):
-        return _load_original_motion(where, _strip_prefixes(raw), config_from, revision, token, component)
+    if original_motion.detect(strip_prefixes(raw)):
+        return _load_original_motion(where, strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
         return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
-    if original_sd.detect(raw) and original_modelscope.detect(_strip_prefixes(raw)) is None:
+    if original_sd.detect(raw) and original_modelscope.detect(strip_prefixes(raw)) is None:
         _warn_unrecognised_ldm(where, raw)
         return _load_ldm_sd(where, raw, component or "unet", config_from, revision, token)
     if component is not None:
         raise ValueError(f"component={component!r} applies to original Stable Video Diffusion / Stable Diffusion "
                          f"files (several components in one file); {where} is not one")
-    state = _strip_prefixes(raw)
+    state = strip_prefixes(raw)
     arch_name = original_modelscope.detect(state)
     if arch_name is None:
         sample = ", ".join(sorted(state)[:5]) or "none"
@@ -550,9 +447,7 @@ def _load_original(where: Path, config_from, revision, token,
         )
     arch = BY_NAME[arch_name]
     config = _original_config(arch, config_from, revision, token)
-    module = _build(arch, config)
-    report = _fill(module, state, original_keymap(arch, config), [where], "forward")
-    return arch.name, config, module, report
+    return _convert_original(arch, config, state, where)
 
 
 def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, torch_dtype=None,

@@ -90,7 +90,7 @@ def load_motion_lora(path_or_repo: str | os.PathLike | Mapping[str, torch.Tensor
     """A motion LoRA from a file (``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a
     folder or hub repo (``weight_name`` or the usual diffusers LoRA file names), or a state dict."""
     from .. import hub
-    from ..loading import read_single_file_raw
+    from ..single_file import read_single_file_raw
 
     if isinstance(path_or_repo, Mapping):
         return MotionLoRA.from_state_dict(path_or_repo)
