@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.embeddings import TimestepMLP, timestep_features
+from .config_utils import DiffusersConfig
 from .unet2d import DOWN_TYPES, Block2D, MidBlock2D, UNet2D, UNet2DConfig
+from .unet_layout import down_path, unet_levels
 
 # diffusers ControlNetModel options outside the SD1.x/SD2.x ControlNets, with the only value vidcore accepts.
 _FIXED_OPTIONS = {
@@ -47,7 +49,11 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 @dataclass(frozen=True)
-class ControlNetConfig:
+class ControlNetConfig(DiffusersConfig):
+    diffusers_class, label = "ControlNetModel", "ControlNet config"
+    fixed_options = _FIXED_OPTIONS
+    fixed_reason = "vidcore's ControlNet covers the Stable Diffusion 1.x/2.x ControlNets"
+
     in_channels: int = 4
     conditioning_channels: int = 3
     flip_sin_to_cos: bool = True
@@ -72,25 +78,13 @@ class ControlNetConfig:
     global_pool_conditions: bool = False
 
     @classmethod
-    def from_diffusers_config(cls, config: dict) -> "ControlNetConfig":
-        for key, allowed in _FIXED_OPTIONS.items():
-            value = config.get(key, allowed)
-            if value != allowed:
-                raise ValueError(f"ControlNet config: {key}={value!r} is not supported (vidcore's ControlNet covers the "
-                                 f"Stable Diffusion 1.x/2.x ControlNets; expected {key}={allowed!r})")
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+    def diffusers_values(cls, config: dict) -> dict:
+        values = super().diffusers_values(config)
         if "mid_block_type" in values and values["mid_block_type"] is None:
             raise ValueError("ControlNet config: mid_block_type=None is not supported")
         if values.get("conditioning_embedding_out_channels", ()) is None:
             values.pop("conditioning_embedding_out_channels")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_diffusers_config(self) -> dict:
-        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
-        return {"_class_name": "ControlNetModel", **out}
+        return values
 
     def unet_config(self) -> UNet2DConfig:
         """The UNet2D config whose encoder half this ControlNet copies (up blocks mirror the down blocks)."""
@@ -163,16 +157,17 @@ class ControlNet(nn.Module):
         ucfg = cfg.unet_config()
         ch, heads = ucfg.block_out_channels, ucfg.heads()
         t_layers = ucfg.per_level("transformer_layers_per_block")
+        down, _ = unet_levels(ch, ucfg.per_level("layers_per_block"))
         temb = 4 * ch[0]
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepMLP(ch[0], temb)
         self.controlnet_cond_embedding = ConditioningEmbedding(cfg.conditioning_channels, ch[0],
                                                                cfg.conditioning_embedding_out_channels)
-        self.down_blocks = nn.ModuleList()
-        for i, kind in enumerate(cfg.down_block_types):
-            self.down_blocks.append(Block2D(ch[max(i - 1, 0)], ch[i], temb, cfg.layers_per_block, ucfg, heads[i],
-                                            cfg.cross_attention_dim, t_layers[i], kind == "CrossAttnDownBlock2D",
-                                            downsample=i < len(ch) - 1))
+        self.down_blocks = nn.ModuleList(
+            Block2D(lv.in_channels, lv.out_channels, temb, lv.layers, ucfg, heads[lv.index], cfg.cross_attention_dim,
+                    t_layers[lv.index], kind == "CrossAttnDownBlock2D", downsample=lv.resample)
+            for lv, kind in zip(down, cfg.down_block_types)
+        )
         self.mid_block = MidBlock2D(ch[-1], temb, ucfg, heads[-1], cfg.cross_attention_dim, t_layers[-1])
         # zero convs: one 1x1 conv per skip feature, one for the mid block
         down, mid = residual_channels(self)
@@ -201,11 +196,8 @@ class ControlNet(nn.Module):
                              + "; ".join(problems))
 
     def time_embed(self, timestep, batch: int, device) -> torch.Tensor:
-        t = torch.as_tensor(timestep, device=device)
-        if t.ndim == 0:
-            t = t[None]
         cfg = self.config
-        feats = sinusoidal_embedding(t.expand(batch), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        feats = timestep_features(timestep, batch, cfg.block_out_channels[0], device, cfg.flip_sin_to_cos, cfg.freq_shift)
         return self.time_embedding(feats.to(self.dtype))
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -227,14 +219,7 @@ class ControlNet(nn.Module):
                              f"image must be the generated image's size")
         h = h + hint
 
-        skips = [h]
-        for block in self.down_blocks:
-            for i in range(len(block.resnets)):
-                h = block.layer(i, h, temb, encoder_hidden_states)
-                skips.append(h)
-            if block.downsample is not None:
-                h = block.downsample(h)
-                skips.append(h)
+        h, skips = down_path(self.down_blocks, h, lambda block, i, x: block.layer(i, x, temb, encoder_hidden_states))
         h = self.mid_block(h, temb, encoder_hidden_states)
 
         down = [zero(s) for zero, s in zip(self.controlnet_down_blocks, skips)]

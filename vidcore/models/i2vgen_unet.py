@@ -24,6 +24,8 @@ from .unet3d import UNet3D, UNet3DConfig
 
 @dataclass(frozen=True)
 class I2VGenXLConfig(UNet3DConfig):
+    diffusers_class = "I2VGenXLUNet"
+
     @classmethod
     def from_diffusers_config(cls, config: dict) -> "I2VGenXLConfig":
         # I2VGenXLUNet ignores num_attention_heads (hub configs carry it): attention_head_dim rules.
@@ -33,7 +35,7 @@ class I2VGenXLConfig(UNet3DConfig):
         out = super().to_diffusers_config()
         for key in ("downsample_padding", "mid_block_scale_factor", "act_fn", "norm_eps", "time_cond_proj_dim"):
             out.pop(key)
-        return {**out, "_class_name": "I2VGenXLUNet"}
+        return out
 
 
 class ImageLatentTemporalEncoder(nn.Module):

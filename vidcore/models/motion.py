@@ -16,7 +16,7 @@ Layout: ``b c f h w`` latents in and out; ``(b f) c h w`` inside.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,16 @@ from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..errors import CheckpointError, ModelNotFoundError
 from ..nn.transformer import TemporalTransformer
 from ..single_file import build_on_meta, config_from_source, fill, read_single_file
+from .config_utils import DiffusersConfig
 from .unet2d import UNet2D
 
 MOTION_ORIGINAL_DESCRIPTION = "AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)"
 
 
 @dataclass(frozen=True)
-class MotionAdapterConfig:
+class MotionAdapterConfig(DiffusersConfig):
+    diffusers_class, label = "MotionAdapter", "MotionAdapter config"
+
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     motion_layers_per_block: int | tuple[int, ...] = 2
     motion_transformer_layers_per_block: int | tuple[int, ...] = 1
@@ -48,40 +51,13 @@ class MotionAdapterConfig:
     use_motion_mid_block: bool = True
     conv_in_channels: int | None = None  # PIA: the adapter brings its own wider conv_in
 
-    @classmethod
-    def from_diffusers_config(cls, config: dict) -> "MotionAdapterConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_diffusers_config(self) -> dict:
-        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
-        return {"_class_name": "MotionAdapter", **out}
-
-    def per_level(self, name: str) -> tuple[int, ...]:
-        value, n = getattr(self, name), len(self.block_out_channels)
-        if isinstance(value, tuple):
-            if len(value) != n:
-                raise ValueError(f"MotionAdapter config: {name} has {len(value)} entries for {n} levels")
-            if not all(isinstance(v, int) for v in value):
-                raise ValueError(f"MotionAdapter config: {name} must be an int or one int per level, got {value!r}")
-            return value
-        return (value,) * n
-
     def mid_transformer_layers(self) -> tuple[int, ...]:
-        value, n = self.motion_transformer_layers_per_mid_block, self.motion_mid_block_layers_per_block
-        if isinstance(value, tuple):
-            if len(value) != n:
-                raise ValueError(f"MotionAdapter config: motion_transformer_layers_per_mid_block has {len(value)} "
-                                 f"entries for {n} mid-block motion layers")
-            return value
-        return (value,) * n
+        return self.per_level("motion_transformer_layers_per_mid_block", self.motion_mid_block_layers_per_block,
+                              "mid-block motion layers")
 
     def validate(self) -> None:
         for name in ("motion_layers_per_block", "motion_transformer_layers_per_block", "motion_num_attention_heads"):
-            self.per_level(name)
+            self.per_level(name, ints=True)
         self.mid_transformer_layers()
         for ch in self.block_out_channels:
             if ch % self.motion_norm_num_groups:

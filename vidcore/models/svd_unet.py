@@ -11,29 +11,29 @@ Layout: the model takes and returns ``b f c h w`` latents (SVD's order); inside,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
+from .config_utils import DiffusersConfig
 from .options import ForwardChunkingMixin
+from .unet_layout import unet_levels, walk
 
 DOWN_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
 UP_TYPES = ("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal")
 
 
-def _per_block(value, n: int) -> tuple:
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
 @dataclass(frozen=True)
-class SVDUNetConfig:
+class SVDUNetConfig(DiffusersConfig):
+    diffusers_class, label = "UNetSpatioTemporalConditionModel", "SVD UNet config"
+
     in_channels: int = 8
     out_channels: int = 4
     down_block_types: tuple[str, ...] = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",)
@@ -48,29 +48,12 @@ class SVDUNetConfig:
     num_frames: int = 25
     sample_size: int | None = None
 
-    @classmethod
-    def from_diffusers_config(cls, config: dict) -> "SVDUNetConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(f"SVD UNet config: {n} block_out_channels but {len(self.down_block_types)} down and "
-                             f"{len(self.up_block_types)} up block types")
-        bad = [t for t in self.down_block_types if t not in DOWN_TYPES] + [t for t in self.up_block_types if t not in UP_TYPES]
-        if bad:
-            raise ValueError(f"SVD UNet config: unknown block types {bad}; supported: {DOWN_TYPES + UP_TYPES}")
-        if isinstance(self.cross_attention_dim, tuple) or any(isinstance(t, tuple) for t in _per_block(self.transformer_layers_per_block, n)):
+        self.check_blocks(DOWN_TYPES, UP_TYPES)
+        nested = any(isinstance(t, tuple) for t in self.per_level("transformer_layers_per_block"))
+        if isinstance(self.cross_attention_dim, tuple) or nested:
             raise ValueError("SVD UNet config: per-block cross_attention_dim / nested transformer_layers_per_block "
                              "are not supported")
-
-    def to_diffusers_config(self) -> dict:
-        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
-        return {"_class_name": "UNetSpatioTemporalConditionModel", **out}
 
 
 class STBlock(nn.Module):
@@ -121,39 +104,30 @@ class SVDUNet(ForwardChunkingMixin, nn.Module):
         config.validate()
         self.config = cfg = config
         ch = cfg.block_out_channels
-        n = len(ch)
         temb = 4 * ch[0]
-        heads = _per_block(cfg.num_attention_heads, n)
-        layers = _per_block(cfg.layers_per_block, n)
-        tlayers = _per_block(cfg.transformer_layers_per_block, n)
+        heads = cfg.per_level("num_attention_heads")
+        tlayers = cfg.per_level("transformer_layers_per_block")
         ctx = cfg.cross_attention_dim
 
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepMLP(ch[0], temb)
         self.add_embedding = TimestepMLP(cfg.projection_class_embeddings_input_dim, temb)
 
+        down, up = unet_levels(ch, cfg.per_level("layers_per_block"))
         self.down_blocks = nn.ModuleList()
-        skips = [ch[0]]
-        for i, kind in enumerate(cfg.down_block_types):
-            last = i == n - 1
+        for lv, kind in zip(down, cfg.down_block_types):
             attn = kind == "CrossAttnDownBlockSpatioTemporal"
-            self.down_blocks.append(STBlock(ch[max(i - 1, 0)], ch[i], temb, layers[i], 1e-6 if attn else 1e-5,
-                                            heads[i] if attn else None, tlayers[i], ctx, downsample=not last))
-            skips += [ch[i]] * layers[i] + ([] if last else [ch[i]])
-
+            self.down_blocks.append(STBlock(lv.in_channels, lv.out_channels, temb, lv.layers, 1e-6 if attn else 1e-5,
+                                            heads[lv.index] if attn else None, tlayers[lv.index], ctx,
+                                            downsample=lv.resample))
         self.mid_block = MidSTBlock(ch[-1], temb, heads[-1], tlayers[-1], ctx)
-
-        self.up_blocks = nn.ModuleList()
-        prev = ch[-1]
-        for i, kind in enumerate(cfg.up_block_types):
-            j = n - 1 - i
-            count = layers[j] + 1
-            block_skips = tuple(skips.pop() for _ in range(count))
-            attn = kind == "CrossAttnUpBlockSpatioTemporal"
-            # diffusers builds every up block with eps 1e-6 (get_up_block drops resnet_eps here)
-            self.up_blocks.append(STBlock(prev, ch[j], temb, count, 1e-6, heads[j] if attn else None, tlayers[j], ctx,
-                                          skip_channels=block_skips, upsample=i < n - 1))
-            prev = ch[j]
+        # diffusers builds every up block with eps 1e-6 (get_up_block drops resnet_eps here)
+        self.up_blocks = nn.ModuleList(
+            STBlock(lv.in_channels, lv.out_channels, temb, lv.layers, 1e-6,
+                    heads[lv.index] if kind == "CrossAttnUpBlockSpatioTemporal" else None, tlayers[lv.index], ctx,
+                    skip_channels=lv.skip_channels, upsample=lv.resample)
+            for lv, kind in zip(up, cfg.up_block_types)
+        )
 
         self.conv_norm_out = nn.GroupNorm(32, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
@@ -161,31 +135,17 @@ class SVDUNet(ForwardChunkingMixin, nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor) -> torch.Tensor:
         # sample: b f c h w ; encoder_hidden_states: b m d ; added_time_ids: b k
-        b, f, _, h, w = sample.shape
-        t = torch.as_tensor(timestep, device=sample.device)
-        t = (t[None] if t.ndim == 0 else t).expand(b)
-        temb = self.time_embedding(sinusoidal_embedding(t, self.config.block_out_channels[0]).to(sample.dtype))
+        b, f = sample.shape[:2]
+        feats = timestep_features(timestep, b, self.config.block_out_channels[0], sample.device)
+        temb = self.time_embedding(feats.to(sample.dtype))
         ids = sinusoidal_embedding(added_time_ids.flatten(), self.config.addition_time_embed_dim)
         temb = temb + self.add_embedding(ids.reshape(b, -1).to(temb.dtype))
         temb = temb.repeat_interleave(f, dim=0)  # (b f) d
         context = encoder_hidden_states.repeat_interleave(f, dim=0)  # (b f) m d
 
-        up_factor = 2 ** (len(self.up_blocks) - 1)
-        odd_size = h % up_factor != 0 or w % up_factor != 0
-        x = self.conv_in(sample.flatten(0, 1))
-        skips = [x]
-        for block in self.down_blocks:
-            for i in range(len(block.resnets)):
-                x = block.layer(i, x, temb, context, f)
-                skips.append(x)
-            if block.downsample is not None:
-                x = block.downsample(x)
-                skips.append(x)
-        x = self.mid_block(x, temb, context, f)
-        for block in self.up_blocks:
-            for i in range(len(block.resnets)):
-                x = block.layer(i, torch.cat([x, skips.pop()], dim=1), temb, context, f)
-            if block.upsample is not None:
-                x = block.upsample(x, skips[-1].shape[-2:] if odd_size else None)
+        def layer(block, i, x):
+            return block.layer(i, x, temb, context, f)
+
+        x = walk(self, self.conv_in(sample.flatten(0, 1)), layer, lambda x: self.mid_block(x, temb, context, f))
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
         return rearrange(x, "(b f) c h w -> b f c h w", f=f)

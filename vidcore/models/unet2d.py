@@ -15,19 +15,20 @@ Layout: ``n c h w`` latents (``n`` = batch, or batch x frames for video models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.resnet import ResBlock2D
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
-from .freeu import FreeU, apply_freeu
+from .config_utils import DiffusersConfig
+from .freeu import FreeU
 from .options import UNetOptionsMixin
+from .unet_layout import Mixer, unet_levels, walk
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -55,12 +56,13 @@ _FIXED_OPTIONS = {
     "reverse_transformer_layers_per_block": None,
 }
 
-# A mixer sees (part, level, layer, x) with part "down" | "mid" | "up" and returns the new x.
-Mixer = Callable[[str, int, int, torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
-class UNet2DConfig:
+class UNet2DConfig(DiffusersConfig):
+    diffusers_class, label = "UNet2DConditionModel", "UNet2D config"
+    fixed_options = _FIXED_OPTIONS
+    fixed_reason = "vidcore's UNet2D covers the Stable Diffusion 1.x/2.x UNet"
+
     in_channels: int = 4
     out_channels: int = 4
     center_input_sample: bool = False
@@ -92,59 +94,24 @@ class UNet2DConfig:
     sample_size: int | tuple[int, ...] | None = None
 
     @classmethod
-    def from_diffusers_config(cls, config: dict) -> "UNet2DConfig":
-        for key, allowed in _FIXED_OPTIONS.items():
-            value = config.get(key, allowed)
-            if value != allowed:
-                raise ValueError(f"UNet2D config: {key}={value!r} is not supported (vidcore's UNet2D covers the "
-                                 f"Stable Diffusion 1.x/2.x UNet; expected {key}={allowed!r})")
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+    def diffusers_values(cls, config: dict) -> dict:
+        values = super().diffusers_values(config)
         if values.get("mid_block_type", "UNetMidBlock2DCrossAttn") is None:
             raise ValueError("UNet2D config: mid_block_type=None (no mid block) is not supported")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_diffusers_config(self) -> dict:
-        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
-        return {"_class_name": "UNet2DConditionModel", **out}
-
-    # -- per-level values ---------------------------------------------------------------------
-    def per_level(self, name: str) -> tuple:
-        """A per-level option as a tuple with one entry per level (an int/bool means every level)."""
-        value, n = getattr(self, name), len(self.block_out_channels)
-        if isinstance(value, tuple):
-            if len(value) != n:
-                raise ValueError(f"UNet2D config: {name} has {len(value)} entries for {n} levels")
-            return value
-        return (value,) * n
+        return values
 
     def heads(self) -> tuple[int, ...]:
         return self.per_level("attention_head_dim")
 
     def validate(self) -> None:
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(f"UNet2D config: {n} block_out_channels but {len(self.down_block_types)} down and "
-                             f"{len(self.up_block_types)} up block types")
-        for t in self.down_block_types:
-            if t not in DOWN_TYPES:
-                raise ValueError(f"UNet2D config: unknown down block type {t!r}; supported: {DOWN_TYPES}")
-        for t in self.up_block_types:
-            if t not in UP_TYPES:
-                raise ValueError(f"UNet2D config: unknown up block type {t!r}; supported: {UP_TYPES}")
+        self.check_blocks(DOWN_TYPES, UP_TYPES)
         if self.mid_block_type not in MID_TYPES:
             raise ValueError(f"UNet2D config: mid_block_type {self.mid_block_type!r} is not supported; "
                              f"supported: {MID_TYPES}")
-        if self.act_fn != "silu":
-            raise ValueError(f"UNet2D config: act_fn {self.act_fn!r} is not supported (only 'silu')")
         if any(self.per_level("only_cross_attention")):
             raise ValueError("UNet2D config: only_cross_attention=True is not supported")
         for name in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block"):
-            if not all(isinstance(v, int) for v in self.per_level(name)):
-                raise ValueError(f"UNet2D config: {name} must be an int or one int per level, got "
-                                 f"{getattr(self, name)!r}")
+            self.per_level(name, ints=True)
         for ch, heads in zip(self.block_out_channels, self.heads()):
             if ch % heads:
                 raise ValueError(f"UNet2D config: {ch} channels do not split into {heads} attention heads")
@@ -220,27 +187,19 @@ class UNet2D(UNetOptionsMixin, nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
         self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
 
-        self.down_blocks = nn.ModuleList()
-        skips = [ch[0]]  # channels of every skip tensor, in push order
-        for i, kind in enumerate(cfg.down_block_types):
-            last = i == len(ch) - 1
-            cin = ch[max(i - 1, 0)]
-            self.down_blocks.append(Block2D(cin, ch[i], temb, layers[i], cfg, heads[i], context[i], t_layers[i],
-                                            kind == "CrossAttnDownBlock2D", downsample=not last))
-            skips += [ch[i]] * layers[i] + ([] if last else [ch[i]])
-
+        down, up = unet_levels(ch, layers)
+        self.down_blocks = nn.ModuleList(
+            Block2D(lv.in_channels, lv.out_channels, temb, lv.layers, cfg, heads[lv.index], context[lv.index],
+                    t_layers[lv.index], kind == "CrossAttnDownBlock2D", downsample=lv.resample)
+            for lv, kind in zip(down, cfg.down_block_types)
+        )
         self.mid_block = MidBlock2D(ch[-1], temb, cfg, heads[-1], context[-1], t_layers[-1])
-
-        self.up_blocks = nn.ModuleList()
-        prev = ch[-1]
-        for i, kind in enumerate(cfg.up_block_types):
-            lvl = len(ch) - 1 - i  # the down level this up block mirrors
-            n_up = layers[lvl] + 1
-            block_skips = tuple(skips.pop() for _ in range(n_up))
-            self.up_blocks.append(Block2D(prev, ch[lvl], temb, n_up, cfg, heads[lvl], context[lvl], t_layers[lvl],
-                                          kind == "CrossAttnUpBlock2D", skip_channels=block_skips,
-                                          upsample=i < len(ch) - 1))
-            prev = ch[lvl]
+        self.up_blocks = nn.ModuleList(
+            Block2D(lv.in_channels, lv.out_channels, temb, lv.layers, cfg, heads[lv.index], context[lv.index],
+                    t_layers[lv.index], kind == "CrossAttnUpBlock2D", skip_channels=lv.skip_channels,
+                    upsample=lv.resample)
+            for lv, kind in zip(up, cfg.up_block_types)
+        )
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2)
@@ -249,11 +208,8 @@ class UNet2D(UNetOptionsMixin, nn.Module):
     # -- pieces (video models call these) -----------------------------------------------------
     def time_embed(self, timestep, batch: int, device, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar or (batch,) timesteps -> (batch, temb) embedding in the model dtype."""
-        t = torch.as_tensor(timestep, device=device)
-        if t.ndim == 0:
-            t = t[None]
         cfg = self.config
-        feats = sinusoidal_embedding(t.expand(batch), cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        feats = timestep_features(timestep, batch, cfg.block_out_channels[0], device, cfg.flip_sin_to_cos, cfg.freq_shift)
         return self.time_embedding(feats.to(self.dtype), cond)
 
     def prepare_input(self, sample: torch.Tensor) -> torch.Tensor:
@@ -273,40 +229,12 @@ class UNet2D(UNetOptionsMixin, nn.Module):
         if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
             raise ValueError("ControlNet residuals come in pairs: pass both down_block_additional_residuals and "
                              "mid_block_additional_residual, or neither")
-        up_factor = 2 ** (len(self.up_blocks) - 1)
-        odd_size = h.shape[-2] % up_factor != 0 or h.shape[-1] % up_factor != 0
 
-        skips = [h]
-        for level, block in enumerate(self.down_blocks):
-            for i in range(len(block.resnets)):
-                h = block.layer(i, h, temb, context)
-                if mixer is not None:
-                    h = mixer("down", level, i, h)
-                skips.append(h)
-            if block.downsample is not None:
-                h = block.downsample(h)
-                skips.append(h)
-        if down_block_additional_residuals is not None:
-            if len(down_block_additional_residuals) != len(skips):
-                raise ValueError(f"down_block_additional_residuals: this UNet has {len(skips)} down-path features, "
-                                 f"got {len(down_block_additional_residuals)} residuals")
-            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+        def layer(block, i, x):
+            return block.layer(i, x, temb, context)
 
-        h = self.mid_block(h, temb, context, mixer)
-        if mid_block_additional_residual is not None:
-            h = h + mid_block_additional_residual
-
-        for level, block in enumerate(self.up_blocks):
-            for i in range(len(block.resnets)):
-                skip = skips.pop()
-                if self.freeu is not None:
-                    h, skip = apply_freeu(self.freeu, level, h, skip)
-                h = block.layer(i, torch.cat([h, skip], dim=1), temb, context)
-                if mixer is not None:
-                    h = mixer("up", level, i, h)
-            if block.upsample is not None:
-                h = block.upsample(h, skips[-1].shape[-2:] if odd_size else None)
-        return h
+        return walk(self, h, layer, lambda h: self.mid_block(h, temb, context, mixer), down_block_additional_residuals,
+                    mid_block_additional_residual, mixer)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -10,26 +10,30 @@ Layout: the model takes and returns ``b c f h w`` latents; inside, frames live i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..nn.embeddings import TimestepMLP, sinusoidal_embedding
+from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.resnet import ResBlock2D, TemporalConv
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer, TemporalTransformer
-from .freeu import FreeU, apply_freeu
+from .config_utils import DiffusersConfig
+from .freeu import FreeU
 from .options import UNetOptionsMixin
+from .unet_layout import unet_levels, walk
 
 DOWN_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
 
 
 @dataclass(frozen=True)
-class UNet3DConfig:
+class UNet3DConfig(DiffusersConfig):
+    diffusers_class, label = "UNet3DConditionModel", "UNet3D config"
+
     in_channels: int = 4
     out_channels: int = 4
     down_block_types: tuple[str, ...] = ("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",)
@@ -53,39 +57,20 @@ class UNet3DConfig:
     frame_positions: int | None = None
 
     @classmethod
-    def from_diffusers_config(cls, config: dict) -> "UNet3DConfig":
+    def diffusers_values(cls, config: dict) -> dict:
         if config.get("num_attention_heads") is not None:
             raise ValueError("UNet3D config: 'num_attention_heads' is not supported (ModelScope configs set "
                              "'attention_head_dim', the per-head width)")
-        known = {f.name for f in fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+        return super().diffusers_values(config)
 
     def validate(self) -> None:
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(f"UNet3D config: {n} block_out_channels but {len(self.down_block_types)} down and "
-                             f"{len(self.up_block_types)} up block types")
-        for t in self.down_block_types:
-            if t not in DOWN_TYPES:
-                raise ValueError(f"UNet3D config: unknown down block type {t!r}; supported: {DOWN_TYPES}")
-        for t in self.up_block_types:
-            if t not in UP_TYPES:
-                raise ValueError(f"UNet3D config: unknown up block type {t!r}; supported: {UP_TYPES}")
-        if self.act_fn != "silu":
-            raise ValueError(f"UNet3D config: act_fn {self.act_fn!r} is not supported (only 'silu')")
+        self.check_blocks(DOWN_TYPES, UP_TYPES)
 
     def to_diffusers_config(self) -> dict:
-        out = {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        out = super().to_diffusers_config()
         if out["frame_positions"] is None:  # vidcore's extension: absent from ModelScope / diffusers configs
             del out["frame_positions"]
-        return {"_class_name": "UNet3DConditionModel", **out}
-
-    def head_dims(self) -> tuple[int, ...]:
-        d = self.attention_head_dim
-        return (d,) * len(self.block_out_channels) if isinstance(d, int) else tuple(d)
+        return out
 
 
 class Block3D(nn.Module):
@@ -153,32 +138,24 @@ class UNet3D(UNetOptionsMixin, nn.Module):
         self.config = cfg = config
         ch = cfg.block_out_channels
         temb = ch[0] * 4
-        head_dims = cfg.head_dims()
+        head_dims = cfg.per_level("attention_head_dim")
         self.conv_in = nn.Conv2d(conv_in_channels or cfg.in_channels, ch[0], 3, padding=1)
         self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
         self.transformer_in = TemporalTransformer(ch[0], 8, head_dims[0], cfg.norm_num_groups,
                                                  max_positions=cfg.frame_positions)
 
-        self.down_blocks = nn.ModuleList()
-        skips = [ch[0]]  # channels of every skip tensor, in push order
-        for i, kind in enumerate(cfg.down_block_types):
-            last = i == len(ch) - 1
-            cin = ch[max(i - 1, 0)]
-            self.down_blocks.append(Block3D(cin, ch[i], temb, cfg.layers_per_block, cfg, head_dims[i],
-                                            kind == "CrossAttnDownBlock3D", downsample=not last))
-            skips += [ch[i]] * cfg.layers_per_block + ([] if last else [ch[i]])
-
+        down, up = unet_levels(ch, cfg.per_level("layers_per_block"))
+        self.down_blocks = nn.ModuleList(
+            Block3D(lv.in_channels, lv.out_channels, temb, lv.layers, cfg, head_dims[lv.index],
+                    kind == "CrossAttnDownBlock3D", downsample=lv.resample)
+            for lv, kind in zip(down, cfg.down_block_types)
+        )
         self.mid_block = MidBlock3D(ch[-1], temb, cfg, head_dims[-1])
-
-        self.up_blocks = nn.ModuleList()
-        rev_ch, rev_heads = ch[::-1], head_dims[::-1]
-        prev = rev_ch[0]
-        n_up = cfg.layers_per_block + 1
-        for i, kind in enumerate(cfg.up_block_types):
-            block_skips = tuple(skips.pop() for _ in range(n_up))
-            self.up_blocks.append(Block3D(prev, rev_ch[i], temb, n_up, cfg, rev_heads[i], kind == "CrossAttnUpBlock3D",
-                                          skip_channels=block_skips, upsample=i < len(ch) - 1))
-            prev = rev_ch[i]
+        self.up_blocks = nn.ModuleList(
+            Block3D(lv.in_channels, lv.out_channels, temb, lv.layers, cfg, head_dims[lv.index],
+                    kind == "CrossAttnUpBlock3D", skip_channels=lv.skip_channels, upsample=lv.resample)
+            for lv, kind in zip(up, cfg.up_block_types)
+        )
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
@@ -187,10 +164,7 @@ class UNet3D(UNetOptionsMixin, nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def time_features(self, t, batch: int, device) -> torch.Tensor:
         """Scalar or (batch,) values -> (batch, c0) sinusoidal features in the model dtype."""
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t[None]
-        return sinusoidal_embedding(t.expand(batch), self.config.block_out_channels[0]).to(self.dtype)
+        return timestep_features(t, batch, self.config.block_out_channels[0], device).to(self.dtype)
 
     def time_embed(self, timestep, batch: int, device, cond=None) -> torch.Tensor:
         return self.time_embedding(self.time_features(timestep, batch, device), cond)
@@ -200,46 +174,24 @@ class UNet3D(UNetOptionsMixin, nn.Module):
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
                 mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
         # sample: b c f h w ; encoder_hidden_states: b m d
-        b, _, f, h, w = sample.shape
-        temb = self.time_embed(timestep, b, sample.device, timestep_cond)
+        temb = self.time_embed(timestep, sample.shape[0], sample.device, timestep_cond)
         return self.backbone(sample, temb, encoder_hidden_states, down_block_additional_residuals,
                              mid_block_additional_residual)
 
     def backbone(self, sample: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  down_block_additional_residuals=None, mid_block_additional_residual=None) -> torch.Tensor:
         """Everything after the embeddings: sample b c f h w, temb b d, context b m d -> b c_out f h w."""
-        b, _, f, h, w = sample.shape
-        up_factor = 2 ** (len(self.up_blocks) - 1)
-        odd_size = h % up_factor != 0 or w % up_factor != 0
+        f = sample.shape[2]
         temb = temb.repeat_interleave(f, dim=0)  # (b f) d
         context = encoder_hidden_states  # b m d: shared by each video's frames (see nn.attention.Attention)
 
         x = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
         x = self.transformer_in(x, f)
 
-        skips = [x]
-        for block in self.down_blocks:
-            for i in range(len(block.resnets)):
-                x = block.layer(i, x, temb, context, f)
-                skips.append(x)
-            if block.downsample is not None:
-                x = block.downsample(x)
-                skips.append(x)
-        if down_block_additional_residuals is not None:
-            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
+        def layer(block, i, x):
+            return block.layer(i, x, temb, context, f)
 
-        x = self.mid_block(x, temb, context, f)
-        if mid_block_additional_residual is not None:
-            x = x + mid_block_additional_residual
-
-        for level, block in enumerate(self.up_blocks):
-            for i in range(len(block.resnets)):
-                skip = skips.pop()
-                if self.freeu is not None:
-                    x, skip = apply_freeu(self.freeu, level, x, skip)
-                x = block.layer(i, torch.cat([x, skip], dim=1), temb, context, f)
-            if block.upsample is not None:
-                x = block.upsample(x, skips[-1].shape[-2:] if odd_size else None)
-
+        x = walk(self, x, layer, lambda x: self.mid_block(x, temb, context, f), down_block_additional_residuals,
+                 mid_block_additional_residual)
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
         return rearrange(x, "(b f) c h w -> b c f h w", f=f)

@@ -23,6 +23,15 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True
     return emb
 
 
+def timestep_features(timestep, batch: int, dim: int, device, flip_sin_to_cos: bool = True,
+                      shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal features of a scalar or ``(batch,)`` timestep (callers pass either) -> (batch, dim) float32."""
+    t = torch.as_tensor(timestep, device=device)
+    if t.ndim == 0:
+        t = t[None]
+    return sinusoidal_embedding(t.expand(batch), dim, flip_sin_to_cos, shift)
+
+
 class TimestepMLP(nn.Module):
     """Linear -> SiLU -> Linear, with an optional projected condition added first (LCM-style)."""
 

@@ -1,0 +1,6 @@
+"""Sampling tools written once for every pipeline (design principle 12): step caches (DeepCache, block cache)."""
+
+from .mixin import StepCacheMixin
+from .step_cache import CallPlan, StepCache, full_steps
+
+__all__ = ["CallPlan", "StepCache", "StepCacheMixin", "full_steps"]

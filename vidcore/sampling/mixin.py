@@ -1,0 +1,52 @@
+"""The pipeline side of the step caches: ``enable_deep_cache`` / ``enable_block_cache`` on every pipeline."""
+
+from __future__ import annotations
+
+from .step_cache import StepCache
+
+
+def _backbone(unet):
+    """The module whose forward walks the UNet levels (AnimateDiff's UNetMotion runs its UNet2D's)."""
+    return getattr(unet, "unet", unet)
+
+
+class StepCacheMixin:
+    """``pipe.enable_deep_cache(cache_interval=3, cache_branch_id=0)``, ``pipe.enable_block_cache(threshold=0.05)``
+    and their ``disable_*``; the counts of the last call are ``pipe.cache_stats()`` (also on the output)."""
+
+    def _step_cache(self) -> StepCache | None:
+        return getattr(_backbone(self.unet), "step_cache", None)
+
+    def _set_step_cache(self, cache: StepCache | None) -> None:
+        _backbone(self.unet).step_cache = cache
+
+    def enable_deep_cache(self, cache_interval: int = 3, cache_branch_id: int = 0, uniform: bool = True) -> None:
+        """DeepCache (see :mod:`vidcore.sampling.step_cache`): every ``cache_interval``-th step runs the whole
+        UNet, the others only its levels ``0..cache_branch_id``; ``uniform=False`` puts more full steps early.
+        ``cache_interval=1`` is the uncached run, bit for bit."""
+        levels = len(_backbone(self.unet).down_blocks)
+        if not isinstance(cache_branch_id, int) or not 0 <= cache_branch_id < levels:
+            raise ValueError(f"cache_branch_id must be an integer in 0..{levels - 1} (this UNet has {levels} "
+                             f"levels), got {cache_branch_id!r}")
+        if not isinstance(cache_interval, int) or cache_interval < 1:
+            raise ValueError(f"cache_interval must be an integer >= 1, got {cache_interval!r}")
+        self._set_step_cache(StepCache("deep", cache_interval=cache_interval, cache_branch_id=cache_branch_id,
+                                       uniform=uniform))
+
+    def disable_deep_cache(self) -> None:
+        if (cache := self._step_cache()) is not None and cache.method == "deep":
+            self._set_step_cache(None)
+
+    def enable_block_cache(self, threshold: float = 0.05) -> None:
+        """First-block cache: a step whose first-level feature moved less than ``threshold`` (relative mean
+        absolute change since the last full step) reuses that step's residual. ``threshold=0`` never reuses."""
+        self._set_step_cache(StepCache("block", threshold=float(threshold)))
+
+    def disable_block_cache(self) -> None:
+        if (cache := self._step_cache()) is not None and cache.method == "block":
+            self._set_step_cache(None)
+
+    def cache_stats(self) -> dict | None:
+        """UNet calls of the last sampling loop run in full / from the cache, with the settings; None if off."""
+        cache = self._step_cache()
+        return None if cache is None else cache.summary()
