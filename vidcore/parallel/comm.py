@@ -40,22 +40,21 @@ def split_sizes(n: int, world: int) -> list[int]:
     return [base + (j < extra) for j in range(world)]
 
 
-def _frame_sizes(frame_sizes, num_frames: int, group) -> list[int]:
+def _frame_layout(frame_sizes, num_frames: int, group) -> tuple[int, int, list[int]]:
+    """``(world, rank, every rank's frame count)`` for the layout switches, checked against this rank's count."""
     world, rank = group_size(group), group_rank(group)
     sizes = list(frame_sizes) if frame_sizes is not None else [num_frames] * world
     if len(sizes) != world or sizes[rank] != num_frames:
         raise ValueError(f"frame_sizes {sizes} do not fit {world} ranks with {num_frames} frames on rank {rank}")
-    return sizes
+    return world, rank, sizes
 
 
 def frames_to_pixels(x: torch.Tensor, num_frames: int, group, frame_sizes=None) -> torch.Tensor:
     """``(b f_l) n c`` with this rank's ``f_l = num_frames`` frames -> ``(b f) n_l c``: every frame of
     this rank's pixel slice (``f = sum(frame_sizes)`` in rank order). One all_to_all."""
-    world = group_size(group)
-    if world == 1:
+    if group_size(group) == 1:
         return x
-    rank = group_rank(group)
-    fsizes = _frame_sizes(frame_sizes, num_frames, group)
+    world, rank, fsizes = _frame_layout(frame_sizes, num_frames, group)
     bf, n, c = x.shape
     b = bf // num_frames
     if n < world:
@@ -72,11 +71,9 @@ def frames_to_pixels(x: torch.Tensor, num_frames: int, group, frame_sizes=None) 
 def pixels_to_frames(y: torch.Tensor, num_frames: int, num_pixels: int, group, frame_sizes=None) -> torch.Tensor:
     """Inverse of :func:`frames_to_pixels`: ``(b f) n_l c`` -> ``(b f_l) n c`` with ``f_l = num_frames``
     and ``n = num_pixels``. One all_to_all."""
-    world = group_size(group)
-    if world == 1:
+    if group_size(group) == 1:
         return y
-    rank = group_rank(group)
-    fsizes = _frame_sizes(frame_sizes, num_frames, group)
+    world, rank, fsizes = _frame_layout(frame_sizes, num_frames, group)
     _, n_local, c = y.shape
     b = y.shape[0] // sum(fsizes)
     sizes = split_sizes(num_pixels, world)

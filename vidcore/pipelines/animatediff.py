@@ -33,10 +33,9 @@ from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
-from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .lora import MotionLoRAMixin
 from .text_to_video import TextToVideoPipeline
-from .video_processing import postprocess_video
 
 
 # What AnimateDiff's documentation passes to DDIMScheduler.from_pretrained(sd_model, subfolder="scheduler", ...)
@@ -142,28 +141,37 @@ def _resolve(path_or_repo, components, variant, revision=None, token=None) -> Pa
     return root
 
 
-def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, token: str | None = None) -> MotionAdapter:
-    """``motion_adapter=`` of ``from_pretrained``: a MotionAdapter module (cast to ``torch_dtype`` when given),
-    or anything ``vidcore.load_model`` reads (a diffusers MotionAdapter folder or hub repo id, a vidcore native
-    file, or an original AnimateDiff checkpoint where supported)."""
+def load_module_argument(value, kind: type, arg: str, example: str, torch_dtype=None, variant: str | None = None,
+                         revision: str | None = None, token: str | None = None, config_from=None,
+                         wrong_kind: type[Exception] = ModelNotFoundError):
+    """A model passed to ``from_pretrained`` as ``arg=``: a ``kind`` module (cast to ``torch_dtype`` when given), or
+    anything ``vidcore.load_model`` reads (a folder, a hub repo id, of which only the config and weights are
+    fetched, a vidcore native file, an original checkpoint whose config ``config_from`` gives). A model of another
+    kind raises ``wrong_kind`` naming ``example``, a repo that holds the right one."""
     from ..loading import load_model
 
     dtype = hub.parse_dtype(torch_dtype)
-    if isinstance(adapter, MotionAdapter):
-        return adapter.to(dtype) if dtype is not None else adapter
-    if isinstance(adapter, torch.nn.Module):
-        raise TypeError(f"motion_adapter must be a vidcore MotionAdapter (vidcore.load_model(...)), got "
-                        f"{type(adapter).__name__}")
-    if not isinstance(adapter, (str, os.PathLike)):
-        raise TypeError(f"motion_adapter must be a path, a hub repo id or a MotionAdapter, got {type(adapter).__name__}")
-    local = Path(os.fspath(adapter)).expanduser()
-    if not local.exists():  # hub repo: fetch the config and the weights to read only
-        local = _resolve(adapter, [""], variant, token=token)
-    module = load_model(local, torch_dtype=dtype, variant=variant)
-    if not isinstance(module, MotionAdapter):
-        raise ConfigError(f"motion_adapter={os.fspath(adapter)!r} holds a {type(module).__name__}, not a MotionAdapter "
-                          "(e.g. guoyww/animatediff-motion-adapter-v1-5-2)")
+    if isinstance(value, kind):
+        return value.to(dtype) if dtype is not None else value
+    if isinstance(value, torch.nn.Module):
+        raise TypeError(f"{arg} must be a vidcore {kind.__name__} (vidcore.load_model(...)), got {type(value).__name__}")
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{arg} must be a path, a hub repo id or a {kind.__name__}, got {type(value).__name__}")
+    local = Path(os.fspath(value)).expanduser()
+    if not local.exists():
+        local = _resolve(value, [""], variant, revision, token)
+    module = load_model(local, torch_dtype=dtype, variant=variant, config_from=config_from if local.is_file() else None)
+    if not isinstance(module, kind):
+        raise wrong_kind(f"{arg}={os.fspath(value)!r} holds a {type(module).__name__}, not a {kind.__name__} "
+                         f"(e.g. {example})")
     return module
+
+
+def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, token: str | None = None) -> MotionAdapter:
+    """``motion_adapter=`` of ``from_pretrained``: a MotionAdapter module, a diffusers MotionAdapter folder or hub
+    repo id, a vidcore native file, or an original AnimateDiff checkpoint where supported."""
+    return load_module_argument(adapter, MotionAdapter, "motion_adapter", "guoyww/animatediff-motion-adapter-v1-5-2",
+                                torch_dtype, variant, token=token, wrong_kind=ConfigError)
 
 
 def stored_scheduler(config_file: Path):
@@ -387,10 +395,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
                 total[:, :, start:end] += unet(model_in[:, :, start:end], t, embeds).float() * w[:, None, None]
                 weight_sum[start:end] += w
             noise = (total / weight_sum[:, None, None]).to(model_in.dtype)
-        if guidance:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        return noise
+        return apply_guidance(noise, guidance_scale) if guidance else noise
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -414,17 +419,11 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         (diffusers hands over the guidance batch repeated per frame) and may return replacements of the same
         shape. IP-Adapter, FreeInit, FreeNoise and ``cross_attention_kwargs`` are not supported.
         """
-        sample = self.unet.config.sample_size or 64
-        sample = sample[0] if isinstance(sample, (tuple, list)) else sample
-        height = height or sample * self.vae_scale_factor
-        width = width or sample * self.vae_scale_factor
+        height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, None)
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        check_negative_inputs(negative_prompt, negative_prompt_embeds)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
             raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
                              f"{decode_chunk_size!r}")
@@ -455,18 +454,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
                 noise = self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
                 # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
                 latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    out = out or {}
-                    latents = out.get("latents", latents)
-                    cond = out.get("prompt_embeds", cond)
-                    uncond = out.get("negative_prompt_embeds", uncond)
+                latents, cond, uncond = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
+                    "latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}).values()
                 bar.update()
-
-        if output_type == "latent":
-            video = latents
-        else:
-            decoded = self.decode_latents(latents, decode_chunk_size)  # None on ranks > 0 with enable_parallel
-            video = None if decoded is None else postprocess_video(decoded, output_type)
-        return VideoPipelineOutput(frames=video) if return_dict else (video,)
+        return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -63,6 +63,47 @@ def load_feature_extractor(folder: Path):
     return cls.from_pretrained(str(folder))
 
 
+def load_component(name: str, folder: Path, dtype=None, variant=None, loaders: dict | None = None):
+    """The module in a pipeline's component folder, chosen by the component's name (the CLIP parts through
+    transformers, the scheduler from its config, any other through ``load_model``). ``loaders``:
+    ``name -> fn(folder, dtype, variant)`` for components a pipeline loads its own way."""
+    from ..loading import load_model
+    from ..schedulers import from_config
+
+    if loaders and name in loaders:
+        return loaders[name](folder, dtype, variant)
+    if name == "tokenizer":
+        return load_tokenizer(folder)
+    if name == "text_encoder":
+        return load_text_encoder(folder, dtype, variant)
+    if name == "image_encoder":
+        return load_image_encoder(folder, dtype, variant)
+    if name == "feature_extractor":
+        return load_feature_extractor(folder)
+    if name == "scheduler":
+        return from_config(folder / "scheduler_config.json")
+    return load_model(folder, torch_dtype=dtype, variant=variant)
+
+
+def apply_guidance(noise: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance on a prediction whose batch holds the unconditional half first."""
+    uncond, cond = noise.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
+    """The negative prompt comes as text or as embeddings, not both (diffusers refuses both too)."""
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+
+
+def check_callback_inputs(names, allowed) -> None:
+    """``callback_on_step_end_tensor_inputs`` may only name tensors the pipeline hands to the callback."""
+    bad = [k for k in names if k not in allowed]
+    if bad:
+        raise ValueError(f"callback_on_step_end_tensor_inputs must be among {allowed}, got {bad}")
+
+
 class VideoPipeline:
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
 
@@ -87,9 +128,6 @@ class VideoPipeline:
 
         Components passed as keyword arguments (for example ``scheduler=...``) replace the stored ones.
         """
-        from ..loading import load_model
-        from ..schedulers import from_config
-
         dtype = hub.parse_dtype(torch_dtype)
         root = hub.resolve(path_or_repo, revision=revision, token=token)
         index_file = root / "model_index.json"
@@ -107,18 +145,7 @@ class VideoPipeline:
             sub = root / name
             if not sub.is_dir():
                 raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
-            if name == "tokenizer":
-                modules[name] = load_tokenizer(sub)
-            elif name == "text_encoder":
-                modules[name] = load_text_encoder(sub, dtype, variant)
-            elif name == "image_encoder":
-                modules[name] = load_image_encoder(sub, dtype, variant)
-            elif name == "feature_extractor":
-                modules[name] = load_feature_extractor(sub)
-            elif name == "scheduler":
-                modules[name] = from_config(sub / "scheduler_config.json")
-            else:
-                modules[name] = load_model(root, subfolder=name, torch_dtype=dtype, variant=variant)
+            modules[name] = load_component(name, sub, dtype, variant)
         if overrides:
             raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {sorted(overrides)}")
         return cls(**modules)
@@ -160,6 +187,15 @@ class VideoPipeline:
                     m.to("cpu")
             module.to(self._offload_device)
         return module
+
+    # -- step callbacks -------------------------------------------------------------------------
+    def step_end(self, callback, names, i, t, tensors: dict) -> dict:
+        """diffusers' ``callback_on_step_end(pipe, step, t, {name: tensor})`` with the ``names`` asked for;
+        returns ``tensors`` (same keys, same order) with the replacements the callback returned."""
+        if callback is None:
+            return tensors
+        out = callback(self, i, t, {k: tensors[k] for k in names}) or {}
+        return {k: out.get(k, v) for k, v in tensors.items()}
 
     # -- progress -------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs) -> None:

@@ -29,7 +29,6 @@ Control images: pose images come from the user (e.g. OpenPose renderings, the fo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -38,14 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import hub
-from ..errors import ModelNotFoundError
 from ..models.controlnet import ControlNet
 from ..models.unet2d import UNet2D
 from ..nn.attention import Attention, set_cross_frame_attention
 from ..random import randn_tensor
-from .base import VideoPipelineOutput
+from .base import apply_guidance, check_callback_inputs
 from .text_to_video import TextToVideoPipeline
-from .video_processing import OUTPUT_TYPES, postprocess_video
+from .video_processing import OUTPUT_TYPES
 
 
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
@@ -103,28 +101,13 @@ def control_frames_to_tensor(frames, height: int | None = None, width: int | Non
 
 def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, revision: str | None = None,
                     token: str | None = None, config_from=None) -> ControlNet:
-    """``controlnet=`` of ``from_pretrained``: a ControlNet module, or what ``vidcore.load_model`` reads (a diffusers
-    ControlNet folder or hub repo id such as ``lllyasviel/sd-controlnet-openpose``, a vidcore native file, or an
-    original ``control_*.pth`` / ``.safetensors`` file, whose config is SD1.5's unless ``config_from`` says)."""
-    from ..loading import load_model
-    from .animatediff import _resolve
+    """``controlnet=`` of ``from_pretrained``: a ControlNet module, a diffusers ControlNet folder or hub repo id such
+    as ``lllyasviel/sd-controlnet-openpose``, a vidcore native file, or an original ``control_*.pth`` /
+    ``.safetensors`` file, whose config is SD1.5's unless ``config_from`` says."""
+    from .animatediff import load_module_argument
 
-    dtype = hub.parse_dtype(torch_dtype)
-    if isinstance(controlnet, ControlNet):
-        return controlnet.to(dtype) if dtype is not None else controlnet
-    if isinstance(controlnet, torch.nn.Module):
-        raise TypeError(f"controlnet must be a vidcore ControlNet (vidcore.load_model(...)), got "
-                        f"{type(controlnet).__name__}")
-    if not isinstance(controlnet, (str, os.PathLike)):
-        raise TypeError(f"controlnet must be a path, a hub repo id or a ControlNet, got {type(controlnet).__name__}")
-    local = Path(os.fspath(controlnet)).expanduser()
-    if not local.exists():  # hub repo: only its config and weights
-        local = _resolve(controlnet, [""], variant, revision, token)
-    module = load_model(local, torch_dtype=dtype, variant=variant, config_from=config_from if local.is_file() else None)
-    if not isinstance(module, ControlNet):
-        raise ModelNotFoundError(f"controlnet={os.fspath(controlnet)!r} holds a {type(module).__name__}, not a "
-                                 "ControlNet (e.g. lllyasviel/sd-controlnet-openpose)")
-    return module
+    return load_module_argument(controlnet, ControlNet, "controlnet", "lllyasviel/sd-controlnet-openpose", torch_dtype,
+                                variant, revision, token, config_from)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -237,9 +220,7 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         if not 0.0 <= control_guidance_start < control_guidance_end <= 1.0:
             raise ValueError(f"need 0 <= control_guidance_start < control_guidance_end <= 1, got "
                              f"{control_guidance_start} and {control_guidance_end}")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
         for name, value in (("height", height), ("width", width)):
             if value is not None and (value <= 0 or value % 8):
                 raise ValueError(f"height and width must be positive multiples of 8, got {name}={value}")
@@ -292,22 +273,14 @@ class ControlledVideoPipeline(TextToVideoPipeline):
                         residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
                     noise = unet(model_in, t, embeds, **residuals)
                     if guidance:
-                        noise_uncond, noise_text = noise.chunk(2)
-                        noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                        noise = apply_guidance(noise, guidance_scale)
                     latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                    if callback_on_step_end is not None:
-                        local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
-                        out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                        out = out or {}
-                        latents = out.get("latents", latents)
-                        cond = out.get("prompt_embeds", cond)
-                        uncond = out.get("negative_prompt_embeds", uncond)
+                    latents, cond, uncond = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
+                        "latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}).values()
                     bar.update()
         finally:
             for m, value in saved.items():
                 m.cross_frame = value
 
         video = latents.view(videos, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
-        if output_type != "latent":
-            video = postprocess_video(self.decode_latents(video, decode_chunk_size), output_type)
-        return VideoPipelineOutput(frames=video) if return_dict else (video,)
+        return self.finish(video, output_type, return_dict, decode_chunk_size)

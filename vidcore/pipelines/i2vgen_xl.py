@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 
 from ..io import load_image
-from .text import _as_list, clip_embed
+from .base import check_negative_inputs
 from .text_to_video import TextToVideoPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
@@ -102,21 +102,8 @@ class I2VGenXLPipeline(TextToVideoPipeline):
                       negative_prompt_embeds=None, clip_skip=None):
         """As the ModelScope pipeline's, except that ``clip_skip`` applies to the negative prompt too
         (diffusers' I2VGen-XL does this; its default is ``clip_skip=1``)."""
-        if guidance and negative_prompt_embeds is None:
-            batch = len(_as_list(prompt, "prompt")) if prompt_embeds is None else prompt_embeds.shape[0]
-            if negative_prompt is None:
-                negatives = [""] * batch
-            else:
-                if prompt is not None and type(prompt) is not type(negative_prompt):
-                    raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
-                                    f"got {type(negative_prompt).__name__}")
-                negatives = _as_list(negative_prompt, "negative_prompt")
-                if len(negatives) != batch:
-                    raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
-            self._run_on_device("text_encoder")
-            negative_prompt_embeds = clip_embed(self.tokenizer, self.text_encoder, negatives, device, clip_skip)
-        return super().encode_prompt(prompt, device, num_videos_per_prompt, guidance, None, prompt_embeds,
-                                     negative_prompt_embeds, clip_skip)
+        return super().encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt, prompt_embeds,
+                                     negative_prompt_embeds, clip_skip, negative_clip_skip=clip_skip)
 
     def encode_image(self, images: list[PIL.Image.Image], width: int, device) -> torch.Tensor:
         """CLIP image embeddings ``n d`` of the ``width x width`` centre crops, resized bilinearly to the
@@ -186,15 +173,13 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, None)
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        check_negative_inputs(negative_prompt, negative_prompt_embeds)
         if target_fps is None or target_fps <= 0:
             raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
         device = self.device
         guidance = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                          prompt_embeds, negative_prompt_embeds, clip_skip)
-        text = torch.cat([uncond, cond]) if guidance else cond
+        cond, text = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                               prompt_embeds, negative_prompt_embeds, clip_skip)
         batch = cond.shape[0] // num_videos_per_prompt
         if len(images) not in (1, batch):
             raise ValueError(f"got {len(images)} images for {batch} prompts; pass one image or one per prompt")

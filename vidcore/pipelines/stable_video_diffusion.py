@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..io import load_image
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
-from .base import VideoPipeline, VideoPipelineOutput
+from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
 IMAGE_TYPES = ("a PIL image, a file path, a list of those, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or "
@@ -194,8 +194,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         from .. import hub
         from ..errors import CheckpointError, ModelNotFoundError
         from ..loading import _load_sgm_svd, read_single_file_raw
-        from ..schedulers import from_config
-        from .base import load_feature_extractor, load_image_encoder
+        from .base import load_component
         from ..conversion.maps import original_svd
 
         dtype = hub.parse_dtype(torch_dtype)
@@ -241,12 +240,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             if not sub.is_dir():
                 raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
                                          f"{name}=... instead")
-            if name == "image_encoder":
-                modules[name] = load_image_encoder(sub, dtype, variant)
-            elif name == "scheduler":
-                modules[name] = from_config(sub / "scheduler_config.json")
-            else:
-                modules[name] = load_feature_extractor(sub)
+            modules[name] = load_component(name, sub, dtype, variant)
         return cls(**{**modules, **overrides})
 
     @property
@@ -354,13 +348,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                     model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
                     pred = unet(model_in, t, image_embeddings, added_time_ids)
                     if guidance:
-                        uncond, cond = pred.chunk(2)
-                        pred = uncond + guidance_scale * (cond - uncond)
+                        pred = apply_guidance(pred, guidance_scale)
                 latents = self.scheduler.step(pred, t, latents)
-                if callback_on_step_end is not None:
-                    local = {"latents": latents}
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = (out or {}).get("latents", latents)
+                latents = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
+                                        {"latents": latents})["latents"]
                 bar.update()
         return latents
 

@@ -39,10 +39,12 @@ def clip_embed(tokenizer, text_encoder, prompts: list[str], device, clip_skip: i
 
 
 def encode_prompt(tokenizer, text_encoder, prompt, device, dtype, num_videos_per_prompt: int, guidance: bool,
-                  negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, clip_skip=None):
+                  negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, clip_skip=None,
+                  negative_clip_skip=None):
     """Returns (prompt_embeds, negative_prompt_embeds or None), each repeated ``num_videos_per_prompt`` times.
 
-    The negative prompt ignores ``clip_skip``, as in diffusers.
+    The negative prompt takes its own ``negative_clip_skip``: diffusers' Stable Diffusion pipelines ignore
+    ``clip_skip`` there (None), its I2VGen-XL applies it.
     """
     if prompt_embeds is None:
         prompts = _as_list(prompt, "prompt")
@@ -61,7 +63,7 @@ def encode_prompt(tokenizer, text_encoder, prompt, device, dtype, num_videos_per
             negatives = _as_list(negative_prompt, "negative_prompt")
             if len(negatives) != batch:
                 raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
-        negative_prompt_embeds = clip_embed(tokenizer, text_encoder, negatives, device)
+        negative_prompt_embeds = clip_embed(tokenizer, text_encoder, negatives, device, negative_clip_skip)
     negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_videos_per_prompt, dim=0)
     if negative_prompt_embeds.shape != prompt_embeds.shape:
         raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "

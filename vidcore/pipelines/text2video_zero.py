@@ -31,9 +31,9 @@ from ..errors import ModelNotFoundError
 from ..nn.attention import set_cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
-from .base import VideoPipelineOutput, load_text_encoder, load_tokenizer
+from .base import VideoPipelineOutput, apply_guidance, check_callback_inputs, check_negative_inputs, load_component
 from .text_to_video import TextToVideoPipeline
-from .video_processing import OUTPUT_TYPES, postprocess_video
+from .video_processing import OUTPUT_TYPES
 
 
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -63,9 +63,10 @@ def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token,
     folder or hub repo (only those components' configs and safetensors are downloaded); ``overrides`` replace
     stored ones. ``loaders``: ``name -> fn(folder, dtype, variant)`` for components beyond SD's own (a
     ControlNet); ``hints``: text appended to the error when that component's folder is missing."""
-    from ..loading import load_model
     from .animatediff import _resolve
 
+    loaders = {"scheduler": lambda folder, dtype, variant: sd_scheduler(folder / "scheduler_config.json"),
+               **(loaders or {})}
     unknown = sorted(set(overrides) - set(components))
     if unknown:
         raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
@@ -80,16 +81,7 @@ def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token,
         sub = root / name
         if not sub.is_dir():
             raise ModelNotFoundError(f"component folder '{name}' is missing in {root}{(hints or {}).get(name, '')}")
-        if name == "tokenizer":
-            modules[name] = load_tokenizer(sub)
-        elif name == "text_encoder":
-            modules[name] = load_text_encoder(sub, dtype, variant)
-        elif name == "scheduler":
-            modules[name] = sd_scheduler(sub / "scheduler_config.json")
-        elif name in (loaders or {}):
-            modules[name] = loaders[name](sub, dtype, variant)
-        else:
-            modules[name] = load_model(sub, torch_dtype=dtype, variant=variant)
+        modules[name] = load_component(name, sub, dtype, variant, loaders)
     return modules
 
 
@@ -182,8 +174,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             model_in = torch.cat([latents] * 2) if guidance else latents
             noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds())
             if guidance:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + guidance_scale * (cond - uncond)
+                noise = apply_guidance(noise, guidance_scale)
             latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
             latents = callbacks(step + i, t, latents)
         return latents
@@ -216,18 +207,12 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         if output_type == "tensor":
             output_type = "np"
         frame_ids = list(range(video_length)) if frame_ids is None else list(frame_ids)
-        sample = self.unet.config.sample_size or 64
-        sample = sample[0] if isinstance(sample, (tuple, list)) else sample
-        height = height or sample * self.vae_scale_factor
-        width = width or sample * self.vae_scale_factor
+        height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, video_length, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         self.check_zero_inputs(video_length, frame_ids, t0, t1, num_inference_steps)
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        check_negative_inputs(negative_prompt, negative_prompt_embeds)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
 
         device = self.device
         guidance = guidance_scale > 1.0
@@ -249,11 +234,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         bar = self.progress_bar(total=len(first) + len(second) + len(last))
 
         def callbacks(i, t, latents):
-            if callback_on_step_end is not None:
-                local = {"latents": latents, **state}
-                out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}) or {}
-                latents = out.get("latents", latents)
-                state.update({k: out[k] for k in ("prompt_embeds", "negative_prompt_embeds") if k in out})
+            state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
+                                       {"latents": latents, **state}))
+            latents = state.pop("latents")
             if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
             bar.update()
@@ -289,11 +272,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             bar.close()
 
         latents = out.reshape(batch, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
-        if output_type == "latent":
-            result = latents
-        else:
-            result = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
-        return TextToVideoZeroOutput(frames=result) if return_dict else (result,)
+        return self.finish(latents, output_type, return_dict, decode_chunk_size, TextToVideoZeroOutput)
 
 
 __all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "load_sd_components", "sd_scheduler", "OUTPUT_TYPES"]

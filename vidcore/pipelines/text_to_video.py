@@ -12,7 +12,7 @@ import torch
 
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
-from .base import VideoPipeline, VideoPipelineOutput
+from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .text import encode_prompt
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
@@ -27,6 +27,13 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # -- checks ---------------------------------------------------------------------------------
+    def default_size(self, height, width, sample_size: int) -> tuple[int, int]:
+        """``height`` and ``width``, each defaulting to the UNet's sample size (``sample_size`` where its config
+        has none) in pixels."""
+        sample = self.unet.config.sample_size or sample_size
+        sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+        return height or sample * self.vae_scale_factor, width or sample * self.vae_scale_factor
+
     def check_inputs(self, prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                      num_videos_per_prompt, callback_steps):
         if (prompt is None) == (prompt_embeds is None):
@@ -54,14 +61,12 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         model_in = torch.cat([latents] * 2) if guidance else latents
         model_in = self.scheduler.scale_model_input(model_in, t)
         noise = unet(model_in, t, prompt_embeds)
-        if guidance:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        return noise
+        return apply_guidance(noise, guidance_scale) if guidance else noise
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
-                      negative_prompt_embeds=None, clip_skip=None):
+                      negative_prompt_embeds=None, clip_skip=None, negative_clip_skip=None):
+        """(prompt_embeds, negative_prompt_embeds or None) from :func:`vidcore.pipelines.text.encode_prompt`."""
         if self.text_encoder is None:  # embeddings given, no text encoder loaded
             if prompt_embeds is None or (guidance and negative_prompt_embeds is None):
                 raise ValueError("this pipeline has no text_encoder: pass prompt_embeds (and negative_prompt_embeds "
@@ -71,7 +76,15 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
             self._run_on_device("text_encoder")
             dtype = self.text_encoder.dtype
         return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, dtype, num_videos_per_prompt, guidance,
-                             negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+                             negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip)
+
+    def encode_guided_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt, prompt_embeds,
+                             negative_prompt_embeds, clip_skip):
+        """(prompt_embeds, the UNet's text batch): with guidance the negatives come first, as ``predict_noise``
+        splits them."""
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        return cond, (torch.cat([uncond, cond]) if guidance else cond)
 
     def denoise(self, latents, timesteps, prompt_embeds, guidance_scale, eta, generator, callback=None,
                 callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
@@ -89,11 +102,8 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
                 fold = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
                 latents = self.scheduler.step(fold(noise), t, fold(latents), eta=eta, generator=generator)
                 latents = latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
-                if callback_on_step_end is not None:
-                    local = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = (out or {}).get("latents", latents)
-                    prompt_embeds = (out or {}).get("prompt_embeds", prompt_embeds)
+                latents, prompt_embeds = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
+                    "latents": latents, "prompt_embeds": prompt_embeds}).values()
                 if callback is not None and i % callback_steps == 0:
                     callback(i, t, latents)
                 bar.update()
@@ -136,13 +146,15 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
         return latents.to(device) * self.scheduler.init_noise_sigma
 
-    def finish(self, latents, output_type, return_dict, decode_chunk_size):
+    def finish(self, latents, output_type, return_dict, decode_chunk_size, output_class=VideoPipelineOutput):
+        """b c f h w latents -> the call's result: decoded and postprocessed unless ``output_type="latent"``
+        (None on ranks > 0 with enable_parallel), as ``output_class`` or a 1-tuple."""
         if output_type == "latent":
             video = latents
         else:
             decoded = self.decode_latents(latents, decode_chunk_size)
             video = None if decoded is None else postprocess_video(decoded, output_type)
-        return VideoPipelineOutput(frames=video) if return_dict else (video,)
+        return output_class(frames=video) if return_dict else (video,)
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,16 +170,12 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
         """Generate videos from text. Argument names and defaults follow diffusers' TextToVideoSDPipeline;
         ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions."""
-        sample = self.unet.config.sample_size or 32
-        height = height or sample * self.vae_scale_factor
-        width = width or sample * self.vae_scale_factor
+        height, width = self.default_size(height, width, 32)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         device = self.device
-        guidance = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                          prompt_embeds, negative_prompt_embeds, clip_skip)
-        embeds = torch.cat([uncond, cond]) if guidance else cond
+        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance_scale > 1.0,
+                                                 negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         s = self.vae_scale_factor

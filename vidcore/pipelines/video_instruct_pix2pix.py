@@ -18,11 +18,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..nn.attention import set_cross_frame_attention
-from ..random import randn_tensor
-from .base import VideoPipelineOutput
+from .base import check_callback_inputs, check_negative_inputs
 from .text2video_zero import COMPONENTS, load_sd_components
 from .text_to_video import TextToVideoPipeline
-from .video_processing import postprocess_video, preprocess_video
+from .video_processing import preprocess_video
 
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "image_latents")
 
@@ -83,11 +82,8 @@ class VideoInstructPix2PixPipeline(TextToVideoPipeline):
         if self.unet.config.in_channels != 8:
             raise ValueError(f"video InstructPix2Pix needs an 8-channel InstructPix2Pix UNet (e.g. "
                              f"timbrooks/instruct-pix2pix); this one takes {self.unet.config.in_channels}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {CALLBACK_TENSOR_INPUTS}, got {bad}")
+        check_negative_inputs(negative_prompt, negative_prompt_embeds)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
 
         device = self.device
         guidance = guidance_scale > 1.0 and image_guidance_scale >= 1.0
@@ -131,19 +127,12 @@ class VideoInstructPix2PixPipeline(TextToVideoPipeline):
                         noise = (neither + guidance_scale * (text - frame_only)
                                  + image_guidance_scale * (frame_only - neither))
                     x = self.scheduler.step(noise, t, x, eta=eta, generator=generator)
-                    if callback_on_step_end is not None:
-                        local = {"latents": x, **state}
-                        out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                        out = out or {}
-                        x = out.get("latents", x)
-                        state.update({k: out[k] for k in CALLBACK_TENSOR_INPUTS[1:] if k in out})
+                    state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
+                                               {"latents": x, **state}))
+                    x = state.pop("latents")
                     bar.update()
         finally:
             set_cross_frame_attention(unet, None)
 
         latents = x.reshape(batch, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
-        if output_type == "latent":
-            result = latents
-        else:
-            result = postprocess_video(self.decode_latents(latents, decode_chunk_size), output_type)
-        return VideoPipelineOutput(frames=result) if return_dict else (result,)
+        return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -68,10 +68,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         self.check_inputs(prompt, h * px, w * px, f, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         device = self.device
-        guidance = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                          prompt_embeds, negative_prompt_embeds, clip_skip)
-        embeds = torch.cat([uncond, cond]) if guidance else cond
+        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance_scale > 1.0,
+                                                 negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
         batch = cond.shape[0]
         if video_t.shape[0] not in (1, batch):
             raise ValueError(f"got {video_t.shape[0]} videos for {batch} prompts x videos per prompt")
