@@ -15,7 +15,7 @@ import vidcore
 from vidcore.demo.data import (COLORS, DIRECTIONS, SHAPES, all_combinations, all_prompts, make_clip, make_dataset,
                                parse_prompt)
 from vidcore.demo.evaluate import centroids, score_color, score_direction, score_videos, smoothness, summarize
-from vidcore.demo.train import VOCAB, DemoConfig, train
+from vidcore.demo.train import DemoConfig, train
 
 
 def as_np(video: torch.Tensor) -> np.ndarray:

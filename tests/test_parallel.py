@@ -78,9 +78,6 @@ def err(a, b) -> float:
 
 
 def check_primitives(rank, world, res):
-    from vidcore.nn.attention import temporal_attend
-    from vidcore.nn.resnet import frame_conv, video_norm
-    from vidcore.parallel import comm, frame_parallel
 
     for f in (2 * world, 2 * world + 1):  # even split, and rank 0 holding one frame more
         _check_primitives(rank, world, res, f, "" if f % world == 0 else "_uneven")

@@ -13,7 +13,6 @@ float16, so the ``fp16`` variant files hold exactly the same numbers as the floa
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path

@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import PIL.Image

@@ -9,7 +9,6 @@ frame for the whole clip; speed, size, start position and the cross-axis positio
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 
