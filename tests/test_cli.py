@@ -343,3 +343,29 @@ def test_make_random_model_then_generate(tmp_path):
                  "--height", "16", "--width", "16", "--steps", "1", "--no-progress", "-o", str(out)]) == 0
     with av.open(str(out)) as f:
         assert sum(1 for _ in f.decode(video=0)) == 2
+
+
+def test_generate_step_cache_flags(capsys, pipeline_folder, tmp_path, monkeypatch):
+    """--deep-cache 1 is the uncached video; --deep-cache 3 --cache-branch 1 and --block-cache run; bad values
+    are one-line errors."""
+    import vidcore.cli.generate
+
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames) or str(path))
+    base = ["generate", "text-to-video", "--model", pipeline_folder, "--prompt", "a cat", "-o", tmp_path / "c.mp4",
+            *SMALL]
+    for extra in ([], ["--deep-cache", "1"], ["--deep-cache", "3", "--cache-branch", "1"], ["--block-cache", "0.5"]):
+        code, out, err = run_cli(capsys, *base, *extra)
+        assert code == 0, err
+    plain, exact, deep, block = written
+    assert np.array_equal(plain, exact)
+    assert np.isfinite(deep).all() and np.isfinite(block).all() and not np.array_equal(plain, deep)
+    for extra, fragment in ((["--deep-cache", "2", "--cache-branch", "5"], "--cache-branch: cache_branch_id"),
+                            (["--cache-branch", "1"], "--cache-branch applies to --deep-cache"),
+                            (["--deep-cache", "2", "--block-cache", "0.1"], "exclude each other")):
+        assert_one_line_error(*run_cli(capsys, *base, *extra), fragment)
+    for extra in (["--deep-cache", "0"], ["--block-cache", "0"], ["--block-cache", "-1"], ["--cache-branch", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in base + extra])
+        assert exit_.value.code == 2
+        assert "expected" in capsys.readouterr().err

@@ -43,6 +43,7 @@ def _number(convert, ok, expected: str):
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from .aliases import Options
-from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name, positive_int, resolve_device,
-                     torch_dtype)
+from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name, nonnegative_int, positive_float,
+                     positive_int, resolve_device, torch_dtype)
 from .outputs import (BATCH_FORMATS, MANIFEST, OUTPUT_SUFFIXES, batch_jobs, load_input_image, load_input_video,
                       output_paths, rank_and_world_size, write_manifest, write_video)
 from .tasks import PARALLEL_MODES, TASKS, Inputs, Task
@@ -74,6 +74,14 @@ def _add_options(o: Options, task: Task) -> None:
               help="enable FreeU with these factors")
     o.add("--decode-chunk-size", type=positive_int, default=None,
           help="frames per VAE decode call" + (" (default: all; fewer saves memory)" if svd else ""))
+    o.add("--deep-cache", type=positive_int, default=None, metavar="INTERVAL",
+          help="DeepCache: run the whole UNet every INTERVAL-th step, only its top levels in between "
+               "(faster, approximate; 1 = exact)")
+    o.add("--cache-branch", type=nonnegative_int, default=None, metavar="N",
+          help="with --deep-cache: the deepest UNet level still run on cached steps (default 0, the top)")
+    o.add("--block-cache", type=positive_float, default=None, metavar="THRESHOLD",
+          help="first-block cache: skip the rest of the UNet on steps whose first-level features moved less "
+               "than THRESHOLD (relative; e.g. 0.05)")
     o.add("--num-videos", type=positive_int, default=1, help="videos to generate for the " + ("image" if svd else "prompt"))
     if task.parallel:
         o.add("--parallel", choices=PARALLEL_MODES, default=None,
@@ -115,11 +123,28 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
         pipe.unet.enable_forward_chunking()
     if getattr(args, "freeu", None) is not None:
         pipe.unet.enable_freeu(*args.freeu)
+    _enable_step_cache(pipe, args)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device)
     else:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=args.no_progress)
+
+
+def _enable_step_cache(pipe, args) -> None:
+    """``--deep-cache`` / ``--cache-branch`` / ``--block-cache`` (vidcore.sampling.step_cache)."""
+    if args.cache_branch is not None and args.deep_cache is None:
+        raise UsageError("--cache-branch applies to --deep-cache INTERVAL")
+    if args.deep_cache is not None and args.block_cache is not None:
+        raise UsageError("--deep-cache and --block-cache exclude each other; pick one")
+    try:
+        if args.deep_cache is not None:
+            pipe.enable_deep_cache(cache_interval=args.deep_cache, cache_branch_id=args.cache_branch or 0)
+        elif args.block_cache is not None:
+            pipe.enable_block_cache(threshold=args.block_cache)
+    except ValueError as err:
+        flag = "--cache-branch" if "cache_branch_id" in str(err) else "--deep-cache"
+        raise UsageError(f"{flag}: {err}") from None
 
 
 def _enable_parallel(pipe, args, num_frames: int) -> None:

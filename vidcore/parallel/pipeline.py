@@ -46,6 +46,7 @@ class ParallelPipelineMixin:
                                       "AnimateDiffPipeline and StableVideoDiffusionPipeline")
         init_distributed(device=self.device)
         self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
+        self.check_step_cache_parallel()
 
     def disable_parallel(self) -> None:
         self._parallel = None

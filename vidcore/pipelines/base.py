@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from ..errors import ModelNotFoundError
+from ..sampling import StepCacheMixin
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class VideoPipelineOutput:
     """``frames``: np ``b f h w 3`` / pt ``b f 3 h w`` in [0, 1], ``[[PIL]]``, or latents ``b c f h w``."""
 
     frames: Any
+    cache_stats: dict | None = None  # with a step cache on (enable_deep_cache / enable_block_cache): its counts
 
 
 def load_tokenizer(folder: Path):
@@ -104,7 +106,33 @@ def check_callback_inputs(names, allowed) -> None:
         raise ValueError(f"callback_on_step_end_tensor_inputs must be among {allowed}, got {bad}")
 
 
-class VideoPipeline:
+class StepProgress:
+    """A denoising loop's progress bar and its step clock: every ``update()`` ends one step, and the step
+    caches of :mod:`vidcore.sampling` advance with it (they restart with each new bar)."""
+
+    def __init__(self, bar, cache, total: int | None):
+        self.bar, self.cache = bar, cache
+        if cache is not None:
+            cache.begin(total)
+            cache.next_step()
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        if self.cache is not None:
+            for _ in range(n):
+                self.cache.next_step()
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "StepProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VideoPipeline(StepCacheMixin):
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
 
     components: tuple[str, ...] = ()
@@ -203,4 +231,6 @@ class VideoPipeline:
         self.progress_bar_config = kwargs
 
     def progress_bar(self, iterable=None, total=None):
-        return tqdm(iterable, total=total, **self.progress_bar_config)
+        """A tqdm bar; with ``total`` (a denoising loop) also the step clock (:class:`StepProgress`)."""
+        bar = tqdm(iterable, total=total, **self.progress_bar_config)
+        return bar if iterable is not None else StepProgress(bar, self._step_cache(), total)

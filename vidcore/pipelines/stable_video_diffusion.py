@@ -457,4 +457,4 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         else:
             decoded = self.decode_latents(latents, decode_chunk_size, per_video=fix_batch_quirks)
             video = None if decoded is None else postprocess_video(decoded, output_type)  # None: rank > 0 (parallel)
-        return VideoPipelineOutput(frames=video) if return_dict else (video,)
+        return VideoPipelineOutput(frames=video, cache_stats=self.cache_stats()) if return_dict else (video,)

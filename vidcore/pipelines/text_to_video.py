@@ -154,7 +154,7 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         else:
             decoded = self.decode_latents(latents, decode_chunk_size)
             video = None if decoded is None else postprocess_video(decoded, output_type)
-        return output_class(frames=video) if return_dict else (video,)
+        return output_class(frames=video, cache_stats=self.cache_stats()) if return_dict else (video,)
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()

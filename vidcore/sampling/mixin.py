@@ -41,10 +41,22 @@ class StepCacheMixin:
         """First-block cache: a step whose first-level feature moved less than ``threshold`` (relative mean
         absolute change since the last full step) reuses that step's residual. ``threshold=0`` never reuses."""
         self._set_step_cache(StepCache("block", threshold=float(threshold)))
+        self.check_step_cache_parallel()
 
     def disable_block_cache(self) -> None:
         if (cache := self._step_cache()) is not None and cache.method == "block":
             self._set_step_cache(None)
+
+    def check_step_cache_parallel(self) -> None:
+        """The block cache decides per rank from its own data: frame-parallel ranks could disagree and stall in
+        the temporal layers' exchanges, so the two exclude each other (DeepCache's schedule is the same on
+        every rank, and CFG-parallel ranks exchange nothing inside the UNet)."""
+        runner = getattr(self, "parallel", None)
+        cache = self._step_cache()
+        if runner is not None and runner.config.frame_size > 1 and cache is not None and cache.method == "block":
+            self._set_step_cache(None)
+            raise ValueError("enable_block_cache does not combine with frame-parallel sampling "
+                             "(enable_parallel(frames=True)); use enable_deep_cache, or cfg-only parallel")
 
     def cache_stats(self) -> dict | None:
         """UNet calls of the last sampling loop run in full / from the cache, with the settings; None if off."""
