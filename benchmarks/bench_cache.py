@@ -182,7 +182,7 @@ def drift(args) -> None:
         rows.append((label, f"{seconds:.1f}", f"{base / seconds:.2f}x",
                      "exact" if not finite else f"{statistics.median(finite):.1f} / {min(finite):.1f}",
                      f"{summary['color_accuracy']:.1%}", f"{summary['direction_accuracy']:.1%}",
-                     "-" if stats is None else f"{stats['cached']}/{stats['cached'] + stats['full']} (last batch)"))
+                     "-" if stats is None else f"{stats['cached']}/{stats['cached'] + stats['full']} (one call of {min(48, len(videos))} videos)"))
         print(rows[-1], flush=True)
     print(f"\n{len(reference)} videos ({args.seeds} seed(s) x 48 prompts), {DEFAULTS['num_inference_steps']} DDIM steps")
     print(table(rows, ("setting", "time (s)", "speed-up", "PSNR vs uncached, dB (median / min)", "color acc",

@@ -306,6 +306,27 @@ def check_video_to_video(rank, world, res):
     res["video_to_video_frames"] = err(got, ref) if rank == 0 else float(got is not None)
 
 
+def check_deep_cache(rank, world, res):
+    """DeepCache under enable_parallel: each rank caches its own frame slice (or CFG half); equal to the cached
+    single-process run. The block cache refuses frame parallelism."""
+    pipe = tiny_pipeline()
+    pipe.enable_deep_cache(cache_interval=2, cache_branch_id=0)
+    ref = run_pipe(pipe, num_frames=4)
+    res["deep_cache_stats"] = pipe.cache_stats()["cached"]
+    for cfg, frames in ((False, True), (True, False)):
+        pipe.enable_parallel(cfg=cfg, frames=frames)
+        got = run_pipe(pipe, num_frames=4)
+        res[f"deep_cache_{'cfg' if cfg else 'frames'}"] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
+    pipe.enable_parallel(cfg=False, frames=True)
+    try:
+        pipe.enable_block_cache(threshold=0.1)
+        res["block_cache_frames_error"] = ""
+    except ValueError as e:
+        res["block_cache_frames_error"] = str(e)
+    pipe.disable_parallel()
+
+
 def check_config_errors(rank, world, res):
     from vidcore.parallel import ParallelConfig
 
@@ -345,6 +366,7 @@ def scenario(rank, world):
         check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
         check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_uneven")
         check_animatediff(rank, world, res, [(False, True), (True, False)], frames=4)
+        check_deep_cache(rank, world, res)
     if world == 3:
         check_config_errors(rank, world, res)
         check_animatediff(rank, world, res, [], frames=4)
@@ -420,6 +442,15 @@ def test_parallel_pipeline_equals_single_process(results, world, keys):
     for key in keys:
         assert res[0][key] < 3e-5, (world, key, res[0][key])
         assert all(other[key] == 0.0 for other in res[1:]), "only rank 0 receives the video"
+
+
+def test_deep_cache_under_parallel_equals_the_cached_single_process_run(results):
+    res = results(2)
+    assert res[0]["deep_cache_stats"] > 0
+    for key in ("deep_cache_frames", "deep_cache_cfg"):
+        assert res[0][key] < 3e-5, (key, res[0][key])
+        assert res[1][key] == 0.0
+    assert all("frame-parallel" in r["block_cache_frames_error"] for r in res)
 
 
 def test_frame_parallel_video_to_video_equals_single_process(results):
