@@ -3,6 +3,7 @@ folders ship inside it as ``vidcore.kernels`` and ``vidcore.conversion``, so Hug
 package (imported by diffusers and transformers) and ours live side by side; the license is SPDX."""
 
 import email
+import importlib
 import subprocess
 import sys
 import zipfile
@@ -58,10 +59,9 @@ assert "conversion" not in sys.modules
 
 def test_hf_kernels_and_vidcore_kernels_coexist():
     """In this (test) process, and in a fresh one started outside the repository as a user would."""
-    import kernels
-
     import vidcore.kernels
 
+    kernels = importlib.import_module("kernels")  # Hugging Face's package (the name vidcore must not take)
     assert ROOT / "kernels" not in Path(kernels.__file__).resolve().parents
     assert hasattr(kernels, "get_kernel")
     assert Path(vidcore.kernels.__file__).resolve() == ROOT / "kernels" / "__init__.py"
