@@ -124,6 +124,8 @@ class StepProgress:
 
     def close(self) -> None:
         self.bar.close()
+        if self.cache is not None:
+            self.cache.end()
 
     def __enter__(self) -> "StepProgress":
         return self

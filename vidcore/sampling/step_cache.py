@@ -126,6 +126,10 @@ class StepCache:
         steps = num_steps if num_steps is not None else 0
         self.full = set(full_steps(steps, self.cache_interval, self.uniform)) if self.method == "deep" else set()
 
+    def end(self) -> None:
+        """The loop is over: drop the cached tensors (the counts stay for ``summary``)."""
+        self.slots.clear()
+
     def next_step(self) -> None:
         self.step += 1
         self.slot_index = 0
