@@ -1,5 +1,7 @@
 """Pieces every discrete-time scheduler shares: beta/alpha tables, timestep spacing, x0 recovery,
-and the config plumbing that reads diffusers' ``scheduler_config.json``.
+the config plumbing that reads diffusers' ``scheduler_config.json``, and the two scheduler bases
+(:class:`AlphaBarScheduler` for DDIM/DDPM/PNDM, :class:`SigmaScheduler` for DPM-Solver/Euler), so that
+each scheduler file holds only its own table and step.
 
 The numerics follow diffusers operation for operation (same dtypes, same op order) because the
 pipelines must reproduce diffusers' samples seed for seed.
@@ -73,21 +75,37 @@ def make_betas(cfg) -> torch.Tensor:
     return betas
 
 
-def spaced_timesteps(spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int) -> np.ndarray:
-    """Descending int64 timesteps for DDIM/DDPM (Table 2 of arXiv 2305.08891)."""
-    if num_steps > num_train_timesteps:
-        raise ValueError(
-            f"num_inference_steps={num_steps} cannot exceed num_train_timesteps={num_train_timesteps}"
-        )
-    if spacing == "linspace":
-        return np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1].copy().astype(np.int64)
-    if spacing == "leading":
-        ratio = num_train_timesteps // num_steps
-        return (np.arange(0, num_steps) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
-    if spacing == "trailing":
-        ratio = num_train_timesteps / num_steps
-        return np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
-    check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+def spaced_timesteps(cfg, num_steps: int) -> np.ndarray:
+    """Descending int64 timesteps by ``cfg.timestep_spacing`` (Table 2 of arXiv 2305.08891), shared by DDIM,
+    DDPM, PNDM and Euler's leading/trailing tables."""
+    T = cfg.num_train_timesteps
+    if num_steps > T:
+        raise ValueError(f"num_inference_steps={num_steps} cannot exceed num_train_timesteps={T}")
+    if cfg.timestep_spacing == "linspace":
+        return np.linspace(0, T - 1, num_steps).round()[::-1].copy().astype(np.int64)
+    if cfg.timestep_spacing == "leading":
+        ratio = T // num_steps
+        return (np.arange(0, num_steps) * ratio).round()[::-1].copy().astype(np.int64) + cfg.steps_offset
+    if cfg.timestep_spacing == "trailing":
+        ratio = T / num_steps
+        return np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
+    check_choice("timestep_spacing", cfg.timestep_spacing, TIMESTEP_SPACINGS)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (arXiv 2206.00364) eq. 5: uniform steps in sigma^(1/rho)."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + np.linspace(0, 1, n) * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional training timestep of each sigma: linear interpolation in log-sigma."""
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    # index of the last table entry <= log_sigma (the table ascends), kept inside [0, len - 2]
+    low = np.searchsorted(log_sigmas.astype(np.float64), log_sigma, side="right") - 1
+    low = np.clip(low, 0, len(log_sigmas) - 2)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,12 +149,6 @@ def broadcast_to(values: torch.Tensor, ndim: int) -> torch.Tensor:
     """(b,) -> (b, 1, ..., 1) with `ndim` dims, for per-sample coefficients."""
     values = values.flatten()
     return values.reshape(values.shape + (1,) * (ndim - values.ndim))
-
-
-def add_noise_vp(alphas_cumprod: torch.Tensor, original, noise, timesteps) -> torch.Tensor:
-    """Variance-preserving forward noising shared by DDIM and DDPM (computed in the sample's dtype)."""
-    a = alphas_cumprod.to(device=original.device, dtype=original.dtype)[timesteps.to(original.device)]
-    return broadcast_to(a**0.5, original.ndim) * original + broadcast_to((1 - a) ** 0.5, original.ndim) * noise
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ class SchedulerConfig:
 @dataclasses.dataclass(frozen=True)
 class BetaScheduleConfig(SchedulerConfig):
     """The training noise schedule every vidcore sampler is built on (diffusers' defaults); each sampler's
-    config adds its own fields after these."""
+    config adds its own fields after these, and names the allowed values of its options in ``choices``."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
@@ -225,16 +237,51 @@ class BetaScheduleConfig(SchedulerConfig):
     beta_schedule: str = "linear"
     trained_betas: tuple[float, ...] | None = None
 
+    # option -> allowed values, checked in this order when the config is built (so a typo fails early)
+    choices: ClassVar[dict[str, tuple]] = {"beta_schedule": BETA_SCHEDULES}
+
+    def __post_init__(self):
+        for name, allowed in self.choices.items():
+            check_choice(name, getattr(self, name), allowed)
+
+
+# the options DDIM, DDPM, DPM-Solver and Euler check alike (each adds its own after these)
+SAMPLER_CHOICES = {"beta_schedule": BETA_SCHEDULES, "prediction_type": PREDICTION_TYPES,
+                   "timestep_spacing": TIMESTEP_SPACINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyBetaScheduleConfig(BetaScheduleConfig):
+    """Base of PNDM's and Euler-ancestral's configs: diffusers' older samplers take no sigmoid schedule and
+    no "sample" prediction, and do not look at beta_schedule when trained_betas is given."""
+
+    choices: ClassVar[dict[str, tuple]] = {"prediction_type": ("epsilon", "v_prediction"),
+                                           "timestep_spacing": TIMESTEP_SPACINGS}
+
+    def __post_init__(self):
+        if self.trained_betas is None:
+            check_choice("beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
+        super().__post_init__()
+
+
+# --------------------------------------------------------------------------------------------
+# Scheduler bases
+# --------------------------------------------------------------------------------------------
+
+# step()'s `generator`: one generator, one per batch element, or the global RNG
+Generators = torch.Generator | list[torch.Generator] | None
+
 
 class Scheduler:
-    """What every scheduler exposes to pipelines (names mirror diffusers)."""
+    """What every scheduler exposes to pipelines (names mirror diffusers), and the training tables
+    (betas, alpha_bar, the full descending timestep range) they all start from."""
 
-    config_class: ClassVar[type[SchedulerConfig]]
+    config_class: ClassVar[type[BetaScheduleConfig]]
     diffusers_name: ClassVar[str]
     order: ClassVar[int] = 1
     init_noise_sigma: float = 1.0
 
-    def __init__(self, config: SchedulerConfig | None = None, **options):
+    def __init__(self, config: BetaScheduleConfig | None = None, **options):
         if config is None:
             config = self.config_class(**options)
         elif options:
@@ -245,6 +292,9 @@ class Scheduler:
         self.extra_config: dict[str, Any] = {}
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
+        self.betas = make_betas(config)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.timesteps = torch.arange(config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
 
     @classmethod
     def from_config(cls, config: dict | str | Path | SchedulerConfig, **overrides):
@@ -287,3 +337,83 @@ class Scheduler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class AlphaBarScheduler(Scheduler):
+    """DDIM, DDPM and PNDM: they step on alpha_bar at integer timesteps of the spaced table."""
+
+    def __init__(self, config: BetaScheduleConfig | None = None, **options):
+        super().__init__(config, **options)
+        # alpha_bar "before" step 0: 1 (clean data) or, as LDM-era models were trained, alpha_bar[0]
+        one = getattr(self.config, "set_alpha_to_one", True)  # DDPM has no such option: always 1
+        self.final_alpha_cumprod = torch.tensor(1.0) if one else self.alphas_cumprod[0]
+
+    def _alpha_prod(self, t: int) -> torch.Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """The spaced integer table (see spaced_timesteps); resets the begin index."""
+        steps = spaced_timesteps(self.config, num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = torch.from_numpy(steps).to(device)
+        self._begin_index = None
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward process q(x_t | x_0) = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, per batch element (computed in
+        the sample's dtype)."""
+        a = self.alphas_cumprod.to(device=original.device, dtype=original.dtype)[timesteps.to(original.device)]
+        return broadcast_to(a**0.5, original.ndim) * original + broadcast_to((1 - a) ** 0.5, original.ndim) * noise
+
+
+def find_timestep(schedule: torch.Tensor, timestep) -> int | None:
+    """Position of `timestep` in `schedule`, None if absent. With duplicates (Karras rounding, custom
+    sigmas) the second match, so a restart in the middle does not repeat a sigma."""
+    hits = (schedule == timestep).nonzero()
+    if len(hits) == 0:
+        return None
+    return int(hits[1 if len(hits) > 1 else 0])
+
+
+class SigmaScheduler(Scheduler):
+    """DPM-Solver and Euler: they step along a sigma table sigma = sqrt((1 - a) / a) (one extra final
+    sigma) and keep a step index, found from the first timestep they see or from ``set_begin_index``."""
+
+    def __init__(self, config: BetaScheduleConfig | None = None, **options):
+        super().__init__(config, **options)
+        if self.config.rescale_betas_zero_snr:
+            self.alphas_cumprod[-1] = 2**-24  # zero SNR would make sigma infinite; diffusers uses this floor
+        self._step_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    def _train_sigmas(self) -> torch.Tensor:
+        """sigma(t) = sqrt((1 - a_t) / a_t) for t = 0..T-1 (float32, ascending)."""
+        return ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+
+    def _final_sigma(self) -> float:
+        """The sigma appended after the last step: 0, or sigma(t=0) with final_sigmas_type="sigma_min"."""
+        if self.config.final_sigmas_type == "sigma_min":
+            return float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        return 0.0
+
+    def _init_step_index(self, timestep) -> None:
+        if self._begin_index is None:
+            if isinstance(timestep, torch.Tensor):
+                timestep = timestep.to(self.timesteps.device)
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def _noise_sigmas(self, original: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """add_noise's sigma per batch element, shaped to broadcast over `original`. After ``set_begin_index``
+        (img2img / video2video) the current (or begin) step's sigma, as diffusers does; otherwise each
+        timestep is looked up."""
+        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
+        if self._begin_index is None:
+            schedule = self.timesteps.to(original.device)
+            index = [self.index_for_timestep(t, schedule) for t in timesteps.to(original.device)]
+        else:
+            index = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        return broadcast_to(sigmas[index], original.ndim)

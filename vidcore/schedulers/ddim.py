@@ -11,19 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..random import randn_tensor
-from .common import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    Scheduler,
-    BetaScheduleConfig,
-    add_noise_vp,
-    check_choice,
-    clip_x0,
-    make_betas,
-    spaced_timesteps,
-    x0_and_eps,
-)
+from .common import SAMPLER_CHOICES, AlphaBarScheduler, BetaScheduleConfig, Generators, clip_x0, x0_and_eps
 
 
 @dataclass(frozen=True)
@@ -39,43 +27,17 @@ class DDIMConfig(BetaScheduleConfig):
     timestep_spacing: str = "leading"
     rescale_betas_zero_snr: bool = False
 
-    def __post_init__(self):
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+    choices = SAMPLER_CHOICES
 
 
-class DDIMScheduler(Scheduler):
+class DDIMScheduler(AlphaBarScheduler):
+    """Tables, set_timesteps and add_noise are AlphaBarScheduler's; DDIM adds its step."""
+
     config_class = DDIMConfig
     diffusers_name = "DDIMScheduler"
 
-    def __init__(self, config: DDIMConfig | None = None, **options):
-        super().__init__(config, **options)
-        cfg = self.config
-        self.betas = make_betas(cfg)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        # alpha_bar "before" step 0: 1 (clean data) or, as LDM-era models were trained, alpha_bar[0]
-        self.final_alpha_cumprod = torch.tensor(1.0) if cfg.set_alpha_to_one else self.alphas_cumprod[0]
-        self.timesteps = torch.arange(cfg.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        cfg = self.config
-        steps = spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, num_inference_steps, cfg.steps_offset)
-        self.num_inference_steps = num_inference_steps
-        self.timesteps = torch.from_numpy(steps).to(device)
-        self._begin_index = None
-
-    def _alpha_prod(self, t: int) -> torch.Tensor:
-        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None) -> torch.Tensor:
         """x_t -> x_{t-1} by DDIM eq. (12); with eta > 0 adds sigma_t(eta) * N(0, I) drawn from `generator`."""
         self._require_timesteps()
         t = int(timestep)
@@ -93,8 +55,3 @@ class DDIMScheduler(Scheduler):
             noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             prev = prev + std * noise
         return prev
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0) = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, per batch element."""
-        return add_noise_vp(self.alphas_cumprod, original, noise, timesteps)
-

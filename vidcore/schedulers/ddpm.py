@@ -11,19 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..random import randn_tensor
-from .common import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    Scheduler,
-    BetaScheduleConfig,
-    add_noise_vp,
-    check_choice,
-    clip_x0,
-    make_betas,
-    spaced_timesteps,
-    x0_and_eps,
-)
+from .common import SAMPLER_CHOICES, AlphaBarScheduler, BetaScheduleConfig, Generators, clip_x0, x0_and_eps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
@@ -41,29 +29,14 @@ class DDPMConfig(BetaScheduleConfig):
     steps_offset: int = 0
     rescale_betas_zero_snr: bool = False
 
-    def __post_init__(self):
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
+    choices = {**SAMPLER_CHOICES, "variance_type": VARIANCE_TYPES}
 
 
-class DDPMScheduler(Scheduler):
+class DDPMScheduler(AlphaBarScheduler):
+    """Tables, set_timesteps and add_noise are AlphaBarScheduler's; DDPM adds its step."""
+
     config_class = DDPMConfig
     diffusers_name = "DDPMScheduler"
-
-    def __init__(self, config: DDPMConfig | None = None, **options):
-        super().__init__(config, **options)
-        self.betas = make_betas(self.config)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        self.timesteps = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        cfg = self.config
-        steps = spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, num_inference_steps, cfg.steps_offset)
-        self.num_inference_steps = num_inference_steps
-        self.timesteps = torch.from_numpy(steps).to(device)
-        self._begin_index = None
 
     def previous_timestep(self, t: int) -> int:
         """The next entry of the schedule (-1 after the last); t - 1 before set_timesteps."""
@@ -72,20 +45,14 @@ class DDPMScheduler(Scheduler):
         index = int((self.timesteps.cpu() == t).nonzero()[0, 0])
         return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None) -> torch.Tensor:
         """Posterior mean (eq. 7) plus fixed-variance noise for t > 0. `eta` is accepted for a uniform
         pipeline interface and ignored (DDPM is always fully stochastic)."""
         t = int(timestep)
         prev_t = self.previous_timestep(t)
         a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        a_prev = self._alpha_prod(prev_t)
         alpha_t = a_t / a_prev  # one-step alpha between the two scheduled timesteps
         beta_t = 1 - alpha_t
 
@@ -107,7 +74,3 @@ class DDPMScheduler(Scheduler):
         if self.config.variance_type == "fixed_small_log":
             return torch.exp(0.5 * torch.log(posterior_var))
         return posterior_var**0.5
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0) = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, per batch element."""
-        return add_noise_vp(self.alphas_cumprod, original, noise, timesteps)

@@ -17,15 +17,14 @@ import torch
 
 from ..random import randn_tensor
 from .common import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    Scheduler,
+    SAMPLER_CHOICES,
     BetaScheduleConfig,
-    broadcast_to,
-    check_choice,
+    Generators,
+    SigmaScheduler,
     dynamic_threshold,
-    make_betas,
+    find_timestep,
+    karras_sigmas,
+    sigma_to_t,
 )
 
 
@@ -60,30 +59,13 @@ class DPMSolverMultistepConfig(BetaScheduleConfig):
         "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"},
     }
 
-    def __post_init__(self):
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("algorithm_type", self.algorithm_type, ("dpmsolver++", "sde-dpmsolver++"))
-        check_choice("solver_type", self.solver_type, ("midpoint", "heun"))
-        check_choice("solver_order", self.solver_order, (1, 2, 3))
-        check_choice("final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
-
-
-def _karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
-    """Karras et al. (arXiv 2206.00364) eq. 5: uniform steps in sigma^(1/rho)."""
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + np.linspace(0, 1, n) * (lo - hi)) ** rho
-
-
-def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional training timestep of each sigma: linear interpolation in log-sigma."""
-    log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    # index of the last table entry <= log_sigma (the table ascends), kept inside [0, len - 2]
-    low = np.searchsorted(log_sigmas.astype(np.float64), log_sigma, side="right") - 1
-    low = np.clip(low, 0, len(log_sigmas) - 2)
-    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
-    return (1 - w) * low + w * (low + 1)
+    choices = {
+        **SAMPLER_CHOICES,
+        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
+        "solver_type": ("midpoint", "heun"),
+        "solver_order": (1, 2, 3),
+        "final_sigmas_type": ("zero", "sigma_min"),
+    }
 
 
 def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,30 +74,20 @@ def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha, sigma * alpha
 
 
-class DPMSolverMultistepScheduler(Scheduler):
+class DPMSolverMultistepScheduler(SigmaScheduler):
     config_class = DPMSolverMultistepConfig
     diffusers_name = "DPMSolverMultistepScheduler"
 
     def __init__(self, config: DPMSolverMultistepConfig | None = None, **options):
         super().__init__(config, **options)
-        cfg = self.config
-        self.betas = make_betas(cfg)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        if cfg.rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR would make lambda infinite; diffusers uses this floor
-        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        self.timesteps = torch.arange(cfg.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.sigmas = self._train_sigmas()
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.lower_order_nums = 0
-        self._step_index: int | None = None
+        self._step_index = None
         self._begin_index = None
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
 
     def _spaced_timesteps(self, n: int) -> np.ndarray:
         """DPM-Solver's spacing: n+1 points with the t=0 end dropped, up to the lambda clip."""
@@ -135,33 +107,26 @@ class DPMSolverMultistepScheduler(Scheduler):
         """Build timesteps and the matching sigma table (one extra final sigma), clear the history."""
         cfg = self.config
         timesteps = self._spaced_timesteps(num_inference_steps)
-        train_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        train_sigmas = self._train_sigmas().numpy()
         if cfg.use_karras_sigmas:
-            sigmas = _karras_sigmas(float(train_sigmas[0]), float(train_sigmas[-1]), num_inference_steps)
-            timesteps = _sigma_to_t(sigmas, np.log(train_sigmas))
+            sigmas = karras_sigmas(float(train_sigmas[0]), float(train_sigmas[-1]), num_inference_steps)
+            timesteps = sigma_to_t(sigmas, np.log(train_sigmas))
             if cfg.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
         else:
             sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        if cfg.final_sigmas_type == "sigma_min":
-            last = ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
-        else:
-            last = 0
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
         self._reset_state()
 
     def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of `timestep` in the schedule. With duplicates (possible with Karras rounding) the
-        second match is taken, so a restart in the middle does not re-run a step; unknown -> last."""
+        """Position of `timestep` in the schedule (see find_timestep); unknown -> the last step."""
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.to(schedule.device)
-        hits = (schedule == timestep).nonzero()
-        if len(hits) == 0:
-            return len(self.timesteps) - 1
-        return int(hits[1 if len(hits) > 1 else 0])
+        index = find_timestep(schedule, timestep)
+        return len(self.timesteps) - 1 if index is None else index
 
     def _to_x0(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -177,20 +142,14 @@ class DPMSolverMultistepScheduler(Scheduler):
             x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
         return x0
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None) -> torch.Tensor:
         """One multistep update. `eta` is accepted for a uniform pipeline interface and ignored (diffusers'
         pipelines never pass it to this scheduler); `generator` feeds the sde-dpmsolver++ noise."""
         self._require_timesteps()
         cfg = self.config
         if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+            self._init_step_index(timestep)
         i, n = self._step_index, len(self.timesteps)
         short = cfg.lower_order_final and n < 15  # few steps: drop order near the end for stability
         final_first_order = i == n - 1 and (cfg.euler_at_final or short or cfg.final_sigmas_type == "zero")
@@ -267,11 +226,5 @@ class DPMSolverMultistepScheduler(Scheduler):
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward noising at the schedule's sigma. After ``set_begin_index`` (img2img / video2video)
         the begin step's sigma is used, as diffusers does; otherwise each timestep is looked up."""
-        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
-        if self._begin_index is None:
-            schedule = self.timesteps.to(original.device)
-            index = [self.index_for_timestep(t, schedule) for t in timesteps.to(original.device)]
-        else:
-            index = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        alpha, sigma = _alpha_sigma(broadcast_to(sigmas[index], original.ndim))
+        alpha, sigma = _alpha_sigma(self._noise_sigmas(original, timesteps))
         return alpha * original + sigma * noise

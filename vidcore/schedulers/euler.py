@@ -19,17 +19,15 @@ import torch
 
 from ..random import randn_tensor
 from .common import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
-    Scheduler,
+    SAMPLER_CHOICES,
     BetaScheduleConfig,
-    broadcast_to,
-    check_choice,
-    make_betas,
+    Generators,
+    SigmaScheduler,
+    find_timestep,
+    karras_sigmas,
+    sigma_to_t,
     spaced_timesteps,
 )
-from .dpm_solver import _karras_sigmas, _sigma_to_t
 
 
 @dataclass(frozen=True)
@@ -52,30 +50,27 @@ class EulerDiscreteConfig(BetaScheduleConfig):
     }
     aliases = {"prediction_type": {"original_sample": "sample"}}
 
+    choices = {
+        **SAMPLER_CHOICES,
+        "interpolation_type": ("linear", "log_linear"),
+        "timestep_type": ("discrete", "continuous"),
+        "final_sigmas_type": ("zero", "sigma_min"),
+    }
+
     def __post_init__(self):
         if self.trained_betas is None and self.beta_schedule == "sigmoid":
             raise NotImplementedError("EulerDiscreteScheduler: beta_schedule='sigmoid' is not implemented "
                                       "(diffusers rejects it too); use linear, scaled_linear or squaredcos_cap_v2")
-        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_choice("interpolation_type", self.interpolation_type, ("linear", "log_linear"))
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("timestep_type", self.timestep_type, ("discrete", "continuous"))
-        check_choice("final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
+        super().__post_init__()
 
 
-class EulerDiscreteScheduler(Scheduler):
+class EulerDiscreteScheduler(SigmaScheduler):
     config_class = EulerDiscreteConfig
     diffusers_name = "EulerDiscreteScheduler"
-    order = 1
 
     def __init__(self, config: EulerDiscreteConfig | None = None, **options):
         super().__init__(config, **options)
         cfg = self.config
-        self.betas = make_betas(cfg)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        if cfg.rescale_betas_zero_snr:
-            self.alphas_cumprod[-1] = 2**-24  # zero SNR would make sigma infinite; diffusers uses this floor
         sigmas = self._train_sigmas().flip(0)
         if self._continuous:
             self.timesteps = 0.25 * sigmas.log()
@@ -84,7 +79,6 @@ class EulerDiscreteScheduler(Scheduler):
                 np.linspace(0, cfg.num_train_timesteps - 1, cfg.num_train_timesteps, dtype=float)[::-1].copy()
             ).to(torch.float32)
         self.sigmas = torch.cat([sigmas, torch.zeros(1)])
-        self._step_index: int | None = None
 
     # ---------------------------------------------------------------------------------- tables
 
@@ -92,10 +86,6 @@ class EulerDiscreteScheduler(Scheduler):
     def _continuous(self) -> bool:
         """EDM-style conditioning: the UNet gets 0.25 * ln(sigma) instead of a training timestep."""
         return self.config.timestep_type == "continuous" and self.config.prediction_type == "v_prediction"
-
-    def _train_sigmas(self) -> torch.Tensor:
-        """sigma(t) = sqrt((1 - a_t) / a_t) for t = 0..T-1 (float32, ascending)."""
-        return ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
@@ -106,16 +96,11 @@ class EulerDiscreteScheduler(Scheduler):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
 
-    @property
-    def step_index(self) -> int | None:
-        return self._step_index
-
     def _spaced_timesteps(self, n: int) -> np.ndarray:
         cfg = self.config
         if cfg.timestep_spacing == "linspace":  # unlike DDIM, not rounded to integers
             return np.linspace(0, cfg.num_train_timesteps - 1, n, dtype=np.float32)[::-1].copy()
-        steps = spaced_timesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset)
-        return steps.astype(np.float32)
+        return spaced_timesteps(cfg, n).astype(np.float32)
 
     def set_timesteps(
         self,
@@ -147,7 +132,7 @@ class EulerDiscreteScheduler(Scheduler):
         log_sigmas = np.log(self._train_sigmas().numpy())  # float32 table
         if sigmas is not None:
             sigmas = np.array(sigmas).astype(np.float32)
-            timesteps = _sigma_to_t(sigmas[:-1], log_sigmas)
+            timesteps = sigma_to_t(sigmas[:-1], log_sigmas)
         else:
             if timesteps is not None:
                 timesteps = np.array(timesteps).astype(np.float32)
@@ -161,13 +146,9 @@ class EulerDiscreteScheduler(Scheduler):
             if cfg.use_karras_sigmas:
                 lo = cfg.sigma_min if cfg.sigma_min is not None else sigmas[-1].item()
                 hi = cfg.sigma_max if cfg.sigma_max is not None else sigmas[0].item()
-                sigmas = _karras_sigmas(lo, hi, num_inference_steps)
-                timesteps = _sigma_to_t(sigmas, log_sigmas)
-            if cfg.final_sigmas_type == "sigma_min":
-                last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
-            else:
-                last = 0.0
-            sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+                sigmas = karras_sigmas(lo, hi, num_inference_steps)
+                timesteps = sigma_to_t(sigmas, log_sigmas)
+            sigmas = np.concatenate([sigmas, [self._final_sigma()]]).astype(np.float32)
 
         sigmas = torch.from_numpy(sigmas).to(dtype=torch.float32, device=device)
         if self._continuous:
@@ -181,21 +162,23 @@ class EulerDiscreteScheduler(Scheduler):
     # ---------------------------------------------------------------------------------- indices
 
     def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of `timestep` in the schedule; with duplicates the second match (so a restart in the
-        middle does not repeat a sigma)."""
-        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        hits = (schedule == timestep).nonzero()
-        if len(hits) == 0:
+        """Position of `timestep` in the schedule (see find_timestep)."""
+        index = find_timestep(self.timesteps if schedule_timesteps is None else schedule_timesteps, timestep)
+        if index is None:
             raise ValueError(f"timestep {float(timestep)} is not in the schedule; pass one of `scheduler.timesteps`")
-        return int(hits[1 if len(hits) > 1 else 0])
+        return index
 
-    def _init_step_index(self, timestep) -> None:
-        if self._begin_index is None:
-            if isinstance(timestep, torch.Tensor):
-                timestep = timestep.to(self.timesteps.device)
-            self._step_index = self.index_for_timestep(timestep)
-        else:
-            self._step_index = self._begin_index
+    def _begin_step(self, timestep, sample: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Shared start of Euler's and Euler-ancestral's step: reject an enumerate() index for `timestep`,
+        find the step index on the first call, and return it with the sample in float32 (as diffusers steps)."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError(
+                f"{type(self).__name__}.step() takes one of `scheduler.timesteps` (a float), not an integer "
+                "index such as one from enumerate(timesteps)"
+            )
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        return self._step_index, sample.to(torch.float32)
 
     # ---------------------------------------------------------------------------------- sampling
 
@@ -206,30 +189,23 @@ class EulerDiscreteScheduler(Scheduler):
         sigma = self.sigmas[self._step_index]
         return sample / ((sigma**2 + 1) ** 0.5)
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = math.inf,
-        s_noise: float = 1.0,
-    ) -> torch.Tensor:
+    def _to_x0(self, model_output: torch.Tensor, sample: torch.Tensor, sigma, sigma_hat) -> torch.Tensor:
+        """x0 from the network output at sigma (raised to sigma_hat by churn; equal without it)."""
+        prediction = self.config.prediction_type
+        if prediction == "sample":
+            return model_output
+        if prediction == "epsilon":
+            return sample - sigma_hat * model_output
+        # v_prediction: x0 = c_skip x + c_out v with c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+             s_noise: float = 1.0) -> torch.Tensor:
         """One Euler step sigma_i -> sigma_{i+1}. With s_churn > 0 and s_tmin <= sigma <= s_tmax, sigma is
         first raised to sigma_hat = sigma (1 + gamma) by adding s_noise * N(0, I) from `generator`.
         `eta` is accepted for a uniform pipeline interface and ignored."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                "EulerDiscreteScheduler.step() takes one of `scheduler.timesteps` (a float), not an integer "
-                "index such as one from enumerate(timesteps)"
-            )
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        sample = sample.to(torch.float32)
+        i, sample = self._begin_step(timestep, sample)
         sigma = self.sigmas[i]
 
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
@@ -238,14 +214,7 @@ class EulerDiscreteScheduler(Scheduler):
             noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
 
-        prediction = self.config.prediction_type
-        if prediction == "sample":
-            x0 = model_output
-        elif prediction == "epsilon":
-            x0 = sample - sigma_hat * model_output
-        else:  # v_prediction: x0 = c_skip x + c_out v with c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)
-            x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
-
+        x0 = self._to_x0(model_output, sample, sigma, sigma_hat)
         derivative = (sample - x0) / sigma_hat
         dt = self.sigmas[i + 1] - sigma_hat
         prev = sample + derivative * dt
@@ -255,10 +224,4 @@ class EulerDiscreteScheduler(Scheduler):
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x0 + sigma * noise at the schedule's sigma. After ``set_begin_index`` (img2img / video2video)
         the current (or begin) step's sigma is used, as diffusers does; otherwise each timestep is looked up."""
-        sigmas = self.sigmas.to(device=original.device, dtype=original.dtype)
-        if self._begin_index is None:
-            schedule = self.timesteps.to(original.device)
-            index = [self.index_for_timestep(t, schedule) for t in timesteps.to(original.device)]
-        else:
-            index = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
-        return original + noise * broadcast_to(sigmas[index], original.ndim)
+        return original + noise * self._noise_sigmas(original, timesteps)

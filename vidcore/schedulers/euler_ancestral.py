@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from ..random import randn_tensor
-from .common import TIMESTEP_SPACINGS, BetaScheduleConfig, check_choice
+from .common import Generators, LegacyBetaScheduleConfig
 from .euler import EulerDiscreteScheduler
 
 
 @dataclass(frozen=True)
-class EulerAncestralDiscreteConfig(BetaScheduleConfig):
+class EulerAncestralDiscreteConfig(LegacyBetaScheduleConfig):
     prediction_type: str = "epsilon"
     timestep_spacing: str = "linspace"
     steps_offset: int = 0
@@ -33,12 +33,6 @@ class EulerAncestralDiscreteConfig(BetaScheduleConfig):
     sigma_max = None
     timestep_type = "discrete"
     final_sigmas_type = "zero"
-
-    def __post_init__(self):
-        if self.trained_betas is None:
-            check_choice("beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
-        check_choice("prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
 
 
 class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):
@@ -53,30 +47,13 @@ class EulerAncestralDiscreteScheduler(EulerDiscreteScheduler):
         """Spaced timesteps (float32) and their sigmas plus a final 0; resets the step and begin indices."""
         super().set_timesteps(num_inference_steps, device)
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None) -> torch.Tensor:
         """sigma_i -> sigma_{i+1}: Euler to sigma_down, plus sigma_up * N(0, I) drawn from `generator`.
         `eta` is accepted for a uniform pipeline interface and ignored (this sampler is eta = 1)."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                "EulerAncestralDiscreteScheduler.step() takes one of `scheduler.timesteps` (a float), not an "
-                "integer index such as one from enumerate(timesteps)"
-            )
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        sample = sample.to(torch.float32)
+        i, sample = self._begin_step(timestep, sample)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        if self.config.prediction_type == "epsilon":
-            x0 = sample - sigma * model_output
-        else:  # v_prediction
-            x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+        x0 = self._to_x0(model_output, sample, sigma, sigma)  # no churn: sigma_hat = sigma
 
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5

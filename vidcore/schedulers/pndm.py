@@ -18,19 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .common import (
-    TIMESTEP_SPACINGS,
-    Scheduler,
-    BetaScheduleConfig,
-    add_noise_vp,
-    check_choice,
-    make_betas,
-    spaced_timesteps,
-)
+from .common import AlphaBarScheduler, Generators, LegacyBetaScheduleConfig, spaced_timesteps
 
 
 @dataclass(frozen=True)
-class PNDMConfig(BetaScheduleConfig):
+class PNDMConfig(LegacyBetaScheduleConfig):
     skip_prk_steps: bool = False
     set_alpha_to_one: bool = False
     prediction_type: str = "epsilon"
@@ -39,24 +31,13 @@ class PNDMConfig(BetaScheduleConfig):
 
     rescale_betas_zero_snr = False  # not an option of this sampler (read by make_betas)
 
-    def __post_init__(self):
-        if self.trained_betas is None:
-            check_choice("beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
-        check_choice("prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
 
-
-class PNDMScheduler(Scheduler):
+class PNDMScheduler(AlphaBarScheduler):
     config_class = PNDMConfig
     diffusers_name = "PNDMScheduler"
 
     def __init__(self, config: PNDMConfig | None = None, **options):
         super().__init__(config, **options)
-        cfg = self.config
-        self.betas = make_betas(cfg)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        self.final_alpha_cumprod = torch.tensor(1.0) if cfg.set_alpha_to_one else self.alphas_cumprod[0]
-        self.timesteps = torch.arange(cfg.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self.num_rk_calls = 0
         self._clear_history()
 
@@ -71,7 +52,7 @@ class PNDMScheduler(Scheduler):
         12 RK4 calls over the first three intervals (at t, the midpoint twice, the end), then the grid."""
         cfg = self.config
         n, T = num_inference_steps, cfg.num_train_timesteps
-        grid = spaced_timesteps(cfg.timestep_spacing, T, n, cfg.steps_offset)  # descending
+        grid = spaced_timesteps(cfg, n)  # descending
         if cfg.skip_prk_steps:
             calls = np.concatenate([grid[:1], grid[1:2], grid[1:]])
             self.num_rk_calls = 0
@@ -92,7 +73,7 @@ class PNDMScheduler(Scheduler):
     def _transfer(self, x: torch.Tensor, t: int, t_next: int, model_output: torch.Tensor) -> torch.Tensor:
         """Eq. (9): x_t -> x_{t_next} given the network output (epsilon, or v converted to epsilon)."""
         a_t = self.alphas_cumprod[t]
-        a_next = self.alphas_cumprod[t_next] if t_next >= 0 else self.final_alpha_cumprod
+        a_next = self._alpha_prod(t_next)
         eps = model_output
         if self.config.prediction_type == "v_prediction":
             eps = a_t**0.5 * model_output + (1 - a_t) ** 0.5 * x
@@ -101,14 +82,8 @@ class PNDMScheduler(Scheduler):
 
     # ---------------------------------------------------------------------------------- sampling
 
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: int | torch.Tensor,
-        sample: torch.Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> torch.Tensor:
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             generator: Generators = None) -> torch.Tensor:
         """Consume the model output at ``timestep`` (one of ``timesteps``, in order) and return the next sample.
         ``eta`` and ``generator`` are accepted for a uniform pipeline interface and ignored (PNDM is deterministic)."""
         self._require_timesteps()
@@ -161,7 +136,3 @@ class PNDMScheduler(Scheduler):
         else:
             eps = (1 / 24) * (55 * h[-1] - 59 * h[-2] + 37 * h[-3] - 9 * h[-4])
         return self._transfer(sample, t, t_next, eps)
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0) = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, per batch element."""
-        return add_noise_vp(self.alphas_cumprod, original, noise, timesteps)
