@@ -301,7 +301,7 @@ def measure(spec: Spec, args, device: torch.device, dtype: torch.dtype, table: l
         med = {k: statistics.median(r[k] for r in runs) for k in ("call", "unet", "decode", "peak")}
         peak = "-" if device.type != "cuda" else f"{med['peak']:.2f}"
         row = (f"| {spec.name} | {name} | {runs[0]['steps']} | {med['unet'] * 1000:.1f} | {med['call']:.2f} | "
-               f"{med['decode']:.2f} | {peak} | {base / med['call']:.2f}x |")
+               f"{med['decode']:.3f} | {peak} | {base / med['call']:.2f}x |")
         table.append(row)
         print(row, flush=True)
     del theirs, ours

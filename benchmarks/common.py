@@ -21,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def add_repo_paths() -> None:
-    """Make ``vidcore``/``conversion`` (repo root) and the test harness ``tiny`` (tests/) importable."""
-    for p in (REPO, REPO / "tests"):
-        if str(p) not in sys.path:
-            sys.path.insert(0, str(p))
+    """Make the test harness ``tiny`` (tests/) importable. vidcore itself comes from the install
+    (``pip install -e .``): the repository root is not put on sys.path, where its kernels/ folder would
+    shadow PyPI's ``kernels`` package (it ships as ``vidcore.kernels``)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
 
 
 def cpu_model() -> str:
