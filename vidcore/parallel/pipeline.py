@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..pipelines.base import apply_guidance
 from . import comm
 from .frames import frame_sizes, i2vgen_unet_forward, svd_unet_forward, unet3d_forward
 from .group import ParallelConfig, check_frames, init_distributed
@@ -92,14 +93,12 @@ class ParallelRunner:
             i = pc.cfg_index
             extra = None if image_conditioning is None else tuple(c.chunk(2)[i] for c in image_conditioning)
             local = forward(model_in, embeds.chunk(2)[i], extra)  # b c f_l h w
-            uncond, cond = comm.gather(local, pc.cfg_group, dim=0).chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
+            noise = apply_guidance(comm.gather(local, pc.cfg_group, dim=0), guidance_scale)
         else:  # frames only (or cfg ranks without guidance: both compute the same)
             batch = torch.cat([model_in] * 2) if guidance else model_in
             noise = forward(batch, embeds, image_conditioning)
             if guidance:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + guidance_scale * (cond - uncond)
+                noise = apply_guidance(noise, guidance_scale)
         return comm.gather(noise, pc.frame_group, dim=2, sizes=sizes)
 
     def predict_noise_svd(self, unet, model_in: torch.Tensor, t, image_latents: torch.Tensor, embeds: torch.Tensor,
@@ -114,15 +113,14 @@ class ParallelRunner:
             i = pc.cfg_index
             x = torch.cat([model_in, image_latents.chunk(2)[i]], dim=2)
             local = svd_unet_forward(unet, x, t, embeds.chunk(2)[i], time_ids.chunk(2)[i], pc.frame_group, gather=False)
-            uncond, cond = comm.gather(local, pc.cfg_group, dim=0).chunk(2)
+            local = comm.gather(local, pc.cfg_group, dim=0)  # [uncond; cond] of this rank's frames
         else:
             x = torch.cat([torch.cat([model_in] * 2) if guidance else model_in, image_latents], dim=2)
             local = svd_unet_forward(unet, x, t, embeds, time_ids, pc.frame_group, gather=False)
             if not guidance:
                 return comm.gather(local, pc.frame_group, dim=1, sizes=sizes)
-            uncond, cond = local.chunk(2)
         scale = guidance_scale[:, pc.frame_slice(model_in.shape[1])]
-        return comm.gather(uncond + scale * (cond - uncond), pc.frame_group, dim=1, sizes=sizes)
+        return comm.gather(apply_guidance(local, scale), pc.frame_group, dim=1, sizes=sizes)
 
     def decode_parts(self, decode_fn, parts: list[torch.Tensor], frame_shape: tuple[int, ...]) -> torch.Tensor | None:
         """``decode_fn`` on each of ``parts`` (latent chunks decoded independently, e.g. SVD's temporal
