@@ -417,7 +417,8 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         ``context_length // 4``; ``context_weighting`` "pyramid" | "flat", see the module docstring);
         ``callback_on_step_end`` receives ``prompt_embeds`` / ``negative_prompt_embeds`` as one row per video
         (diffusers hands over the guidance batch repeated per frame) and may return replacements of the same
-        shape. IP-Adapter, FreeInit, FreeNoise and ``cross_attention_kwargs`` are not supported.
+        shape. FreeInit: ``enable_free_init`` (:mod:`vidcore.sampling.free_init`, equal to diffusers). IP-Adapter,
+        FreeNoise and ``cross_attention_kwargs`` are not supported.
         """
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
@@ -448,13 +449,22 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
                                  f"context_length >= {ranks}, got {shortest}")
             self.parallel.check(num_frames)
             latents = self.parallel.broadcast(latents)
-        with self.progress_bar(total=len(timesteps)) as bar:
-            for i, t in enumerate(timesteps):
-                embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
-                noise = self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
-                # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
-                latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                latents, cond, uncond = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
-                    "latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}).values()
-                bar.update()
+        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+
+        def denoise(latents, timesteps):
+            with self.progress_bar(total=len(timesteps)) as bar:
+                for i, t in enumerate(timesteps):
+                    cond, uncond = state["prompt_embeds"], state["negative_prompt_embeds"]
+                    embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
+                    noise = self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
+                    # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
+                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
+                    state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
+                                               {"latents": latents, **state}))
+                    latents = state.pop("latents")
+                    bar.update()
+            return latents
+
+        latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
+                                         timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

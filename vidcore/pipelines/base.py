@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from ..errors import ModelNotFoundError
-from ..sampling import StepCacheMixin
+from ..sampling import FreeInitMixin, StepCacheMixin
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class StepProgress:
         self.close()
 
 
-class VideoPipeline(StepCacheMixin):
+class VideoPipeline(StepCacheMixin, FreeInitMixin):
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
 
     components: tuple[str, ...] = ()
@@ -228,6 +228,12 @@ class VideoPipeline(StepCacheMixin):
         return {k: out.get(k, v) for k, v in tensors.items()}
 
     # -- progress -------------------------------------------------------------------------------
+    def schedule(self, num_inference_steps: int) -> torch.Tensor:
+        """Set the scheduler's timesteps for ``num_inference_steps`` and return them (FreeInit reschedules per
+        round through this)."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        return self.scheduler.timesteps
+
     def set_progress_bar_config(self, **kwargs) -> None:
         """``disable=True`` silences the bar; other keys go to tqdm."""
         self.progress_bar_config = kwargs

@@ -118,6 +118,8 @@ class ControlledVideoPipeline(TextToVideoPipeline):
     (Text2Video-Zero's ControlNet variant; see the module docstring)."""
 
     components = COMPONENTS
+    free_init_support = False
+    free_init_support_note = "every frame starts from one shared noise (Text2Video-Zero), which FreeInit would replace"
 
     def __init__(self, tokenizer, text_encoder, unet, controlnet, vae, scheduler):
         if not isinstance(unet, UNet2D):

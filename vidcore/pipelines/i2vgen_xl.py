@@ -203,8 +203,9 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
         self._unet_conditioning = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
         try:
-            latents = self.denoise(latents, self.scheduler.timesteps, text, guidance_scale, eta, generator, None, 1,
-                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
+            latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
+                x, ts, text, guidance_scale, eta, generator, None, 1, callback_on_step_end,
+                callback_on_step_end_tensor_inputs), generator, timesteps=self.scheduler.timesteps)
         finally:
             self._unet_conditioning = None
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -448,8 +448,16 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         if guidance:
             scales = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
             scales = scales.to(device, latents.dtype).repeat(videos, 1)[..., None, None, None]
-        latents = self.denoise(latents, self.scheduler.timesteps, image_latents, image_embeddings, added_time_ids,
-                               scales, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        def schedule(steps: int) -> torch.Tensor:  # FreeInit's rounds; custom sigmas are used as given each round
+            if sigmas is not None:
+                self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+            else:
+                self.scheduler.set_timesteps(steps, device=device)
+            return self.scheduler.timesteps
+
+        latents = self.free_init_denoise(latents, num_inference_steps, schedule, lambda x, ts: self.denoise(
+            x, ts, image_latents, image_embeddings, added_time_ids, scales, callback_on_step_end,
+            callback_on_step_end_tensor_inputs), generator, frames_dim=1, timesteps=self.scheduler.timesteps)
 
         # 4. decode
         if output_type == "latent":

@@ -124,6 +124,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
     ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``)."""
 
     components = COMPONENTS
+    free_init_support = False
+    free_init_support_note = ("Text2Video-Zero starts from one frame's noise and makes the others by warping at T1; "
+                              "FreeInit's re-initialisation needs a noise per frame")
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,

@@ -181,6 +181,7 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         s = self.vae_scale_factor
         shape = (cond.shape[0], self.unet.config.in_channels, num_frames, height // s, width // s)
         latents = self.prepare_latents(shape, embeds.dtype, device, generator, latents)
-        latents = self.denoise(latents, self.scheduler.timesteps, embeds, guidance_scale, eta, generator, callback,
-                               callback_steps, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, timesteps: self.denoise(
+            x, timesteps, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
+            callback_on_step_end_tensor_inputs), generator, timesteps=self.scheduler.timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

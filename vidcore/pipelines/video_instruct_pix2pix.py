@@ -30,6 +30,8 @@ class VideoInstructPix2PixPipeline(TextToVideoPipeline):
     """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
 
     components = COMPONENTS
+    free_init_support = False
+    free_init_support_note = "an edit follows its input video frame by frame; FreeInit's re-initialisation has no role"
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,

@@ -82,6 +82,11 @@ class VideoToVideoPipeline(TextToVideoPipeline):
             raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no steps to run")
         if latents is None:
             latents = self.encode_video(video_t, timesteps[:1].repeat(batch * f), embeds.dtype, device, generator)
-        latents = self.denoise(latents.to(device), timesteps, embeds, guidance_scale, eta, generator, callback,
-                               callback_steps, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        def schedule(steps: int) -> torch.Tensor:
+            self.schedule(steps)
+            return self.timesteps_for_strength(steps, strength)
+
+        latents = self.free_init_denoise(latents.to(device), num_inference_steps, schedule, lambda x, ts: self.denoise(
+            x, ts, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
+            callback_on_step_end_tensor_inputs), generator, renoise_timestep=lambda ts: int(ts[0]), timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
