@@ -180,3 +180,31 @@ def test_text2video_zero_refuses_free_init():
     pipe = TextToVideoZeroPipeline.__new__(TextToVideoZeroPipeline)
     with pytest.raises(ValueError, match="does not support FreeInit"):
         pipe.enable_free_init()
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_free_init_forwards_to_the_pipeline(tmp_path, capsys, monkeypatch):
+    import vidcore.cli.generate
+    from vidcore.cli import main
+
+    tiny.build_tiny_t2v_pipeline(tmp_path / "t2v")
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video",
+                        lambda frames, path, fps: written.append(frames) or str(path))
+    argv = ["generate", "text-to-video", "--model", str(tmp_path / "t2v"), "--prompt", "a cat", "--height", "16",
+            "--width", "24", "--frames", "3", "--steps", "2", "--device", "cpu", "--no-progress", "--seed", "2",
+            "-o", str(tmp_path / "v.mp4"), "--free-init", "2", "--free-init-method", "gaussian", "--free-init-fast"]
+    assert main(argv) == 0, capsys.readouterr().err
+    pipe = vidcore.TextToVideoPipeline.from_pretrained(tmp_path / "t2v")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_free_init(num_iters=2, method="gaussian", use_fast_sampling=True)
+    expected = pipe("a cat", height=16, width=24, num_frames=3, num_inference_steps=2, guidance_scale=9.0,
+                    generator=torch.Generator().manual_seed(2), output_type="np").frames[0]
+    assert np.abs(np.asarray(written[0], dtype=np.float64) - expected).max() < 1e-5
+
+    assert main(argv[:-5] + ["--free-init-fast"]) == 2
+    assert "apply to --free-init" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not an option of the Text2Video-Zero tasks
+        main(["generate", "text2video-zero", "--model", "x", "--prompt", "a", "--free-init", "2"])
+    assert "--free-init" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name
                      positive_int, resolve_device, torch_dtype)
 from .outputs import (BATCH_FORMATS, MANIFEST, OUTPUT_SUFFIXES, batch_jobs, load_input_image, load_input_video,
                       output_paths, rank_and_world_size, write_manifest, write_video)
+from ..sampling.free_init import FILTER_METHODS
 from .tasks import PARALLEL_MODES, TASKS, Inputs, Task
 
 
@@ -82,6 +83,13 @@ def _add_options(o: Options, task: Task) -> None:
     o.add("--block-cache", type=positive_float, default=None, metavar="THRESHOLD",
           help="first-block cache: skip the rest of the UNet on steps whose first-level features moved less "
                "than THRESHOLD (relative; e.g. 0.05)")
+    if task.long_video:
+        o.add("--free-init", type=positive_int, default=None, metavar="ITERS",
+              help="FreeInit: sample ITERS times, each round restarting from the low frequencies of the last "
+                   "(ITERS x the time; 1 = off)")
+        o.add("--free-init-method", choices=FILTER_METHODS, default="butterworth", help="with --free-init: the filter")
+        o.add("--free-init-fast", action="store_true",
+              help="with --free-init: coarse-to-fine, round k of N runs k/N of the steps")
     o.add("--num-videos", type=positive_int, default=1, help="videos to generate for the " + ("image" if svd else "prompt"))
     if task.parallel:
         o.add("--parallel", choices=PARALLEL_MODES, default=None,
@@ -124,6 +132,7 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
     if getattr(args, "freeu", None) is not None:
         pipe.unet.enable_freeu(*args.freeu)
     _enable_step_cache(pipe, args)
+    _enable_free_init(pipe, args)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device)
     else:
@@ -145,6 +154,16 @@ def _enable_step_cache(pipe, args) -> None:
     except ValueError as err:
         flag = "--cache-branch" if "cache_branch_id" in str(err) else "--deep-cache"
         raise UsageError(f"{flag}: {err}") from None
+
+
+def _enable_free_init(pipe, args) -> None:
+    """``--free-init ITERS`` (vidcore.sampling.free_init); its sub-options need it."""
+    iters = getattr(args, "free_init", None)
+    if iters is None:
+        if getattr(args, "free_init_fast", False) or getattr(args, "free_init_method", "butterworth") != "butterworth":
+            raise UsageError("--free-init-method / --free-init-fast apply to --free-init ITERS")
+        return
+    pipe.enable_free_init(num_iters=iters, use_fast_sampling=args.free_init_fast, method=args.free_init_method)
 
 
 def _enable_parallel(pipe, args, num_frames: int) -> None:

@@ -44,6 +44,7 @@ class Task:
     model_help: str = ""  # appended to --model's help
     load: Callable | None = None  # (cls, model, args, dtype) -> pipeline; None: cls.from_pretrained
     resolve_model: Callable | None = None  # args -> the model to load (fills unset options); None: --model
+    long_video: bool = False  # the long/consistent video tools: --free-init (vidcore.sampling)
 
     def pipeline_class(self):
         module, name = self.pipeline.split(":")
@@ -273,19 +274,20 @@ def _controlled_call(args, inputs: Inputs) -> tuple[dict, float]:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("text-to-video", "text -> video (ModelScope / Zeroscope)", "text_to_video:TextToVideoPipeline",
-         _text_to_video_options, _text_to_video_call, parallel=True, resolve_model=_text_to_video_model,
+         _text_to_video_options, _text_to_video_call, parallel=True, long_video=True, resolve_model=_text_to_video_model,
          model_help="; default: the built-in demo model (32x32 px shapes, offline), e.g. "
                     "cerspense/zeroscope_v2_576w for a real one"),
     Task("video-to-video", "video + text -> video (Zeroscope)", "video_to_video:VideoToVideoPipeline",
-         _video_to_video_options, _video_to_video_call, input="video", parallel=True),
+         _video_to_video_options, _video_to_video_call, input="video", parallel=True,
+         long_video=True),
     Task("i2vgen-xl", "image + text -> video (I2VGen-XL)", "i2vgen_xl:I2VGenXLPipeline", _i2vgen_options,
-         _i2vgen_call, input="image", parallel=True, defaults=dict(steps=50, decode_chunk_size=1)),
+         _i2vgen_call, input="image", parallel=True, long_video=True, defaults=dict(steps=50, decode_chunk_size=1)),
     Task("image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)",
          "stable_video_diffusion:StableVideoDiffusionPipeline", _svd_options, _svd_call, text=False, input="image",
-         parallel=True),
+         parallel=True, long_video=True),
     Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
-         schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
+         schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
          model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
     Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",
          "text2video_zero:TextToVideoZeroPipeline", _zero_options, _zero_call, defaults=dict(steps=50)),
