@@ -367,6 +367,11 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         return context_windows(num_frames, length, stride)
 
     # -- pieces ---------------------------------------------------------------------------------
+    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
+        """The UNet on ``model_in`` (b c f h w), frames ``start:end`` of the video (a context window or all of
+        it); the ControlNet pipeline adds its residuals for those frames here."""
+        return unet(model_in, t, embeds)
+
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several."""
         if self.parallel is not None:  # CFG halves / frame slices of each window on the ranks
@@ -386,13 +391,14 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         model_in = torch.cat([latents] * 2) if guidance else latents
         model_in = self.scheduler.scale_model_input(model_in, t)
         if len(windows) == 1:
-            noise = unet(model_in, t, embeds)
+            noise = self.unet_forward(unet, model_in, t, embeds, 0, model_in.shape[2])
         else:
             total = torch.zeros(model_in.shape, dtype=torch.float32, device=model_in.device)
             weight_sum = torch.zeros(model_in.shape[2], dtype=torch.float32, device=model_in.device)
             for start, end in windows:
                 w = context_weights(end - start, weighting).to(model_in.device)
-                total[:, :, start:end] += unet(model_in[:, :, start:end], t, embeds).float() * w[:, None, None]
+                noise = self.unet_forward(unet, model_in[:, :, start:end], t, embeds, start, end)
+                total[:, :, start:end] += noise.float() * w[:, None, None]
                 weight_sum[start:end] += w
             noise = (total / weight_sum[:, None, None]).to(model_in.dtype)
         return apply_guidance(noise, guidance_scale) if guidance else noise
@@ -435,8 +441,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                           prompt_embeds, negative_prompt_embeds, clip_skip)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps = self.schedule(num_inference_steps)  # video-to-video: the strength's part of the schedule
         s = self.vae_scale_factor
         shape = (cond.shape[0], self.unet.unet.config.in_channels, num_frames, height // s, width // s)
         latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)

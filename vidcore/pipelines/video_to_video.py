@@ -15,16 +15,25 @@ from .text_to_video import TextToVideoPipeline
 from .video_processing import preprocess_video
 
 
+def strength_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The scheduler's timesteps (already set) without their first ``(1 - strength)``; sigma samplers are told
+    where they begin."""
+    keep = min(int(num_inference_steps * strength), num_inference_steps)
+    start = max(num_inference_steps - keep, 0) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
 class VideoToVideoPipeline(TextToVideoPipeline):
     parallel_support = True  # enable_parallel (vidcore.parallel)
 
     def timesteps_for_strength(self, num_inference_steps: int, strength: float):
         """Skip the first ``(1 - strength)`` of the schedule; returns the remaining timesteps."""
-        keep = min(int(num_inference_steps * strength), num_inference_steps)
-        start = max(num_inference_steps - keep, 0) * self.scheduler.order
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start)
-        return self.scheduler.timesteps[start:]
+        return strength_timesteps(self.scheduler, num_inference_steps, strength)
+
+    def free_init_renoise_timestep(self, timesteps):
+        return int(timesteps[0])  # FreeInit's rounds start where the strength puts the first step
 
     def encode_video(self, video: torch.Tensor, timestep, dtype, device, generator) -> torch.Tensor:
         """b 3 f H W in [-1, 1] (or b 4 f h w latents) -> noised latents b 4 f h w at ``timestep``."""
@@ -88,5 +97,5 @@ class VideoToVideoPipeline(TextToVideoPipeline):
 
         latents = self.free_init_denoise(latents.to(device), num_inference_steps, schedule, lambda x, ts: self.denoise(
             x, ts, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
-            callback_on_step_end_tensor_inputs), generator, renoise_timestep=lambda ts: int(ts[0]), timesteps=timesteps)
+            callback_on_step_end_tensor_inputs), generator, timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -144,12 +144,11 @@ class FreeInitMixin:
 
     def free_init_denoise(self, latents: torch.Tensor, num_inference_steps: int,
                           schedule: Callable[[int], torch.Tensor], denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                          generator=None, frames_dim: int = 2, renoise_timestep: Callable[[torch.Tensor], int] | None = None,
-                          timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                          generator=None, frames_dim: int = 2, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``denoise(latents, timesteps)`` once (FreeInit off: on ``timesteps``, or ``schedule(n)`` when not
         given), or once per FreeInit round on ``schedule(steps)`` (which sets the scheduler's timesteps and returns
         those to run), re-initialising the latents between rounds. ``frames_dim``: 2 for ``b c f h w`` latents,
-        1 for SVD's ``b f c h w``; ``renoise_timestep(timesteps)`` overrides where alpha-bar samplers re-noise."""
+        1 for SVD's ``b f c h w``."""
         config = self._free_init
         if config is None:
             return denoise(latents, schedule(num_inference_steps) if timesteps is None else timesteps)
@@ -157,19 +156,22 @@ class FreeInitMixin:
         for round_index in range(config.num_iters):
             round_timesteps = schedule(config.steps(num_inference_steps, round_index))
             if round_index > 0:
-                latents = self._free_init_restart(latents, initial, round_timesteps, generator, frames_dim,
-                                                  renoise_timestep)
+                latents = self._free_init_restart(latents, initial, round_timesteps, generator, frames_dim)
             latents = denoise(latents, round_timesteps)
         return latents
 
-    def _free_init_restart(self, x0, initial, timesteps, generator, frames_dim, renoise_timestep):
+    def free_init_renoise_timestep(self, timesteps: torch.Tensor) -> int | None:
+        """Where alpha-bar samplers re-noise for a round running ``timesteps``: None is the last training
+        timestep (text-to-video, as diffusers); video-to-video pipelines return their first timestep."""
+        return None
+
+    def _free_init_restart(self, x0, initial, timesteps, generator, frames_dim):
         """The next round's latents: low frequencies of ``x0`` re-noised, high ones from fresh noise."""
         config = self._free_init
         moved = frames_dim != 2  # the filter works on ... f h w: bring frames before height
         if moved:
             x0, initial = x0.movedim(frames_dim, 2), initial.movedim(frames_dim, 2)
-        timestep = renoise_timestep(timesteps) if renoise_timestep is not None else None
-        z_t, scale = renoise(self.scheduler, x0, initial, timestep)
+        z_t, scale = renoise(self.scheduler, x0, initial, self.free_init_renoise_timestep(timesteps))
         fresh = randn_tensor(tuple(x0.shape), generator=generator, device=x0.device, dtype=torch.float32)
         f, h, w = x0.shape[-3:]
         mask = low_pass_filter(f, h, w, config.method, config.order, config.spatial_stop_frequency,
