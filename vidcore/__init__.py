@@ -15,6 +15,8 @@ _LAZY = {
     "I2VGenXLPipeline": "vidcore.pipelines.i2vgen_xl",
     "StableVideoDiffusionPipeline": "vidcore.pipelines.stable_video_diffusion",
     "AnimateDiffPipeline": "vidcore.pipelines.animatediff",
+    "AnimateDiffVideoToVideoPipeline": "vidcore.pipelines.animatediff_video2video",
+    "AnimateDiffControlNetPipeline": "vidcore.pipelines.animatediff_controlnet",
     "ControlledVideoPipeline": "vidcore.pipelines.controlled_video",
     "TextToVideoZeroPipeline": "vidcore.pipelines.text2video_zero",
     "VideoInstructPix2PixPipeline": "vidcore.pipelines.video_instruct_pix2pix",

@@ -29,24 +29,25 @@ def _frames_to_tensor(video) -> torch.Tensor:
                      "width) tensor, or a batch of those")
 
 
-def _preprocess_one(video, scale: int) -> torch.Tensor:
+def _preprocess_one(video, scale: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     if isinstance(video, (list, tuple)) and video and isinstance(video[0], PIL.Image.Image):
         w, h = video[0].size
-        h, w = h - h % scale, w - w % scale
+        h, w = size or (h - h % scale, w - w % scale)
         frames = [f.convert("RGB").resize((w, h), PIL.Image.LANCZOS) if f.size != (w, h) else f.convert("RGB") for f in video]
         x = torch.from_numpy(np.stack([np.asarray(f, dtype=np.float32) / 255.0 for f in frames])).permute(0, 3, 1, 2)
     else:
         x = _frames_to_tensor(video)
         if x.shape[1] == 4:  # already latents
             return x
-        h, w = x.shape[-2] - x.shape[-2] % scale, x.shape[-1] - x.shape[-1] % scale
+        h, w = size or (x.shape[-2] - x.shape[-2] % scale, x.shape[-1] - x.shape[-1] % scale)
         x = F.interpolate(x, size=(h, w))
     # Values already in [-1, 1] (negative minimum) are kept, as diffusers does.
     return x * 2.0 - 1.0 if x.min() >= 0 else x
 
 
-def preprocess_video(video, scale: int = 8) -> torch.Tensor:
-    """Video(s) -> ``b c f h w`` in [-1, 1]; sizes are cut down to a multiple of ``scale``."""
+def preprocess_video(video, scale: int = 8, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Video(s) -> ``b c f h w`` in [-1, 1]: resized to ``size`` (height, width; Lanczos for PIL frames,
+    nearest for arrays and tensors, as diffusers), or cut down to a multiple of ``scale``."""
     if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim == 5:
         videos = list(video)
     elif isinstance(video, (list, tuple)) and video and isinstance(video[0], (list, tuple)):
@@ -57,7 +58,7 @@ def preprocess_video(video, scale: int = 8) -> torch.Tensor:
         videos = [video]
     if not videos or any(v is None or len(v) == 0 for v in videos):
         raise ValueError("video is empty")
-    return torch.stack([_preprocess_one(v, scale) for v in videos]).permute(0, 2, 1, 3, 4)
+    return torch.stack([_preprocess_one(v, scale, size) for v in videos]).permute(0, 2, 1, 3, 4)
 
 
 def postprocess_video(video: torch.Tensor, output_type: str = "np"):

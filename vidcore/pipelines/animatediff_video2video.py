@@ -1,0 +1,119 @@
+"""AnimateDiff video-to-video (diffusers' ``AnimateDiffVideoToVideoPipeline``): re-render a video to follow a
+prompt, keeping its layout and motion as far as ``strength`` says.
+
+The input frames are resized to ``height x width`` (default the UNet's sample size, 512 px for SD1.5, as
+diffusers), encoded by the VAE ``decode_chunk_size`` frames at a time (each chunk samples its posterior from the
+generator, as diffusers), noised to the first timestep of the last ``strength`` of the schedule and denoised
+from there by :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline`'s loop, so sliding context windows
+(videos longer than the motion adapter's table), FreeInit, step caches and motion LoRAs all apply.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..random import randn_tensor
+from .animatediff import AnimateDiffPipeline
+from .video_processing import preprocess_video
+from .video_to_video import strength_timesteps
+
+
+class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
+    """Stable Diffusion 1.5 + motion adapter: video + text -> video. Components and loading as
+    :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
+
+    parallel_support = False
+    _video: torch.Tensor | None = None  # the call's preprocessed input, b c f H W in [-1, 1]
+    _strength: float = 1.0
+    _encode_chunk: int = 16
+    _first_timestep: torch.Tensor | None = None  # set by schedule(): where the video is noised to
+
+    def schedule(self, num_inference_steps: int) -> torch.Tensor:
+        """The last ``strength`` of the schedule (FreeInit's rounds start there too)."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        timesteps = strength_timesteps(self.scheduler, num_inference_steps, self._strength)
+        if len(timesteps) == 0:
+            raise ValueError(f"strength={self._strength} with num_inference_steps={num_inference_steps} leaves no "
+                             f"steps to run")
+        self._first_timestep = timesteps[:1]
+        return timesteps
+
+    def free_init_renoise_timestep(self, timesteps):
+        return int(timesteps[0])
+
+    def prepare_latents(self, shape, dtype, device, generator, latents=None):
+        """The encoded video noised to the first timestep (``latents``, if given, are used as they are)."""
+        if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+            return latents.to(device=device, dtype=dtype)
+        batch = shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for an effective batch of {batch} videos")
+        vae = self._run_on_device("vae")
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.float()
+        chunk = self._encode_chunk
+        encoded = []
+        for i, video in enumerate(self._video):  # c f H W
+            g = generator[i] if isinstance(generator, list) else generator
+            frames = video.permute(1, 0, 2, 3).to(device=device, dtype=vae.dtype)  # f c H W
+            parts = [vae.encode(part).sample(g) for part in frames.split(chunk)]
+            encoded.append(torch.cat(parts))
+        if upcast:
+            vae.half()
+        init = torch.stack(encoded).to(dtype) * vae.config.scaling_factor  # b f c h w
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)  # drawn b f c h w
+        steps = self._first_timestep.to(device).repeat(batch)
+        return self.scheduler.add_noise(init, noise, steps).permute(0, 2, 1, 3, 4)  # b c f h w
+
+    @torch.no_grad()
+    def __call__(self, video=None, prompt: str | list[str] | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 strength: float = 0.8, negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1,
+                 eta: float = 0.0, generator=None, latents: torch.Tensor | None = None, decode_chunk_size: int = 16,
+                 **kwargs):
+        """Re-render ``video`` (a list of PIL frames, an ``f h w 3`` array, an ``f 3 h w`` tensor, or a batch of
+        those, one per prompt x ``num_videos_per_prompt``, or one for all) to follow ``prompt``. Other arguments
+        as :meth:`AnimateDiffPipeline.__call__` (``context_length`` windows, callbacks, ``output_type`` ...).
+
+        Differences from diffusers: one input video is used for every prompt and video per prompt (diffusers
+        raises); ``latents``, if given, are the starting latents at the first timestep (as diffusers).
+        """
+        if video is None and latents is None:
+            raise ValueError("video is required for video-to-video (or latents at the first timestep)")
+        if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        height, width = self.default_size(height, width, 64)
+        if latents is not None:
+            num_frames = latents.shape[2]
+        else:
+            clip = preprocess_video(video, self.vae_scale_factor, size=(height, width))  # n c f H W
+            num_frames = clip.shape[2]
+            batch = self._batch_size(prompt, kwargs.get("prompt_embeds")) * num_videos_per_prompt
+            if clip.shape[0] not in (1, batch):
+                raise ValueError(f"got {clip.shape[0]} videos for {batch} prompts x videos per prompt")
+            self._video = clip.expand(batch, *clip.shape[1:]) if clip.shape[0] != batch else clip
+        self._strength, self._encode_chunk = float(strength), decode_chunk_size or num_frames
+        try:
+            return super().__call__(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                    negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+                                    eta=eta, generator=generator, latents=latents, decode_chunk_size=decode_chunk_size,
+                                    **kwargs)
+        finally:
+            self._video, self._strength = None, 1.0
+
+    @staticmethod
+    def _batch_size(prompt, prompt_embeds) -> int:
+        if isinstance(prompt, str):
+            return 1
+        if isinstance(prompt, (list, tuple)):
+            return len(prompt)
+        if prompt_embeds is not None:
+            return prompt_embeds.shape[0]
+        raise ValueError("pass exactly one of prompt or prompt_embeds")
+
+
+__all__ = ["AnimateDiffVideoToVideoPipeline"]
