@@ -235,3 +235,32 @@ class ControlNet(nn.Module):
             down = [r.mean(dim=(2, 3), keepdim=True) for r in down]
             mid = mid.mean(dim=(2, 3), keepdim=True)
         return ControlNetOutput(tuple(down), mid)
+
+
+class MultiControlNet(nn.Module):
+    """Several ControlNets on one UNet (diffusers' ``MultiControlNetModel``): each sees its own condition
+    images at its own scale, and their residuals are summed."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        if len(self.nets) < 2:
+            raise ValueError("MultiControlNet takes two or more ControlNets (use the ControlNet itself for one)")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.nets[0].dtype
+
+    def check_compatible(self, unet) -> None:
+        for net in self.nets:
+            net.check_compatible(unet)
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                controlnet_cond: list[torch.Tensor], conditioning_scale: list[float],
+                guess_mode: bool = False) -> ControlNetOutput:
+        down, mid = None, None
+        for net, cond, scale in zip(self.nets, controlnet_cond, conditioning_scale, strict=True):
+            d, m = net(sample, timestep, encoder_hidden_states, cond, conditioning_scale=scale, guess_mode=guess_mode)
+            down = list(d) if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        return ControlNetOutput(tuple(down), mid)

@@ -210,7 +210,8 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
 
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None):
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
+                 **extra):  # extra: the components a subclass adds (the ControlNet pipeline's controlnet)
         if isinstance(unet, UNet2D):
             if motion_adapter is None:
                 raise TypeError("AnimateDiffPipeline: a UNet2D needs motion_adapter= (a vidcore MotionAdapter)")
@@ -220,7 +221,8 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
                 unet = UNetMotion(unet.unet, motion_adapter)
         else:
             raise TypeError(f"AnimateDiffPipeline: unet must be a vidcore UNet2D or UNetMotion, got {type(unet).__name__}")
-        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler)
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler,
+                         **extra)
 
     @property
     def motion_adapter(self) -> MotionAdapter:
