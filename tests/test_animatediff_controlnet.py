@@ -149,3 +149,44 @@ def test_missing_controlnet_folder_names_the_argument(setup):
     built = setup[0]
     with pytest.raises(ModelNotFoundError, match="controlnet="):
         vidcore.AnimateDiffControlNetPipeline.from_pretrained(built.sd, motion_adapter=built.adapter)
+
+
+@pytest.mark.parametrize("control", ["pose", "canny"])
+def test_cli_control_equals_a_direct_call(setup, tmp_path, capsys, monkeypatch, control):
+    import vidcore.cli.generate
+    from vidcore.cli import main
+    from vidcore.controls import canny
+
+    built, _, folders, _ = setup
+    source = tmp_path / "pose.gif"
+    vidcore.export_to_gif(tc.random_control_frames(4, 16, 24, seed=5), source, fps=4)
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames)
+                        or str(path))
+    code = main(["generate", "animatediff", "--model", str(built.sd), "--motion-adapter", str(built.adapter),
+                 "--prompt", "a cat", "--control", control, "--control-video", str(source), "--controlnet",
+                 str(folders[0]), "--controlnet-scale", "0.7", "--frames", "3", "--height", "16", "--width", "24",
+                 "--steps", "2", "--seed", "1", "--device", "cpu", "--no-progress", "-o", str(tmp_path / "o.mp4")])
+    assert code == 0, capsys.readouterr().err
+    pipe = vidcore.AnimateDiffControlNetPipeline.from_pretrained(built.sd, motion_adapter=built.adapter,
+                                                                controlnet=folders[0])
+    pipe.set_progress_bar_config(disable=True)
+    frames = vidcore.load_video(source)[:3]
+    expected = run(pipe, seed=1, prompt="a cat", num_frames=3, height=16, width=24, num_inference_steps=2,
+                   conditioning_frames=canny(frames) if control == "canny" else frames,
+                   controlnet_conditioning_scale=0.7)
+    assert np.abs(np.asarray(written[0]) - expected[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--control", "pose"], "needs --control-video"),
+    (["--controlnet", "x"], "applies to --control"),
+    (["--control", "pose", "--control-video", "a.gif", "--video", "b.mp4"], "exclude each other"),
+])
+def test_cli_flag_errors(setup, capsys, argv, message):
+    from vidcore.cli import main
+
+    built = setup[0]
+    code = main(["generate", "animatediff", "--model", str(built.sd), "--prompt", "a", "--device", "cpu", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err

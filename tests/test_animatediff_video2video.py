@@ -102,3 +102,29 @@ def test_bad_inputs(setup, kwargs, message):
     _, ours = setup
     with pytest.raises(ValueError, match=message):
         ours(height=16, width=16, **{"num_inference_steps": 2, **kwargs})
+
+
+def test_cli_video_to_video_equals_a_direct_call(setup, tmp_path, capsys, monkeypatch):
+    import vidcore.cli.generate
+    from vidcore.cli import main
+
+    built = ta.build_tiny_animatediff(tmp_path / "m")
+    source = vidcore.export_to_video(np.random.default_rng(0).random((4, 16, 24, 3), dtype=np.float32),
+                                     tmp_path / "in.mp4", fps=6)
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append((frames, fps))
+                        or str(path))
+    code = main(["generate", "animatediff", "--model", str(built.sd), "--motion-adapter", str(built.adapter),
+                 "--prompt", "a cat", "--video", str(source), "--strength", "0.7", "--frames", "3", "--height", "16",
+                 "--width", "24", "--steps", "3", "--seed", "4", "--device", "cpu", "--no-progress",
+                 "-o", str(tmp_path / "out.mp4")])
+    assert code == 0, capsys.readouterr().err
+    pipe = vidcore.AnimateDiffVideoToVideoPipeline.from_pretrained(built.sd, motion_adapter=built.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    expected = run(pipe, seed=4, video=vidcore.load_video(source)[:3], prompt="a cat", strength=0.7, height=16,
+                   width=24, num_inference_steps=3)
+    frames, fps = written[0]
+    assert fps == pytest.approx(6.0)  # the input's rate
+    assert np.abs(np.asarray(frames) - expected[0]).max() < 1e-5
+    assert main(["generate", "animatediff", "--model", str(built.sd), "--prompt", "a", "--strength", "0.5"]) == 2
+    assert "--strength applies to --video" in capsys.readouterr().err

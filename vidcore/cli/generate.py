@@ -205,6 +205,8 @@ def run(args) -> int:
             if getattr(args, flag, None) is not None:
                 raise UsageError(f"--{flag} applies to --prompts; with --prompt, -o names the output file")
         runs = [(getattr(args, "prompt", None), args.seed, output_paths(args.output, args.num_videos))]
+    if task.check is not None:
+        task.check(args)
     device = resolve_device(args.device)
     parallel = getattr(args, "parallel", None)
     if parallel is not None and args.cpu_offload:
@@ -214,7 +216,8 @@ def run(args) -> int:
     if args.cpu_offload and not device.startswith("cuda"):
         raise UsageError("--cpu-offload moves models to a GPU while they run; it needs --device cuda")
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    video, video_fps = load_input_video(args) if task.input == "video" else (None, None)
+    wants_video = task.input == "video" or getattr(args, "video", None) is not None  # animatediff --video: optional
+    video, video_fps = load_input_video(args) if wants_video else (None, None)
     inputs = Inputs(video=video, video_fps=video_fps, image=load_input_image(args) if task.input == "image" else None)
     if batch:
         if rank == 0:
@@ -232,15 +235,15 @@ def run(args) -> int:
     else:
         pipe = cls.from_pretrained(model, torch_dtype=torch_dtype(dtype), variant=args.variant)
     _configure_pipeline(pipe, args, task, device)
-    if parallel is not None:
-        _enable_parallel(pipe, args, len(video) if video is not None else args.frames or pipe.unet.config.num_frames)
-
     call = dict(num_inference_steps=args.steps, output_type="np", num_videos_per_prompt=args.num_videos,
                 decode_chunk_size=args.decode_chunk_size)
     if task.text:
         call.update(negative_prompt=args.negative_prompt, guidance_scale=args.guidance, eta=args.eta)
     task_call, fps = task.call(args, inputs)
     call.update(task_call)
+    if parallel is not None:
+        frames = len(video) if video is not None else call.get("num_frames") or args.frames
+        _enable_parallel(pipe, args, frames or pipe.unet.config.num_frames)
     for prompt, seed, outputs in runs:
         call["generator"] = torch.Generator("cpu").manual_seed(seed)
         if task.text:

@@ -44,6 +44,7 @@ class Task:
     model_help: str = ""  # appended to --model's help
     load: Callable | None = None  # (cls, model, args, dtype) -> pipeline; None: cls.from_pretrained
     resolve_model: Callable | None = None  # args -> the model to load (fills unset options); None: --model
+    check: Callable | None = None  # args -> None: flag combinations, checked before anything is read or loaded
     long_video: bool = False  # the long/consistent video tools: --free-init (vidcore.sampling)
 
     def pipeline_class(self):
@@ -165,6 +166,9 @@ def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
 # --------------------------------------------------------------------------- animatediff (defaults: diffusers')
 
 
+CONTROLS = ("pose", "canny")  # animatediff --control: what --control-video's frames are
+
+
 def _animatediff_options(o: Options) -> None:
     o.add("--motion-adapter", default=None, metavar="PATH_OR_REPO",
           help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2); "
@@ -173,11 +177,23 @@ def _animatediff_options(o: Options) -> None:
           help="with --model an original SD1.5 single file (.safetensors/.ckpt, e.g. from civitai): the "
                "SD1.5 pipeline folder or hub repo giving configs, tokenizer and scheduler (default: "
                "stable-diffusion-v1-5/stable-diffusion-v1-5; no weights are downloaded)")
-    o.add("--frames", type=positive_int, default=16,
-          help="number of frames; more than the adapter's motion_max_seq_length uses context windows")
+    o.add("--frames", type=positive_int, default=None,
+          help="number of frames (default 16; with --video: all of its frames); more than the adapter's "
+               "motion_max_seq_length uses context windows")
     _size(o)
     o.add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    o.add("--fps", type=positive_float, default=8.0, help="output frame rate")
+    o.add("--fps", type=positive_float, default=None, help="output frame rate (default 8, or --video's)")
+    o.add("--video", default=None, help="video-to-video: re-render this video (file or URL) to follow --prompt")
+    o.add("--strength", type=unit_float, default=None,
+          help="with --video: how much of the schedule to run, 1 = ignore the input's content (default 0.8)")
+    o.add("--control", choices=CONTROLS, default=None,
+          help="ControlNet on --control-video's frames: pose (the frames are pose images) or canny (edges are "
+               "computed from them); needs --controlnet unless --model holds a controlnet/")
+    o.add("--control-video", default=None, metavar="FILE", help="with --control: one control image per frame")
+    o.add("--controlnet", default=None, metavar="PATH_OR_REPO",
+          help="with --control: ControlNet folder, file or hub repo id (lllyasviel/sd-controlnet-openpose, "
+               "lllyasviel/sd-controlnet-canny)")
+    o.add("--controlnet-scale", type=float, default=None, help="with --control: weight of its residuals (default 1)")
     o.add("--context-length", type=positive_int, default=None,
           help="frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
     o.add("--context-stride", type=positive_int, default=None,
@@ -186,21 +202,59 @@ def _animatediff_options(o: Options) -> None:
           help="how overlapping windows are blended")
 
 
+def _animatediff_mode(args) -> str:
+    """"t2v", "v2v" (--video) or "controlnet" (--control), with the one-line errors for flags of another mode."""
+    if args.video is not None and args.control is not None:
+        raise UsageError("--video (video-to-video) and --control (ControlNet) exclude each other; pick one")
+    if args.video is None and args.strength is not None:
+        raise UsageError("--strength applies to --video (video-to-video)")
+    if args.control is None:
+        for flag in ("control_video", "controlnet", "controlnet_scale"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} applies to --control pose|canny")
+    elif args.control_video is None:
+        raise UsageError(f"--control {args.control} needs --control-video FILE (one control image per frame)")
+    return "v2v" if args.video is not None else "controlnet" if args.control is not None else "t2v"
+
+
 def _animatediff_load(cls, model: str, args, dtype):
+    from ..pipelines.animatediff_controlnet import AnimateDiffControlNetPipeline
+    from ..pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
+
+    mode = _animatediff_mode(args)
+    cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline}[mode]
+    extra = {"controlnet": args.controlnet} if mode == "controlnet" else {}
     if Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
         return cls.from_single_file(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
-                                    variant=args.variant, **kwargs)
+                                    variant=args.variant, **kwargs, **extra)
     if args.config_from is not None:
         raise UsageError(f"--config-from applies to a single-file --model ({'/'.join(SINGLE_FILE_SUFFIXES)}); "
                          f"'{model}' is a pipeline folder or repo")
     return cls.from_pretrained(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
-                               variant=args.variant)
+                               variant=args.variant, **extra)
 
 
 def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
-    return dict(height=args.height, width=args.width, num_frames=args.frames, context_length=args.context_length,
-                context_stride=args.context_stride, context_weighting=args.context_weighting), args.fps
+    call = dict(height=args.height, width=args.width, context_length=args.context_length,
+                context_stride=args.context_stride, context_weighting=args.context_weighting)
+    mode = _animatediff_mode(args)
+    if mode == "v2v":
+        call.update(video=inputs.video, strength=0.8 if args.strength is None else args.strength)
+        return call, _input_fps(args, inputs)
+    num_frames = args.frames or 16
+    call["num_frames"] = num_frames
+    if mode == "controlnet":
+        from ..controls import canny
+        from ..io import load_video
+
+        control = load_video(args.control_video)
+        if len(control) < num_frames:
+            raise UsageError(f"--control-video has {len(control)} frames for --frames {num_frames}")
+        control = control[:num_frames]
+        call.update(conditioning_frames=canny(control) if args.control == "canny" else control,
+                    controlnet_conditioning_scale=1.0 if args.controlnet_scale is None else args.controlnet_scale)
+    return call, args.fps or 8.0
 
 
 # --------------------------------------------------------------------------- text2video-zero (defaults: diffusers')
@@ -288,6 +342,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
          schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
+         check=_animatediff_mode,
          model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
     Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",
          "text2video_zero:TextToVideoZeroPipeline", _zero_options, _zero_call, defaults=dict(steps=50)),

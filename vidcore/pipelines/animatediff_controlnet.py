@@ -81,6 +81,22 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
                                                    variant=variant, revision=revision, token=token, **overrides)
         return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, nets)
 
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
+                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                         token: str | None = None, **kwargs):
+        """As :meth:`AnimateDiffPipeline.from_single_file` (an original SD1.x file + ``motion_adapter``), plus
+        ``controlnet`` (required: a single file holds none), read as in :meth:`from_pretrained`."""
+        if controlnet is None:
+            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: a Stable Diffusion single file has no "
+                                     "ControlNet; pass controlnet= (CLI: --controlnet), e.g. "
+                                     "lllyasviel/sd-controlnet-openpose")
+        items = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
+        nets = [load_controlnet(c, hub.parse_dtype(torch_dtype), variant, None, token) for c in items]
+        base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
+                                                    variant=variant, token=token, **kwargs)
+        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, nets)
+
     # -- hooks into AnimateDiff's loop ----------------------------------------------------------
     def schedule(self, num_inference_steps: int) -> torch.Tensor:
         timesteps = super().schedule(num_inference_steps)
