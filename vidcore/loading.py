@@ -47,8 +47,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .conversion.engine import ChainedMap, ConversionReport, KeyMap
-from .conversion.maps import original_controlnet, original_modelscope, original_motion, original_sd, original_svd
+from .conversion.maps import (original_controlnet, original_modelscope, original_motion, original_sd,
+                               original_sparsectrl, original_svd)
 from .conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
+from .conversion.maps.diffusers_sparse_controlnet import SPARSE_CONTROLNET_MAP, sparse_controlnet_map
 from .conversion.maps.diffusers_i2vgen import I2VGEN_MAP
 from .conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from .conversion.maps.diffusers_svd import SVD_UNET_MAP
@@ -60,6 +62,7 @@ from .conversion.maps.diffusers_vae import VAE_MAP
 from . import hub
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 from .models.controlnet import ControlNet, ControlNetConfig
+from .models.sparse_controlnet import SparseControlNet, SparseControlNetConfig, add_missing_position_tables
 from .models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
 from .models.motion import MOTION_ORIGINAL_DESCRIPTION, MotionAdapter, MotionAdapterConfig
 from .models.svd_unet import SVDUNet, SVDUNetConfig
@@ -99,6 +102,8 @@ ARCHITECTURES = [
     Architecture("unet2d", "UNet2DConditionModel", UNet2D, UNet2DConfig, UNET2D_CONV_MAP, unet2d_map),
     Architecture("motion_adapter", "MotionAdapter", MotionAdapter, MotionAdapterConfig, MOTION_ADAPTER_MAP),
     Architecture("controlnet", "ControlNetModel", ControlNet, ControlNetConfig, CONTROLNET_CONV_MAP, controlnet_map),
+    Architecture("sparse_controlnet", "SparseControlNetModel", SparseControlNet, SparseControlNetConfig,
+                 SPARSE_CONTROLNET_MAP, sparse_controlnet_map),
 ]
 BY_DIFFUSERS = {a.diffusers_class: a for a in ARCHITECTURES}
 BY_NAME = {a.name: a for a in ARCHITECTURES}
@@ -135,6 +140,9 @@ ORIGINAL_FORMATS = {
     "controlnet": OriginalFormat("ControlNet (lllyasviel layout, control_v11p_sd15_openpose.pth)",
                                  original_controlnet.controlnet_map, original_controlnet.SD15_CONTROLNET_CONFIG,
                                  "controlnet", original_controlnet.PREFIX),
+    "sparse_controlnet": OriginalFormat("SparseCtrl (guoyww/AnimateDiff v3_sd15_sparsectrl_scribble.ckpt / _rgb.ckpt)",
+                                        original_sparsectrl.sparsectrl_map, original_sparsectrl.SCRIBBLE_CONFIG,
+                                        "controlnet"),
 }
 # component= of an sgm SVD file -> LoadedInfo.architecture (the image encoder is transformers'
 # CLIPVisionModelWithProjection, not a vidcore architecture)
@@ -424,6 +432,14 @@ def _load_original(where: Path, config_from, revision, token,
     raw = read_single_file_raw(where)
     if original_controlnet.detect(raw) and component in (None, "controlnet"):
         return _load_original_controlnet(where, raw, config_from, revision, token)
+    sparse = original_sparsectrl.detect(strip_prefixes(raw))
+    if sparse is not None and component in (None, "controlnet"):
+        arch = BY_NAME["sparse_controlnet"]
+        default = original_sparsectrl.RGB_CONFIG if sparse == "rgb" else original_sparsectrl.SCRIBBLE_CONFIG
+        config = dict(default) if config_from is None else _original_config(arch, config_from, revision, token)
+        state = add_missing_position_tables(strip_prefixes(raw), SparseControlNetConfig.from_diffusers_config(config),
+                                            original=True)
+        return _convert_original(arch, config, state, where)
     if original_motion.detect(strip_prefixes(raw)):
         return _load_original_motion(where, strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
@@ -466,7 +482,10 @@ def load_model_with_info(path: str | os.PathLike, subfolder: str | None = None, 
         arch = _architecture_for(config, where / "config.json")
         files = hub.weight_files(where, variant=variant)
         module = _build(arch, config)
-        report = _fill(module, hub.load_state_dict(files), arch.keymap(config), files, "forward")
+        state = hub.load_state_dict(files)
+        if arch.name == "sparse_controlnet":  # some hub conversions lack the (fixed) frame-position tables
+            state = add_missing_position_tables(state, module.config)
+        report = _fill(module, state, arch.keymap(config), files, "forward")
     elif fmt == "original":
         name, config, module, report = _load_original(where, config_from, revision, token, component)
         files = [where]

@@ -20,7 +20,7 @@ from . import hub
 from .conversion.engine import ChainedMap, ConversionReport, KeyMap, load_into
 from .errors import CheckpointError, ConfigError, ConversionError, ModelNotFoundError
 
-_WRAPPERS = ("state_dict", "model", "module")
+_WRAPPERS = ("state_dict", "model", "module", "controlnet")  # controlnet: SparseCtrl .ckpt files
 _LDM_PREFIX = "model.diffusion_model."
 
 

@@ -221,11 +221,15 @@ class ControlNet(nn.Module):
 
         h, skips = down_path(self.down_blocks, h, lambda block, i, x: block.layer(i, x, temb, encoder_hidden_states))
         h = self.mid_block(h, temb, encoder_hidden_states)
+        return self.residuals(skips, h, conditioning_scale, guess_mode)
 
+    def residuals(self, skips: list[torch.Tensor], h: torch.Tensor, conditioning_scale: float,
+                  guess_mode: bool) -> ControlNetOutput:
+        """The zero convs on the skip features and the mid-block output, scaled (see the module docstring)."""
         down = [zero(s) for zero, s in zip(self.controlnet_down_blocks, skips)]
         mid = self.controlnet_mid_block(h)
         if guess_mode and not self.config.global_pool_conditions:
-            scales = torch.logspace(-1, 0, len(down) + 1, device=sample.device) * conditioning_scale  # 0.1 .. 1
+            scales = torch.logspace(-1, 0, len(down) + 1, device=h.device) * conditioning_scale  # 0.1 .. 1
             down = [r * s for r, s in zip(down, scales)]
             mid = mid * scales[-1]
         else:

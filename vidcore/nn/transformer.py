@@ -57,20 +57,22 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
-                 double_self_attention: bool = False, max_positions: int | None = None):
+                 double_self_attention: bool = False, max_positions: int | None = None, second_attention: bool = True):
         super().__init__()
         self.pos_embed = SinusoidalPositions(dim, max_positions) if max_positions else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads, head_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim)
+        # SparseCtrl's motion modules have no second attention (diffusers: temporal_double_self_attention=False)
+        self.norm2 = nn.LayerNorm(dim) if second_attention else None
+        self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim) if second_attention else None
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
         """x: b n c. With ``num_frames``, x is ``(b f) n c`` and both attentions run over frames."""
         x = x + self.attn1(self._positions(self.norm1(x), num_frames), num_frames=num_frames)
-        x = x + self.attn2(self._positions(self.norm2(x), num_frames), context, num_frames=num_frames)
+        if self.attn2 is not None:
+            x = x + self.attn2(self._positions(self.norm2(x), num_frames), context, num_frames=num_frames)
         return x + self.ff(self.norm3(x))
 
     def _positions(self, h: torch.Tensor, num_frames: int | None) -> torch.Tensor:
@@ -126,13 +128,14 @@ class TemporalTransformer(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, groups: int, layers: int = 1,
-                 max_positions: int | None = None):
+                 max_positions: int | None = None, second_attention: bool = True):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, head_dim, double_self_attention=True, max_positions=max_positions)
+            TransformerBlock(inner, heads, head_dim, double_self_attention=True, max_positions=max_positions,
+                             second_attention=second_attention)
             for _ in range(layers)
         )
         self.proj_out = nn.Linear(inner, channels)

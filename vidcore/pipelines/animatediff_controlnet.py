@@ -27,6 +27,10 @@ from .controlled_video import control_frames_to_tensor, load_controlnet
 
 def as_controlnet(controlnet) -> ControlNet | MultiControlNet:
     """A ControlNet, a MultiControlNet, or a list / tuple of ControlNets (two or more: a MultiControlNet)."""
+    from ..models.sparse_controlnet import SparseControlNet
+
+    if any(isinstance(c, SparseControlNet) for c in (controlnet if isinstance(controlnet, (list, tuple)) else [controlnet])):
+        raise TypeError("a SparseControlNet (SparseCtrl) goes into AnimateDiffSparseControlNetPipeline")
     if isinstance(controlnet, (list, tuple)):
         nets = list(controlnet)
         if not all(isinstance(n, ControlNet) for n in nets):

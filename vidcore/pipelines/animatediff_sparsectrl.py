@@ -1,0 +1,164 @@
+"""AnimateDiff with SparseCtrl (diffusers' ``AnimateDiffSparseControlNetPipeline``): a few control images at
+chosen frames (scribbles, or RGB keyframes) steer the whole video through a
+:class:`~vidcore.models.sparse_controlnet.SparseControlNet`.
+
+The control images are resized to the video's size; for the RGB variant (``use_simplified_condition_embedding``)
+they are encoded by the VAE (a posterior sample drawn from torch's global generator, as diffusers does, so call
+``torch.manual_seed`` for repeatable RGB runs). They are placed at ``controlnet_frame_indices`` in an otherwise
+zero condition video with a mask channel marking those frames. Every step the SparseControlNet runs on the whole
+video (or on each context window, with that window's slice of the condition) and its residuals go into the UNet
+inside :meth:`AnimateDiffPipeline.unet_forward`.
+
+Difference from diffusers: in guess mode with guidance the unconditional half gets zero residuals (diffusers hands
+the UNet residuals of half the batch there and fails).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import hub
+from ..errors import ModelNotFoundError
+from ..models.sparse_controlnet import SparseControlNet
+from .animatediff import AnimateDiffPipeline, load_module_argument
+from .controlled_video import control_frames_to_tensor
+
+SPARSECTRL_REPOS = ("guoyww/animatediff-sparsectrl-scribble", "guoyww/animatediff-sparsectrl-rgb")
+
+
+def load_sparse_controlnet(value, torch_dtype=None, variant: str | None = None, token: str | None = None,
+                           config_from=None) -> SparseControlNet:
+    """``controlnet=``: a SparseControlNet, a diffusers folder / hub repo id (``guoyww/animatediff-sparsectrl-rgb``),
+    a vidcore native file, or an original SparseCtrl file (``v3_sd15_sparsectrl_rgb.ckpt``)."""
+    return load_module_argument(value, SparseControlNet, "controlnet", SPARSECTRL_REPOS[0], torch_dtype, variant,
+                                token=token, config_from=config_from)
+
+
+class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
+    """Stable Diffusion 1.5 + motion adapter + SparseCtrl: text + control images at some frames -> video."""
+
+    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
+    parallel_support = False
+    _control: dict | None = None
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet: SparseControlNet,
+                 motion_adapter=None):
+        if not isinstance(controlnet, SparseControlNet):
+            raise TypeError(f"controlnet must be a vidcore SparseControlNet, got {type(controlnet).__name__}")
+        super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter, controlnet=controlnet)
+        controlnet.check_compatible(self.unet.unet)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None, controlnet=None,
+                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                        revision: str | None = None, token: str | None = None, **overrides):
+        """As :meth:`AnimateDiffPipeline.from_pretrained`, plus ``controlnet`` (a SparseControlNet or what
+        :func:`load_sparse_controlnet` reads, e.g. ``guoyww/animatediff-sparsectrl-scribble``); without it the
+        folder's own ``controlnet/`` is used."""
+        dtype = hub.parse_dtype(torch_dtype)
+        if controlnet is None:
+            local = hub.resolve(path_or_repo, allow_patterns=["controlnet/*"], revision=revision, token=token)
+            if not (local / "controlnet" / "config.json").is_file():
+                raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' has no controlnet/ folder: pass controlnet= "
+                                         f"(CLI: --controlnet), e.g. {' or '.join(SPARSECTRL_REPOS)}")
+            controlnet = local / "controlnet"
+        net = load_sparse_controlnet(controlnet, dtype, variant, token)
+        base = AnimateDiffPipeline.from_pretrained(path_or_repo, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
+                                                   variant=variant, revision=revision, token=token, **overrides)
+        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, net)
+
+    @classmethod
+    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
+                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                         token: str | None = None, **kwargs):
+        """An original SD1.x single file + ``motion_adapter`` (as :meth:`AnimateDiffPipeline.from_single_file`)
+        + ``controlnet`` (required)."""
+        if controlnet is None:
+            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: pass controlnet= (CLI: --controlnet), e.g. "
+                                     f"{SPARSECTRL_REPOS[0]}")
+        net = load_sparse_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, token)
+        base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
+                                                    variant=variant, token=token, **kwargs)
+        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, net)
+
+    # -- hooks into AnimateDiff's loop ----------------------------------------------------------
+    def check_context(self, num_frames, context_length, context_stride, context_weighting):
+        limit = min(self.motion_adapter.max_frames, self.controlnet.max_frames)
+        if context_length is None and num_frames > limit:
+            context_length = limit  # windows the SparseControlNet's frame table can hold too
+        if context_length is not None and context_length > self.controlnet.max_frames:
+            raise ValueError(f"context_length={context_length} exceeds the SparseControlNet's motion_max_seq_length="
+                             f"{self.controlnet.max_frames}")
+        return super().check_context(num_frames, context_length, context_stride, context_weighting)
+
+    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
+        """The UNet with the SparseControlNet residuals of frames ``start:end``."""
+        c = self._control
+        only_cond = c["guess_mode"] and c["guidance"]
+        x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
+        text = embeds.chunk(2)[1] if only_cond else embeds  # b m d
+        if self._offload_device is not None:
+            self.controlnet.to(self._offload_device)
+        down, mid = self.controlnet(x, t, text, c["cond"][:, :, start:end], c["mask"][:, :, start:end],
+                                    conditioning_scale=c["scale"], guess_mode=c["guess_mode"])
+        if only_cond:
+            down = [torch.cat([torch.zeros_like(r), r]) for r in down]
+            mid = torch.cat([torch.zeros_like(mid), mid])
+        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+
+    # -- call -----------------------------------------------------------------------------------
+    def prepare_sparse_condition(self, conditioning_frames, frame_indices, num_frames: int, height: int, width: int):
+        """(condition ``1 c f H W``, mask ``1 1 f H W``): the control images (VAE latents for the RGB variant)
+        at ``frame_indices``, zeros elsewhere."""
+        if conditioning_frames is None:
+            raise ValueError("conditioning_frames is required (control images for some frames)")
+        if not isinstance(conditioning_frames, (list, tuple)):
+            conditioning_frames = [conditioning_frames]
+        images = control_frames_to_tensor(list(conditioning_frames), height, width, self.vae_scale_factor)  # n C H W
+        indices = [frame_indices] if isinstance(frame_indices, int) else list(frame_indices)
+        if len(images) > num_frames:
+            raise ValueError(f"got {len(images)} conditioning frames for num_frames={num_frames}")
+        if not indices or len(indices) > len(images):
+            raise ValueError(f"controlnet_frame_indices has {len(indices)} entries for {len(images)} conditioning "
+                             "frames; give one index per conditioning frame")
+        if any(not isinstance(i, int) or not 0 <= i < num_frames for i in indices) or len(set(indices)) != len(indices):
+            raise ValueError(f"controlnet_frame_indices must be distinct frame indices in [0, {num_frames}), got "
+                             f"{indices}")
+        net = self.controlnet
+        device, dtype = self.device, net.dtype
+        x = images[: len(indices)].to(device)
+        if net.config.use_simplified_condition_embedding:  # RGB: VAE latents of the keyframes
+            vae = self._run_on_device("vae")
+            x = vae.encode((2 * x - 1).to(vae.dtype)).sample(None) * vae.config.scaling_factor
+        if x.shape[1] != net.config.conditioning_channels:
+            raise ValueError(f"conditioning_frames give {x.shape[1]} channels; the SparseControlNet takes "
+                             f"{net.config.conditioning_channels}")
+        cond = torch.zeros(1, x.shape[1], num_frames, *x.shape[-2:], device=device, dtype=dtype)
+        mask = torch.zeros(1, 1, num_frames, *x.shape[-2:], device=device, dtype=dtype)
+        cond[:, :, indices] = x.to(dtype).transpose(0, 1)[None]
+        mask[:, :, indices] = 1
+        return cond, mask
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
+                 width: int | None = None, conditioning_frames=None, controlnet_conditioning_scale: float = 1.0,
+                 controlnet_frame_indices=(0,), guess_mode: bool = False, guidance_scale: float = 7.5, **kwargs):
+        """Generate a video whose frames ``controlnet_frame_indices`` follow ``conditioning_frames`` (one image
+        per index, PIL or arrays; scribbles or RGB keyframes by the SparseControlNet's kind). Other arguments as
+        :meth:`AnimateDiffPipeline.__call__`."""
+        height, width = self.default_size(height, width, 64)
+        cond, mask = self.prepare_sparse_condition(conditioning_frames, controlnet_frame_indices, num_frames, height,
+                                                   width)
+        guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
+        self._control = {"cond": cond, "mask": mask, "scale": float(controlnet_conditioning_scale),
+                         "guess_mode": guess_mode, "guidance": guidance_scale > 1.0}
+        try:
+            return super().__call__(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                                    guidance_scale=guidance_scale, **kwargs)
+        finally:
+            self._control = None
+
+
+__all__ = ["AnimateDiffSparseControlNetPipeline", "SPARSECTRL_REPOS", "load_sparse_controlnet"]
