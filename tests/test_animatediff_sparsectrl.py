@@ -202,3 +202,35 @@ def test_controlnet_pipeline_refuses_a_sparse_controlnet(setup):
 
     with pytest.raises(TypeError, match="AnimateDiffSparseControlNetPipeline"):
         as_controlnet(vidcore.load_model(setup[2] / "rgb"))
+
+
+def test_cli_sparse_control_equals_a_direct_call(setup, tmp_path, capsys, monkeypatch):
+    import vidcore.cli.generate
+    from vidcore.cli import main
+
+    built, _, root, _ = setup
+    images = tc.random_control_frames(2, 16, 24, seed=7)
+    paths = []
+    for k, image in enumerate(images):
+        image.save(tmp_path / f"key{k}.png")
+        paths.append(str(tmp_path / f"key{k}.png"))
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames)
+                        or str(path))
+    argv = ["generate", "animatediff", "--model", str(built.sd), "--motion-adapter", str(built.adapter),
+            "--prompt", "a cat", "--control", "sparse-scribble", "--control-image", paths[0], "--control-image",
+            paths[1], "--control-frame-indices", "0,3", "--controlnet", str(root / "scribble"), "--frames", "4",
+            "--height", "16", "--width", "24", "--steps", "2", "--seed", "2", "--device", "cpu", "--no-progress",
+            "-o", str(tmp_path / "o.mp4")]
+    assert main(argv) == 0, capsys.readouterr().err
+    pipe = vidcore.AnimateDiffSparseControlNetPipeline.from_pretrained(built.sd, motion_adapter=built.adapter,
+                                                                      controlnet=root / "scribble")
+    pipe.set_progress_bar_config(disable=True)
+    expected = run(pipe, seed=2, prompt="a cat", num_frames=4, height=16, width=24, num_inference_steps=2,
+                   conditioning_frames=[vidcore.load_image(p) for p in paths], controlnet_frame_indices=[0, 3])
+    assert np.abs(np.asarray(written[0]) - expected[0]).max() < 1e-5
+    # the scribble model with --control sparse-rgb: one line naming the right choice
+    assert main([*argv[:9], "sparse-rgb", *argv[10:]]) == 2
+    assert "use --control sparse-scribble" in capsys.readouterr().err
+    assert main([a if a != "0,3" else "0" for a in argv]) == 2
+    assert "gives 1 frames for 2" in capsys.readouterr().err

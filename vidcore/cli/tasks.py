@@ -166,7 +166,8 @@ def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
 # --------------------------------------------------------------------------- animatediff (defaults: diffusers')
 
 
-CONTROLS = ("pose", "canny")  # animatediff --control: what --control-video's frames are
+CONTROLS = ("pose", "canny", "sparse-scribble", "sparse-rgb")  # animatediff --control
+SPARSE_CONTROLS = ("sparse-scribble", "sparse-rgb")  # SparseCtrl: --control-image at --control-frame-indices
 
 
 def _animatediff_options(o: Options) -> None:
@@ -188,11 +189,16 @@ def _animatediff_options(o: Options) -> None:
           help="with --video: how much of the schedule to run, 1 = ignore the input's content (default 0.8)")
     o.add("--control", choices=CONTROLS, default=None,
           help="ControlNet on --control-video's frames: pose (the frames are pose images) or canny (edges are "
-               "computed from them); needs --controlnet unless --model holds a controlnet/")
-    o.add("--control-video", default=None, metavar="FILE", help="with --control: one control image per frame")
+               "computed from them); SparseCtrl on a few --control-image keyframes: sparse-scribble or sparse-rgb. "
+               "Needs --controlnet unless --model holds a controlnet/")
+    o.add("--control-video", default=None, metavar="FILE", help="with --control pose|canny: one control image per frame")
+    o.add("--control-image", action="append", default=None, metavar="IMG",
+          help="with --control sparse-*: a keyframe condition (repeat for several)")
+    o.add("--control-frame-indices", default=None, metavar="I,J,...",
+          help="with --control sparse-*: the frame of each --control-image (default 0, 1, ...)")
     o.add("--controlnet", default=None, metavar="PATH_OR_REPO",
           help="with --control: ControlNet folder, file or hub repo id (lllyasviel/sd-controlnet-openpose, "
-               "lllyasviel/sd-controlnet-canny)")
+               "lllyasviel/sd-controlnet-canny; SparseCtrl: guoyww/animatediff-sparsectrl-scribble, -rgb)")
     o.add("--controlnet-scale", type=float, default=None, help="with --control: weight of its residuals (default 1)")
     o.add("--context-length", type=positive_int, default=None,
           help="frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
@@ -209,30 +215,67 @@ def _animatediff_mode(args) -> str:
     if args.video is None and args.strength is not None:
         raise UsageError("--strength applies to --video (video-to-video)")
     if args.control is None:
-        for flag in ("control_video", "controlnet", "controlnet_scale"):
+        for flag in ("control_video", "control_image", "control_frame_indices", "controlnet", "controlnet_scale"):
             if getattr(args, flag) is not None:
-                raise UsageError(f"--{flag.replace('_', '-')} applies to --control pose|canny")
-    elif args.control_video is None:
+                raise UsageError(f"--{flag.replace('_', '-')} applies to --control {'|'.join(CONTROLS)}")
+        return "v2v" if args.video is not None else "t2v"
+    if args.control in SPARSE_CONTROLS:
+        if args.control_video is not None:
+            raise UsageError(f"--control {args.control} takes --control-image keyframes, not --control-video")
+        if not args.control_image:
+            raise UsageError(f"--control {args.control} needs --control-image IMG (one or more keyframes)")
+        _frame_indices(args)
+        return "sparsectrl"
+    for flag in ("control_image", "control_frame_indices"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --control sparse-scribble|sparse-rgb")
+    if args.control_video is None:
         raise UsageError(f"--control {args.control} needs --control-video FILE (one control image per frame)")
-    return "v2v" if args.video is not None else "controlnet" if args.control is not None else "t2v"
+    return "controlnet"
+
+
+def _frame_indices(args) -> list[int]:
+    """--control-frame-indices (default 0, 1, ... one per --control-image), checked against the images."""
+    if args.control_frame_indices is None:
+        return list(range(len(args.control_image)))
+    try:
+        indices = [int(v) for v in args.control_frame_indices.split(",")]
+    except ValueError:
+        raise UsageError(f"--control-frame-indices takes comma-separated frame numbers, got "
+                         f"{args.control_frame_indices!r}") from None
+    if len(indices) != len(args.control_image):
+        raise UsageError(f"--control-frame-indices gives {len(indices)} frames for {len(args.control_image)} "
+                         "--control-image keyframes")
+    return indices
 
 
 def _animatediff_load(cls, model: str, args, dtype):
     from ..pipelines.animatediff_controlnet import AnimateDiffControlNetPipeline
+    from ..pipelines.animatediff_sparsectrl import AnimateDiffSparseControlNetPipeline
     from ..pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
 
     mode = _animatediff_mode(args)
-    cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline}[mode]
-    extra = {"controlnet": args.controlnet} if mode == "controlnet" else {}
+    cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline,
+           "sparsectrl": AnimateDiffSparseControlNetPipeline}[mode]
+    extra = {"controlnet": args.controlnet} if mode in ("controlnet", "sparsectrl") else {}
     if Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
-        return cls.from_single_file(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
+        pipe = cls.from_single_file(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
                                     variant=args.variant, **kwargs, **extra)
-    if args.config_from is not None:
+    elif args.config_from is not None:
         raise UsageError(f"--config-from applies to a single-file --model ({'/'.join(SINGLE_FILE_SUFFIXES)}); "
                          f"'{model}' is a pipeline folder or repo")
-    return cls.from_pretrained(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
-                               variant=args.variant, **extra)
+    else:
+        pipe = cls.from_pretrained(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
+                                   variant=args.variant, **extra)
+    if mode == "sparsectrl":
+        rgb = pipe.controlnet.config.use_simplified_condition_embedding
+        if rgb != (args.control == "sparse-rgb"):
+            raise UsageError(f"--control {args.control} needs a {'RGB' if not rgb else 'scribble'} SparseCtrl model "
+                             f"(guoyww/animatediff-sparsectrl-{'scribble' if not rgb else 'rgb'} is the other kind); "
+                             f"the loaded one is {'RGB' if rgb else 'scribble'}: use --control "
+                             f"sparse-{'rgb' if rgb else 'scribble'}")
+    return pipe
 
 
 def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
@@ -244,6 +287,12 @@ def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
         return call, _input_fps(args, inputs)
     num_frames = args.frames or 16
     call["num_frames"] = num_frames
+    if mode == "sparsectrl":
+        from ..io import load_image
+
+        call.update(conditioning_frames=[load_image(p) for p in args.control_image],
+                    controlnet_frame_indices=_frame_indices(args),
+                    controlnet_conditioning_scale=1.0 if args.controlnet_scale is None else args.controlnet_scale)
     if mode == "controlnet":
         from ..controls import canny
         from ..io import load_video
