@@ -3,6 +3,7 @@ of its pipeline call, side by side. The options every task shares are added in :
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,12 +156,28 @@ def _svd_options(o: Options) -> None:
     o.add("--min-guidance", type=float, default=1.0, help="guidance scale of the first frame")
     o.add("--max-guidance", type=float, default=3.0,
           help="guidance scale of the last frame (classifier-free guidance runs iff > 1)")
+    o.add("--guidance-schedule", type=_guidance_schedule, default="linear", metavar="linear|triangle|constant|A,B,...",
+          help="per-frame guidance: linear (--min-guidance -> --max-guidance), triangle (min at both ends, max in "
+               "the middle), constant (--max-guidance), or one comma-separated scale per frame")
+
+
+def _guidance_schedule(value: str):
+    from ..sampling.frame_guidance import GUIDANCE_SCHEDULES
+
+    if value in GUIDANCE_SCHEDULES:
+        return value
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(GUIDANCE_SCHEDULES)} or comma-separated "
+                                         f"numbers, got {value!r}") from None
 
 
 def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
     return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
                 motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-                min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance), args.fps
+                min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance,
+                guidance_schedule=args.guidance_schedule), args.fps
 
 
 # --------------------------------------------------------------------------- animatediff (defaults: diffusers')

@@ -12,7 +12,8 @@ The input image conditions the UNet three ways:
 
 Sampling is Euler on the EDM sigma scale with latents ``b f 4 h w`` (SVD's frame-major layout) and
 classifier-free guidance whose scale grows linearly over the frames from ``min_guidance_scale`` to
-``max_guidance_scale``. The temporal VAE decoder decodes ``decode_chunk_size`` frames per call.
+``max_guidance_scale`` (``guidance_schedule`` picks another per-frame shape). The temporal VAE decoder
+decodes ``decode_chunk_size`` frames per call.
 
 Random draws happen in diffusers' order: the augmentation noise of the image (one draw per input image),
 then the initial latents (one per video).
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from ..io import load_image
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
+from ..sampling.frame_guidance import frame_guidance_scales, guided
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
@@ -387,7 +389,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
-                 return_dict: bool = True, fix_batch_quirks: bool = False):
+                 return_dict: bool = True, fix_batch_quirks: bool = False,
+                 guidance_schedule: str | list[float] = "linear"):
         """Animate ``image``. Arguments and defaults follow diffusers' StableVideoDiffusionPipeline:
 
         image: PIL image(s) or paths (one video each), a numpy array or a tensor in [0, 1] (batched or not).
@@ -405,6 +408,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         callback_on_step_end(pipe, step, t, {"latents": ...}) -> dict that may replace "latents".
         fix_batch_quirks: True fixes two diffusers batching quirks (see the module docstring); the default
             reproduces diffusers.
+        guidance_schedule: how the per-frame scale runs over the frames: "linear" (diffusers, the default:
+            ``min_guidance_scale -> max_guidance_scale``), "triangle" (min at both ends, max in the middle, as
+            ComfyUI's VideoTriangleCFGGuidance), "constant" (``max_guidance_scale``), or one float per frame
+            (guidance runs when one exceeds 1); see :mod:`vidcore.sampling.frame_guidance`.
         """
         sample = self.unet.config.sample_size or 96
         height = height or sample * self.vae_scale_factor
@@ -421,7 +428,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             raise ValueError(f"got {len(generator)} generators for {videos} videos ({batch} images x "
                              f"num_videos_per_prompt={num_videos_per_prompt}); pass one per video")
         device = self.device
-        guidance = max_guidance_scale > 1
+        if not isinstance(guidance_schedule, str):
+            guidance_schedule = list(guidance_schedule)
+        frame_guidance_scales(guidance_schedule, min_guidance_scale, max_guidance_scale, num_frames)  # checks it
+        guidance = guided(guidance_schedule, max_guidance_scale)
 
         # 1. conditions: CLIP embedding, noise-augmented VAE latent, micro-conditions
         image_embeddings = self.encode_image(images, device, num_videos_per_prompt, guidance)
@@ -446,8 +456,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         # 3. per-frame guidance scales b f 1 1 1 and the loop
         scales = None
         if guidance:
-            scales = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
-            scales = scales.to(device, latents.dtype).repeat(videos, 1)[..., None, None, None]
+            scales = frame_guidance_scales(guidance_schedule, min_guidance_scale, max_guidance_scale, num_frames)
+            scales = scales.unsqueeze(0).to(device, latents.dtype).repeat(videos, 1)[..., None, None, None]
+
         def schedule(steps: int) -> torch.Tensor:  # FreeInit's rounds; custom sigmas are used as given each round
             if sigmas is not None:
                 self.scheduler.set_timesteps(sigmas=sigmas, device=device)
