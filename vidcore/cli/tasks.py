@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import VidcoreError
 from .aliases import Options
-from .common import UsageError, positive_float, positive_int, torch_dtype, unit_float
+from .common import UsageError, nonnegative_int, positive_float, positive_int, torch_dtype, unit_float
 
 # --scheduler value -> diffusers class name understood by ``vidcore.schedulers.from_config``
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
@@ -159,6 +159,8 @@ def _svd_options(o: Options) -> None:
     o.add("--guidance-schedule", type=_guidance_schedule, default="linear", metavar="linear|triangle|constant|A,B,...",
           help="per-frame guidance: linear (--min-guidance -> --max-guidance), triangle (min at both ends, max in "
                "the middle), constant (--max-guidance), or one comma-separated scale per frame")
+    o.add("--decode-overlap", type=nonnegative_int, default=0, metavar="K",
+          help="frames consecutive --decode-chunk-size chunks share, blended linearly (smooths chunk borders)")
 
 
 def _guidance_schedule(value: str):
@@ -177,7 +179,7 @@ def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
     return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
                 motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
                 min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance,
-                guidance_schedule=args.guidance_schedule), args.fps
+                guidance_schedule=args.guidance_schedule, decode_overlap=args.decode_overlap), args.fps
 
 
 # --------------------------------------------------------------------------- animatediff (defaults: diffusers')

@@ -41,6 +41,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
+from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
 IMAGE_TYPES = ("a PIL image, a file path, a list of those, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or "
@@ -357,18 +358,27 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                 bar.update()
         return latents
 
-    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int, per_video: bool = False) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int, per_video: bool = False,
+                       decode_overlap: int = 0) -> torch.Tensor:
         """``b f 4 h w`` latents -> ``b 3 f H W`` float32 video in [-1, 1], ``decode_chunk_size`` frames per
         temporal-decoder call. Chunks run over the flattened ``(b f)`` frames as in diffusers (so one may
-        span two videos) unless ``per_video``. The VAE decodes in its own dtype (diffusers upcasts only
-        the encode)."""
+        span two videos) unless ``per_video``; with ``decode_overlap`` they run per video and consecutive
+        chunks share that many frames, blended (:mod:`vidcore.pipelines.temporal_decode`). The VAE decodes in
+        its own dtype (diffusers upcasts only the encode)."""
         vae = self._run_on_device("vae")
         b, f = latents.shape[:2]
         z = latents.flatten(0, 1) * (1 / vae.config.scaling_factor)
         z = z.to(vae.dtype)
+        decode = lambda part: vae.decode(part, num_frames=part.shape[0])  # noqa: E731
+        if decode_overlap:
+            if self.parallel is not None:
+                raise ValueError("decode_overlap does not combine with enable_parallel (the ranks decode whole "
+                                 "chunks); use decode_overlap=0")
+            frames = torch.cat([decode_overlapping(decode, video, decode_chunk_size, decode_overlap)
+                                for video in z.split(f)])
+            return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
         groups = z.split(f) if per_video else [z]
         parts = [part for group in groups for part in group.split(decode_chunk_size)]
-        decode = lambda part: vae.decode(part, num_frames=part.shape[0])  # noqa: E731
         if self.parallel is not None:  # whole chunks per rank (exact), the frames on rank 0, None elsewhere
             s = self.vae_scale_factor
             frame_shape = (vae.config.out_channels, z.shape[-2] * s, z.shape[-1] * s)
@@ -390,7 +400,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
                  return_dict: bool = True, fix_batch_quirks: bool = False,
-                 guidance_schedule: str | list[float] = "linear"):
+                 guidance_schedule: str | list[float] = "linear", decode_overlap: int = 0):
         """Animate ``image``. Arguments and defaults follow diffusers' StableVideoDiffusionPipeline:
 
         image: PIL image(s) or paths (one video each), a numpy array or a tensor in [0, 1] (batched or not).
@@ -402,6 +412,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         fps, motion_bucket_id, noise_aug_strength: micro-conditioning (the UNet sees fps - 1); the input
             image gets ``noise_aug_strength`` Gaussian noise before the VAE.
         decode_chunk_size: frames per temporal-decoder call (default: all); smaller saves memory, flickers more.
+        decode_overlap: frames consecutive decode chunks share, blended linearly (0: diffusers' disjoint
+            chunks; 1-4 smooth the jumps at chunk borders for a little more decode time).
         num_videos_per_prompt: videos per input image.
         generator, latents: noise source (a list: one generator per video), or the noise ``b f 4 h w`` itself.
         output_type: "pil" (lists of images), "np" (``b f H W 3``), "pt" (``b f 3 H W``), "latent" (``b f 4 h w``).
@@ -421,6 +433,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         callback_on_step_end_tensor_inputs = tuple(callback_on_step_end_tensor_inputs or ())
         self.check_inputs(height, width, num_frames, num_inference_steps, sigmas, decode_chunk_size,
                           num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs)
+        if not isinstance(decode_overlap, Integral) or not 0 <= decode_overlap < decode_chunk_size:
+            raise ValueError(f"decode_overlap must be an integer in [0, decode_chunk_size={decode_chunk_size}), got "
+                             f"{decode_overlap!r}")
         images = _as_images(image)
         batch = len(images)
         videos = batch * num_videos_per_prompt
@@ -474,6 +489,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         if output_type == "latent":
             video = latents
         else:
-            decoded = self.decode_latents(latents, decode_chunk_size, per_video=fix_batch_quirks)
+            decoded = self.decode_latents(latents, decode_chunk_size, per_video=fix_batch_quirks,
+                                          decode_overlap=decode_overlap)
             video = None if decoded is None else postprocess_video(decoded, output_type)  # None: rank > 0 (parallel)
         return VideoPipelineOutput(frames=video, cache_stats=self.cache_stats()) if return_dict else (video,)
