@@ -147,6 +147,8 @@ def _i2vgen_call(args, inputs: Inputs) -> tuple[dict, float]:
 
 def _svd_options(o: Options) -> None:
     o.add("--image", required=True, help="image to animate: file path or http(s) URL")
+    o.add("--last-image", default=None, metavar="IMG",
+          help="keyframe interpolation: the video ends at this image (bidirectional sampling, 2x the UNet passes)")
     o.add("--frames", type=positive_int, default=None,
           help="number of frames (default: the model's, 14 for SVD, 25 for SVD-XT)")
     _size(o, height=576, width=1024)
@@ -179,7 +181,16 @@ def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
     return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames, fps=args.fps,
                 motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
                 min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance,
-                guidance_schedule=args.guidance_schedule, decode_overlap=args.decode_overlap), args.fps
+                guidance_schedule=args.guidance_schedule, decode_overlap=args.decode_overlap,
+                last_image=_last_image(args)), args.fps
+
+
+def _last_image(args):
+    if args.last_image is None:
+        return None
+    from ..io import load_image
+
+    return load_image(args.last_image)
 
 
 # --------------------------------------------------------------------------- animatediff (defaults: diffusers')

@@ -41,6 +41,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
+from .svd_keyframes import denoise_between_keyframes
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
@@ -330,28 +331,31 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                              f"{self.vae_scale_factor}, width/{self.vae_scale_factor}), got {tuple(latents.shape)}")
         return latents.to(device) * self.scheduler.init_noise_sigma
 
+    def predict_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids, guidance_scale):
+        """The guided UNet output for ``b f 4 h w`` latents at ``t`` (guidance when ``guidance_scale``, per-frame
+        scales ``b f 1 1 1``, is given)."""
+        if self.parallel is not None:
+            return self.parallel.predict_noise_svd(unet, self.scheduler.scale_model_input(latents, t), t,
+                                                   image_latents, image_embeddings, added_time_ids, guidance_scale)
+        guidance = guidance_scale is not None
+        model_in = torch.cat([latents] * 2) if guidance else latents
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
+        pred = unet(model_in, t, image_embeddings, added_time_ids)
+        return apply_guidance(pred, guidance_scale) if guidance else pred
+
     def denoise(self, latents, timesteps, image_latents, image_embeddings, added_time_ids, guidance_scale,
                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
         """The sampling loop. latents ``b f 4 h w``; conditions have the unconditional half first when
         ``guidance_scale`` (``b f 1 1 1`` per-frame scales) is given, else ``guidance_scale`` is None."""
         unet = self._run_on_device("unet")
-        guidance = guidance_scale is not None
         if self.parallel is not None:  # enable_parallel: CFG halves / frame slices on the ranks
             self.parallel.check(latents.shape[1])
             latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                if self.parallel is not None:
-                    pred = self.parallel.predict_noise_svd(unet, self.scheduler.scale_model_input(latents, t), t,
-                                                           image_latents, image_embeddings, added_time_ids,
-                                                           guidance_scale)
-                else:
-                    model_in = torch.cat([latents] * 2) if guidance else latents
-                    model_in = self.scheduler.scale_model_input(model_in, t)
-                    model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
-                    pred = unet(model_in, t, image_embeddings, added_time_ids)
-                    if guidance:
-                        pred = apply_guidance(pred, guidance_scale)
+                pred = self.predict_noise(unet, latents, t, image_latents, image_embeddings, added_time_ids,
+                                          guidance_scale)
                 latents = self.scheduler.step(pred, t, latents)
                 latents = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
                                         {"latents": latents})["latents"]
@@ -400,7 +404,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
                  return_dict: bool = True, fix_batch_quirks: bool = False,
-                 guidance_schedule: str | list[float] = "linear", decode_overlap: int = 0):
+                 guidance_schedule: str | list[float] = "linear", decode_overlap: int = 0, last_image=None):
         """Animate ``image``. Arguments and defaults follow diffusers' StableVideoDiffusionPipeline:
 
         image: PIL image(s) or paths (one video each), a numpy array or a tensor in [0, 1] (batched or not).
@@ -414,6 +418,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         decode_chunk_size: frames per temporal-decoder call (default: all); smaller saves memory, flickers more.
         decode_overlap: frames consecutive decode chunks share, blended linearly (0: diffusers' disjoint
             chunks; 1-4 smooth the jumps at chunk borders for a little more decode time).
+        last_image: keyframe interpolation: the video starts at ``image`` and ends at ``last_image`` (one per
+            image), by bidirectional sampling with no fine-tuning (:mod:`vidcore.pipelines.svd_keyframes`; two
+            UNet passes per step). Its noise augmentation is drawn right after ``image``'s, and each step draws
+            one re-noising; with ``None`` (default) the run is the plain one.
         num_videos_per_prompt: videos per input image.
         generator, latents: noise source (a list: one generator per video), or the noise ``b f 4 h w`` itself.
         output_type: "pil" (lists of images), "np" (``b f H W 3``), "pt" (``b f 3 H W``), "latent" (``b f 4 h w``).
@@ -456,6 +464,20 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         image_latents = self.encode_image_latents(pixels, device, num_videos_per_prompt, guidance,
                                                   grouped=fix_batch_quirks).to(dtype)
         image_latents = image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)  # b f 4 h w
+        last = None
+        if last_image is not None:  # keyframe interpolation: the same conditions for the last frame
+            lasts = _as_images(last_image)
+            if len(lasts) != batch:
+                raise ValueError(f"got {len(lasts)} last images for {batch} images; give one last_image per image")
+            if self.parallel is not None:
+                raise ValueError("last_image does not combine with enable_parallel")
+            last_pixels = _vae_pixels(lasts, height, width).to(device)
+            last_pixels = last_pixels + noise_aug_strength * _draw(last_pixels.shape, generator, device,
+                                                                   last_pixels.dtype)
+            last_latents = self.encode_image_latents(last_pixels, device, num_videos_per_prompt, guidance,
+                                                     grouped=fix_batch_quirks).to(dtype)
+            last = (last_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1),
+                    self.encode_image(lasts, device, num_videos_per_prompt, guidance))
         added_time_ids = self.added_time_ids(fps, motion_bucket_id, noise_aug_strength, videos, dtype, device,
                                              guidance)
 
@@ -481,9 +503,16 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                 self.scheduler.set_timesteps(steps, device=device)
             return self.scheduler.timesteps
 
-        latents = self.free_init_denoise(latents, num_inference_steps, schedule, lambda x, ts: self.denoise(
-            x, ts, image_latents, image_embeddings, added_time_ids, scales, callback_on_step_end,
-            callback_on_step_end_tensor_inputs), generator, frames_dim=1, timesteps=self.scheduler.timesteps)
+        def denoise(x, timesteps):
+            if last is None:
+                return self.denoise(x, timesteps, image_latents, image_embeddings, added_time_ids, scales,
+                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
+            return denoise_between_keyframes(self, x, timesteps, (image_latents, image_embeddings), last,
+                                             added_time_ids, scales, generator, callback_on_step_end,
+                                             callback_on_step_end_tensor_inputs)
+
+        latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator, frames_dim=1,
+                                         timesteps=self.scheduler.timesteps)
 
         # 4. decode
         if output_type == "latent":

@@ -388,6 +388,13 @@ class SigmaScheduler(Scheduler):
     def step_index(self) -> int | None:
         return self._step_index
 
+    def repeat_step(self) -> None:
+        """Make the next ``step`` take the same sigma interval as the last one (samplers that cross each
+        interval twice, such as SVD's bidirectional keyframe sampling)."""
+        if not self._step_index:
+            raise RuntimeError("repeat_step() needs a step() to repeat")
+        self._step_index -= 1
+
     def _train_sigmas(self) -> torch.Tensor:
         """sigma(t) = sqrt((1 - a_t) / a_t) for t = 0..T-1 (float32, ascending)."""
         return ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
