@@ -150,8 +150,9 @@ def _svd_options(o: Options) -> None:
     o.add("--last-image", default=None, metavar="IMG",
           help="keyframe interpolation: the video ends at this image (bidirectional sampling, 2x the UNet passes)")
     o.add("--frames", type=positive_int, default=None,
-          help="number of frames (default: the model's, 14 for SVD, 25 for SVD-XT)")
-    _size(o, height=576, width=1024)
+          help="number of frames (default: the model's, 14 for SVD, 25 for SVD-XT; demo model 8)")
+    o.add("--height", type=positive_int, default=None, help="multiple of 8 (default 576; demo model 32)")
+    o.add("--width", type=positive_int, default=None, help="multiple of 8 (default 1024; demo model 32)")
     o.add("--fps", type=positive_int, default=7, help="frame rate: the model's fps condition and the output's rate")
     o.add("--motion-bucket-id", type=int, default=127, help="motion condition: higher moves more")
     o.add("--noise-aug-strength", type=float, default=0.02, help="noise added to the input image")
@@ -175,6 +176,29 @@ def _guidance_schedule(value: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(GUIDANCE_SCHEDULES)} or comma-separated "
                                          f"numbers, got {value!r}") from None
+
+
+def _svd_model(args) -> str:
+    """The model to load: --model, or the built-in image-to-video demo model (with its own sizes and steps)."""
+    from ..demo import svd_demo_model_path
+    from ..demo.evaluate_svd import DEFAULTS as DEMO
+
+    model = args.model
+    if model is None:
+        try:
+            model = str(svd_demo_model_path())
+        except VidcoreError as err:
+            raise UsageError(str(err)) from None
+        print(f"no --model given: using vidcore's built-in image-to-video demo model ({DEMO['height']}x"
+              f"{DEMO['width']} px, {DEMO['num_frames']} frames: a colored shape near an edge moves to the far side; "
+              "see vidcore/demo/model_svd/README.md); pass --model stabilityai/stable-video-diffusion-img2vid-xt "
+              "for a real one")
+    demo = args.model is None
+    for name, real, key in (("height", 576, "height"), ("width", 1024, "width"), ("steps", 25, "num_inference_steps"),
+                            ("frames", None, "num_frames")):
+        if getattr(args, name) is None:
+            setattr(args, name, DEMO[key] if demo else real)
+    return model
 
 
 def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
@@ -417,7 +441,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          _i2vgen_call, input="image", parallel=True, long_video=True, defaults=dict(steps=50, decode_chunk_size=1)),
     Task("image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)",
          "stable_video_diffusion:StableVideoDiffusionPipeline", _svd_options, _svd_call, text=False, input="image",
-         parallel=True, long_video=True),
+         parallel=True, long_video=True, resolve_model=_svd_model,
+         model_help="; default: the built-in image-to-video demo model (32x32 px shapes, offline), e.g. "
+                    "stabilityai/stable-video-diffusion-img2vid-xt for a real one"),
     Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
          schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,

@@ -4,7 +4,8 @@ text-to-video`` without ``--model`` makes a real video offline.
 
 ``data.py`` makes the clips (one colored shape crossing a black 32x32 frame in 8 frames), ``train.py``
 trains the pipeline (``python -m vidcore.demo.train --out DIR``) and ``evaluate.py`` scores it
-(``python -m vidcore.demo.evaluate``). The vocabulary is 4 colors (red, green, blue, yellow), 3 shapes
+(``python -m vidcore.demo.evaluate``). ``train_svd.py`` / ``evaluate_svd.py`` do the same for the image-to-video
+demo (``model_svd/``, Stable Video Diffusion's architecture: the first frame in, the shape's motion continued). The vocabulary is 4 colors (red, green, blue, yellow), 3 shapes
 (circle, square, triangle) and 4 directions (left, right, up, down): prompts look like
 ``"a {color} {shape} moving {direction}"``; other words are accepted (spelled out letter by letter by
 the tokenizer) but shift the result. ``model/README.md`` has the training
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+SVD_MODEL_DIR = Path(__file__).resolve().parent / "model_svd"  # image-to-video (train_svd.py, evaluate_svd.py)
 
 # what the CLI uses for the demo model (its training resolution and a measured sampler setting)
 DEFAULTS = dict(num_frames=8, height=32, width=32, num_inference_steps=25, guidance_scale=5.0, fps=4)
@@ -32,4 +34,15 @@ def demo_model_path() -> Path:
     return MODEL_DIR
 
 
-__all__ = ["DEFAULTS", "MODEL_DIR", "demo_model_path"]
+def svd_demo_model_path() -> Path:
+    """The shipped image-to-video demo pipeline (Stable Video Diffusion architecture); ModelNotFoundError when
+    it is not installed."""
+    if not (SVD_MODEL_DIR / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"the built-in image-to-video demo model is missing ({SVD_MODEL_DIR}/model_index.json not found). "
+            f"Reinstall vidcore, retrain it with `python -m vidcore.demo.train_svd --out {SVD_MODEL_DIR}`, or pass "
+            "--model PATH_OR_REPO")
+    return SVD_MODEL_DIR
+
+
+__all__ = ["DEFAULTS", "MODEL_DIR", "SVD_MODEL_DIR", "demo_model_path", "svd_demo_model_path"]

@@ -82,11 +82,14 @@ def shape_mask(shape: str, cx: torch.Tensor, cy: torch.Tensor, r: float, size: i
 
 def make_clip(seed: int, color: str | None = None, shape: str | None = None, direction: str | None = None,
               num_frames: int = NUM_FRAMES, size: int = SIZE,
-              speed: tuple[float, float] = SPEED, trail: int = 0) -> tuple[torch.Tensor, str]:
+              speed: tuple[float, float] = SPEED, trail: int = 0,
+              across: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, str]:
     """One clip ``(video f 3 h w in [-1, 1], prompt)``; attributes not given are drawn from ``seed``.
 
     ``trail``: number of fading copies drawn at the shape's previous positions (a comet-like motion
-    trail, so a single frame already shows which way the shape goes)."""
+    trail, so a single frame already shows which way the shape goes). ``across``: the part of the free range the
+    cross-axis position is drawn from (the image-to-video demo keeps the shape near the middle, so where it
+    starts tells where it goes)."""
     g = torch.Generator().manual_seed(seed)
 
     def uniform(lo: float, hi: float) -> float:
@@ -107,7 +110,8 @@ def make_clip(seed: int, color: str | None = None, shape: str | None = None, dir
     travel = min(uniform(*speed) * scale * (num_frames - 1), hi - lo)
     step = travel / max(num_frames - 1, 1)
     start = uniform(lo, hi - travel)  # position along the motion axis where the motion starts (low end)
-    across = uniform(lo, hi)
+    free = hi - lo
+    across = uniform(lo, hi) if across == (0.0, 1.0) else uniform(lo + across[0] * free, lo + across[1] * free)
     ux, uy = DIRECTIONS[direction]
     t = torch.arange(num_frames, dtype=torch.float32) * step
     along = start + t if (ux + uy) > 0 else start + travel - t
