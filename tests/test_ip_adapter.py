@@ -1,0 +1,176 @@
+"""IP-Adapter image prompts: vidcore's AnimateDiffPipeline against diffusers' (both load the same tiny random
+IP-Adapter files in the original h94/IP-Adapter layout), embeddings given directly, scales, unloading, errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny
+import tiny_animatediff as ta
+import vidcore
+from vidcore.models.ip_adapter import IPAdapter
+
+TOL = 1e-4
+SMALL = dict(num_frames=5, height=16, width=24, num_inference_steps=2, prompt="a cat", output_type="np")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cross_attention_widths(unet) -> list[int]:
+    """Width of each cross-attention in the order diffusers numbers an IP-Adapter file's layers (1, 3, 5, ...)."""
+    ch = list(unet.config.block_out_channels)
+    widths = []
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            continue
+        part, block = name.split(".")[0], int(name.split(".")[1]) if not name.startswith("mid") else -1
+        widths.append(ch[-1] if part == "mid_block" else (ch[::-1] if part == "up_blocks" else ch)[block])
+    return widths
+
+
+def original_ip_adapter(kind: str, widths: list[int], context_dim: int, embed_dim: int, seed: int = 0) -> dict:
+    """A random IP-Adapter state dict in the original layout (``image_proj.*`` and ``ip_adapter.{2j+1}.*``)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape, gain=1.0):
+        return gain * torch.randn(shape, generator=g) / shape[-1] ** 0.5
+
+    def norm(prefix, dim):
+        return {f"{prefix}.weight": 1 + 0.1 * torch.randn(dim, generator=g), f"{prefix}.bias": 0.1 * torch.randn(dim, generator=g)}
+
+    state = {}
+    if kind == "plain":
+        tokens = 4
+        state.update({"image_proj.proj.weight": w(tokens * context_dim, embed_dim),
+                      "image_proj.proj.bias": 0.1 * torch.randn(tokens * context_dim, generator=g),
+                      **norm("image_proj.norm", context_dim)})
+    else:  # the perceiver resampler: 4 blocks (diffusers' fixed depth), 64-wide heads
+        hidden, queries, heads = 40, 6, 1
+        state.update({"image_proj.latents": torch.randn(1, queries, hidden, generator=g) / hidden ** 0.5,
+                      "image_proj.proj_in.weight": w(hidden, embed_dim),
+                      "image_proj.proj_in.bias": 0.1 * torch.randn(hidden, generator=g),
+                      "image_proj.proj_out.weight": w(context_dim, hidden),
+                      "image_proj.proj_out.bias": 0.1 * torch.randn(context_dim, generator=g),
+                      **norm("image_proj.norm_out", context_dim)})
+        for i in range(4):
+            p = f"image_proj.layers.{i}"
+            state.update({**norm(f"{p}.0.norm1", hidden), **norm(f"{p}.0.norm2", hidden),
+                          f"{p}.0.to_q.weight": w(64 * heads, hidden), f"{p}.0.to_kv.weight": w(128 * heads, hidden),
+                          f"{p}.0.to_out.weight": w(hidden, 64 * heads), **norm(f"{p}.1.0", hidden),
+                          f"{p}.1.1.weight": w(4 * hidden, hidden), f"{p}.1.3.weight": w(hidden, 4 * hidden)})
+    for j, width in enumerate(widths):
+        state[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"] = w(width, context_dim, gain=3.0)
+        state[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"] = w(width, context_dim, gain=3.0)
+    return state
+
+
+def nested(state: dict) -> dict:
+    """The ``.bin`` layout: two nested dicts."""
+    out = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in state.items():
+        group, rest = key.split(".", 1)
+        out[group][rest] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("ip_adapter")
+    base = ta.build_tiny_animatediff(root)
+    unet = base.pipe.unet
+    widths, ctx = _cross_attention_widths(unet), unet.config.cross_attention_dim
+    models = root / "ip" / "models"
+    tiny.make_tiny_image_encoder(projection_dim=32).save_pretrained(models / "image_encoder")
+    save_file(original_ip_adapter("plain", widths, ctx, 32, seed=5), models / "ip-adapter_sd15.safetensors")
+    torch.save(nested(original_ip_adapter("plus", widths, ctx, 32, seed=6)), models / "ip-adapter-plus_sd15.bin")
+    save_file(original_ip_adapter("plain", widths, ctx + 8, 32, seed=7), models / "ip-adapter_wide.safetensors")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    return base, root / "ip", image
+
+
+def ours(setup):
+    base = setup[0]
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(
+        base.sd, motion_adapter=base.adapter,
+        scheduler=animatediff_scheduler(base.sd / "scheduler" / "scheduler_config.json"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, seed=0, **kwargs):
+    return np.asarray(pipe(generator=torch.Generator().manual_seed(seed), **{**SMALL, **kwargs}).frames)
+
+
+def test_plain_safetensors_matches_diffusers(setup):
+    base, repo, image = setup
+    ref, pipe = base.pipe, ours(setup)
+    plain = run(pipe)
+    for p in (ref, pipe):
+        p.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_sd15.safetensors")
+    got = run(pipe, ip_adapter_image=image)
+    expected = run(ref, ip_adapter_image=image)
+    assert np.abs(got - expected).max() < TOL
+    assert np.abs(got - plain).max() > 1e-2  # the image prompt changes the video
+    assert type(pipe.image_encoder).__name__ == "CLIPVisionModelWithProjection"
+
+    # embeddings given directly ([negative, positive] halves, as diffusers takes them) give the same frames
+    embeds = pipe.prepare_ip_adapter_image_embeds(image, None, pipe.device, 1, True)
+    assert [tuple(e.shape) for e in embeds] == [(2, 1, 32)]
+    assert np.abs(run(pipe, ip_adapter_image_embeds=embeds) - got).max() < 1e-6
+
+    # scale 0 equals no adapter; unloading restores the plain model
+    pipe.set_ip_adapter_scale(0.0)
+    assert np.abs(run(pipe, ip_adapter_image=image) - plain).max() < 1e-6
+    pipe.unload_ip_adapter()
+    assert pipe.image_encoder is None and not pipe.ip_adapters
+    assert np.abs(run(pipe) - plain).max() == 0
+    ref.unload_ip_adapter()
+
+
+def test_plus_bin_with_scales_matches_diffusers(setup):
+    base, repo, image = setup
+    ref, pipe = base.pipe, ours(setup)
+    for p in (ref, pipe):
+        p.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter-plus_sd15.bin")
+    assert pipe.ip_adapters[0].config.kind == "plus"
+    # odd frame count, non-square, two videos per prompt batch, a per-block scale dict (InstantStyle-like)
+    for scale in (0.6, {"up": {"block_1": [0.0, 1.0, 0.5]}, "mid": 2.0}):
+        for p in (ref, pipe):
+            p.set_ip_adapter_scale(scale)
+        kw = dict(num_frames=3, height=24, width=16, prompt=["a cat", "a dog"], negative_prompt=["blur", "dark"],
+                  ip_adapter_image=image, seed=3)
+        assert np.abs(run(pipe, **kw) - run(ref, **kw)).max() < TOL
+    ref.unload_ip_adapter()
+
+
+def test_state_dict_and_wrong_fit(setup):
+    base, repo, image = setup
+    pipe = ours(setup)
+    with pytest.raises(ValueError, match="ip-adapter_wide.safetensors does not fit this UNet: its image tokens are 32 wide but the UNet.s "
+                                         "cross_attention_dim is 24"):
+        pipe.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_wide.safetensors")
+    assert not pipe.ip_adapters
+    widths = _cross_attention_widths(base.pipe.unet)
+    with pytest.raises(ValueError, match="6 cross-attentions"):
+        pipe.load_ip_adapter(original_ip_adapter("plain", widths[:4], 24, 32), image_encoder_folder=None)
+    with pytest.raises(ValueError, match="cannot be loaded for an IP-Adapter given as a state dict"):
+        pipe.load_ip_adapter(nested(original_ip_adapter("plain", widths, 24, 32)))
+    pipe.load_ip_adapter(nested(original_ip_adapter("plain", widths, 24, 32)), image_encoder_folder=None)
+    with pytest.raises(ValueError, match="needs an image encoder"):
+        run(pipe, ip_adapter_image=image, num_frames=2)
+    with pytest.raises(ValueError, match="at most one of ip_adapter_image and ip_adapter_image_embeds"):
+        run(pipe, ip_adapter_image=image, ip_adapter_image_embeds=[torch.zeros(2, 1, 32)])
+    # a plain adapter's file round-trips through the module's own state dict (same names as the file)
+    adapter = IPAdapter.from_state_dict(original_ip_adapter("plain", widths, 24, 32, seed=1))
+    assert sorted(adapter.state_dict()) == sorted(original_ip_adapter("plain", widths, 24, 32))
