@@ -174,3 +174,38 @@ def test_state_dict_and_wrong_fit(setup):
     # a plain adapter's file round-trips through the module's own state dict (same names as the file)
     adapter = IPAdapter.from_state_dict(original_ip_adapter("plain", widths, 24, 32, seed=1))
     assert sorted(adapter.state_dict()) == sorted(original_ip_adapter("plain", widths, 24, 32))
+
+
+def test_cli_ip_adapter(setup, capsys, tmp_path, monkeypatch):
+    import vidcore.cli
+    from vidcore.cli import main
+
+    base, repo, image = setup
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image_path = tmp_path / "prompt.png"
+    image.save(image_path)
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames) or str(path))
+    common = ["generate", "animatediff", "--model", base.sd, "--motion-adapter", base.adapter, "--prompt", "a cat",
+              "--frames", "3", "--height", "16", "--width", "8", "--steps", "2", "--seed", "4", "--device", "cpu",
+              "--no-progress", "-o", tmp_path / "v.mp4"]
+    plus = repo / "models" / "ip-adapter-plus_sd15.bin"
+    code = main([str(a) for a in common + ["--ip-adapter", plus, "--ip-image", image_path, "--ip-scale", "0.5"]])
+    assert code == 0, capsys.readouterr().err
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(base.sd, motion_adapter=base.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(plus)  # a file: the image encoder is the image_encoder folder beside it
+    pipe.set_ip_adapter_scale(0.5)
+    expected = pipe("a cat", num_frames=3, height=16, width=8, num_inference_steps=2, output_type="np",
+                    ip_adapter_image=vidcore.load_image(image_path), generator=torch.Generator().manual_seed(4)).frames
+    assert np.array_equal(written[0], expected[0])
+
+    capsys.readouterr()
+    wide = repo / "models" / "ip-adapter_wide.safetensors"
+    for extra, message in ((["--ip-adapter", wide, "--ip-image", image_path], "does not fit this UNet: its image "
+                            "tokens are 32 wide but the UNet's cross_attention_dim is 24"),
+                           (["--ip-adapter", plus], "--ip-adapter and --ip-image go together"),
+                           (["--ip-adapter", plus, "--ip-image", tmp_path / "nope.png"], "--ip-image: no such file")):
+        code = main([str(a) for a in common + extra])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
