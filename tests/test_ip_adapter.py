@@ -209,3 +209,49 @@ def test_cli_ip_adapter(setup, capsys, tmp_path, monkeypatch):
         code = main([str(a) for a in common + extra])
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_hub_layout_fetches_only_what_is_used(setup, monkeypatch):
+    """``h94/IP-Adapter`` with subfolder="models": only the weight file and the image encoder's config and
+    safetensors are asked for; the CLI's OWNER/REPO/SUBFOLDER/FILE spelling splits into the same arguments."""
+    from fnmatch import fnmatch
+
+    import huggingface_hub
+
+    from vidcore.pipelines.ip_adapter import split_location
+
+    base, repo, image = setup
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, list(allow_patterns)))
+        return str(repo)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    source, subfolder, weight_name = split_location("h94/IP-Adapter/models/ip-adapter_sd15.safetensors")
+    assert (source, subfolder, weight_name) == ("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors")
+    pipe = ours(setup)
+    pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name)
+    assert pipe.image_encoder is not None and pipe.ip_adapters[0].config.kind == "plain"
+    listing = ["models/ip-adapter_sd15.safetensors", "models/ip-adapter_sd15.bin", "models/ip-adapter-plus_sd15.bin",
+               "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+               "models/image_encoder/pytorch_model.bin", "sdxl_models/ip-adapter_sdxl.safetensors",
+               "sdxl_models/image_encoder/model.safetensors"]
+    assert [c[0] for c in calls] == ["h94/IP-Adapter"]
+    assert sorted(f for f in listing if any(fnmatch(f, p) for p in calls[0][1])) == [
+        "models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+        "models/ip-adapter_sd15.safetensors"]
+
+
+def test_two_adapters_match_diffusers(setup):
+    base, repo, image = setup
+    ref, pipe = base.pipe, ours(setup)
+    names = ["ip-adapter_sd15.safetensors", "ip-adapter-plus_sd15.bin"]
+    for p in (ref, pipe):
+        p.load_ip_adapter(repo, subfolder="models", weight_name=names)
+        p.set_ip_adapter_scale([0.8, 0.4])
+    assert [a.config.kind for a in pipe.ip_adapters] == ["plain", "plus"]
+    other = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    kw = dict(num_frames=3, ip_adapter_image=[image, [image, other]], seed=1)  # the plus one gets two images
+    assert np.abs(run(pipe, **kw) - run(ref, **kw)).max() < TOL
+    ref.unload_ip_adapter()
