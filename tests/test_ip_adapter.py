@@ -152,6 +152,9 @@ def test_plus_bin_with_scales_matches_diffusers(setup):
                   ip_adapter_image=image, seed=3)
         assert np.abs(run(pipe, **kw) - run(ref, **kw)).max() < TOL
     ref.unload_ip_adapter()
+    # sliding context windows: every window's frames see the video's image tokens
+    frames = run(pipe, num_frames=7, context_length=4, context_stride=2, height=8, width=8, ip_adapter_image=image)
+    assert frames.shape == (1, 7, 8, 8, 3)
 
 
 def test_state_dict_and_wrong_fit(setup):
@@ -171,6 +174,11 @@ def test_state_dict_and_wrong_fit(setup):
         run(pipe, ip_adapter_image=image, num_frames=2)
     with pytest.raises(ValueError, match="at most one of ip_adapter_image and ip_adapter_image_embeds"):
         run(pipe, ip_adapter_image=image, ip_adapter_image_embeds=[torch.zeros(2, 1, 32)])
+    from vidcore.errors import ConversionError
+
+    extra = {**original_ip_adapter("plain", widths, 24, 32), "image_proj.extra.weight": torch.zeros(2)}
+    with pytest.raises(ConversionError, match="image_proj.extra.weight"):
+        IPAdapter.from_state_dict(extra)
     # a plain adapter's file round-trips through the module's own state dict (same names as the file)
     adapter = IPAdapter.from_state_dict(original_ip_adapter("plain", widths, 24, 32, seed=1))
     assert sorted(adapter.state_dict()) == sorted(original_ip_adapter("plain", widths, 24, 32))
