@@ -34,7 +34,10 @@ def test_unet2d_with_image_embeds_matches_diffusers(kind, tmp_path):
     ours = vidcore.load_model(tmp_path / "unet")
     state = original_ip_adapter(kind, _cross_attention_widths(ref), config["cross_attention_dim"], 32, seed=2)
     ref._load_ip_adapter_weights([nested(state)], low_cpu_mem_usage=False)
-    ipa.attach(ours, [IPAdapter.from_state_dict(state)])
+    adapter = IPAdapter.from_state_dict(state)
+    back = adapter.original_state_dict()  # the reverse map gives the file back, bit for bit
+    assert sorted(back) == sorted(state) and all(torch.equal(back[k], state[k]) for k in state)
+    ipa.attach(ours, [adapter])
 
     sample, text = torch.randn(2, 4, 16, 8), torch.randn(2, 7, 24)
     embeds = [torch.randn(2, 2, 17, 32) if kind == "plus" else torch.randn(2, 2, 32)]  # two images each

@@ -179,6 +179,12 @@ class IPAdapter(nn.Module):
                 raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
         return cls.from_state_dict(state, str(path))
 
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors under the original file's names (the same map run in reverse: ``to_kv`` fused again), as
+        diffusers' ``load_ip_adapter`` reads them."""
+        out, _ = original_ip_adapter.IP_ADAPTER_MAP.convert(self.state_dict(), direction="reverse")
+        return out
+
     def project(self, embeds: torch.Tensor) -> torch.Tensor:
         """Image-encoder output per video, ``b k d`` (k images, plain) or ``b k s d`` (plus) -> ``b (k t) c``."""
         want = 4 if self.config.uses_hidden_states else 3
