@@ -263,3 +263,28 @@ def test_two_adapters_match_diffusers(setup):
     kw = dict(num_frames=3, ip_adapter_image=[image, [image, other]], seed=1)  # the plus one gets two images
     assert np.abs(run(pipe, **kw) - run(ref, **kw)).max() < TOL
     ref.unload_ip_adapter()
+
+
+def test_video_to_video_with_image_prompt_matches_diffusers(setup):
+    """The video-to-video pipeline runs AnimateDiff's loop, so the image prompt reaches it unchanged."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    base, repo, image = setup
+    ref = AnimateDiffVideoToVideoPipeline(**base.pipe.components)
+    ref.set_progress_bar_config(disable=True)
+    pipe = vidcore.AnimateDiffVideoToVideoPipeline.from_pretrained(
+        base.sd, motion_adapter=base.adapter,
+        scheduler=animatediff_scheduler(base.sd / "scheduler" / "scheduler_config.json"))
+    pipe.set_progress_bar_config(disable=True)
+    for p in (ref, pipe):
+        p.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_sd15.safetensors")
+    rng = np.random.default_rng(1)
+    video = [Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)) for _ in range(3)]
+    kw = dict(video=video, prompt="a cat", height=16, width=24, strength=0.7, num_inference_steps=3,
+              ip_adapter_image=image, output_type="np")
+    expected = np.asarray(ref(generator=torch.Generator().manual_seed(2), **kw).frames)
+    got = np.asarray(pipe(generator=torch.Generator().manual_seed(2), **kw).frames)
+    assert np.abs(expected - got).max() < TOL
+    ref.unload_ip_adapter()
