@@ -288,3 +288,29 @@ def test_video_to_video_with_image_prompt_matches_diffusers(setup):
     got = np.asarray(pipe(generator=torch.Generator().manual_seed(2), **kw).frames)
     assert np.abs(expected - got).max() < TOL
     ref.unload_ip_adapter()
+
+
+def test_controlnet_pipeline_with_image_prompt_matches_diffusers(setup, tmp_path):
+    """AnimateDiffControlNetPipeline: the ControlNet sees the text only, the UNet text and image (as diffusers)."""
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    import tiny_controlnet as tc
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    base, repo, image = setup
+    net = tiny.randomize_(ControlNetModel(**tc.tiny_controlnet_config()), 10).eval()
+    net.save_pretrained(tmp_path / "controlnet")
+    ref = AnimateDiffControlNetPipeline(**base.pipe.components, controlnet=net)
+    ref.set_progress_bar_config(disable=True)
+    pipe = vidcore.AnimateDiffControlNetPipeline.from_pretrained(
+        base.sd, motion_adapter=base.adapter, controlnet=tmp_path / "controlnet",
+        scheduler=animatediff_scheduler(base.sd / "scheduler" / "scheduler_config.json"))
+    pipe.set_progress_bar_config(disable=True)
+    for p in (ref, pipe):
+        p.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter-plus_sd15.bin")
+    kw = dict(prompt="a cat", num_frames=3, height=16, width=16, num_inference_steps=2, output_type="np",
+              conditioning_frames=tc.random_control_frames(3, 16, 16), ip_adapter_image=image)
+    expected = np.asarray(ref(generator=torch.Generator().manual_seed(3), **kw).frames)
+    got = np.asarray(pipe(generator=torch.Generator().manual_seed(3), **kw).frames)
+    assert np.abs(expected - got).max() < TOL
+    ref.unload_ip_adapter()

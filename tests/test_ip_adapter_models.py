@@ -59,14 +59,14 @@ def _meta(shapes: dict) -> dict:
     return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
 
 
-def _released(kind: str, widths: list[int], context: int, embed: int) -> dict:
-    """Key shapes of h94/IP-Adapter's files: ip-adapter_sd15 / _sdxl (plain), ip-adapter-plus_sd15 (plus)."""
+def _released(kind: str, widths: list[int], context: int, embed: int, d: int = 768) -> dict:
+    """Key shapes of h94/IP-Adapter's files: ip-adapter_sd15 / _sdxl (plain), ip-adapter-plus_sd15 /
+    ip-adapter-plus_sdxl_vit-h (plus; resampler width ``d``, 64-wide heads)."""
     shapes = {}
     if kind == "plain":
         shapes.update({"image_proj.proj.weight": (4 * context, embed), "image_proj.proj.bias": (4 * context,),
                        "image_proj.norm.weight": (context,), "image_proj.norm.bias": (context,)})
-    else:  # Resampler(dim=768, depth=4, dim_head=64, heads=12, num_queries=16, embedding_dim=1280, output_dim=768)
-        d = 768
+    else:  # Resampler(dim=d, depth=4, dim_head=64, heads=d // 64, num_queries=16, embedding_dim=1280, output_dim)
         shapes.update({"image_proj.latents": (1, 16, d), "image_proj.proj_in.weight": (d, embed),
                        "image_proj.proj_in.bias": (d,), "image_proj.proj_out.weight": (context, d),
                        "image_proj.proj_out.bias": (context,), "image_proj.norm_out.weight": (context,),
@@ -101,3 +101,10 @@ def test_released_sizes_on_meta():
     sdxl = IPAdapter.from_state_dict(_released("plain", [640] * 70, 2048, 1280))  # ip-adapter_sdxl
     with pytest.raises(ValueError, match="image tokens are 2048 wide but the UNet's cross_attention_dim is 768"):
         ipa.check_fits(ours, sdxl)
+    sdxl_plus = IPAdapter.from_state_dict(_released("plus", [640] * 70, 2048, 1280, d=1280))  # plus_sdxl_vit-h
+    c = sdxl_plus.config
+    assert (c.kind, c.num_tokens, c.heads, c.hidden_dim, c.output_dim, c.image_embed_dim) == ("plus", 16, 20, 1280,
+                                                                                             2048, 1280)
+    with pytest.raises(ValueError, match="does not fit this UNet"):
+        ipa.attach(ours, [sdxl_plus])
+    assert len(ipa.attached(ours)) == 2  # a refused adapter leaves the loaded ones in place
