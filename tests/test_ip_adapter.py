@@ -170,6 +170,10 @@ def test_state_dict_and_wrong_fit(setup):
     with pytest.raises(ValueError, match="cannot be loaded for an IP-Adapter given as a state dict"):
         pipe.load_ip_adapter(nested(original_ip_adapter("plain", widths, 24, 32)))
     pipe.load_ip_adapter(nested(original_ip_adapter("plain", widths, 24, 32)), image_encoder_folder=None)
+    with pytest.raises(ValueError, match=r"up has no attention block\(s\) \['block_0'\]"):
+        pipe.set_ip_adapter_scale({"up": {"block_0": 1.0}})  # SD1.5's first up block has no transformers
+    with pytest.raises(ValueError, match="got 2 IP-Adapter scales for 1 loaded"):
+        pipe.set_ip_adapter_scale([1.0, 0.5])
     with pytest.raises(ValueError, match="needs an image encoder"):
         run(pipe, ip_adapter_image=image, num_frames=2)
     with pytest.raises(ValueError, match="at most one of ip_adapter_image and ip_adapter_image_embeds"):

@@ -251,8 +251,9 @@ def attached(unet: nn.Module) -> list[IPAdapter]:
 
 
 def _expand_scale(unet: nn.Module, scale) -> float | dict[str, float]:
-    """A float, or diffusers' per-block dict (``{"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0,
-    0.0]}, "mid": 0.0}``; blocks it does not name get 0) -> a float or ``{layer-name prefix: scale}``."""
+    """A float, or diffusers' per-block dict (``{"down": {"block_2": [0.0, 1.0]}, "up": {"block_1": [0.0, 1.0,
+    0.0]}, "mid": 0.0}``; blocks it does not name get 0) -> a float or ``{layer-name prefix: scale}``. A block
+    without attentions is refused (diffusers ignores it silently)."""
     if not isinstance(scale, dict):
         return float(scale)
     unknown = sorted(set(scale) - {"down", "mid", "up"})

@@ -146,8 +146,9 @@ class IPAdapterMixin:
         return load_image_encoder(folder, dtype)
 
     def set_ip_adapter_scale(self, scale) -> None:
-        """A float, diffusers' per-block dict (``{"up": {"block_0": [0.0, 1.0, 0.0]}}``; blocks not named get 0),
-        or a list with one of those per loaded adapter."""
+        """A float, diffusers' per-block dict (SD1.5: ``{"up": {"block_1": [0.0, 1.0, 0.0]}}``; blocks not named get
+        0), or a list with one of those per loaded adapter. Difference from diffusers: a block without attentions
+        (SD1.5's ``up.block_0``) is refused instead of ignored."""
         ipa.set_scales(self._ip_unet(), scale)
 
     def unload_ip_adapter(self) -> None:
