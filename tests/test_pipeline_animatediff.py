@@ -352,8 +352,8 @@ def test_loading_errors(setup, tmp_path):
         vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.sd / "vae")
     with pytest.raises(TypeError, match="motion_adapter must be a vidcore MotionAdapter"):
         vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=torch.nn.Linear(1, 1))
-    with pytest.raises(TypeError, match="unexpected arguments"):
-        vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter, feature_extractor=None)
+    with pytest.raises(TypeError, match="unexpected arguments"):  # (image_encoder / feature_extractor: IP-Adapter's)
+        vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter, safety_checker=None)
     from diffusers import MotionAdapter as RefAdapter
 
     RefAdapter(**tiny.tiny_motion_adapter_config(block_out_channels=(32, 64, 64))).save_pretrained(tmp_path / "sdxl")

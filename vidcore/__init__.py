@@ -36,6 +36,7 @@ _LAZY = {
     "ControlNet": "vidcore.models.controlnet",
     "ControlNetConfig": "vidcore.models.controlnet",
     "canny": "vidcore.controls",
+    "IPAdapter": "vidcore.models.ip_adapter",
     "MotionAdapter": "vidcore.models.motion",
     "MotionAdapterConfig": "vidcore.models.motion",
     "UNetMotion": "vidcore.models.motion",

@@ -260,6 +260,12 @@ def _animatediff_options(o: Options) -> None:
           help="frames between window starts (default: context length // 4)")
     o.add("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
           help="how overlapping windows are blended")
+    o.add("--ip-adapter", default=None, metavar="PATH",
+          help="IP-Adapter image prompt: an original weight file (.safetensors or .bin), local or on the hub as "
+               "OWNER/REPO/SUBFOLDER/FILE (e.g. h94/IP-Adapter/models/ip-adapter_sd15.safetensors); its CLIP image "
+               "encoder is read from the image_encoder folder next to the file")
+    o.add("--ip-image", default=None, metavar="IMG", help="the image prompt for --ip-adapter (file or http(s) URL)")
+    o.add("--ip-scale", type=float, default=1.0, help="weight of the image prompt (0: none)")
 
 
 def _animatediff_mode(args) -> str:
@@ -309,6 +315,10 @@ def _animatediff_load(cls, model: str, args, dtype):
     from ..pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
 
     mode = _animatediff_mode(args)
+    if (args.ip_adapter is None) != (args.ip_image is None):
+        raise UsageError("--ip-adapter and --ip-image go together: the adapter file and the image prompt")
+    if args.ip_image is not None and "://" not in args.ip_image and not Path(args.ip_image).expanduser().is_file():
+        raise UsageError(f"--ip-image: no such file: {args.ip_image}")
     cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline,
            "sparsectrl": AnimateDiffSparseControlNetPipeline}[mode]
     extra = {"controlnet": args.controlnet} if mode in ("controlnet", "sparsectrl") else {}
@@ -329,12 +339,25 @@ def _animatediff_load(cls, model: str, args, dtype):
                              f"(guoyww/animatediff-sparsectrl-{'scribble' if not rgb else 'rgb'} is the other kind); "
                              f"the loaded one is {'RGB' if rgb else 'scribble'}: use --control "
                              f"sparse-{'rgb' if rgb else 'scribble'}")
+    if args.ip_adapter is not None:
+        from ..pipelines.ip_adapter import split_location
+
+        source, subfolder, weight_name = split_location(args.ip_adapter)
+        try:
+            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name)
+        except ValueError as err:
+            raise UsageError(f"--ip-adapter: {err}") from None
+        pipe.set_ip_adapter_scale(args.ip_scale)
     return pipe
 
 
 def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
     call = dict(height=args.height, width=args.width, context_length=args.context_length,
                 context_stride=args.context_stride, context_weighting=args.context_weighting)
+    if args.ip_image is not None:
+        from ..io import load_image
+
+        call["ip_adapter_image"] = load_image(args.ip_image)
     mode = _animatediff_mode(args)
     if mode == "v2v":
         call.update(video=inputs.video, strength=0.8 if args.strength is None else args.strength)

@@ -31,6 +31,7 @@ from ..errors import CheckpointError, ModelNotFoundError
 from ..nn.transformer import TemporalTransformer
 from ..single_file import build_on_meta, config_from_source, fill, read_single_file
 from .config_utils import DiffusersConfig
+from .ip_adapter import image_prompt_context
 from .unet2d import UNet2D
 
 MOTION_ORIGINAL_DESCRIPTION = "AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)"
@@ -236,7 +237,9 @@ class UNetMotion(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None) -> torch.Tensor:
+        """``image_embeds``: with IP-Adapters loaded into the UNet, one image-encoder output per adapter and video
+        (diffusers' ``added_cond_kwargs["image_embeds"]``); every frame of a video sees its video's image tokens."""
         # sample: b c f h w ; encoder_hidden_states: b m d or (b f) m d
         if sample.ndim != 5:
             raise ValueError(f"UNetMotion takes latents shaped (batch, channels, frames, height, width), got "
@@ -254,6 +257,8 @@ class UNetMotion(nn.Module):
         else:
             raise ValueError(f"encoder_hidden_states batch {encoder_hidden_states.shape[0]} must be the video batch "
                              f"({b}) or batch x frames ({b * f})")
+        if image_embeds is not None:
+            context = image_prompt_context(self.unet, context, image_embeds)
         temb = self.unet.time_embed(timestep, b, sample.device, timestep_cond).repeat_interleave(f, dim=0)
 
         def mixer(part: str, level: int, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
 from .config_utils import DiffusersConfig
 from .freeu import FreeU
+from .ip_adapter import image_prompt_context
 from .options import UNetOptionsMixin
 from .unet_layout import Mixer, unet_levels, walk
 
@@ -243,8 +244,12 @@ class UNet2D(UNetOptionsMixin, nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None) -> torch.Tensor:
+        """``image_embeds``: with IP-Adapters loaded (:mod:`vidcore.models.ip_adapter`), one image-encoder output
+        per adapter (diffusers' ``added_cond_kwargs["image_embeds"]``)."""
         # sample: n c h w ; encoder_hidden_states: n m d
+        if image_embeds is not None:
+            encoder_hidden_states = image_prompt_context(self, encoder_hidden_states, image_embeds)
         temb = self.time_embed(timestep, sample.shape[0], sample.device, timestep_cond)
         h = self.conv_in(self.prepare_input(sample))
         h = self.body(h, temb, encoder_hidden_states, down_block_additional_residuals, mid_block_additional_residual)

@@ -17,6 +17,7 @@ module with :func:`set_module_attention_backend` (``Attention.backend``; ``None`
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,16 @@ def local_temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num
     return rearrange(out, "(b n) h f d -> (b f) n (h d)", n=q.shape[1])
 
 
+class ImagePromptContext(NamedTuple):
+    """What the cross-attentions of a UNet with IP-Adapters receive instead of the text tokens alone.
+
+    ``text``: ``b m d`` (or ``(b f) m d``) prompt tokens; ``images``: one tensor per loaded adapter, ``b t d`` (or
+    ``(b f) t d``), the projected image-prompt tokens (all of a prompt's images, one after the other)."""
+
+    text: torch.Tensor
+    images: tuple[torch.Tensor, ...]
+
+
 class Attention(nn.Module):
     """Self- or cross-attention on token sequences ``b n c``.
 
@@ -128,21 +139,28 @@ class Attention(nn.Module):
     projection has one.
     """
 
-    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False):
+    def __init__(self, query_dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False,
+                 out_bias: bool = True):
         super().__init__()
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
         self.backend: str | None = None
         # Cross-frame mode (Text2Video-Zero): (frames per video, source frame) or None.
         self.cross_frame: tuple[int, int] | None = None
+        # Image-prompt branches (IP-Adapter, vidcore.models.ip_adapter): one (to_k_ip, to_v_ip) pair per loaded
+        # adapter and its scale. The linears are owned (registered) by the adapter modules, not by this attention.
+        self.image_branches: list[tuple[nn.Linear, nn.Linear]] = []
+        self.image_scales: list[float] = []
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=bias)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
-        self.to_out = nn.Linear(inner, query_dim)
+        self.to_out = nn.Linear(inner, query_dim, bias=out_bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
         """x: b n c tokens attending to ``context`` (b m c_ctx, default x). With ``num_frames`` the
         attention runs over frames instead: x is ``(b f) n c`` and each pixel attends over its frames."""
+        if isinstance(context, ImagePromptContext):
+            return self._forward_with_images(x, context)
         if context is None and num_frames is None and self.cross_frame is not None:
             context = self._source_frame_tokens(x)
         if context is not None and context.shape[1] == 1 and num_frames is None:
@@ -158,8 +176,12 @@ class Attention(nn.Module):
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if num_frames is not None:
             return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend))
-        rows, n, _ = x.shape
-        b = context.shape[0]
+        return self.to_out(self._cross(q, k, v))
+
+    def _cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Projected queries ``rows n inner`` attend to projected keys/values ``b m inner`` -> ``rows n inner``."""
+        rows, n, _ = q.shape
+        b = k.shape[0]
         if rows != b:
             # x is (b f) n c and the context is one per video (b m c): every frame of a video attends to
             # the same keys, so its frames' queries are one longer sequence b (f n) c. Exact, and k/v
@@ -170,7 +192,20 @@ class Attention(nn.Module):
             q = q.reshape(b, -1, q.shape[-1])
         q, k, v = (t.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         out = attend(q, k, v, self.backend)  # b heads (f n) d
-        return self.to_out(out.transpose(1, 2).reshape(rows, n, self.heads * self.head_dim))
+        return out.transpose(1, 2).reshape(rows, n, self.heads * self.head_dim)
+
+    def _forward_with_images(self, x: torch.Tensor, context: "ImagePromptContext") -> torch.Tensor:
+        """Decoupled cross-attention (IP-Adapter): the text attention plus, for each image prompt, ``scale`` x the
+        attention of the same queries to that prompt's tokens through its own key/value projections."""
+        if len(context.images) != len(self.image_branches):
+            raise ValueError(f"{len(context.images)} image prompt(s) given, this attention has "
+                             f"{len(self.image_branches)} IP-Adapter branch(es)")
+        q = self.to_q(x)
+        out = self._cross(q, self.to_k(context.text), self.to_v(context.text))
+        for (to_k_ip, to_v_ip), scale, tokens in zip(self.image_branches, self.image_scales, context.images):
+            if scale != 0:  # a zero scale skips the branch, as diffusers does
+                out = out + scale * self._cross(q, to_k_ip(tokens), to_v_ip(tokens))
+        return self.to_out(out)
 
 
     def _source_frame_tokens(self, x: torch.Tensor) -> torch.Tensor:

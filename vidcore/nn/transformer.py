@@ -21,15 +21,16 @@ class FeedForward(nn.Module):
     because the feed-forward is position-wise.
     """
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, activation: str = "geglu", inner: int | None = None):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0, activation: str = "geglu", inner: int | None = None,
+                 bias: bool = True):
         super().__init__()
         if activation not in ("geglu", "gelu"):
             raise ValueError(f"feed-forward activation must be 'geglu' or 'gelu', got {activation!r}")
         inner = inner or dim * mult
         self.gated = activation == "geglu"
-        self.proj_in = nn.Linear(dim, inner * 2 if self.gated else inner)
+        self.proj_in = nn.Linear(dim, inner * 2 if self.gated else inner, bias=bias)
         self.dropout = nn.Dropout(dropout)
-        self.proj_out = nn.Linear(inner, dim)
+        self.proj_out = nn.Linear(inner, dim, bias=bias)
         self.chunk_size: int | None = None
         self.chunk_dim = 0
 

@@ -24,6 +24,7 @@ only the motion modules' attention and also reschedules the initial noise (not i
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
 from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
+from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .lora import MotionLoRAMixin
 from .text_to_video import TextToVideoPipeline
 
@@ -44,7 +46,8 @@ ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "li
                                    "steps_offset": 1}
 CONTEXT_WEIGHTINGS = ("pyramid", "flat")
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
-COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter")
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
+              "feature_extractor")
 # from_single_file: the SD1.5 repo that gives the configs, tokenizer and scheduler (runwayml's, now hosted here)
 DEFAULT_SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # what from_single_file fetches from config_from on the hub: configs, tokenizer and scheduler, no weights
@@ -199,18 +202,22 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
 # ----------------------------------------------------------------------------- pipeline
 
 
-class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
+class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     """Stable Diffusion 1.5 + motion adapter -> video.
 
     ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (pass a ``UNet2D`` plus ``motion_adapter`` and it
     is built; the 2D weights are shared, not copied); ``motion_adapter`` is ``unet.adapter``. Motion LoRAs:
     ``load_lora_weights`` / ``set_adapters`` / ``fuse_lora`` / ``unfuse_lora`` (:mod:`vidcore.pipelines.lora`).
+    Image prompts: ``load_ip_adapter`` / ``set_ip_adapter_scale`` / ``unload_ip_adapter`` and ``ip_adapter_image`` /
+    ``ip_adapter_image_embeds`` (:mod:`vidcore.pipelines.ip_adapter`); ``image_encoder`` / ``feature_extractor`` are
+    optional.
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
+                 image_encoder=None, feature_extractor=None,
                  **extra):  # extra: the components a subclass adds (the ControlNet pipeline's controlnet)
         if isinstance(unet, UNet2D):
             if motion_adapter is None:
@@ -223,6 +230,7 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
             raise TypeError(f"AnimateDiffPipeline: unet must be a vidcore UNet2D or UNetMotion, got {type(unet).__name__}")
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler,
                          **extra)
+        self.image_encoder, self.feature_extractor = image_encoder, feature_extractor
 
     @property
     def motion_adapter(self) -> MotionAdapter:
@@ -416,7 +424,8 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = 16, context_length: int | None = None, context_stride: int | None = None,
-                 context_weighting: str = "pyramid"):
+                 context_weighting: str = "pyramid", ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None):
         """Generate videos from text. Argument names and defaults follow diffusers' AnimateDiffPipeline.
 
         Differences: ``num_videos_per_prompt`` works (diffusers resets it to 1); ``num_frames`` may exceed the
@@ -425,8 +434,10 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         ``context_length // 4``; ``context_weighting`` "pyramid" | "flat", see the module docstring);
         ``callback_on_step_end`` receives ``prompt_embeds`` / ``negative_prompt_embeds`` as one row per video
         (diffusers hands over the guidance batch repeated per frame) and may return replacements of the same
-        shape. FreeInit: ``enable_free_init`` (:mod:`vidcore.sampling.free_init`, equal to diffusers). IP-Adapter,
-        FreeNoise and ``cross_attention_kwargs`` are not supported.
+        shape. FreeInit: ``enable_free_init`` (:mod:`vidcore.sampling.free_init`, equal to diffusers). IP-Adapter:
+        ``ip_adapter_image`` (one image per loaded adapter) or ``ip_adapter_image_embeds`` after ``load_ip_adapter``
+        (:mod:`vidcore.pipelines.ip_adapter`, equal to diffusers; not with ``enable_parallel``). FreeNoise and
+        ``cross_attention_kwargs`` are not supported.
         """
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
@@ -437,11 +448,19 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
             raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
                              f"{decode_chunk_size!r}")
         windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
+        if image_prompt and self.parallel is not None:
+            raise ValueError("ip_adapter_image / ip_adapter_image_embeds do not work with enable_parallel yet; call "
+                             "disable_parallel() first")
 
         device = self.device
         guidance = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                           prompt_embeds, negative_prompt_embeds, clip_skip)
+        if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
+            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                                cond.shape[0], guidance)
 
         timesteps = self.schedule(num_inference_steps)  # video-to-video: the strength's part of the schedule
         s = self.vae_scale_factor
@@ -449,6 +468,8 @@ class AnimateDiffPipeline(MotionLoRAMixin, TextToVideoPipeline):
         latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
 
         unet = self._run_on_device("unet")
+        if image_prompt:
+            unet = partial(unet, image_embeds=image_embeds)
         if self.parallel is not None:
             shortest, ranks = min(end - start for start, end in windows), self.parallel.config.frame_size
             if len(windows) > 1 and shortest < ranks:
