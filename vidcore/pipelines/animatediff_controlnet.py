@@ -50,6 +50,7 @@ def _per_net(value, count: int, name: str) -> list:
 
 class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
+    free_noise_support = False  # not wired yet: its ControlNet repeats the text per frame (no prompt travel)
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
     parallel_support = False

@@ -23,6 +23,7 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
     :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
 
     parallel_support = False
+    free_noise_support = False  # not wired yet (diffusers: windows + prompt travel, no noise rescheduling)
     _video: torch.Tensor | None = None  # the call's preprocessed input, b c f H W in [-1, 1]
     _strength: float = 1.0
     _encode_chunk: int = 16
