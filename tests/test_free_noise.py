@@ -214,3 +214,27 @@ def test_bad_arguments(ours):
             run(ours, prompt="a", num_frames=3, context_length=2)
     finally:
         ours.disable_free_noise()
+
+
+def test_split_inference_changes_nothing(pair):
+    ref, ours = pair
+    for pipe in pair:
+        pipe.enable_free_noise(context_length=4, context_stride=2)
+    kwargs = {"prompt": {0: "a cat", 4: "a dog"}, "num_frames": 7, "width": 24}
+    plain = run(ours, **kwargs)
+    plain_short = run(ours, prompt="a cat", num_frames=3)
+    # diffusers' split inference cannot run this UNet (its mid block calls the wrapped res blocks positionally,
+    # which SplitInferenceModule does not split): compare with its unsplit result
+    ours.enable_free_noise_split_inference(spatial_split_size=5, temporal_split_size=3)
+    try:
+        split = compare(ref, ours, **kwargs)
+        assert np.abs(split - plain).max() < 1e-5
+        ours.disable_free_noise()  # split inference stays on alone
+        assert np.abs(run(ours, prompt="a cat", num_frames=3) - plain_short).max() < 1e-5
+    finally:
+        ours.disable_free_noise_split_inference()
+    assert not any("forward" in vars(m) for m in ours.unet.modules())
+    ours.enable_free_noise(context_length=4, context_stride=2)
+    assert np.array_equal(run(ours, **kwargs), plain)
+    with pytest.raises(ValueError, match="temporal_split_size must be a positive integer"):
+        ours.enable_free_noise_split_inference(temporal_split_size=0)
