@@ -176,25 +176,28 @@ class FreeNoiseMixin:
 
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for an effective batch of {shape[0]} videos")
-        num_frames = shape[self.free_noise_frame_dim]
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            if settings.noise_type == "random":
-                return latents
-        else:
-            latents = latents.to(device)
-        return reschedule_noise(latents, num_frames, settings, generator, self.free_noise_frame_dim)
+        return self.free_noise_reschedule(latents.to(device), shape[self.free_noise_frame_dim], generator,
+                                          self.free_noise_frame_dim)
+
+    def free_noise_reschedule(self, noise: torch.Tensor, num_frames: int, generator, frame_dim: int) -> torch.Tensor:
+        """``noise`` (frames along ``frame_dim``) rescheduled by FreeNoise; untouched when it is off. For
+        pipelines that draw their noise elsewhere (video-to-video noises the encoded video)."""
+        if self.free_noise is None:
+            return noise
+        return reschedule_noise(noise, num_frames, self.free_noise, generator, frame_dim)
 
     def free_noise_prompts(self, prompt, negative_prompt, num_frames: int, device, num_videos_per_prompt: int,
                            guidance: bool, prompt_embeds=None, negative_prompt_embeds=None, clip_skip=None,
-                           encode: Callable | None = None):
+                           negative_clip_skip=None, encode: Callable | None = None):
         """Per-frame ``(b f) m d`` (cond, uncond or None) embeddings when ``prompt`` or ``negative_prompt`` is a
         ``{frame: prompt}`` schedule (prompt travel), else None (the pipeline encodes as usual).
 
         Each schedule's key prompts are encoded once and interpolated between key frames (the callback of
         ``enable_free_noise``, default linear); a text negative prompt counts as ``{0: text}``. ``encode``:
-        prompts -> ``k m d`` (default: the pipeline's CLIP text encoder with ``clip_skip``; the negatives without
-        it, as diffusers)."""
+        ``(prompts, clip_skip) -> k m d`` (default: the pipeline's CLIP text encoder; the negatives with
+        ``negative_clip_skip``, None as diffusers' SD pipelines)."""
         if not isinstance(prompt, dict) and not isinstance(negative_prompt, dict):
             return None
         if self.free_noise is None or not self.free_noise_prompt_travel:
@@ -224,5 +227,6 @@ class FreeNoiseMixin:
             return rows.repeat(num_videos_per_prompt, 1, 1)  # (b f) m d, videos outermost
 
         cond = per_frame(prompt, "prompt", clip_skip)
-        uncond = per_frame("" if negative_prompt is None else negative_prompt, "negative_prompt", None) if guidance else None
+        uncond = (per_frame("" if negative_prompt is None else negative_prompt, "negative_prompt", negative_clip_skip)
+                  if guidance else None)
         return cond, uncond
