@@ -116,7 +116,7 @@ def test_bad_schedules_are_one_line_errors(capsys, tmp_path, lines, message):
     ("video-to-video", ["--video", "x.mp4", "--prompt", "a", "--noise-type", "random"], "--free-noise-noise needs"),
 ])
 def test_bad_flag_combinations(capsys, tmp_path, task, argv, message):
-    code, out, err = run_cli(capsys, "generate", task, "--model", tmp_path / "missing", *argv, *COMMON)
+    code, _, err = run_cli(capsys, "generate", task, "--model", tmp_path / "missing", *argv, *COMMON)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
