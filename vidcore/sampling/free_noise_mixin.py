@@ -214,6 +214,10 @@ class FreeNoiseMixin:
         if encode is None:
             from ..pipelines.text import clip_embed
 
+            if getattr(self, "text_encoder", None) is None:
+                raise ValueError("a {frame_index: prompt} schedule needs the pipeline's text_encoder (this one has "
+                                 "none loaded)")
+
             self._run_on_device("text_encoder")
             dtype = self.text_encoder.dtype
 
