@@ -2,6 +2,7 @@
 SD1.5 model + motion adapter, same seed -> same frames), and the pieces of vidcore.sampling.free_noise."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -131,6 +132,29 @@ def test_a_video_in_one_window_is_the_plain_run(ours):
         assert np.abs(run(ours, prompt="a cat", num_frames=9) - windowed).max() > 1e-3  # FreeNoise does something
     finally:
         ours.disable_free_noise()
+
+
+def test_video_to_video_free_noise_matches_diffusers(setup):
+    """AnimateDiff video-to-video: windows and prompt travel, the video's noise not rescheduled (as diffusers)."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    ref = AnimateDiffVideoToVideoPipeline(**setup.pipe.components)
+    ref.set_progress_bar_config(disable=True)
+    ours = vidcore.AnimateDiffVideoToVideoPipeline.from_pretrained(
+        setup.sd, motion_adapter=setup.adapter,
+        scheduler=animatediff_scheduler(setup.sd / "scheduler" / "scheduler_config.json"))
+    ours.set_progress_bar_config(disable=True)
+    rng = np.random.RandomState(0)
+    video = [PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(9)]
+    try:
+        for pipe in (ref, ours):
+            pipe.enable_free_noise(context_length=4, context_stride=2)
+        compare(ref, ours, video=video, prompt={0: "a cat", 5: "a dog"}, negative_prompt="blurry", strength=0.7,
+                num_inference_steps=3)
+    finally:
+        disable_reference(ref)
 
 
 # -- the pieces -----------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class FreeNoiseMixin:
     free_noise_support = False  # pipelines whose __call__ calls the hooks set this
     free_noise_prompt_travel = True  # False for pipelines whose prompt is not text (SVD)
     free_noise_frame_dim = 2  # where the frames sit in the pipeline's initial noise (SVD: 1)
+    free_noise_reschedules = True  # False: the initial noise is left alone (AnimateDiff video-to-video, as diffusers)
 
     # -- the denoiser's temporal blocks -------------------------------------------------------------
     def temporal_blocks(self) -> list[torch.nn.Module]:
@@ -170,7 +171,7 @@ class FreeNoiseMixin:
         rescheduled; a given ``latents`` with every frame is used as it is, one with ``context_length`` frames
         is extended. With FreeNoise off, ``latents`` is returned untouched."""
         settings = self.free_noise
-        if settings is None:
+        if settings is None or not self.free_noise_reschedules:
             return latents
         from ..random import randn_tensor
 
