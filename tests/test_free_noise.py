@@ -157,6 +157,32 @@ def test_video_to_video_free_noise_matches_diffusers(setup):
         disable_reference(ref)
 
 
+def test_controlnet_free_noise_matches_diffusers(setup, tmp_path):
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    import tiny
+    import tiny_controlnet as tc
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    net = tiny.randomize_(ControlNetModel(**tc.tiny_controlnet_config()), 10).eval()
+    net.save_pretrained(tmp_path / "controlnet")
+    ref = AnimateDiffControlNetPipeline(**setup.pipe.components, controlnet=net)
+    ref.set_progress_bar_config(disable=True)
+    ours = vidcore.AnimateDiffControlNetPipeline.from_pretrained(
+        setup.sd, motion_adapter=setup.adapter, controlnet=tmp_path / "controlnet",
+        scheduler=animatediff_scheduler(setup.sd / "scheduler" / "scheduler_config.json"))
+    ours.set_progress_bar_config(disable=True)
+    try:
+        for pipe in (ref, ours):
+            pipe.enable_free_noise(context_length=4, context_stride=2)
+        # guess mode without guidance (diffusers' AnimateDiff ControlNet fails on guess mode with guidance)
+        for guess, guidance in ((False, 7.5), (True, 1.0)):
+            compare(ref, ours, prompt={0: "a cat", 5: "a dog"}, num_frames=9, guess_mode=guess, guidance_scale=guidance,
+                    conditioning_frames=tc.random_control_frames(9, 16, 16), controlnet_conditioning_scale=0.8)
+    finally:
+        disable_reference(ref)
+
+
 # -- the pieces -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scheme", ["flat", "pyramid", "delayed_reverse_sawtooth"])
