@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
-import torch
-
 import tiny
 import tiny_animatediff as ta
+import torch
+
 import vidcore
 import vidcore.cli
 from vidcore.cli import main

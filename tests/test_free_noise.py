@@ -4,12 +4,17 @@ SD1.5 model + motion adapter, same seed -> same frames), and the pieces of vidco
 import numpy as np
 import PIL.Image
 import pytest
+import tiny_animatediff as ta
 import torch
 
-import tiny_animatediff as ta
 import vidcore
-from vidcore.sampling.free_noise import (FreeNoiseSettings, attention_windows, frame_weights, reschedule_noise,
-                                         schedule_embeddings)
+from vidcore.sampling.free_noise import (
+    FreeNoiseSettings,
+    attention_windows,
+    frame_weights,
+    reschedule_noise,
+    schedule_embeddings,
+)
 
 TOL = 1e-4
 
@@ -158,10 +163,10 @@ def test_video_to_video_free_noise_matches_diffusers(setup):
 
 
 def test_controlnet_free_noise_matches_diffusers(setup, tmp_path):
-    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
-
     import tiny
     import tiny_controlnet as tc
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
     from vidcore.pipelines.animatediff import animatediff_scheduler
 
     net = tiny.randomize_(ControlNetModel(**tc.tiny_controlnet_config()), 10).eval()

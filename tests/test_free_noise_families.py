@@ -6,9 +6,9 @@ jump no more than the frames inside a window."""
 import numpy as np
 import PIL.Image
 import pytest
+import tiny
 import torch
 
-import tiny
 import vidcore
 from vidcore.nn.transformer import TemporalTransformer
 from vidcore.sampling.free_noise import attention_windows

@@ -2,7 +2,13 @@
 FreeInit, FreeNoise (noise rescheduling, windowed temporal attention) and prompt travel."""
 
 from .free_init import FreeInitConfig, FreeInitMixin
-from .free_noise import FrameWindows, FreeNoiseSettings, frame_weights, reschedule_noise, schedule_embeddings
+from .free_noise import (
+    FrameWindows,
+    FreeNoiseSettings,
+    frame_weights,
+    reschedule_noise,
+    schedule_embeddings,
+)
 from .free_noise_mixin import FreeNoiseMixin
 from .mixin import StepCacheMixin
 from .step_cache import CallPlan, StepCache, full_steps

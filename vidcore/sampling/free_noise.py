@@ -41,8 +41,8 @@ one-frame prompt schedule gives that frame its prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 

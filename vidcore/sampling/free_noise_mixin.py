@@ -22,8 +22,18 @@ import torch
 
 from ..nn.resnet import ResBlock2D
 from ..nn.sampling import Downsample, Upsample
-from ..nn.transformer import SpatialTransformer, SpatioTemporalTransformer, TemporalTransformer
-from .free_noise import FrameWindows, FreeNoiseSettings, check_prompt_schedule, reschedule_noise, schedule_embeddings
+from ..nn.transformer import (
+    SpatialTransformer,
+    SpatioTemporalTransformer,
+    TemporalTransformer,
+)
+from .free_noise import (
+    FrameWindows,
+    FreeNoiseSettings,
+    check_prompt_schedule,
+    reschedule_noise,
+    schedule_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,7 @@ def _split_rows(module: torch.nn.Module, size: int) -> Callable:
         split_kwargs = {k: per_row(v) for k, v in kwargs.items()}
         outs = []
         for i, part in enumerate(chunks):
-            a = [s[i] if s is not None else v for s, v in zip(split_args, args)]
+            a = [s[i] if s is not None else v for s, v in zip(split_args, args, strict=True)]
             kw = {k: (split_kwargs[k][i] if split_kwargs[k] is not None else v) for k, v in kwargs.items()}
             outs.append(plain(module, part, *a, **kw))
         return torch.cat(outs)
