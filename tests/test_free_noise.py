@@ -115,6 +115,18 @@ def test_prompt_interpolation_callback_matches_diffusers(pair):
     assert calls[-3:] == [(0, 3), (3, 6), (6, 7)]
 
 
+def test_free_noise_with_free_init_matches_diffusers(pair):
+    ref, ours = pair
+    try:
+        for pipe in pair:
+            pipe.enable_free_noise(context_length=4, context_stride=2)
+            pipe.enable_free_init(num_iters=2)
+        compare(ref, ours, prompt={0: "a cat", 4: "a dog"}, num_frames=7)
+    finally:
+        for pipe in pair:
+            pipe.disable_free_init()
+
+
 def test_match_diffusers_false_repairs_the_tail_weights(pair):
     ref, ours = pair
     ref.enable_free_noise(context_length=4, context_stride=4)
