@@ -75,7 +75,8 @@ class FreeNoiseMixin:
     noise_type="shuffle_context", prompt_interpolation_callback=None)``, ``disable_free_noise()``,
     ``enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=16)`` (and its
     ``disable_``), and prompt travel: ``prompt={0: "a cat", 16: "a dog"}`` while FreeNoise is on.
-    See :mod:`vidcore.sampling.free_noise` for the method."""
+    See :mod:`vidcore.sampling.free_noise` for the method. The windows hang on the blocks of ``self.unet``: a UNet
+    shared by two pipelines shares them, and a UNet swapped in later needs ``enable_free_noise`` again."""
 
     free_noise_support = False  # pipelines whose __call__ calls the hooks set this
     free_noise_prompt_travel = True  # False for pipelines whose prompt is not text (SVD)
