@@ -11,6 +11,7 @@ import torch
 
 import vidcore
 from vidcore.nn.transformer import TemporalTransformer
+from vidcore.pipelines.base import VideoPipeline
 from vidcore.sampling.free_noise import attention_windows
 
 
@@ -119,7 +120,7 @@ def test_seams_of_a_static_input_stay_within_window_steps():
     frames, length, stride = 20, 8, 2
     x = torch.randn(1, 16, 3, 3).repeat(frames, 1, 1, 1)  # (b f) c h w, static
 
-    class Pipe(vidcore.pipelines.base.VideoPipeline):
+    class Pipe(VideoPipeline):
         free_noise_support = True
 
     pipe = Pipe(unet=module)
@@ -148,3 +149,20 @@ def test_unsupported_pipelines_refuse(t2v_folder):
 
     with pytest.raises(ValueError, match="does not support enable_free_noise"):
         NoHooks.from_pretrained(t2v_folder).enable_free_noise()
+
+
+def test_windows_keep_the_tokens_dtype():
+    """Half-precision tokens: the blend accumulates as diffusers does (weights rounded to the dtype, counts in
+    float32) and hands back the tokens' dtype, close to the float32 result."""
+    torch.manual_seed(0)
+    module = TemporalTransformer(16, 2, 8, 4, max_positions=8).eval()
+
+    class Pipe(VideoPipeline):
+        free_noise_support = True
+
+    Pipe(unet=module).enable_free_noise(context_length=4, context_stride=3, weighting_scheme="delayed_reverse_sawtooth")
+    x = torch.randn(2 * 11, 16, 2, 3)  # 2 videos of 11 frames
+    with torch.no_grad():
+        full = module(x, 11)
+        half = module.to(torch.bfloat16)(x.bfloat16(), 11)
+    assert half.dtype == torch.bfloat16 and (half.float() - full).abs().max() < 0.1

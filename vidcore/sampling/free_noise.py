@@ -141,7 +141,7 @@ class FrameWindows:
             return mix(x, num_frames)
         length = s.context_length
         rows, n, c = x.shape
-        video = x.view(rows // num_frames, num_frames, n, c)  # b f n c
+        video = x.reshape(rows // num_frames, num_frames, n, c)  # b f n c
         # the weights are rounded to the tokens' dtype first, as diffusers builds them
         weights = torch.tensor(frame_weights(length, s.weighting_scheme), device=x.device, dtype=x.dtype).float()
         total = torch.zeros_like(video)
@@ -151,7 +151,7 @@ class FrameWindows:
         # strided windows left uncovered
         covered = num_frames - (num_frames - length) % s.context_stride
         for k, (start, end) in enumerate(windows):
-            out = mix(video[:, start:end].reshape(-1, n, c), end - start).view(-1, end - start, n, c)
+            out = mix(video[:, start:end].reshape(-1, n, c), end - start).reshape(-1, end - start, n, c)
             if covered < num_frames and k == len(windows) - 1:
                 tail = num_frames - covered
                 total[:, covered:] += out[:, -tail:] * weights[-tail:, None, None]
@@ -159,7 +159,7 @@ class FrameWindows:
             else:
                 total[:, start:end] += out * weights[:, None, None]
                 count[start:end] += weights
-        return (total / count[:, None, None]).to(x.dtype).view(rows, n, c)
+        return (total / count[:, None, None]).to(x.dtype).reshape(rows, n, c)
 
 
 # ----------------------------------------------------------------------------- noise rescheduling
