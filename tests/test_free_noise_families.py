@@ -166,3 +166,10 @@ def test_windows_keep_the_tokens_dtype():
         full = module(x, 11)
         half = module.to(torch.bfloat16)(x.bfloat16(), 11)
     assert half.dtype == torch.bfloat16 and (half.float() - full).abs().max() < 0.1
+
+
+def test_pipelines_without_the_hooks_refuse():
+    for cls in (vidcore.TextToVideoZeroPipeline, vidcore.AnimateDiffSparseControlNetPipeline):
+        pipe = cls.__new__(cls)
+        with pytest.raises(ValueError, match="does not support enable_free_noise"):
+            pipe.enable_free_noise()

@@ -129,8 +129,9 @@ class FreeNoiseMixin:
         frames ``start_frame..end_frame``; default linear) for prompt schedules. ``match_diffusers=False``
         repairs two diffusers quirks (see :mod:`vidcore.sampling.free_noise`)."""
         if not self.free_noise_support:
-            raise ValueError(f"{type(self).__name__} does not support enable_free_noise (supported: AnimateDiff, "
-                             "TextToVideo, VideoToVideo, I2VGen-XL and StableVideoDiffusion pipelines)")
+            raise ValueError(f"{type(self).__name__} does not support enable_free_noise (supported: AnimateDiff "
+                             "text-, video- and ControlNet-to-video, ModelScope text- and video-to-video, I2VGen-XL "
+                             "and Stable Video Diffusion)")
         limit = self.free_noise_max_length()
         if context_length is None:
             context_length = limit or 16
