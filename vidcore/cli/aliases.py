@@ -22,6 +22,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "--image-guidance": ("--image-guidance-scale",),  # InstructPix2Pix (edit)
     "--controlnet-scale": ("--controlnet-conditioning-scale",),  # ControlNet (controlled)
     "--dtype": ("--torch-dtype",),
+    "--free-noise-weighting": ("--weighting-scheme",),  # enable_free_noise's argument names
+    "--free-noise-noise": ("--noise-type",),
 }
 # where a task's pipeline names the argument differently
 TASK_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {

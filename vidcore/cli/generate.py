@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from . import free_noise
 from .aliases import Options
 from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name, nonnegative_int, positive_float,
                      positive_int, resolve_device, torch_dtype)
@@ -90,6 +91,8 @@ def _add_options(o: Options, task: Task) -> None:
         o.add("--free-init-method", choices=FILTER_METHODS, default="butterworth", help="with --free-init: the filter")
         o.add("--free-init-fast", action="store_true",
               help="with --free-init: coarse-to-fine, round k of N runs k/N of the steps")
+    if task.long_video:
+        free_noise.add_options(o, task.text)
     o.add("--num-videos", type=positive_int, default=1, help="videos to generate for the " + ("image" if svd else "prompt"))
     if task.parallel:
         o.add("--parallel", choices=PARALLEL_MODES, default=None,
@@ -133,6 +136,8 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
         pipe.unet.enable_freeu(*args.freeu)
     _enable_step_cache(pipe, args)
     _enable_free_init(pipe, args)
+    if task.long_video:
+        free_noise.enable(pipe, args)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device)
     else:
@@ -186,6 +191,9 @@ def _enable_parallel(pipe, args, num_frames: int) -> None:
 
 def run(args) -> int:
     task = TASKS[args.task]
+    if task.long_video:
+        free_noise.check_arguments(args)
+    schedule_file = getattr(args, "prompt_schedule", None)
     model = task.resolve_model(args) if task.resolve_model is not None else args.model
     batch = getattr(args, "prompts", None) is not None
     if batch:  # one video per prompt; the prompts are spread over torchrun's processes (no process group)
@@ -199,8 +207,9 @@ def run(args) -> int:
                 todo.append(job)
         runs = [(job["prompt"], job["seed"], [job["path"]]) for job in todo]
     else:
-        if task.text and args.prompt is None:
-            raise UsageError(f"generate {args.task}: --prompt is required (or --prompts FILE --outdir DIR)")
+        if task.text and args.prompt is None and schedule_file is None:
+            raise UsageError(f"generate {args.task}: --prompt is required (or --prompts FILE --outdir DIR, or "
+                             "--prompt-schedule FILE with --free-noise)")
         for flag in ("outdir", "format"):
             if getattr(args, flag, None) is not None:
                 raise UsageError(f"--{flag} applies to --prompts; with --prompt, -o names the output file")
@@ -219,6 +228,9 @@ def run(args) -> int:
     wants_video = task.input == "video" or getattr(args, "video", None) is not None  # animatediff --video: optional
     video, video_fps = load_input_video(args) if wants_video else (None, None)
     inputs = Inputs(video=video, video_fps=video_fps, image=load_input_image(args) if task.input == "image" else None)
+    if schedule_file is not None:  # prompt travel: {frame: prompt}, checked against the frame count
+        schedule = free_noise.read_prompt_schedule(schedule_file, len(video) if video is not None else args.frames)
+        runs = [(schedule, seed, outputs) for _, seed, outputs in runs]
     if batch:
         if rank == 0:
             write_manifest(jobs, Path(args.outdir))

@@ -46,7 +46,7 @@ class Task:
     load: Callable | None = None  # (cls, model, args, dtype) -> pipeline; None: cls.from_pretrained
     resolve_model: Callable | None = None  # args -> the model to load (fills unset options); None: --model
     check: Callable | None = None  # args -> None: flag combinations, checked before anything is read or loaded
-    long_video: bool = False  # the long/consistent video tools: --free-init (vidcore.sampling)
+    long_video: bool = False  # the long/consistent video tools: --free-init, --free-noise (vidcore.sampling)
 
     def pipeline_class(self):
         module, name = self.pipeline.split(":")

@@ -81,10 +81,14 @@ class I2VGenXLUNet(UNet3D):
         self.fps_embedding = nn.Sequential(nn.Linear(c0, temb), nn.SiLU(), nn.Linear(temb, temb))
 
     def context(self, encoder_hidden_states, image_latents, image_embeddings) -> torch.Tensor:
-        """Text tokens ⊕ 64 first-frame latent tokens ⊕ ``in_channels`` CLIP-image tokens: b (m+64+c) d."""
+        """Text tokens ⊕ 64 first-frame latent tokens ⊕ ``in_channels`` CLIP-image tokens: b (m+64+c) d, or
+        ``(b f)`` rows when the text is per frame (the image tokens are then repeated for every frame)."""
         first = self.image_latents_context_embedding(image_latents[:, :, 0])  # b d 8 8
         image_tokens = self.context_embedding(image_embeddings).view(image_embeddings.shape[0], self.config.in_channels, -1)
-        return torch.cat([encoder_hidden_states, rearrange(first, "b d h w -> b (h w) d"), image_tokens], dim=1)
+        image_part = torch.cat([rearrange(first, "b d h w -> b (h w) d"), image_tokens], dim=1)
+        if encoder_hidden_states.shape[0] != image_part.shape[0]:  # per-frame text (b f) m d (prompt travel)
+            image_part = image_part.repeat_interleave(encoder_hidden_states.shape[0] // image_part.shape[0], dim=0)
+        return torch.cat([encoder_hidden_states, image_part], dim=1)
 
     def forward(self, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor,
                 image_embeddings: torch.Tensor, encoder_hidden_states: torch.Tensor,

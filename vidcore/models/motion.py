@@ -137,6 +137,14 @@ class MotionAdapter(nn.Module):
     def max_frames(self) -> int:
         return self.config.motion_max_seq_length
 
+    def frame_window_length(self) -> int | None:
+        """The frames per attention window when FreeNoise windows the motion modules, else None."""
+        for module in self.modules():
+            if isinstance(module, TemporalTransformer):
+                settings = getattr(module.transformer_blocks[0].frame_windows, "settings", None)
+                return None if settings is None else settings.context_length
+        return None
+
     def module_for(self, part: str, level: int, layer: int) -> TemporalTransformer | None:
         """The motion module that follows ``layer`` of ``part`` ("down" | "mid" | "up") ``level``."""
         if part == "mid":
@@ -247,10 +255,10 @@ class UNetMotion(nn.Module):
         b, c, f, h, w = sample.shape
         if c != self.in_channels:
             raise ValueError(f"sample has {c} channels, this UNetMotion takes {self.in_channels}")
-        if f > self.adapter.max_frames:
+        if f > self.adapter.max_frames and self.adapter.frame_window_length() is None:
             raise ValueError(f"num_frames={f} exceeds the motion adapter's motion_max_seq_length="
                              f"{self.adapter.max_frames}; generate at most {self.adapter.max_frames} frames at a "
-                             "time (longer videos need a sliding context window)")
+                             "time (longer videos need a sliding context window or enable_free_noise)")
         if encoder_hidden_states.shape[0] in (b, b * f):
             # b m d is shared by each video's frames without being repeated (see nn.attention.Attention)
             context = encoder_hidden_states

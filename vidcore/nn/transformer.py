@@ -68,13 +68,24 @@ class TransformerBlock(nn.Module):
         self.attn2 = Attention(dim, heads, head_dim, None if double_self_attention else context_dim) if second_attention else None
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
+        # A frame-window hook (vidcore.sampling.free_noise.FrameWindows) or None: when set, the frame-mixing
+        # part of a temporal block runs on windows of frames whose results it blends (FreeNoise).
+        self.frame_windows = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
         """x: b n c. With ``num_frames``, x is ``(b f) n c`` and both attentions run over frames."""
-        x = x + self.attn1(self._positions(self.norm1(x), num_frames), num_frames=num_frames)
-        if self.attn2 is not None:
-            x = x + self.attn2(self._positions(self.norm2(x), num_frames), context, num_frames=num_frames)
+        if self.frame_windows is not None and num_frames is not None:
+            x = self.frame_windows(lambda part, frames: self.attend(part, context, frames), x, num_frames)
+        else:
+            x = self.attend(x, context, num_frames)
         return x + self.ff(self.norm3(x))
+
+    def attend(self, x: torch.Tensor, context: torch.Tensor | None, num_frames: int | None) -> torch.Tensor:
+        """The attention steps with their residuals (everything but the feed-forward)."""
+        x = x + self.attn1(self._positions(self.norm1(x), num_frames), num_frames=num_frames)
+        if self.attn2 is None:
+            return x
+        return x + self.attn2(self._positions(self.norm2(x), num_frames), context, num_frames=num_frames)
 
     def _positions(self, h: torch.Tensor, num_frames: int | None) -> torch.Tensor:
         if self.pos_embed is None:
@@ -164,12 +175,20 @@ class TemporalMixBlock(nn.Module):
         self.attn2 = Attention(dim, heads, head_dim, context_dim)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
+        self.frame_windows = None  # as TransformerBlock.frame_windows: windows the self-attention over frames
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
         x = x + self.ff_in(self.norm_in(x))
-        x = x + self.attn1(self.norm1(x), num_frames=num_frames)
+        if self.frame_windows is not None:
+            x = self.frame_windows(self.attend_frames, x, num_frames)
+        else:
+            x = self.attend_frames(x, num_frames)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
+
+    def attend_frames(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The self-attention over frames with its residual (the only step that mixes frames)."""
+        return x + self.attn1(self.norm1(x), num_frames=num_frames)
 
 
 class SpatioTemporalTransformer(nn.Module):

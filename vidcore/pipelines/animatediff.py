@@ -17,8 +17,12 @@ weights a window's frames by their distance from its edges, so a window's ends (
 context) count least and predictions fade from one window into the next; ``"flat"`` is the plain mean. The
 scheduler then steps the whole video at once, so all windows share one noise trajectory. With a single
 window (``num_frames <= context_length``) the result is exactly the plain pipeline's. This is the
-"uniform context" scheme of the original AnimateDiff community tools; diffusers' FreeNoise instead windows
-only the motion modules' attention and also reschedules the initial noise (not implemented here).
+"uniform context" scheme of the original AnimateDiff community tools.
+
+FreeNoise (``pipe.enable_free_noise()``, :mod:`vidcore.sampling.free_noise`) is the other way, diffusers': the
+whole UNet sees every frame, only the motion modules' attention runs on windows, and the initial noise is
+rescheduled; with it on, ``prompt`` / ``negative_prompt`` may be ``{frame_index: prompt}`` schedules (prompt
+travel). It matches diffusers' ``enable_free_noise`` seed for seed and excludes ``context_length=`` here.
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
+    free_noise_support = True  # enable_free_noise (vidcore.sampling.free_noise_mixin)
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
                  image_encoder=None, feature_extractor=None,
@@ -436,8 +441,11 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         (diffusers hands over the guidance batch repeated per frame) and may return replacements of the same
         shape. FreeInit: ``enable_free_init`` (:mod:`vidcore.sampling.free_init`, equal to diffusers). IP-Adapter:
         ``ip_adapter_image`` (one image per loaded adapter) or ``ip_adapter_image_embeds`` after ``load_ip_adapter``
-        (:mod:`vidcore.pipelines.ip_adapter`, equal to diffusers; not with ``enable_parallel``). FreeNoise and
-        ``cross_attention_kwargs`` are not supported.
+        (:mod:`vidcore.pipelines.ip_adapter`, equal to diffusers; not with ``enable_parallel``). FreeNoise:
+        ``enable_free_noise`` (:mod:`vidcore.sampling.free_noise`, equal to diffusers); with it on, ``prompt`` /
+        ``negative_prompt`` may be ``{frame_index: prompt}`` dicts (prompt travel; the embeddings handed to the
+        callback are then per frame, ``(b f) m d``; not with an image prompt yet). ``cross_attention_kwargs`` is not
+        supported.
         """
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
@@ -447,7 +455,15 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
             raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
                              f"{decode_chunk_size!r}")
-        windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+        if self.free_noise is not None:  # FreeNoise windows the motion modules only: the UNet sees every frame
+            if context_length is not None or context_stride is not None:
+                raise ValueError("context_length / context_stride (UNet context windows) do not combine with "
+                                 "enable_free_noise (windowed motion modules); set the windows in "
+                                 "enable_free_noise(context_length=..., context_stride=...) or disable_free_noise()")
+            self.check_free_noise_parallel()
+            windows = [(0, num_frames)]
+        else:
+            windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
         check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
         if image_prompt and self.parallel is not None:
@@ -456,15 +472,23 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
 
         device = self.device
         guidance = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                          prompt_embeds, negative_prompt_embeds, clip_skip)
+        # a {frame: prompt} schedule gives per-frame embeddings (b f) m d, plain text one row per video
+        travel = self.free_noise_prompts(prompt, negative_prompt, num_frames, device, num_videos_per_prompt, guidance,
+                                         prompt_embeds, negative_prompt_embeds, clip_skip)
+        if travel is not None and image_prompt:
+            raise ValueError("a {frame_index: prompt} schedule does not combine with ip_adapter_image / "
+                             "ip_adapter_image_embeds yet; pass a text prompt")
+        cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                                    prompt_embeds, negative_prompt_embeds, clip_skip)
+        batch = num_videos_per_prompt if travel else cond.shape[0]
         if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
             image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
-                                                                cond.shape[0], guidance)
+                                                                batch, guidance)
 
         timesteps = self.schedule(num_inference_steps)  # video-to-video: the strength's part of the schedule
         s = self.vae_scale_factor
-        shape = (cond.shape[0], self.unet.unet.config.in_channels, num_frames, height // s, width // s)
+        shape = (batch, self.unet.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.free_noise_latents(shape, cond.dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
 
         unet = self._run_on_device("unet")

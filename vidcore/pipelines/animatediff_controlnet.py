@@ -125,10 +125,11 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         frames = end - start
         only_cond = c["guess_mode"] and c["guidance"]  # the ControlNet sees the conditional half only
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
-        text = embeds.chunk(2)[1] if only_cond else embeds  # b m d
+        text = embeds.chunk(2)[1] if only_cond else embeds  # b m d (or (b f) m d: prompt travel)
         b = x.shape[0]
         x = x.transpose(1, 2).reshape(b * frames, *x.shape[1:2], *x.shape[3:])  # (b f) c h w
-        text = text.repeat_interleave(frames, dim=0)  # (b f) m d
+        if text.shape[0] != b * frames:  # per-frame text already with a prompt schedule (FreeNoise prompt travel)
+            text = text.repeat_interleave(frames, dim=0)  # (b f) m d
         if self._offload_device is not None:
             self.controlnet.to(self._offload_device)
         down, mid = None, None
@@ -189,7 +190,8 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         height, width = self.default_size(height, width, 64)
         guess_mode = guess_mode or any(net.config.global_pool_conditions for net in self.nets)
         guidance = guidance_scale > 1.0
-        prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else (
+        # a dict is one {frame: prompt} schedule (FreeNoise prompt travel)
+        prompts = 1 if isinstance(prompt, (str, dict)) else len(prompt) if prompt is not None else (
             prompt_embeds.shape[0] if prompt_embeds is not None else 1)
         frames = self.prepare_control(conditioning_frames, num_frames, height, width, prompts * num_videos_per_prompt,
                                       guidance and not guess_mode)

@@ -41,6 +41,9 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
     parallel_support = False
+    # diffusers' SparseCtrl pipeline has no FreeNoise, and the SparseControlNet's own motion modules would need
+    # their own windows
+    free_noise_support = False
     _control: dict | None = None
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet: SparseControlNet,

@@ -23,6 +23,9 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
     :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
 
     parallel_support = False
+    # enable_free_noise: windowed motion modules and prompt travel; the noise added to the video is not
+    # rescheduled (diffusers' video-to-video does not either)
+    free_noise_reschedules = False
     _video: torch.Tensor | None = None  # the call's preprocessed input, b c f H W in [-1, 1]
     _strength: float = 1.0
     _encode_chunk: int = 16
@@ -107,7 +110,7 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
 
     @staticmethod
     def _batch_size(prompt, prompt_embeds) -> int:
-        if isinstance(prompt, str):
+        if isinstance(prompt, (str, dict)):  # a dict: one {frame: prompt} schedule (FreeNoise prompt travel)
             return 1
         if isinstance(prompt, (list, tuple)):
             return len(prompt)

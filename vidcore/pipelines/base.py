@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from ..errors import ModelNotFoundError
-from ..sampling import FreeInitMixin, StepCacheMixin
+from ..sampling import FreeInitMixin, FreeNoiseMixin, StepCacheMixin
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class StepProgress:
         self.close()
 
 
-class VideoPipeline(StepCacheMixin, FreeInitMixin):
+class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
 
     components: tuple[str, ...] = ()

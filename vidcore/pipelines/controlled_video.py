@@ -116,6 +116,7 @@ def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, re
 class ControlledVideoPipeline(TextToVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) + ``ControlNet`` -> a video following one control image per frame
     (Text2Video-Zero's ControlNet variant; see the module docstring)."""
+    free_noise_support = False  # its loop does not call the FreeNoise hooks
 
     components = COMPONENTS
     free_init_support = False

@@ -178,9 +178,9 @@ class I2VGenXLPipeline(TextToVideoPipeline):
             raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
         device = self.device
         guidance = guidance_scale > 1.0
-        cond, text = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                               prompt_embeds, negative_prompt_embeds, clip_skip)
-        batch = cond.shape[0] // num_videos_per_prompt
+        videos, text = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance, negative_prompt,
+                                        prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip=clip_skip)
+        batch = videos // num_videos_per_prompt
         if len(images) not in (1, batch):
             raise ValueError(f"got {len(images)} images for {batch} prompts; pass one image or one per prompt")
         # one image for all prompts, or image i for prompt i; each repeated per video of its prompt
@@ -195,11 +195,12 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         if guidance:
             image_embeds = torch.cat([torch.zeros_like(image_embeds), image_embeds])
             image_latents = torch.cat([image_latents, image_latents])
-        fps = torch.tensor([target_fps], device=device).repeat(text.shape[0])
+        fps = torch.tensor([target_fps], device=device).repeat(image_embeds.shape[0])
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         s = self.vae_scale_factor
-        shape = (cond.shape[0], self.unet.config.in_channels, num_frames, height // s, width // s)
+        shape = (videos, self.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.free_noise_latents(shape, text.dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
         self._unet_conditioning = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
         try:

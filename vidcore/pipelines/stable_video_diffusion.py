@@ -166,6 +166,9 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 
 class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
     """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
+    # enable_free_noise: windowed temporal blocks + rescheduled noise (frames second in SVD's b f c h w noise);
+    # there is no text to schedule
+    free_noise_support, free_noise_prompt_travel, free_noise_frame_dim = True, False, 1
 
     parallel_support = True  # enable_parallel (vidcore.parallel)
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
@@ -488,6 +491,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         s = self.vae_scale_factor
         shape = (videos, num_frames, self.unet.config.in_channels // 2, height // s, width // s)
+        self.check_free_noise_parallel()
+        latents = self.free_noise_latents(shape, dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, dtype, device, generator, latents)
 
         # 3. per-frame guidance scales b f 1 1 1 and the loop

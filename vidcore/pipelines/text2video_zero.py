@@ -122,6 +122,7 @@ class TextToVideoZeroOutput(VideoPipelineOutput):
 class TextToVideoZeroPipeline(TextToVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) -> video by Text2Video-Zero. Components as diffusers'
     ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``)."""
+    free_noise_support = False  # its loop does not call the FreeNoise hooks
 
     components = COMPONENTS
     free_init_support = False

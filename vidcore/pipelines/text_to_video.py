@@ -19,6 +19,8 @@ from .video_processing import OUTPUT_TYPES, postprocess_video
 
 class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
     parallel_support = True  # enable_parallel (vidcore.parallel)
+    free_noise_support = True  # enable_free_noise (vidcore.sampling.free_noise_mixin); subclasses that do not
+    # call its hooks set this back to False
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
     @property
@@ -85,6 +87,20 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                           prompt_embeds, negative_prompt_embeds, clip_skip)
         return cond, (torch.cat([uncond, cond]) if guidance else cond)
+
+    def encode_text(self, prompt, num_frames: int, device, num_videos_per_prompt: int, guidance: bool, negative_prompt,
+                    prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip=None):
+        """(videos, the UNet's text batch with the negatives first): one row per video for text prompts, one per
+        frame ``(b f) m d`` for a ``{frame: prompt}`` schedule (prompt travel, with ``enable_free_noise``)."""
+        self.check_free_noise_parallel()
+        travel = self.free_noise_prompts(prompt, negative_prompt, num_frames, device, num_videos_per_prompt, guidance,
+                                         prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip)
+        if travel is not None:
+            cond, uncond = travel
+            return num_videos_per_prompt, (torch.cat([uncond, cond]) if guidance else cond)
+        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                                 prompt_embeds, negative_prompt_embeds, clip_skip)
+        return cond.shape[0], embeds
 
     def denoise(self, latents, timesteps, prompt_embeds, guidance_scale, eta, generator, callback=None,
                 callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
@@ -169,17 +185,20 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
         """Generate videos from text. Argument names and defaults follow diffusers' TextToVideoSDPipeline;
-        ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions."""
+        ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions, and so is
+        FreeNoise (``enable_free_noise``; then ``prompt`` / ``negative_prompt`` may be ``{frame: prompt}``
+        dicts)."""
         height, width = self.default_size(height, width, 32)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         device = self.device
-        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance_scale > 1.0,
-                                                 negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
+        videos, embeds = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance_scale > 1.0,
+                                          negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         s = self.vae_scale_factor
-        shape = (cond.shape[0], self.unet.config.in_channels, num_frames, height // s, width // s)
+        shape = (videos, self.unet.config.in_channels, num_frames, height // s, width // s)
+        latents = self.free_noise_latents(shape, embeds.dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, embeds.dtype, device, generator, latents)
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, timesteps: self.denoise(
             x, timesteps, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,

@@ -28,6 +28,7 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", 
 
 class VideoInstructPix2PixPipeline(TextToVideoPipeline):
     """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
+    free_noise_support = False  # its loop does not call the FreeNoise hooks
 
     components = COMPONENTS
     free_init_support = False

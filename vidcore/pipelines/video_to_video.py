@@ -47,7 +47,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
                 raise ValueError("video-to-video takes a single torch.Generator (the whole video is encoded at once)")
             vae = self._run_on_device("vae")
             latents = vae.encode(frames.to(vae.dtype)).sample(generator).to(dtype) * vae.config.scaling_factor
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)  # (b f) c h w
+        noise = self.free_noise_reschedule(noise.view(b, f, *noise.shape[1:]), f, generator, 1).reshape(noise.shape)
         latents = self.scheduler.add_noise(latents, noise, timestep)
         return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
@@ -66,6 +67,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         follow ``prompt``. Output size is the input size cut down to a multiple of 8.
 
         ``latents``, if given, replaces the noised encoding of the video (diffusers accepts and ignores it).
+        With ``enable_free_noise`` the noise added to the video is rescheduled and ``prompt`` may be a
+        ``{frame: prompt}`` dict.
         """
         if video is None:
             raise ValueError("video is required for video-to-video")
@@ -77,9 +80,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         self.check_inputs(prompt, h * px, w * px, f, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         device = self.device
-        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance_scale > 1.0,
-                                                 negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
-        batch = cond.shape[0]
+        batch, embeds = self.encode_text(prompt, f, device, num_videos_per_prompt, guidance_scale > 1.0,
+                                         negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
         if video_t.shape[0] not in (1, batch):
             raise ValueError(f"got {video_t.shape[0]} videos for {batch} prompts x videos per prompt")
         if video_t.shape[0] != batch:

@@ -1,0 +1,249 @@
+"""The pipeline side of FreeNoise and prompt travel: ``enable_free_noise`` and its hooks on video pipelines.
+
+A pipeline opts in with ``free_noise_support = True`` and calls, inside its ``__call__``:
+
+* :meth:`FreeNoiseMixin.free_noise_prompts` before encoding its prompt: it returns per-frame embeddings for a
+  ``{frame: prompt}`` schedule (or None when the prompts are plain text, which keeps the plain path and its
+  results bit for bit);
+* :meth:`FreeNoiseMixin.free_noise_latents` before scaling its initial noise: it draws the noise (same shape,
+  same generator call as the plain path) and reschedules it.
+
+The windowed temporal attention needs no call: ``enable_free_noise`` hangs a
+:class:`~vidcore.sampling.free_noise.FrameWindows` on every temporal block of ``self.unet`` (see
+:meth:`FreeNoiseMixin.temporal_blocks`), which the blocks consult in their forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from ..nn.resnet import ResBlock2D
+from ..nn.sampling import Downsample, Upsample
+from ..nn.transformer import (
+    SpatialTransformer,
+    SpatioTemporalTransformer,
+    TemporalTransformer,
+)
+from .free_noise import (
+    FrameWindows,
+    FreeNoiseSettings,
+    check_prompt_schedule,
+    reschedule_noise,
+    schedule_embeddings,
+)
+
+log = logging.getLogger(__name__)
+
+PER_FRAME_MODULES = (ResBlock2D, SpatialTransformer, Downsample, Upsample)
+
+
+def _split_rows(module: torch.nn.Module, size: int) -> Callable:
+    """``module``'s forward run on at most ``size`` rows of its ``(b f)`` batch at a time. Tensor arguments with
+    the same rows are split alongside; ones with one row per video (a shared text context, a per-video time
+    embedding) are first repeated for every frame of it. Exact for modules that treat frames independently."""
+    plain = type(module).forward
+
+    def forward(x, *args, **kwargs):
+        rows = x.shape[0]
+        if rows <= size:
+            return plain(module, x, *args, **kwargs)
+
+        def per_row(a):
+            if torch.is_tensor(a) and a.ndim and a.shape[0] != rows and rows % a.shape[0] == 0:
+                a = a.repeat_interleave(rows // a.shape[0], dim=0)
+            return a.split(size) if torch.is_tensor(a) and a.ndim and a.shape[0] == rows else None
+
+        chunks = x.split(size)
+        split_args = [per_row(a) for a in args]
+        split_kwargs = {k: per_row(v) for k, v in kwargs.items()}
+        outs = []
+        for i, part in enumerate(chunks):
+            a = [s[i] if s is not None else v for s, v in zip(split_args, args, strict=True)]
+            kw = {k: (split_kwargs[k][i] if split_kwargs[k] is not None else v) for k, v in kwargs.items()}
+            outs.append(plain(module, part, *a, **kw))
+        return torch.cat(outs)
+
+    forward.free_noise_split = True
+    return forward
+
+
+class FreeNoiseMixin:
+    """``pipe.enable_free_noise(context_length=16, context_stride=4, weighting_scheme="pyramid",
+    noise_type="shuffle_context", prompt_interpolation_callback=None)``, ``disable_free_noise()``,
+    ``enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=16)`` (and its
+    ``disable_``), and prompt travel: ``prompt={0: "a cat", 16: "a dog"}`` while FreeNoise is on.
+    See :mod:`vidcore.sampling.free_noise` for the method. The windows hang on the blocks of ``self.unet``: a UNet
+    shared by two pipelines shares them, and a UNet swapped in later needs ``enable_free_noise`` again."""
+
+    free_noise_support = False  # pipelines whose __call__ calls the hooks set this
+    free_noise_prompt_travel = True  # False for pipelines whose prompt is not text (SVD)
+    free_noise_frame_dim = 2  # where the frames sit in the pipeline's initial noise (SVD: 1)
+    free_noise_reschedules = True  # False: the initial noise is left alone (AnimateDiff video-to-video, as diffusers)
+
+    # -- the denoiser's temporal blocks -------------------------------------------------------------
+    def temporal_blocks(self) -> list[torch.nn.Module]:
+        """The blocks whose frame-mixing step FreeNoise windows: every block of each temporal transformer of
+        ``self.unet`` (AnimateDiff's motion modules, ModelScope's / I2VGen-XL's temporal transformers) and SVD's
+        temporal blocks."""
+        blocks = []
+        for module in self.unet.modules():
+            if isinstance(module, TemporalTransformer):
+                blocks.extend(module.transformer_blocks)
+            elif isinstance(module, SpatioTemporalTransformer):
+                blocks.extend(module.temporal_transformer_blocks)
+        return blocks
+
+    def free_noise_max_length(self) -> int | None:
+        """The longest window the temporal blocks' frame-position tables allow (None: no table)."""
+        limits = [b.pos_embed.max_len for b in self.temporal_blocks() if getattr(b, "pos_embed", None) is not None]
+        return min(limits) if limits else None
+
+    @property
+    def free_noise(self) -> FreeNoiseSettings | None:
+        """The settings of ``enable_free_noise``, or None when it is off."""
+        return getattr(self, "_free_noise", None)
+
+    @property
+    def free_noise_enabled(self) -> bool:
+        return self.free_noise is not None
+
+    def _install_frame_windows(self) -> None:
+        split = getattr(self, "_free_noise_spatial_split", None)
+        hook = FrameWindows(self.free_noise, split) if (self.free_noise is not None or split) else None
+        for block in self.temporal_blocks():
+            block.frame_windows = hook
+
+    # -- switches -----------------------------------------------------------------------------------
+    def enable_free_noise(self, context_length: int | None = 16, context_stride: int = 4,
+                          weighting_scheme: str = "pyramid", noise_type: str = "shuffle_context",
+                          prompt_interpolation_callback: Callable | None = None, match_diffusers: bool = True) -> None:
+        """Sample videos longer than the model's training clips (FreeNoise); same arguments as diffusers'.
+
+        ``context_length`` frames per attention window (None: the longest the frame-position table allows,
+        else 16), window starts ``context_stride`` apart; ``weighting_scheme`` "flat" | "pyramid" |
+        "delayed_reverse_sawtooth"; ``noise_type`` "shuffle_context" | "repeat_context" | "random";
+        ``prompt_interpolation_callback(start_frame, end_frame, start_embeds, end_embeds) -> embeds`` (rows for
+        frames ``start_frame..end_frame``; default linear) for prompt schedules. ``match_diffusers=False``
+        repairs two diffusers quirks (see :mod:`vidcore.sampling.free_noise`)."""
+        if not self.free_noise_support:
+            raise ValueError(f"{type(self).__name__} does not support enable_free_noise (supported: AnimateDiff "
+                             "text-, video- and ControlNet-to-video, ModelScope text- and video-to-video, I2VGen-XL "
+                             "and Stable Video Diffusion)")
+        limit = self.free_noise_max_length()
+        if context_length is None:
+            context_length = limit or 16
+        settings = FreeNoiseSettings(context_length, context_stride, weighting_scheme, noise_type,
+                                     prompt_interpolation_callback, bool(match_diffusers))
+        if limit is not None and context_length > limit:
+            raise ValueError(f"context_length={context_length} is more than the {limit} frame positions of this "
+                             f"model's temporal layers (motion_max_seq_length); use at most {limit}")
+        self._free_noise = settings
+        self._install_frame_windows()
+
+    def disable_free_noise(self) -> None:
+        """Back to plain sampling (split inference, if on, stays on)."""
+        self._free_noise = None
+        self._install_frame_windows()
+
+    def enable_free_noise_split_inference(self, spatial_split_size: int = 256, temporal_split_size: int = 16) -> None:
+        """Lower the peak memory of long videos without changing the result: the temporal blocks run on at
+        most ``spatial_split_size`` pixels at a time, and the per-frame layers of the UNet (res blocks, spatial
+        transformers, down/up samplers) on at most ``temporal_split_size`` frames at a time."""
+        for name, value in (("spatial_split_size", spatial_split_size), ("temporal_split_size", temporal_split_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.disable_free_noise_split_inference()
+        self._free_noise_spatial_split = spatial_split_size
+        self._install_frame_windows()
+        for module in self.unet.modules():
+            if isinstance(module, PER_FRAME_MODULES):
+                module.forward = _split_rows(module, temporal_split_size)
+
+    def disable_free_noise_split_inference(self) -> None:
+        self._free_noise_spatial_split = None
+        self._install_frame_windows()
+        for module in self.unet.modules():
+            if getattr(module.__dict__.get("forward"), "free_noise_split", False):
+                del module.forward
+
+    def check_free_noise_parallel(self) -> None:
+        """Frame-parallel ranks hold slices of the video, which the attention windows cannot see whole."""
+        runner = getattr(self, "parallel", None)
+        if self.free_noise is not None and runner is not None and runner.config.frame_size > 1:
+            raise ValueError("enable_free_noise does not combine with frame-parallel sampling "
+                             "(enable_parallel(frames=True)); use cfg-only parallel or disable_free_noise()")
+
+    # -- hooks for __call__ -------------------------------------------------------------------------
+    def free_noise_latents(self, shape, dtype, device, generator, latents=None) -> torch.Tensor | None:
+        """The initial noise before the scheduler's scaling: with FreeNoise on, drawn as the plain path draws it
+        (``randn_tensor(shape, generator)``; ``shape`` has the frames at ``free_noise_frame_dim``) and then
+        rescheduled; a given ``latents`` with every frame is used as it is, one with ``context_length`` frames
+        is extended. With FreeNoise off, ``latents`` is returned untouched."""
+        settings = self.free_noise
+        if settings is None or not self.free_noise_reschedules:
+            return latents
+        from ..random import randn_tensor
+
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for an effective batch of {shape[0]} videos")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return self.free_noise_reschedule(latents.to(device), shape[self.free_noise_frame_dim], generator,
+                                          self.free_noise_frame_dim)
+
+    def free_noise_reschedule(self, noise: torch.Tensor, num_frames: int, generator, frame_dim: int) -> torch.Tensor:
+        """``noise`` (frames along ``frame_dim``) rescheduled by FreeNoise; untouched when it is off. For
+        pipelines that draw their noise elsewhere (video-to-video noises the encoded video)."""
+        if self.free_noise is None:
+            return noise
+        return reschedule_noise(noise, num_frames, self.free_noise, generator, frame_dim)
+
+    def free_noise_prompts(self, prompt, negative_prompt, num_frames: int, device, num_videos_per_prompt: int,
+                           guidance: bool, prompt_embeds=None, negative_prompt_embeds=None, clip_skip=None,
+                           negative_clip_skip=None, encode: Callable | None = None):
+        """Per-frame ``(b f) m d`` (cond, uncond or None) embeddings when ``prompt`` or ``negative_prompt`` is a
+        ``{frame: prompt}`` schedule (prompt travel), else None (the pipeline encodes as usual).
+
+        Each schedule's key prompts are encoded once and interpolated between key frames (the callback of
+        ``enable_free_noise``, default linear); a text negative prompt counts as ``{0: text}``. ``encode``:
+        ``(prompts, clip_skip) -> k m d`` (default: the pipeline's CLIP text encoder; the negatives with
+        ``negative_clip_skip``, None as diffusers' SD pipelines)."""
+        if not isinstance(prompt, dict) and not isinstance(negative_prompt, dict):
+            return None
+        if self.free_noise is None or not self.free_noise_prompt_travel:
+            raise ValueError("prompt / negative_prompt as a {frame_index: prompt} dict (prompt travel) needs "
+                             "pipe.enable_free_noise() first" if self.free_noise_prompt_travel else
+                             f"{type(self).__name__} takes no text prompt to schedule")
+        if prompt_embeds is not None or negative_prompt_embeds is not None:
+            raise ValueError("prompt_embeds / negative_prompt_embeds do not combine with a {frame_index: prompt} "
+                             "dict; pass the prompts as text")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not isinstance(value, (str, dict)):
+                raise ValueError(f"with a prompt schedule, {name} must be a string or a {{frame_index: prompt}} "
+                                 f"dict, got {type(value).__name__}")
+        if encode is None:
+            from ..pipelines.text import clip_embed
+
+            if getattr(self, "text_encoder", None) is None:
+                raise ValueError("a {frame_index: prompt} schedule needs the pipeline's text_encoder (this one has "
+                                 "none loaded)")
+
+            self._run_on_device("text_encoder")
+            dtype = self.text_encoder.dtype
+
+            def encode(prompts, skip):
+                return clip_embed(self.tokenizer, self.text_encoder, prompts, device, skip).to(device, dtype)
+        interpolate = self.free_noise.prompt_interpolation_callback
+
+        def per_frame(value, name, skip):
+            schedule = check_prompt_schedule(value if isinstance(value, dict) else {0: value}, num_frames, name)
+            rows = schedule_embeddings(schedule, num_frames, lambda p: encode(p, skip), interpolate)
+            return rows.repeat(num_videos_per_prompt, 1, 1)  # (b f) m d, videos outermost
+
+        cond = per_frame(prompt, "prompt", clip_skip)
+        uncond = (per_frame("" if negative_prompt is None else negative_prompt, "negative_prompt", negative_clip_skip)
+                  if guidance else None)
+        return cond, uncond
