@@ -115,11 +115,11 @@ def test_output_types(tiny_t2v):
 
 def test_decode_chunking_and_fp16_vae_upcast(tiny_t2v):
     ours = vidcore.TextToVideoPipeline.from_pretrained(tiny_t2v.folder)
-    latents = torch.randn(1, 4, 3, 4, 4)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = ours.decode_latents(latents)
         chunked = ours.decode_latents(latents, decode_chunk_size=2)
-        close(full, chunked, 1e-6)
+        close(full, chunked, 1e-5)  # other batch sizes pick other conv kernels: float32 rounding only
         ours.vae.half()
         half = ours.decode_latents(latents)
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
