@@ -187,7 +187,7 @@ def test_real_config_every_key_and_shape_converts(config, tensors, millions):
     assert set(back) == set(source)
 
 
-@pytest.mark.parametrize("key,value", [("addition_embed_type", "text_time"), ("class_embed_type", "timestep"),
+@pytest.mark.parametrize("key,value", [("addition_embed_type", "text_image"), ("class_embed_type", "timestep"),
                                        ("only_cross_attention", True), ("num_attention_heads", 8)])
 def test_unsupported_options_are_clear_errors(key, value):
     from vidcore.models.unet2d import UNet2DConfig

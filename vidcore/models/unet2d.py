@@ -1,9 +1,13 @@
-"""Stable Diffusion 1.x / 2.x image UNet (diffusers' ``UNet2DConditionModel``, SD-family configs).
+"""Stable Diffusion 1.x / 2.x / XL image UNet (diffusers' ``UNet2DConditionModel``, SD-family configs).
 
 conv_in -> down levels [res block (+ spatial transformer)] x layers, downsample -> mid block
 (res, transformer, res) -> up levels [concat skip, res block (+ transformer)] x (layers + 1), upsample
 -> GroupNorm, SiLU, conv_out. The time embedding (sinusoidal features -> MLP) feeds every res block;
-the transformers cross-attend to the text tokens.
+the transformers cross-attend to the text tokens. SDXL is the same network with other settings (three
+levels, linear projections, 1/2/10 transformer layers, 2048-wide context) plus one extra conditioning
+input, ``addition_embed_type="text_time"``: the pooled text embedding and the sinusoidal features of
+the six size/crop micro-conditioning numbers (``time_ids``) go through a second MLP (``add_embedding``)
+whose output is added to the time embedding.
 
 Video models reuse this network unchanged: :class:`~vidcore.models.motion.UNetMotion` (AnimateDiff)
 runs it on frames folded into the batch and inserts a temporal mixer after every layer through the
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.embeddings import TimestepMLP, timestep_features
+from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import ResBlock2D
 from ..nn.sampling import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
@@ -42,7 +46,6 @@ _FIXED_OPTIONS = {
     "dual_cross_attention": False,
     "class_embed_type": None,
     "num_class_embeds": None,
-    "addition_embed_type": None,
     "encoder_hid_dim": None,
     "encoder_hid_dim_type": None,
     "resnet_time_scale_shift": "default",
@@ -62,7 +65,7 @@ _FIXED_OPTIONS = {
 class UNet2DConfig(DiffusersConfig):
     diffusers_class, label = "UNet2DConditionModel", "UNet2D config"
     fixed_options = _FIXED_OPTIONS
-    fixed_reason = "vidcore's UNet2D covers the Stable Diffusion 1.x/2.x UNet"
+    fixed_reason = "vidcore's UNet2D covers the Stable Diffusion 1.x/2.x/XL UNet"
 
     in_channels: int = 4
     out_channels: int = 4
@@ -90,6 +93,10 @@ class UNet2DConfig(DiffusersConfig):
     upcast_attention: bool = False
     time_embedding_dim: int | None = None
     time_cond_proj_dim: int | None = None
+    # SDXL micro-conditioning: "text_time" adds add_embedding(cat(pooled text, features(time_ids)))
+    addition_embed_type: str | None = None
+    addition_time_embed_dim: int | None = None  # sinusoidal features per time id
+    projection_class_embeddings_input_dim: int | None = None  # pooled text width + 6 x addition_time_embed_dim
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
     sample_size: int | tuple[int, ...] | None = None
@@ -116,6 +123,14 @@ class UNet2DConfig(DiffusersConfig):
         for ch, heads in zip(self.block_out_channels, self.heads()):
             if ch % heads:
                 raise ValueError(f"UNet2D config: {ch} channels do not split into {heads} attention heads")
+        if self.addition_embed_type not in (None, "text_time"):
+            raise ValueError(f"UNet2D config: addition_embed_type={self.addition_embed_type!r} is not supported; "
+                             "supported: None, 'text_time' (SDXL)")
+        if self.addition_embed_type == "text_time":
+            for name in ("addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+                if not isinstance(getattr(self, name), int):
+                    raise ValueError(f"UNet2D config: addition_embed_type='text_time' needs {name} (an int), "
+                                     f"got {getattr(self, name)!r}")
         for k in (self.conv_in_kernel, self.conv_out_kernel):
             if k % 2 == 0:
                 raise ValueError(f"UNet2D config: conv kernel sizes must be odd, got {k}")
@@ -173,7 +188,7 @@ class MidBlock2D(nn.Module):
 
 
 class UNet2D(UNetOptionsMixin, nn.Module):
-    """SD UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
+    """SD / SDXL UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):
         super().__init__()
@@ -187,6 +202,8 @@ class UNet2D(UNetOptionsMixin, nn.Module):
         temb = cfg.time_embedding_dim or 4 * ch[0]
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], cfg.conv_in_kernel, padding=cfg.conv_in_kernel // 2)
         self.time_embedding = TimestepMLP(ch[0], temb, cfg.time_cond_proj_dim)
+        self.add_embedding = (TimestepMLP(cfg.projection_class_embeddings_input_dim, temb)
+                              if cfg.addition_embed_type == "text_time" else None)
 
         down, up = unet_levels(ch, layers)
         self.down_blocks = nn.ModuleList(
@@ -207,11 +224,34 @@ class UNet2D(UNetOptionsMixin, nn.Module):
         self.freeu: FreeU | None = None
 
     # -- pieces (video models call these) -----------------------------------------------------
-    def time_embed(self, timestep, batch: int, device, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar or (batch,) timesteps -> (batch, temb) embedding in the model dtype."""
+    def time_embed(self, timestep, batch: int, device, cond: torch.Tensor | None = None,
+                   added_cond_kwargs: dict | None = None) -> torch.Tensor:
+        """Scalar or (batch,) timesteps -> (batch, temb) embedding in the model dtype.
+
+        SDXL (``addition_embed_type="text_time"``): ``added_cond_kwargs`` holds ``text_embeds`` (batch, d_pooled)
+        and ``time_ids`` (batch, 6); their embedding is added."""
         cfg = self.config
         feats = timestep_features(timestep, batch, cfg.block_out_channels[0], device, cfg.flip_sin_to_cos, cfg.freq_shift)
-        return self.time_embedding(feats.to(self.dtype), cond)
+        emb = self.time_embedding(feats.to(self.dtype), cond)
+        if self.add_embedding is not None:
+            emb = emb + self.add_embedding(self.micro_conditioning(added_cond_kwargs).to(emb.dtype))
+        return emb
+
+    def micro_conditioning(self, added_cond_kwargs: dict | None) -> torch.Tensor:
+        """SDXL's extra input: cat(pooled text embedding n d, sinusoidal features of each time id) -> n D."""
+        cfg = self.config
+        missing = [k for k in ("text_embeds", "time_ids") if k not in (added_cond_kwargs or {})]
+        if missing:
+            raise ValueError(f"this UNet has addition_embed_type='text_time' (SDXL) and needs added_cond_kwargs "
+                             f"with {missing} (pooled text embeddings and the size/crop time ids)")
+        text, ids = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
+        feats = sinusoidal_embedding(ids.flatten(), cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
+        feats = feats.reshape(text.shape[0], -1)
+        if text.shape[1] + feats.shape[1] != cfg.projection_class_embeddings_input_dim:
+            raise ValueError(f"added_cond_kwargs: text_embeds width {text.shape[1]} + {feats.shape[1]} time-id "
+                             f"features != projection_class_embeddings_input_dim="
+                             f"{cfg.projection_class_embeddings_input_dim}")
+        return torch.cat([text.to(feats.dtype), feats], dim=-1)
 
     def prepare_input(self, sample: torch.Tensor) -> torch.Tensor:
         return 2 * sample - 1.0 if self.config.center_input_sample else sample
@@ -244,13 +284,15 @@ class UNet2D(UNetOptionsMixin, nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None,
+                added_cond_kwargs: dict | None = None) -> torch.Tensor:
         """``image_embeds``: with IP-Adapters loaded (:mod:`vidcore.models.ip_adapter`), one image-encoder output
-        per adapter (diffusers' ``added_cond_kwargs["image_embeds"]``)."""
+        per adapter (diffusers' ``added_cond_kwargs["image_embeds"]``). ``added_cond_kwargs`` (SDXL UNets):
+        ``text_embeds`` n d and ``time_ids`` n 6."""
         # sample: n c h w ; encoder_hidden_states: n m d
         if image_embeds is not None:
             encoder_hidden_states = image_prompt_context(self, encoder_hidden_states, image_embeds)
-        temb = self.time_embed(timestep, sample.shape[0], sample.device, timestep_cond)
+        temb = self.time_embed(timestep, sample.shape[0], sample.device, timestep_cond, added_cond_kwargs)
         h = self.conv_in(self.prepare_input(sample))
         h = self.body(h, temb, encoder_hidden_states, down_block_additional_residuals, mid_block_additional_residual)
         return self.head(h)
