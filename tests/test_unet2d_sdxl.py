@@ -12,20 +12,6 @@ def rel_err(a, b):
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
-def tiny_sdxl_unet_config(**overrides) -> dict:
-    """SDXL's pattern at toy size: first level without attention, linear projections, per-level heads and
-    transformer depths, text_time conditioning (pooled width 20 + 6 time ids x 8 features)."""
-    config = tiny.tiny_unet2d_config(
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32, 48), attention_head_dim=(2, 4, 6), transformer_layers_per_block=(1, 2, 3),
-        use_linear_projection=True, cross_attention_dim=40, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=20 + 6 * 8,
-    )
-    config.update(overrides)
-    return config
-
-
 def sdxl_inputs(config, batch=2, height=8, width=12, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, config["in_channels"], height, width, generator=g)
@@ -39,7 +25,7 @@ def sdxl_inputs(config, batch=2, height=8, width=12, seed=1):
 def test_sdxl_unet_matches_diffusers(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    config = tiny_sdxl_unet_config()
+    config = tiny.tiny_sdxl_unet_config()
     ref = tiny.randomize_(UNet2DConditionModel(**config), 0).eval()
     ref.save_pretrained(tmp_path / "unet")
     ours = vidcore.load_model(tmp_path, subfolder="unet")

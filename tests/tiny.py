@@ -184,6 +184,28 @@ def tiny_unet2d_config(**overrides) -> dict:
     return config
 
 
+def tiny_sdxl_unet_config(**overrides) -> dict:
+    """``UNet2DConditionModel`` kwargs in SDXL's pattern at toy size: 3 levels (16, 32, 48), the first without
+    attention, linear projections, per-level heads (2, 4, 6) and transformer depths (1, 2, 3), cross-attention
+    dim 40, ``text_time`` micro-conditioning sized for a pooled embedding of 20 (6 time ids x 8 features)."""
+    config = tiny_unet2d_config(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32, 48), attention_head_dim=(2, 4, 6), transformer_layers_per_block=(1, 2, 3),
+        use_linear_projection=True, cross_attention_dim=40, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=20 + 6 * 8,
+    )
+    config.update(overrides)
+    return config
+
+
+def tiny_sdxl_motion_adapter_config(**overrides) -> dict:
+    """``MotionAdapter`` kwargs matching ``tiny_sdxl_unet_config`` (as guoyww's sdxl-beta: no mid block, 32
+    frame positions)."""
+    return tiny_motion_adapter_config(**{"block_out_channels": (16, 32, 48), "motion_num_attention_heads": 2,
+                                         "motion_max_seq_length": 32, **overrides})
+
+
 def tiny_motion_adapter_config(**overrides) -> dict:
     """``MotionAdapter`` kwargs matching ``tiny_unet2d_config`` (levels 32, 64; 8 norm groups, as the UNet's:
     diffusers' UNetMotionModel normalises motion modules with the UNet's group count). v1-style by default:

@@ -21,9 +21,11 @@ BLOCK_TYPES = {
 # keys copied unchanged into the UNet2DConditionModel config
 UNET2D_KEYS = ("sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
                "downsample_padding", "mid_block_scale_factor", "act_fn", "norm_num_groups", "norm_eps",
-               "cross_attention_dim", "transformer_layers_per_block", "use_linear_projection", "time_cond_proj_dim")
-# options of UNetMotionModel outside what AnimateDiffPipeline (SD1.5) uses -> the only value accepted
-FIXED = {"addition_embed_type": None, "encoder_hid_dim_type": None, "reverse_transformer_layers_per_block": None,
+               "cross_attention_dim", "transformer_layers_per_block", "use_linear_projection", "time_cond_proj_dim",
+               "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
+# options of UNetMotionModel outside what AnimateDiffPipeline (SD1.5) and AnimateDiffSDXLPipeline use -> the
+# only value accepted
+FIXED = {"encoder_hid_dim_type": None, "reverse_transformer_layers_per_block": None,
          "reverse_temporal_transformer_layers_per_block": None, "reverse_motion_num_attention_heads": None,
          "transformer_layers_per_mid_block": None, "mid_block_layers": 1}
 
@@ -32,14 +34,16 @@ MOTION_KEY = ".motion_modules."
 
 def split_config(config: Mapping) -> tuple[dict, dict]:
     """UNetMotionModel config -> (UNet2DConditionModel config, MotionAdapter config). Raises ValueError
-    naming the option for layouts vidcore's UNet2D + MotionAdapter do not cover (SDXL, PIA, asymmetric)."""
+    naming the option for layouts vidcore's UNet2D + MotionAdapter do not cover (PIA, asymmetric, IP-Adapter).
+    SDXL's ``addition_embed_type="text_time"`` and its sizes go to the UNet config (UNetMotionModel's time-id
+    features are always cos-first with no shift, as SDXL's)."""
     name = config.get("_class_name", "UNetMotionModel")
     if name != "UNetMotionModel":
         raise ValueError(f"expected a UNetMotionModel config, got {name!r}")
     for key, allowed in FIXED.items():
         if config.get(key, allowed) != allowed:
             raise ValueError(f"UNetMotionModel config: {key}={config[key]!r} is not supported (vidcore loads the "
-                             f"Stable Diffusion 1.x AnimateDiff layout; expected {allowed!r})")
+                             f"Stable Diffusion 1.x / XL AnimateDiff layouts; expected {allowed!r})")
     if config.get("in_channels", 4) != config.get("out_channels", 4):
         raise ValueError(f"UNetMotionModel config: in_channels={config.get('in_channels')} differs from "
                          f"out_channels={config.get('out_channels')} (a PIA UNet); load the SD UNet and the PIA "
@@ -53,7 +57,7 @@ def split_config(config: Mapping) -> tuple[dict, dict]:
                 down_block_types=[BLOCK_TYPES[t] for t in config.get("down_block_types", ())] or None,
                 up_block_types=[BLOCK_TYPES[t] for t in config.get("up_block_types", ())] or None,
                 attention_head_dim=config.get("num_attention_heads", 8))  # diffusers' head count under both names
-    unet = {k: v for k, v in unet.items() if v is not None or k == "time_cond_proj_dim"}
+    unet = {k: v for k, v in unet.items() if v is not None or k in ("time_cond_proj_dim", "addition_embed_type")}
 
     adapter = {
         "_class_name": "MotionAdapter",

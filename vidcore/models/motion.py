@@ -155,9 +155,26 @@ class MotionAdapter(nn.Module):
         raise TypeError("a MotionAdapter is not run on its own: wrap a UNet2D with UNetMotion(unet, adapter)")
 
 
+def unet_family(config) -> str:
+    """"SDXL" for a UNet2D config with SDXL's micro-conditioning, else "SD1.5" (the SD 1.x/2.x UNets)."""
+    return "SDXL" if getattr(config, "addition_embed_type", None) == "text_time" else "SD1.5"
+
+
+def adapter_family(config: MotionAdapterConfig) -> str:
+    """"SDXL" for an adapter with three levels (SDXL's 320, 640, 1280: guoyww's sdxl-beta), else "SD1.5" (four)."""
+    return "SDXL" if len(config.block_out_channels) == 3 else "SD1.5"
+
+
 def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
     """Raise a ValueError naming the mismatch when ``adapter`` cannot be inserted into ``unet``."""
     u, a = unet.config, adapter.config
+    if tuple(u.block_out_channels) != tuple(a.block_out_channels) and unet_family(u) != adapter_family(a):
+        fix = ("use an SDXL base model (e.g. stabilityai/stable-diffusion-xl-base-1.0) with AnimateDiffSDXLPipeline"
+               if adapter_family(a) == "SDXL" else
+               "use an SDXL motion adapter (guoyww/animatediff-motion-adapter-sdxl-beta) with an SDXL base model")
+        raise ValueError(f"an {adapter_family(a)} motion adapter (block_out_channels {tuple(a.block_out_channels)}) "
+                         f"cannot animate an {unet_family(u)} UNet (block_out_channels "
+                         f"{tuple(u.block_out_channels)}): {fix}")
     if tuple(u.block_out_channels) != tuple(a.block_out_channels):
         raise ValueError(f"motion adapter block_out_channels {tuple(a.block_out_channels)} do not match the UNet's "
                          f"{tuple(u.block_out_channels)}: the adapter was trained for another base model family "
@@ -245,10 +262,12 @@ class UNetMotion(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
-                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None) -> torch.Tensor:
+                mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None,
+                added_cond_kwargs: dict | None = None) -> torch.Tensor:
         """``image_embeds``: with IP-Adapters loaded into the UNet, one image-encoder output per adapter and video
         (diffusers' ``added_cond_kwargs["image_embeds"]``); every frame of a video sees its video's image tokens."""
         # sample: b c f h w ; encoder_hidden_states: b m d or (b f) m d
+        # added_cond_kwargs (SDXL UNets): text_embeds b d, time_ids b 6 (one per video, shared by its frames)
         if sample.ndim != 5:
             raise ValueError(f"UNetMotion takes latents shaped (batch, channels, frames, height, width), got "
                              f"{tuple(sample.shape)}")
@@ -267,7 +286,8 @@ class UNetMotion(nn.Module):
                              f"({b}) or batch x frames ({b * f})")
         if image_embeds is not None:
             context = image_prompt_context(self.unet, context, image_embeds)
-        temb = self.unet.time_embed(timestep, b, sample.device, timestep_cond).repeat_interleave(f, dim=0)
+        temb = self.unet.time_embed(timestep, b, sample.device, timestep_cond, added_cond_kwargs)
+        temb = temb.repeat_interleave(f, dim=0)
 
         def mixer(part: str, level: int, layer: int, x: torch.Tensor) -> torch.Tensor:
             module = self.adapter.module_for(part, level, layer)
