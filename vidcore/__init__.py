@@ -20,6 +20,7 @@ _LAZY = {
     "AnimateDiffSparseControlNetPipeline": "vidcore.pipelines.animatediff_sparsectrl",
     "SparseControlNet": "vidcore.models.sparse_controlnet",
     "SparseControlNetConfig": "vidcore.models.sparse_controlnet",
+    "AnimateDiffSDXLPipeline": "vidcore.pipelines.animatediff_sdxl",
     "ControlledVideoPipeline": "vidcore.pipelines.controlled_video",
     "TextToVideoZeroPipeline": "vidcore.pipelines.text2video_zero",
     "VideoInstructPix2PixPipeline": "vidcore.pipelines.video_instruct_pix2pix",

@@ -220,10 +220,13 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
     free_noise_support = True  # enable_free_noise (vidcore.sampling.free_noise_mixin)
+    # what from_pretrained reads from a pipeline folder (subclasses add theirs, see load_extra_component)
+    folder_components = COMPONENTS
+    example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
                  image_encoder=None, feature_extractor=None,
-                 **extra):  # extra: the components a subclass adds (the ControlNet pipeline's controlnet)
+                 **extra):  # extra: the components a subclass adds (ControlNet: controlnet; SDXL: tokenizer_2, text_encoder_2)
         if isinstance(unet, UNet2D):
             if motion_adapter is None:
                 raise TypeError("AnimateDiffPipeline: a UNet2D needs motion_adapter= (a vidcore MotionAdapter)")
@@ -259,11 +262,11 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         """
         from ..loading import load_model
 
-        unknown = sorted(set(overrides) - set(COMPONENTS))
+        unknown = sorted(set(overrides) - set(cls.folder_components))
         if unknown:
             raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
         dtype = hub.parse_dtype(torch_dtype)
-        wanted = [c for c in ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter")
+        wanted = [c for c in cls.folder_components
                   if c not in overrides and not (c == "motion_adapter" and motion_adapter is not None)]
         root = _resolve(path_or_repo, wanted, variant, revision, token)
         index_file = root / "model_index.json"
@@ -299,11 +302,20 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
             if not isinstance(index.get("motion_adapter"), list) or index["motion_adapter"][-1] is None:
                 raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is an image model without motion modules; "
                                          "pass motion_adapter= (CLI: --motion-adapter), e.g. "
-                                         "guoyww/animatediff-motion-adapter-v1-5-2")
+                                         f"{cls.example_adapter}")
             modules["motion_adapter"] = load_motion_adapter(folder("motion_adapter"), dtype, variant)
         if "scheduler" not in modules:
             modules["scheduler"] = stored_scheduler(folder("scheduler") / "scheduler_config.json")
+        for name in cls.folder_components:
+            if name not in modules and name not in COMPONENTS:  # a subclass's own (SDXL: tokenizer_2, text_encoder_2)
+                modules[name] = cls.load_extra_component(name, folder(name), dtype, variant)
         return cls(**modules)
+
+    @classmethod
+    def load_extra_component(cls, name: str, folder: Path, torch_dtype, variant: str | None):
+        """A component of ``folder_components`` beyond the SD1.5 ones (none here; the SDXL pipeline's second
+        tokenizer and text encoder)."""
+        raise ModelNotFoundError(f"{cls.__name__} does not know how to load component '{name}'")
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, motion_adapter=None,

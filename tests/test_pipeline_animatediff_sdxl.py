@@ -1,0 +1,115 @@
+"""AnimateDiffSDXLPipeline against diffusers' AnimateDiffSDXLPipeline (same tiny random SDXL model + motion
+adapter, same seed -> same frames): two text encoders, pooled embeddings, micro-conditioning sizes,
+guidance_rescale, clip_skip, force_zeros_for_empty_prompt; loading an SDXL folder and a saved
+AnimateDiffSDXLPipeline folder; clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+import tiny
+import tiny_sdxl
+import vidcore
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_sdxl.build_tiny_animatediff_sdxl(tmp_path_factory.mktemp("animatediff_sdxl"))
+
+
+@pytest.fixture(scope="module")
+def ours(setup):
+    pipe = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def compare(ref, ours, seed=0, **kwargs):
+    kwargs.setdefault("output_type", "np")
+    expected = np.asarray(ref(generator=torch.Generator().manual_seed(seed), **kwargs).frames)
+    got = np.asarray(ours(generator=torch.Generator().manual_seed(seed), **kwargs).frames)
+    assert expected.shape == got.shape
+    err = np.abs(expected - got).max()
+    assert err < TOL, f"max abs error {err}"
+    return got
+
+
+SMALL = dict(num_frames=5, height=16, width=24, num_inference_steps=3)  # odd frame count, non-square
+
+
+def test_stored_euler_two_prompts_and_negatives(setup, ours):
+    assert type(ours.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert ours.force_zeros_for_empty_prompt
+    frames = compare(setup.pipe, ours, prompt="a cat walking", prompt_2="in the snow", negative_prompt="blurry",
+                     negative_prompt_2="dark", **SMALL)
+    assert frames.shape == (1, 5, 16, 24, 3)
+
+
+def test_zero_negatives_sizes_rescale_clip_skip_ddim(setup, ours):
+    from diffusers import DDIMScheduler
+
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    ours.scheduler = animatediff_scheduler(setup.sdxl / "scheduler" / "scheduler_config.json")
+    saved = setup.pipe.scheduler
+    setup.pipe.scheduler = DDIMScheduler.from_config(saved.config, clip_sample=False, timestep_spacing="linspace",
+                                                     beta_schedule="linear", steps_offset=1)
+    try:
+        # no negative prompt: zeros (force_zeros_for_empty_prompt); micro-conditioning and guidance rescale
+        compare(setup.pipe, ours, prompt="a dog", num_frames=3, height=24, width=16, num_inference_steps=3,
+                guidance_rescale=0.7, original_size=(48, 64), crops_coords_top_left=(4, 8), target_size=(32, 40),
+                negative_original_size=(16, 16), negative_target_size=(24, 24), clip_skip=1, eta=0.5,
+                denoising_end=0.6, seed=3)
+    finally:
+        setup.pipe.scheduler = saved
+        ours.scheduler = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter).scheduler
+
+
+def test_saved_pipeline_folder_and_embeds(setup, ours, tmp_path):
+    """A saved diffusers AnimateDiffSDXLPipeline (unet/ a UNetMotionModel with text_time) loads alone."""
+    setup.pipe.save_pretrained(tmp_path / "saved")
+    again = vidcore.AnimateDiffSDXLPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    embeds = dict(prompt_embeds=torch.randn(1, 77, 40, generator=g), pooled_prompt_embeds=torch.randn(1, 20, generator=g),
+                  negative_prompt_embeds=torch.randn(1, 77, 40, generator=g),
+                  negative_pooled_prompt_embeds=torch.randn(1, 20, generator=g))
+    compare(setup.pipe, again, num_frames=4, height=16, width=16, num_inference_steps=2, seed=5, **embeds)
+    latents = again(prompt="x", num_frames=2, height=16, width=16, num_inference_steps=1, guidance_scale=1.0,
+                    output_type="latent").frames
+    assert latents.shape == (1, 4, 2, 8, 8)
+
+
+def test_errors(setup, ours):
+    with pytest.raises(ValueError, match="pooled_prompt_embeds"):
+        ours(prompt_embeds=torch.zeros(1, 77, 40), num_frames=2, height=16, width=16, num_inference_steps=1)
+    from vidcore.errors import ConfigError
+
+    with pytest.raises(ValueError, match="an SD1.5 motion adapter .* cannot animate an SDXL UNet"):
+        vidcore.AnimateDiffSDXLPipeline(ours.tokenizer, ours.tokenizer_2, ours.text_encoder, ours.text_encoder_2,
+                                        ours.unet.unet, ours.vae, ours.scheduler, motion_adapter=_sd15_adapter())
+    with pytest.raises(ConfigError, match="needs an SDXL UNet"):
+        vidcore.AnimateDiffSDXLPipeline(ours.tokenizer, ours.tokenizer_2, ours.text_encoder, ours.text_encoder_2,
+                                        _sd15_unet(), ours.vae, ours.scheduler, motion_adapter=_sd15_adapter())
+
+
+def _sd15_adapter():
+    from vidcore.models.motion import MotionAdapter, MotionAdapterConfig
+
+    return MotionAdapter(MotionAdapterConfig.from_diffusers_config(tiny.tiny_motion_adapter_config()))
+
+
+def _sd15_unet():
+    from vidcore.models.unet2d import UNet2D, UNet2DConfig
+
+    return UNet2D(UNet2DConfig.from_diffusers_config(tiny.tiny_unet2d_config()))
