@@ -85,8 +85,8 @@ def test_sd15_and_sdxl_mixups_are_one_line_errors():
         sdxl = _build(BY_DIFFUSERS["UNet2DConditionModel"], SDXL_UNET_CONFIG)
         sdxl_adapter = _build(BY_DIFFUSERS["MotionAdapter"], SDXL_BETA_ADAPTER_CONFIG)
         sd15_adapter = _build(BY_DIFFUSERS["MotionAdapter"], ADAPTER_V15_2_CONFIG)
-    with pytest.raises(ValueError, match=r"an SDXL motion adapter .* cannot animate an SD1.5 UNet") as err:
+    with pytest.raises(ValueError, match=r"an SDXL motion adapter cannot animate an SD1.5 UNet") as err:
         UNetMotion(sd15, sdxl_adapter)
     assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match=r"an SD1.5 motion adapter .* cannot animate an SDXL UNet.*sdxl-beta"):
+    with pytest.raises(ValueError, match=r"an SD1.5 motion adapter cannot animate an SDXL UNet.*sdxl-beta"):
         UNetMotion(sdxl, sd15_adapter)

@@ -95,7 +95,7 @@ def test_errors(setup, ours):
         ours(prompt_embeds=torch.zeros(1, 77, 40), num_frames=2, height=16, width=16, num_inference_steps=1)
     from vidcore.errors import ConfigError
 
-    with pytest.raises(ValueError, match="an SD1.5 motion adapter .* cannot animate an SDXL UNet"):
+    with pytest.raises(ValueError, match="an SD1.5 motion adapter cannot animate an SDXL UNet"):
         vidcore.AnimateDiffSDXLPipeline(ours.tokenizer, ours.tokenizer_2, ours.text_encoder, ours.text_encoder_2,
                                         ours.unet.unet, ours.vae, ours.scheduler, motion_adapter=_sd15_adapter())
     with pytest.raises(ConfigError, match="needs an SDXL UNet"):

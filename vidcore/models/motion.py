@@ -172,9 +172,9 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
         fix = ("use an SDXL base model (e.g. stabilityai/stable-diffusion-xl-base-1.0) with AnimateDiffSDXLPipeline"
                if adapter_family(a) == "SDXL" else
                "use an SDXL motion adapter (guoyww/animatediff-motion-adapter-sdxl-beta) with an SDXL base model")
-        raise ValueError(f"an {adapter_family(a)} motion adapter (block_out_channels {tuple(a.block_out_channels)}) "
-                         f"cannot animate an {unet_family(u)} UNet (block_out_channels "
-                         f"{tuple(u.block_out_channels)}): {fix}")
+        raise ValueError(f"motion adapter block_out_channels {tuple(a.block_out_channels)} do not match the UNet's "
+                         f"{tuple(u.block_out_channels)}: an {adapter_family(a)} motion adapter cannot animate an "
+                         f"{unet_family(u)} UNet; {fix}")
     if tuple(u.block_out_channels) != tuple(a.block_out_channels):
         raise ValueError(f"motion adapter block_out_channels {tuple(a.block_out_channels)} do not match the UNet's "
                          f"{tuple(u.block_out_channels)}: the adapter was trained for another base model family "
