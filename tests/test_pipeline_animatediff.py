@@ -389,8 +389,12 @@ def test_unet_motion_config_outside_sd15_is_refused(setup, tmp_path):
     folder = tmp_path / "saved"
     setup.pipe.unet.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "encoder_hid_dim_type": "ip_image_proj"}))
+    with pytest.raises(vidcore.errors.ConfigError, match="encoder_hid_dim_type='ip_image_proj' is not supported"):
+        load_unet_motion(folder)
+    # SDXL's text_time conditioning loads (tests/test_motion_sdxl.py) but needs its sizes
     (folder / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
-    with pytest.raises(vidcore.errors.ConfigError, match="addition_embed_type='text_time' is not supported"):
+    with pytest.raises(vidcore.errors.ConfigError, match="text_time' needs addition_time_embed_dim"):
         load_unet_motion(folder)
     (folder / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
     with pytest.raises(vidcore.errors.ConfigError, match="a PIA UNet"):
