@@ -226,8 +226,9 @@ SPARSE_CONTROLS = ("sparse-scribble", "sparse-rgb")  # SparseCtrl: --control-ima
 
 def _animatediff_options(o: Options) -> None:
     o.add("--motion-adapter", default=None, metavar="PATH_OR_REPO",
-          help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2); "
-               "optional when --model is a saved AnimateDiff pipeline")
+          help="motion adapter folder, file or hub repo id (e.g. guoyww/animatediff-motion-adapter-v1-5-2; for an "
+               "SDXL --model guoyww/animatediff-motion-adapter-sdxl-beta); optional when --model is a saved "
+               "AnimateDiff pipeline")
     o.add("--config-from", default=None, metavar="PATH_OR_REPO",
           help="with --model an original SD1.5 single file (.safetensors/.ckpt, e.g. from civitai): the "
                "SD1.5 pipeline folder or hub repo giving configs, tokenizer and scheduler (default: "
@@ -236,7 +237,8 @@ def _animatediff_options(o: Options) -> None:
           help="number of frames (default 16; with --video: all of its frames); more than the adapter's "
                "motion_max_seq_length uses context windows")
     _size(o)
-    o.add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    o.add("--guidance", type=float, default=None,
+          help="classifier-free guidance scale (default: 7.5; 5.0 for an SDXL --model)")
     o.add("--fps", type=positive_float, default=None, help="output frame rate (default 8, or --video's)")
     o.add("--video", default=None, help="video-to-video: re-render this video (file or URL) to follow --prompt")
     o.add("--strength", type=unit_float, default=None,
@@ -322,6 +324,16 @@ def _animatediff_load(cls, model: str, args, dtype):
     cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline,
            "sparsectrl": AnimateDiffSparseControlNetPipeline}[mode]
     extra = {"controlnet": args.controlnet} if mode in ("controlnet", "sparsectrl") else {}
+    from ..pipelines.animatediff_sdxl import AnimateDiffSDXLPipeline, is_sdxl_model
+
+    sdxl = is_sdxl_model(model)
+    if args.guidance is None:  # diffusers' defaults: 7.5 for SD1.5 AnimateDiff, 5.0 for SDXL
+        args.guidance = 5.0 if sdxl else 7.5
+    if sdxl:
+        if mode != "t2v" or args.ip_adapter is not None:
+            raise UsageError("an SDXL --model runs text-to-video only (AnimateDiffSDXLPipeline): drop --video / "
+                             "--control / --ip-adapter")
+        cls = AnimateDiffSDXLPipeline
     if Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
         pipe = cls.from_single_file(model, motion_adapter=args.motion_adapter, torch_dtype=torch_dtype(dtype),
@@ -467,7 +479,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          parallel=True, long_video=True, resolve_model=_svd_model,
          model_help="; default: the built-in image-to-video demo model (32x32 px shapes, offline), e.g. "
                     "stabilityai/stable-video-diffusion-img2vid-xt for a real one"),
-    Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 + motion adapter)",
+    Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 or XL + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
          schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
          check=_animatediff_mode,

@@ -223,6 +223,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     # what from_pretrained reads from a pipeline folder (subclasses add theirs, see load_extra_component)
     folder_components = COMPONENTS
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
+    sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
                  image_encoder=None, feature_extractor=None,
@@ -236,6 +237,9 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
                 unet = UNetMotion(unet.unet, motion_adapter)
         else:
             raise TypeError(f"AnimateDiffPipeline: unet must be a vidcore UNet2D or UNetMotion, got {type(unet).__name__}")
+        if unet.unet.add_embedding is not None and not self.sdxl:
+            raise ConfigError(f"{type(self).__name__}: this UNet is a Stable Diffusion XL UNet (addition_embed_type="
+                              "'text_time'); use AnimateDiffSDXLPipeline with an SDXL motion adapter")
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler,
                          **extra)
         self.image_encoder, self.feature_extractor = image_encoder, feature_extractor

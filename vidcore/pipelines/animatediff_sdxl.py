@@ -51,6 +51,33 @@ CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", 
 SDXL_ADAPTER = "guoyww/animatediff-motion-adapter-sdxl-beta"
 
 
+SDXL_PIPELINES = ("StableDiffusionXLPipeline", "AnimateDiffSDXLPipeline")
+
+
+def is_sdxl_model(model: str | os.PathLike, revision: str | None = None, token: str | None = None) -> bool:
+    """Whether ``model`` (a pipeline folder or hub repo id, or an original single file) is a Stable Diffusion XL
+    model: ``model_index.json`` names an SDXL pipeline or lists ``text_encoder_2``, or ``unet/config.json`` has
+    ``addition_embed_type="text_time"``; a single file holds SDXL's ``conditioner.embedders.*`` text encoders
+    (``.safetensors``: read from the header only; a pickled ``.ckpt`` is not opened, False). Only those small
+    files are fetched from the hub."""
+    name = os.fspath(model)
+    if name.endswith((".safetensors", ".ckpt")):
+        if not name.endswith(".safetensors") or not Path(name).is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(name, framework="pt") as f:
+            return any(k.startswith("conditioner.embedders.") for k in f.keys())
+    root = hub.resolve(model, allow_patterns=["model_index.json", "unet/config.json"], revision=revision, token=token)
+    if (root / "model_index.json").is_file():
+        index = hub.load_config(root, "model_index.json")
+        if index.get("_class_name") in SDXL_PIPELINES or isinstance(index.get("text_encoder_2"), list):
+            return True
+    if (root / "unet" / "config.json").is_file():
+        return hub.load_config(root / "unet").get("addition_embed_type") == "text_time"
+    return False
+
+
 def load_text_encoder_2(folder: Path, torch_dtype=None, variant=None):
     """SDXL's second text encoder (OpenCLIP ViT-bigG as a transformers ``CLIPTextModelWithProjection``)."""
     from transformers import CLIPTextModelWithProjection
@@ -99,6 +126,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
     folder_components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "tokenizer_2",
                          "text_encoder_2")
     example_adapter = SDXL_ADAPTER
+    sdxl = True
     parallel_support = False  # enable_parallel splits the guidance batch without the SDXL time ids
 
     def __init__(self, tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler,
