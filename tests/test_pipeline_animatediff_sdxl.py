@@ -113,3 +113,23 @@ def _sd15_unet():
     from vidcore.models.unet2d import UNet2D, UNet2DConfig
 
     return UNet2D(UNet2DConfig.from_diffusers_config(tiny.tiny_unet2d_config()))
+
+
+def test_original_ckpt_adapter_and_readme_recipe(setup, ours, tmp_path):
+    """The adapter as an original AnimateDiff file (mm_sdxl_v10_beta.ckpt layout) and the README's sampler swap."""
+    from vidcore.loading import save_original
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    save_original(ours.motion_adapter, tmp_path / "mm_sdxl.ckpt")
+    # the toy adapter's head count and norm groups are not the released ones (8, 32), so its config is passed
+    adapter = vidcore.MotionAdapter.from_single_file(tmp_path / "mm_sdxl.ckpt", config_from=setup.adapter)
+    pipe = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=adapter)
+    for (name, a), b in zip(ours.motion_adapter.state_dict().items(), pipe.motion_adapter.state_dict().values()):
+        assert torch.equal(a, b), name
+    pipe.scheduler = animatediff_scheduler(pipe.scheduler.to_diffusers_config())
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.scheduler.config.beta_schedule == "linear"
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("a panda", negative_prompt="low quality", num_frames=2, height=16, width=16,
+                  num_inference_steps=1, generator=torch.manual_seed(42)).frames[0]
+    vidcore.export_to_gif(frames, tmp_path / "panda.gif")
+    assert (tmp_path / "panda.gif").stat().st_size > 0
