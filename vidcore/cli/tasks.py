@@ -17,7 +17,7 @@ from .common import UsageError, nonnegative_int, positive_float, positive_int, t
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
 ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
                           "pndm": "PNDMScheduler"}
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 single file
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 / SDXL single file
 PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
 
@@ -230,9 +230,10 @@ def _animatediff_options(o: Options) -> None:
                "SDXL --model guoyww/animatediff-motion-adapter-sdxl-beta); optional when --model is a saved "
                "AnimateDiff pipeline")
     o.add("--config-from", default=None, metavar="PATH_OR_REPO",
-          help="with --model an original SD1.5 single file (.safetensors/.ckpt, e.g. from civitai): the "
-               "SD1.5 pipeline folder or hub repo giving configs, tokenizer and scheduler (default: "
-               "stable-diffusion-v1-5/stable-diffusion-v1-5; no weights are downloaded)")
+          help="with --model an original SD1.5 or SDXL single file (.safetensors/.ckpt, e.g. from civitai): the "
+               "pipeline folder or hub repo giving configs, tokenizer(s) and scheduler (default: "
+               "stable-diffusion-v1-5/stable-diffusion-v1-5, for an SDXL .safetensors "
+               "stabilityai/stable-diffusion-xl-base-1.0; no weights are downloaded)")
     o.add("--frames", type=positive_int, default=None,
           help="number of frames (default 16; with --video: all of its frames); more than the adapter's "
                "motion_max_seq_length uses context windows")

@@ -39,7 +39,7 @@ import torch
 
 from .. import hub
 from ..errors import ConfigError
-from ..models.motion import MotionAdapter
+from ..models.motion import MotionAdapter, UNetMotion
 from .animatediff import AnimateDiffPipeline
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
 from .text import _as_list
@@ -76,6 +76,74 @@ def is_sdxl_model(model: str | os.PathLike, revision: str | None = None, token: 
     if (root / "unet" / "config.json").is_file():
         return hub.load_config(root / "unet").get("addition_embed_type") == "text_time"
     return False
+
+
+# from_single_file: the SDXL repo that gives the configs, tokenizers and scheduler (no weights are fetched)
+DEFAULT_SDXL_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_SINGLE_FILE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+SDXL_CONFIG_PATTERNS = ["model_index.json", *(f"{c}/config.json" for c in SDXL_SINGLE_FILE_COMPONENTS),
+                        *(f"{t}/*.{e}" for t in ("tokenizer", "tokenizer_2") for e in ("json", "txt")),
+                        "scheduler/*.json"]
+
+
+def load_sdxl_single_file(path: str | os.PathLike, config_from: str | os.PathLike = DEFAULT_SDXL_CONFIG,
+                          torch_dtype=None, revision: str | None = None, token: str | None = None,
+                          components=SDXL_SINGLE_FILE_COMPONENTS) -> dict:
+    """``unet`` (vidcore UNet2D), ``vae`` (vidcore AutoencoderKL), ``text_encoder`` (transformers CLIPTextModel) and
+    ``text_encoder_2`` (CLIPTextModelWithProjection) of an original SDXL single file (``model.diffusion_model.*``,
+    ``first_stage_model.*``, ``conditioner.embedders.{0,1}.*``; civitai fine-tunes), read once; their configs come
+    from ``config_from``, an SDXL pipeline folder or hub repo id (only its config files are fetched). Every key and
+    shape is checked before a module is filled (:mod:`vidcore.conversion.maps.original_sdxl`)."""
+    import warnings
+
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ..conversion.engine import ChainedMap
+    from ..conversion.maps import original_sd, original_sdxl
+    from ..errors import CheckpointError
+    from ..loading import BY_NAME, _build, _fill, _load_text_encoder, _load_transformers_tower
+    from ..single_file import read_single_file_raw
+
+    components = (components,) if isinstance(components, str) else tuple(components)
+    unknown = sorted(set(components) - set(SDXL_SINGLE_FILE_COMPONENTS))
+    if unknown:
+        raise ValueError(f"components must be among {list(SDXL_SINGLE_FILE_COMPONENTS)}, got {unknown}")
+    where = hub.resolve(path, revision=revision, token=token)
+    if not where.is_file():
+        raise CheckpointError(f"{where}: not a single file (an SDXL pipeline folder loads with from_pretrained)")
+    raw = read_single_file_raw(where)
+    if not original_sdxl.detect(raw):
+        raise CheckpointError(f"{where}: not an original Stable Diffusion XL file (model.diffusion_model.label_emb.*, "
+                              "conditioner.embedders.1.model.* keys)")
+    extra = original_sdxl.unrecognised(raw)
+    if extra:
+        warnings.warn(f"{where}: ignoring {len(extra)} keys outside the UNet, VAE and text encoders, e.g. {extra[:10]}",
+                      stacklevel=2)
+    root = hub.resolve(config_from, allow_patterns=SDXL_CONFIG_PATTERNS, revision=revision, token=token)
+    parts = original_sdxl.split(raw)
+    dtype = hub.parse_dtype(torch_dtype) or torch.float32
+    out = {}
+    for name in (c for c in SDXL_SINGLE_FILE_COMPONENTS if c in components):
+        if not parts[name]:
+            raise CheckpointError(f"{where}: an SDXL file without the {name} "
+                                  f"(no {original_sdxl.COMPONENT_PREFIXES[name]}* keys)")
+        if not (root / name / "config.json").is_file():
+            raise ConfigError(f"config_from={os.fspath(config_from)!r} has no {name}/config.json (looked in {root})")
+        config = hub.load_config(root / name)
+        if name in ("unet", "vae"):
+            arch = BY_NAME["unet2d" if name == "unet" else "autoencoder_kl"]
+            original = original_sdxl.sdxl_unet_map(config) if name == "unet" else original_sd.sd_vae_map(config)
+            module = _build(arch, config)
+            _fill(module, parts[name], ChainedMap([original, arch.keymap(config)]), [where], "forward")
+        elif name == "text_encoder":
+            module, _ = _load_text_encoder(parts[name], config, [where])
+        else:
+            cfg = CLIPTextConfig.from_dict(config)
+            module, _ = _load_transformers_tower(CLIPTextModelWithProjection, cfg,
+                                                 lambda target: original_sdxl.open_clip_text_map(), parts[name],
+                                                 [where], f"{cfg.num_hidden_layers} layers, width {cfg.hidden_size}")
+        out[name] = module.to(dtype).eval()
+    return out
 
 
 def load_text_encoder_2(folder: Path, torch_dtype=None, variant=None):
@@ -169,9 +237,54 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
         return super().load_extra_component(name, folder, torch_dtype, variant)
 
     @classmethod
-    def from_single_file(cls, *args, **kwargs):
-        raise NotImplementedError("AnimateDiffSDXLPipeline.from_single_file (LDM / civitai SDXL single files) is not "
-                                  "implemented yet; convert the file to the diffusers layout first and use from_pretrained")
+    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None,
+                         config_from: str | os.PathLike = DEFAULT_SDXL_CONFIG,
+                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
+                         revision: str | None = None, token: str | None = None, **overrides):
+        """Load the UNet, VAE and both text encoders from an original SDXL single file (Stability's
+        ``sd_xl_base_1.0.safetensors`` layout, which civitai SDXL fine-tunes ship; ``.safetensors`` or ``.ckpt``),
+        plus ``motion_adapter`` (required, as in :meth:`from_pretrained`). ``config_from`` (default
+        ``stabilityai/stable-diffusion-xl-base-1.0``; only its config, tokenizer and scheduler files are fetched)
+        gives the configs, both tokenizers and the scheduler; components passed as keyword arguments replace the
+        loaded ones. ``variant`` applies to the motion adapter's weights.
+
+        >>> pipe = AnimateDiffSDXLPipeline.from_single_file(
+        ...     "juggernautXL_v9.safetensors", motion_adapter="guoyww/animatediff-motion-adapter-sdxl-beta",
+        ...     torch_dtype=torch.float16)
+        """
+        from ..errors import ModelNotFoundError
+        from .animatediff import load_motion_adapter, stored_scheduler
+
+        unknown = sorted(set(overrides) - set(cls.folder_components))
+        if unknown:
+            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
+        dtype = hub.parse_dtype(torch_dtype)
+        modules = dict(overrides)
+        if motion_adapter is not None:
+            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
+        elif "motion_adapter" not in modules and not isinstance(modules.get("unet"), UNetMotion):
+            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: an SDXL single file has no motion modules; "
+                                     f"pass motion_adapter= (CLI: --motion-adapter), e.g. {SDXL_ADAPTER}")
+        root = hub.resolve(config_from, allow_patterns=SDXL_CONFIG_PATTERNS, revision=revision, token=token)
+        if not (root / "model_index.json").is_file():
+            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be an SDXL pipeline folder or hub "
+                                     f"repo (model_index.json, unet/, vae/, text_encoder{{,_2}}/, tokenizer{{,_2}}/, "
+                                     f"scheduler/); looked in {root}")
+        from_file = [c for c in SDXL_SINGLE_FILE_COMPONENTS if c not in modules]
+        if from_file:
+            modules.update(load_sdxl_single_file(path, root, dtype, revision, token, from_file))
+        for name in ("tokenizer", "tokenizer_2"):
+            if name not in modules:
+                if not (root / name).is_dir():
+                    raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
+                                             f"{name}=... instead")
+                modules[name] = load_tokenizer(root / name)
+        if "scheduler" not in modules:
+            modules["scheduler"] = stored_scheduler(root / "scheduler" / "scheduler_config.json")
+        pipe = cls(**modules)
+        pipe.force_zeros_for_empty_prompt = bool(hub.load_config(root, "model_index.json").get(
+            "force_zeros_for_empty_prompt", True))
+        return pipe
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_sdxl_prompt(self, prompt, prompt_2, device, num_videos_per_prompt: int, guidance: bool,
