@@ -131,3 +131,13 @@ def test_cli_runs_an_sdxl_single_file(setup, tmp_path, monkeypatch, capsys):
     expected = ours(prompt="waves", num_frames=2, height=16, width=16, num_inference_steps=1, guidance_scale=5.0,
                     generator=torch.Generator("cpu").manual_seed(2), output_type="np").frames[0]
     assert np.abs(np.asarray(written[0]) - expected).max() < 1e-5
+
+
+def test_sd15_loaders_point_to_the_sdxl_loader(setup, tmp_path):
+    from vidcore.errors import CheckpointError
+
+    ours = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter)
+    save_file(sdxl_file(ours), tmp_path / "xl.safetensors")
+    for load in (lambda p: vidcore.load_model(p), lambda p: vidcore.load_sd_single_file(p)):
+        with pytest.raises(CheckpointError, match="Stable Diffusion XL single file.*AnimateDiffSDXLPipeline.from_single_file"):
+            load(tmp_path / "xl.safetensors")

@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .conversion.engine import ChainedMap, ConversionReport, KeyMap
-from .conversion.maps import (original_controlnet, original_modelscope, original_motion, original_sd,
+from .conversion.maps import (original_controlnet, original_modelscope, original_motion, original_sd, original_sdxl,
                                original_sparsectrl, original_svd)
 from .conversion.maps.diffusers_controlnet import CONTROLNET_CONV_MAP, controlnet_map
 from .conversion.maps.diffusers_sparse_controlnet import SPARSE_CONTROLNET_MAP, sparse_controlnet_map
@@ -399,12 +399,19 @@ def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=N
     if original_svd.detect(raw) or original_motion.detect(strip_prefixes(raw)) or not original_sd.detect(raw):
         raise CheckpointError(f"{where}: not an original Stable Diffusion 1.x file (model.diffusion_model.*, "
                               "first_stage_model.*, cond_stage_model.transformer.* keys)")
+    if original_sdxl.detect(raw):
+        raise CheckpointError(_SDXL_FILE.format(where=where))
     _warn_unrecognised_ldm(where, raw)
     dtype = hub.parse_dtype(torch_dtype) or torch.float32
     out = {}
     for component in (c for c in LDM_SD_COMPONENTS if c in components):
         out[component] = _load_ldm_sd(where, raw, component, config_from, revision, token)[2].to(dtype).eval()
     return out
+
+
+_SDXL_FILE = ("{where}: a Stable Diffusion XL single file (conditioner.embedders.* text encoders); load it with "
+              "vidcore.AnimateDiffSDXLPipeline.from_single_file or vidcore.pipelines.animatediff_sdxl."
+              "load_sdxl_single_file")
 
 
 def _load_original_motion(where: Path, state: dict, config_from, revision, token, component):
@@ -444,6 +451,8 @@ def _load_original(where: Path, config_from, revision, token,
         return _load_original_motion(where, strip_prefixes(raw), config_from, revision, token, component)
     if original_svd.detect(raw):
         return _load_sgm_svd(where, raw, component or "unet", config_from, revision, token)
+    if original_sdxl.detect(raw):
+        raise CheckpointError(_SDXL_FILE.format(where=where))
     if original_sd.detect(raw) and original_modelscope.detect(strip_prefixes(raw)) is None:
         _warn_unrecognised_ldm(where, raw)
         return _load_ldm_sd(where, raw, component or "unet", config_from, revision, token)
