@@ -60,8 +60,8 @@ def test_zero_negatives_sizes_rescale_clip_skip_ddim(setup, ours):
 
     from vidcore.pipelines.animatediff import animatediff_scheduler
 
+    saved, saved_ours = setup.pipe.scheduler, ours.scheduler
     ours.scheduler = animatediff_scheduler(setup.sdxl / "scheduler" / "scheduler_config.json")
-    saved = setup.pipe.scheduler
     setup.pipe.scheduler = DDIMScheduler.from_config(saved.config, clip_sample=False, timestep_spacing="linspace",
                                                      beta_schedule="linear", steps_offset=1)
     try:
@@ -71,8 +71,7 @@ def test_zero_negatives_sizes_rescale_clip_skip_ddim(setup, ours):
                 negative_original_size=(16, 16), negative_target_size=(24, 24), clip_skip=1, eta=0.5,
                 denoising_end=0.6, seed=3)
     finally:
-        setup.pipe.scheduler = saved
-        ours.scheduler = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter).scheduler
+        setup.pipe.scheduler, ours.scheduler = saved, saved_ours
 
 
 def test_saved_pipeline_folder_and_embeds(setup, ours, tmp_path):
@@ -133,3 +132,32 @@ def test_original_ckpt_adapter_and_readme_recipe(setup, ours, tmp_path):
                   num_inference_steps=1, generator=torch.manual_seed(42)).frames[0]
     vidcore.export_to_gif(frames, tmp_path / "panda.gif")
     assert (tmp_path / "panda.gif").stat().st_size > 0
+
+
+def test_free_init_equals_diffusers_and_context_windows_run(setup, ours):
+    from diffusers import DDIMScheduler
+
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    # with DDIM (diffusers' FreeInit re-noising fails on its Euler scheduler: an index error)
+    settings = dict(num_iters=2, use_fast_sampling=False)
+    saved, saved_ours = setup.pipe.scheduler, ours.scheduler
+    setup.pipe.scheduler = DDIMScheduler.from_config(saved.config, clip_sample=False, timestep_spacing="linspace",
+                                                     beta_schedule="linear", steps_offset=1)
+    ours.scheduler = animatediff_scheduler(setup.sdxl / "scheduler" / "scheduler_config.json")
+    setup.pipe.enable_free_init(**settings)
+    ours.enable_free_init(**settings)
+    try:
+        compare(setup.pipe, ours, prompt="a cat", negative_prompt="blurry", num_frames=3, height=16, width=16,
+                num_inference_steps=2, seed=1)
+    finally:
+        setup.pipe.disable_free_init()
+        ours.disable_free_init()
+        setup.pipe.scheduler, ours.scheduler = saved, saved_ours
+    # sliding windows over the frames (the micro-conditioning is per video, shared by every window)
+    kw = dict(prompt="waves", num_frames=5, height=16, width=16, num_inference_steps=1, output_type="np")
+    whole = ours(generator=torch.Generator().manual_seed(2), **kw).frames
+    one_window = ours(generator=torch.Generator().manual_seed(2), context_length=5, **kw).frames
+    windows = ours(generator=torch.Generator().manual_seed(2), context_length=3, context_stride=2, **kw).frames
+    assert np.array_equal(whole, one_window) and windows.shape == whole.shape
+    assert np.abs(windows - whole).max() > 1e-4
