@@ -68,3 +68,15 @@ def test_adapter_mixups_are_one_line_errors(capsys, setup, tmp_path):
         assert code != 0 and message in err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b.gif").exists()
+
+
+def test_sdxl_model_is_text_to_video_only(capsys, setup, tmp_path):
+    import PIL.Image
+
+    xl, _ = setup
+    frames = [PIL.Image.new("RGB", (16, 16), (i * 60, 0, 0)) for i in range(2)]
+    frames[0].save(tmp_path / "in.gif", save_all=True, append_images=frames[1:], duration=100)
+    code, out, err = run_cli(capsys, "generate", "animatediff", "--model", xl.sdxl, "--motion-adapter", xl.adapter,
+                             "--prompt", "x", "--video", tmp_path / "in.gif", "--device", "cpu", "--no-progress",
+                             "-o", tmp_path / "c.gif")
+    assert code != 0 and "an SDXL --model runs text-to-video only" in err
