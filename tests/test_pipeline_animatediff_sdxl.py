@@ -53,6 +53,10 @@ def test_stored_euler_two_prompts_and_negatives(setup, ours):
     frames = compare(setup.pipe, ours, prompt="a cat walking", prompt_2="in the snow", negative_prompt="blurry",
                      negative_prompt_2="dark", **SMALL)
     assert frames.shape == (1, 5, 16, 24, 3)
+    # two prompts with their own negatives (the time ids are the same for every row of the guidance batch)
+    frames = compare(setup.pipe, ours, prompt=["a cat", "a dog"], negative_prompt=["blurry", "dark"], num_frames=2,
+                     height=16, width=16, num_inference_steps=1, seed=4)
+    assert frames.shape[0] == 2
 
 
 def test_zero_negatives_sizes_rescale_clip_skip_ddim(setup, ours):
