@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
 
 import tiny
 
