@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-
 import tiny
 
 # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
