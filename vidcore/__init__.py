@@ -30,6 +30,7 @@ _LAZY = {
     "save_diffusers": "vidcore.loading",
     "save_original": "vidcore.loading",
     "load_sd_single_file": "vidcore.loading",
+    "load_sdxl_single_file": "vidcore.pipelines.animatediff_sdxl",
     "UNet3D": "vidcore.models.unet3d",
     "UNet3DConfig": "vidcore.models.unet3d",
     "UNet2D": "vidcore.models.unet2d",
