@@ -410,7 +410,7 @@ def load_sd_single_file(path: str | os.PathLike, config_from=None, torch_dtype=N
 
 
 _SDXL_FILE = ("{where}: a Stable Diffusion XL single file (conditioner.embedders.* text encoders); load it with "
-              "vidcore.AnimateDiffSDXLPipeline.from_single_file or vidcore.pipelines.animatediff_sdxl."
+              "vidcore.AnimateDiffSDXLPipeline.from_single_file or vidcore."
               "load_sdxl_single_file")
 
 
