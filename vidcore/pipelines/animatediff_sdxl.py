@@ -24,7 +24,8 @@ Differences from diffusers (0.42.1):
   time ids stay with their own halves of the guidance batch (diffusers interleaves them; the same result
   whenever the negative sizes equal the positive ones, the default).
 * ``callback_on_step_end`` gets one row per video for the embeddings and time ids (as vidcore's AnimateDiff).
-* IP-Adapter, ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` are not supported.
+* Not supported: IP-Adapter, ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` (diffusers has them);
+  FreeNoise (diffusers' SDXL pipeline has none either).
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
     example_adapter = SDXL_ADAPTER
     sdxl = True
     parallel_support = False  # enable_parallel splits the guidance batch without the SDXL time ids
+    free_noise_support = False  # as diffusers' AnimateDiffSDXLPipeline (no FreeNoise); its loop calls no FreeNoise hook
 
     def __init__(self, tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler,
                  motion_adapter: MotionAdapter | None = None, force_zeros_for_empty_prompt: bool = True):
