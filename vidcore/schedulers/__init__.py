@@ -5,6 +5,7 @@
     scheduler = from_config(cfg_dict, timestep_spacing="trailing")   # with overrides
     pndm = from_config({"_class_name": "PNDMScheduler", "skip_prk_steps": True})  # SD1.5's PLMS
     dpm = DPMSolverMultistepScheduler.from_config(scheduler.to_diffusers_config())  # switch sampler
+    lcm = LCMScheduler.from_config(scheduler.to_diffusers_config(), beta_schedule="linear")  # AnimateLCM
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from .ddpm import DDPMConfig, DDPMScheduler
 from .dpm_solver import DPMSolverMultistepConfig, DPMSolverMultistepScheduler
 from .euler import EulerDiscreteConfig, EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler
+from .lcm import LCMConfig, LCMScheduler
 from .pndm import PNDMConfig, PNDMScheduler
+from .tcd import TCDConfig, TCDScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.diffusers_name: cls
     for cls in (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler,
-                EulerAncestralDiscreteScheduler, PNDMScheduler)
+                EulerAncestralDiscreteScheduler, PNDMScheduler, LCMScheduler, TCDScheduler)
 }
 # short names beyond "<ClassName> minus 'Scheduler'" (lower-case keys)
 SHORT_NAMES: dict[str, str] = {
@@ -82,10 +85,14 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteConfig",
     "EulerDiscreteScheduler",
+    "LCMConfig",
+    "LCMScheduler",
     "PNDMConfig",
     "PNDMScheduler",
     "Scheduler",
     "SchedulerConfig",
+    "TCDConfig",
+    "TCDScheduler",
     "from_config",
     "stored_or_fallback",
     "read_config",
