@@ -11,6 +11,15 @@ Three key layouts are read (every key must be one of them, or the file is refuse
 
 * PEFT names, as diffusers' ``save_lora_weights`` writes them: ``unet.{layer}.lora_A.weight`` /
   ``lora_B.weight`` (and the older ``{layer}.lora.down.weight`` / ``lora.up.weight``), ``unet.`` optional;
+* kohya-ss names over diffusers' module paths, as Stable Diffusion LoRAs for the spatial UNet ship them
+  (``wangfuyun/AnimateLCM``'s ``AnimateLCM_sd15_t2v_lora.safetensors``)::
+
+      lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight / .lora_up.weight
+      lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha
+
+  The path's dots are underscores, so these layers keep their flat ``lora_unet_...`` name here; the model
+  they are applied to resolves it (:func:`kohya_layer_names`). Kohya's LDM-path spelling
+  (``lora_unet_input_blocks_1_1_...``) is not read;
 * the original AnimateDiff ``.ckpt`` (``v2_lora_ZoomIn.ckpt``): the legacy names under the original motion
   module layout (``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor
   .to_q_lora.down.weight``), renamed with :mod:`vidcore.conversion.maps.original_motion`'s rules.
@@ -34,6 +43,8 @@ _LEGACY = re.compile(r"^(?P<parent>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v
                      r"\.(?P<kind>down|up)\.weight$")
 _PEFT = re.compile(r"^(?P<layer>.+?)\.lora_(?P<kind>A|B)(?:\.default)?\.weight$")
 _OLD_PEFT = re.compile(r"^(?P<layer>.+?)\.lora\.(?P<kind>down|up)\.weight$")
+_KOHYA = re.compile(r"^(?P<layer>lora_unet_[A-Za-z0-9_]+)\.lora_(?P<kind>down|up)\.weight$")
+KOHYA_PREFIX = "lora_unet_"
 _ALPHA = re.compile(r"^(?P<layer>.+?)\.alpha$")
 _ORIGINAL_BLOCK = re.compile(r"\.temporal_transformer\.transformer_blocks\.(\d+)"
                              r"\.(attention_blocks\.[01]|norms\.[01]|ff_norm|ff)\b")
@@ -72,6 +83,21 @@ def _original_to_diffusers(name: str) -> str:
     return name.replace(".temporal_transformer.", ".")
 
 
+def kohya_layer_names(layer_names) -> dict[str, str]:
+    """{kohya flat name ``lora_unet_a_b_0_c``: diffusers layer ``a_b.0.c``} for the given diffusers layer names.
+    A flat name two layers share (no SD UNet has one) maps to neither, so it is reported as unknown."""
+    table: dict[str, str] = {}
+    clashes = set()
+    for name in layer_names:
+        flat = KOHYA_PREFIX + name.replace(".", "_")
+        if flat in table and table[flat] != name:
+            clashes.add(flat)
+        table[flat] = name
+    for flat in clashes:
+        del table[flat]
+    return table
+
+
 def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
     """LoRA tensors in any of the module docstring's layouts -> {diffusers UNetMotionModel layer: LoRALayer}.
 
@@ -86,6 +112,8 @@ def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
         if (m := _LEGACY.match(k)) is not None:
             layer = f"{m['parent']}.{m['proj']}" + (".0" if m["proj"] == "to_out" else "")
             kind = "down" if m["kind"] == "down" else "up"
+        elif (m := _KOHYA.match(k)) is not None:
+            layer, kind = m["layer"], m["kind"]
         elif (m := _PEFT.match(k)) is not None:
             layer, kind = m["layer"], "down" if m["kind"] == "A" else "up"
         elif (m := _OLD_PEFT.match(k)) is not None:
@@ -95,7 +123,8 @@ def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
         else:
             bad.append(key)
             continue
-        layer = _original_to_diffusers(layer)
+        if not layer.startswith(KOHYA_PREFIX):
+            layer = _original_to_diffusers(layer)
         entry = layers.setdefault(layer, LoRALayer())
         if kind == "alpha":
             entry.alpha = float(tensor.item())
@@ -107,7 +136,8 @@ def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
     if bad:
         problems.append(f"keys that are not LoRA weights in a known layout ({len(bad)}): {bad[:10]} (expected e.g. "
                         "'unet.down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.lora_A.weight' or "
-                        "'...attn1.processor.to_q_lora.down.weight')")
+                        "'...attn1.processor.to_q_lora.down.weight' or "
+                        "'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight')")
     half = [name for name, e in layers.items() if e.down is None or e.up is None]
     if half:
         problems.append(f"layers with only one of the two LoRA matrices (down/lora_A, up/lora_B): {half[:10]}")

@@ -6,7 +6,8 @@ fused into a :class:`~vidcore.models.motion.UNetMotion`'s weights and unfused ex
 >>> unfuse_lora(unet_motion)                  # the weights as they were, bit for bit
 
 Files in diffusers' legacy processor layout (the hub's motion-LoRA repos), PEFT's ``lora_A``/``lora_B``
-layout and the original AnimateDiff ``.ckpt`` layout are read (:mod:`vidcore.conversion.maps.motion_lora`). Layer
+layout, kohya-ss's ``lora_unet_..._to_q.lora_down.weight`` layout (spatial SD1.5 LoRAs such as AnimateLCM's
+``AnimateLCM_sd15_t2v_lora.safetensors``) and the original AnimateDiff ``.ckpt`` layout are read (:mod:`vidcore.conversion.maps.motion_lora`). Layer
 names are diffusers' ``UNetMotionModel`` names; motion-module layers land in ``unet_motion.adapter``, any
 other layer (a LoRA may also touch the spatial UNet) in ``unet_motion.unet`` through the same key maps the
 checkpoints use. Every name and shape is checked before a weight changes.
@@ -26,7 +27,7 @@ import torch
 
 from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..conversion.maps.diffusers_unet2d import unet2d_map
-from ..conversion.maps.motion_lora import LoRALayer, parse_lora
+from ..conversion.maps.motion_lora import KOHYA_PREFIX, LoRALayer, kohya_layer_names, parse_lora
 
 from ..errors import CheckpointError, ModelNotFoundError
 from .motion import UNetMotion
@@ -55,12 +56,13 @@ class MotionLoRA:
         """{UNetMotion parameter name: LoRA layer name}; raises CheckpointError naming layers the model lacks."""
         unet_map = unet2d_map(model.unet.config.to_diffusers_config())
         params = dict(model.named_parameters())
+        kohya = _kohya_table(model, unet_map) if any(n.startswith(KOHYA_PREFIX) for n in self.layers) else {}
         out, unknown = {}, []
         for layer in self.layers:
-            key = f"{layer}.weight"
+            key = f"{kohya.get(layer, layer)}.weight"
             probe = {key: torch.empty(0, device="meta")}
             try:
-                if _MOTION_KEY in layer:
+                if _MOTION_KEY in key:
                     converted, _ = MOTION_ADAPTER_MAP.convert(probe, None)
                     name = "adapter." + next(iter(converted))
                 else:
@@ -76,6 +78,17 @@ class MotionLoRA:
             raise CheckpointError(f"{self.source}: {len(unknown)} LoRA layers are not in this UNetMotion "
                                   f"(the LoRA was made for another model or adapter layout): {unknown[:10]}")
         return out
+
+
+def _kohya_table(model: UNetMotion, unet_map) -> dict[str, str]:
+    """kohya flat names of every weight-bearing layer of ``model``, by diffusers UNetMotionModel name (the UNet's
+    and the adapter's parameter names run backwards through their key maps)."""
+    names = []
+    for keymap, module in ((unet_map, model.unet), (MOTION_ADAPTER_MAP, model.adapter)):
+        meta = {k: torch.empty(v.shape, device="meta") for k, v in module.state_dict().items()}
+        converted, _ = keymap.convert(meta, None, direction="reverse", strict=False)
+        names += [k.removesuffix(".weight") for k in converted if k.endswith(".weight")]
+    return kohya_layer_names(names)
 
 
 @dataclass

@@ -462,6 +462,12 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         ``negative_prompt`` may be ``{frame_index: prompt}`` dicts (prompt travel; the embeddings handed to the
         callback are then per frame, ``(b f) m d``; not with an image prompt yet). ``cross_attention_kwargs`` is not
         supported.
+
+        Few-step sampling (AnimateLCM): an :class:`~vidcore.schedulers.LCMScheduler` or
+        :class:`~vidcore.schedulers.TCDScheduler` as ``pipe.scheduler``, 4-8 steps, ``guidance_scale`` 1-2 (TCD's
+        gamma is ``eta``). As in diffusers' AnimateDiffPipeline, ``guidance_scale > 1`` runs classifier-free
+        guidance and no ``timestep_cond`` reaches the UNet, even one with ``time_cond_proj_dim`` (an
+        LCM-distilled base model); its guidance embedding stays unused.
         """
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,

@@ -6,6 +6,8 @@
 >>> pipe.unfuse_lora()                  # the weights without any LoRA, bit for bit; the LoRAs stay loaded
 >>> pipe.fuse_lora(lora_scale=1.2)      # back in, at 1.2
 >>> pipe.unload_lora_weights()          # the weights without any LoRA, LoRAs forgotten
+>>> pipe.load_lora_weights("wangfuyun/AnimateLCM", weight_name="AnimateLCM_sd15_t2v_lora.safetensors",
+...                        adapter_name="lcm-lora")   # a spatial SD1.5 LoRA (kohya layout) works the same way
 
 vidcore has no run-time LoRA branch: a LoRA always acts by being added into ``pipe.unet``'s weights. The pipeline
 keeps the loaded LoRAs, their adapter weights and the fuse scale, and after every call that changes them
