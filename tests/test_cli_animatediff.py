@@ -220,3 +220,35 @@ def test_convert_motion_module_and_ldm_files(capsys, setup, tmp_path):
         code, out, err = run_cli(capsys, "convert", *argv)
         assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert not any((tmp_path / n).exists() for n in ("x.safetensors", "y.safetensors", "z.safetensors"))
+
+
+@pytest.mark.parametrize("scheduler,extra", [("lcm", []), ("tcd", ["--eta", "0.3"])])
+def test_few_step_scheduler_and_lora(capsys, setup, tmp_path, monkeypatch, scheduler, extra):
+    """--scheduler lcm|tcd (linear betas, the AnimateLCM recipe) and --lora (a kohya-layout spatial LoRA, as
+    AnimateLCM_sd15_t2v_lora.safetensors) give the frames of the same pipeline set up by hand."""
+    from safetensors.torch import save_file
+    from test_pipeline_animatediff_lcm import kohya_lora
+
+    from vidcore.schedulers import scheduler_class
+
+    save_file(kohya_lora(setup.pipe.unet), str(tmp_path / "AnimateLCM_sd15_t2v_lora.safetensors"))
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames) or str(path))
+    code, _, err = run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter,
+                           "--prompt", "waves", "--frames", "3", "--height", "8", "--width", "16", "--steps", "4",
+                           "--guidance", "1.5", "--seed", "2", "--scheduler", scheduler, *extra, "--lora", tmp_path,
+                           "--lora-weight-name", "AnimateLCM_sd15_t2v_lora.safetensors", "--lora-scale", "0.8",
+                           "--device", "cpu", "--no-progress", "-o", tmp_path / "v.mp4")
+    assert code == 0, err
+    pipe = AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+    name = vidcore.cli.tasks.FEW_STEP_SCHEDULERS[scheduler]
+    pipe.scheduler = scheduler_class(name).from_config(pipe.scheduler.to_diffusers_config(), beta_schedule="linear")
+    pipe.load_lora_weights(tmp_path, weight_name="AnimateLCM_sd15_t2v_lora.safetensors")
+    pipe.set_adapters(pipe.get_active_adapters(), 0.8)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt="waves", num_frames=3, height=8, width=16, num_inference_steps=4, guidance_scale=1.5,
+                    eta=0.3 if extra else 0.0, output_type="np", generator=torch.Generator("cpu").manual_seed(2)).frames
+    np.testing.assert_allclose(written[0], expected[0], rtol=0, atol=5e-6)
+    code, _, err = run_cli(capsys, "generate", "animatediff", "--model", setup.sd, "--motion-adapter", setup.adapter,
+                           "--prompt", "waves", "--lora-scale", "0.5", "--device", "cpu", "-o", tmp_path / "w.mp4")
+    assert code != 0 and "--lora" in err

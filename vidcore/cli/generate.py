@@ -59,9 +59,12 @@ def _add_options(o: Options, task: Task) -> None:
           help="number of denoising steps" + (" (default 25)" if demo else ""))
     o.add("--seed", type=int, default=0, help="seed of the CPU torch.Generator")
     if task.text:  # SVD samples with its stored Euler (Karras sigmas, v-prediction) scheduler
-        o.add("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic)")
+        o.add("--eta", type=float, default=0.0, help="DDIM eta (0 is deterministic); with --scheduler tcd TCD's gamma")
+        few = sorted(k for k, v in task.schedulers.items() if v in task.scheduler_options)
         o.add("--scheduler", choices=sorted(task.schedulers), default=None,
-              help="sampler (default: the one stored with the model)")
+              help="sampler (default: the one stored with the model)" + (
+                  f"; {'/'.join(few)}: few-step consistency sampling with linear betas (AnimateLCM: --steps 4-8, "
+                  "--guidance 1-2)" if few else ""))
     o.add("--dtype", choices=DTYPES, default=None, help="weights dtype (default: fp16 on cuda, fp32 on cpu)")
     o.add("--device", type=device_name, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     o.add("--variant", default=None, help="weight file variant to load, e.g. fp16")
@@ -125,7 +128,8 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
         from ..schedulers import from_config
 
         name = task.schedulers[args.scheduler]
-        pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": name})
+        pipe.scheduler = from_config(pipe.scheduler.to_diffusers_config() | {"_class_name": name},
+                                     **task.scheduler_options.get(name, {}))
     if getattr(args, "vae_slicing", False):
         pipe.vae.enable_slicing()
     if args.vae_tiling:

@@ -17,6 +17,10 @@ from .common import UsageError, nonnegative_int, positive_float, positive_int, t
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
 ANIMATEDIFF_SCHEDULERS = {**SCHEDULERS, "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
                           "pndm": "PNDMScheduler"}
+# AnimateDiff also samples in few steps with a consistency-distilled motion adapter / LoRA (AnimateLCM)
+FEW_STEP_SCHEDULERS = {"lcm": "LCMScheduler", "tcd": "TCDScheduler"}
+# the AnimateLCM recipe: the consistency samplers on linear betas (what AnimateDiff's motion modules were trained on)
+FEW_STEP_OPTIONS = {"LCMScheduler": {"beta_schedule": "linear"}, "TCDScheduler": {"beta_schedule": "linear"}}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # animatediff --model: an original SD1.5 / SDXL single file
 PARALLEL_MODES = ("cfg", "frames", "cfg+frames")
 
@@ -40,6 +44,7 @@ class Task:
     text: bool = True  # a --prompt (and --prompts batches, --negative-prompt, --eta, --scheduler)
     input: str | None = None  # "video" or "image": the task reads --video / --image
     schedulers: dict[str, str] = field(default_factory=lambda: SCHEDULERS)
+    scheduler_options: dict[str, dict] = field(default_factory=dict)  # class name -> config overrides for --scheduler
     parallel: bool = False  # --parallel (vidcore.parallel)
     defaults: dict = field(default_factory=dict)  # shared options with another default for this task
     model_help: str = ""  # appended to --model's help
@@ -269,6 +274,11 @@ def _animatediff_options(o: Options) -> None:
                "encoder is read from the image_encoder folder next to the file")
     o.add("--ip-image", default=None, metavar="IMG", help="the image prompt for --ip-adapter (file or http(s) URL)")
     o.add("--ip-scale", type=float, default=1.0, help="weight of the image prompt (0: none)")
+    o.add("--lora", default=None, metavar="PATH_OR_REPO",
+          help="a LoRA for the UNet (motion LoRA, or a spatial SD1.5 LoRA such as AnimateLCM's): file, folder or "
+               "hub repo id, e.g. wangfuyun/AnimateLCM with --lora-weight-name AnimateLCM_sd15_t2v_lora.safetensors")
+    o.add("--lora-weight-name", default=None, metavar="FILE", help="the weight file inside a --lora folder or repo")
+    o.add("--lora-scale", type=float, default=1.0, help="weight of --lora (default 1)")
 
 
 def _animatediff_mode(args) -> str:
@@ -361,6 +371,12 @@ def _animatediff_load(cls, model: str, args, dtype):
         except ValueError as err:
             raise UsageError(f"--ip-adapter: {err}") from None
         pipe.set_ip_adapter_scale(args.ip_scale)
+    if args.lora is not None:
+        pipe.load_lora_weights(args.lora, weight_name=args.lora_weight_name, adapter_name="lora")
+        if args.lora_scale != 1.0:
+            pipe.set_adapters("lora", args.lora_scale)
+    elif args.lora_weight_name is not None or args.lora_scale != 1.0:
+        raise UsageError("--lora-weight-name and --lora-scale apply to a --lora")
     return pipe
 
 
@@ -482,7 +498,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
                     "stabilityai/stable-video-diffusion-img2vid-xt for a real one"),
     Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 or XL + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
-         schedulers=ANIMATEDIFF_SCHEDULERS, parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
+         schedulers={**ANIMATEDIFF_SCHEDULERS, **FEW_STEP_SCHEDULERS}, scheduler_options=FEW_STEP_OPTIONS,
+         parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
          check=_animatediff_mode,
          model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
     Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",
