@@ -204,10 +204,14 @@ ADAPTER_V15_2_CONFIG = {"_class_name": "MotionAdapter", "block_out_channels": [3
                         "motion_max_seq_length": 32, "motion_norm_num_groups": 32, "motion_num_attention_heads": 8,
                         "use_motion_mid_block": True}
 ADAPTER_V15_CONFIG = {**ADAPTER_V15_2_CONFIG, "motion_max_seq_length": 24, "use_motion_mid_block": False}
+# wangfuyun/AnimateLCM (the consistency-distilled adapter): MotionAdapter's defaults, the v1-5-2 layout
+ADAPTER_ANIMATELCM_CONFIG = {**ADAPTER_V15_2_CONFIG, "conv_in_channels": None, "motion_transformer_layers_per_block": 1,
+                             "motion_transformer_layers_per_mid_block": 1}
 
 
 @pytest.mark.parametrize("config,tensors,millions", [(ADAPTER_V15_2_CONFIG, 567, 453.21),
-                                                     (ADAPTER_V15_CONFIG, 540, 417.14)])
+                                                     (ADAPTER_V15_CONFIG, 540, 417.14),
+                                                     (ADAPTER_ANIMATELCM_CONFIG, 567, 453.21)])
 def test_real_adapter_config_every_key_and_shape_converts(config, tensors, millions):
     from diffusers import MotionAdapter as RefAdapter
 

@@ -124,3 +124,21 @@ def test_kohya_lora_for_another_model_is_refused(setup):
     with pytest.raises(CheckpointError, match="lora_unet_input_blocks_1_1_proj_in"):
         ours.load_lora_weights(stray, adapter_name="ldm-names")
     assert ours.get_list_adapters() == {}
+
+
+def test_kohya_names_of_the_real_sd15_motion_unet_are_unambiguous():
+    """Every weight of diffusers' SD1.5 + v1-5-2 (AnimateLCM layout) UNetMotionModel has its own kohya flat name,
+    so a kohya LoRA for it resolves to exactly one layer (meta device: no memory)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from test_motion import ADAPTER_ANIMATELCM_CONFIG, SD15_UNET_CONFIG
+
+    from vidcore.conversion.maps.motion_lora import kohya_layer_names
+
+    with torch.device("meta"):
+        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_config(SD15_UNET_CONFIG),
+                                           MotionAdapter.from_config(ADAPTER_ANIMATELCM_CONFIG), load_weights=False)
+    names = [k.removesuffix(".weight") for k in unet.state_dict() if k.endswith(".weight")]
+    table = kohya_layer_names(names)
+    assert len(table) == len(names) == 727
+    assert table["lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0"] == \
+        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0"
