@@ -131,7 +131,6 @@ def test_kohya_names_of_the_real_sd15_motion_unet_are_unambiguous():
     so a kohya LoRA for it resolves to exactly one layer (meta device: no memory)."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from test_motion import ADAPTER_ANIMATELCM_CONFIG, SD15_UNET_CONFIG
-
     from vidcore.conversion.maps.motion_lora import kohya_layer_names
 
     with torch.device("meta"):
