@@ -28,6 +28,7 @@ from ..conversion.engine import ChainedMap
 from ..conversion.maps import original_motion
 from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..errors import CheckpointError, ModelNotFoundError
+from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from ..single_file import build_on_meta, config_from_source, fill, read_single_file
 from .config_utils import DiffusersConfig
@@ -259,13 +260,40 @@ class UNetMotion(nn.Module):
         extra = F.conv2d(x[:, c:], self.adapter.conv_in.weight[:, c:], None, padding=1)
         return self.unet.conv_in(x[:, :c]) + extra
 
+    @staticmethod
+    def _motion_scale(motion_scale, b: int, f: int, sample: torch.Tensor):
+        """None (unscaled), 0 (modules off), or the per-row scale ``(b f) 1 1 1`` of the motion residuals."""
+        if motion_scale is None:
+            return None
+        if not isinstance(motion_scale, torch.Tensor):
+            value = float(motion_scale)
+            return None if value == 1.0 else 0 if value == 0.0 else torch.full((b * f, 1, 1, 1), value,
+                                                                               device=sample.device)
+        scale = motion_scale.flatten().to(device=sample.device, dtype=torch.float32)
+        # decided on all the frames, so that frame-parallel ranks agree on running the modules
+        if bool((scale == 1).all()):
+            return None
+        if bool((scale == 0).all()):
+            return 0
+        if scale.numel() != f:
+            if frame_handler() is None:
+                raise ValueError(f"motion_scale must be a number or hold one value per frame ({f}), got "
+                                 f"{scale.numel()} values")
+            scale = scale[frame_start(f): frame_start(f) + f]  # frame parallel: this rank's frames of the window
+        return scale.repeat(b).view(b * f, 1, 1, 1)
+
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
                 mid_block_additional_residual: torch.Tensor | None = None, image_embeds=None,
-                added_cond_kwargs: dict | None = None) -> torch.Tensor:
+                added_cond_kwargs: dict | None = None,
+                motion_scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """``image_embeds``: with IP-Adapters loaded into the UNet, one image-encoder output per adapter and video
-        (diffusers' ``added_cond_kwargs["image_embeds"]``); every frame of a video sees its video's image tokens."""
+        (diffusers' ``added_cond_kwargs["image_embeds"]``); every frame of a video sees its video's image tokens.
+        ``motion_scale`` (a number, or one per frame: a tensor of ``f`` values; under frame-parallel sampling the
+        whole window's values, of which the rank takes its frames) multiplies every motion module's residual, as
+        AnimateDiff-Evolved's motion scale: 0 turns the motion modules off (the SD UNet on each frame alone), above
+        1 exaggerates motion. None runs them unscaled."""
         # sample: b c f h w ; encoder_hidden_states: b m d or (b f) m d
         # added_cond_kwargs (SDXL UNets): text_embeds b d, time_ids b 6 (one per video, shared by its frames)
         if sample.ndim != 5:
@@ -289,9 +317,16 @@ class UNetMotion(nn.Module):
         temb = self.unet.time_embed(timestep, b, sample.device, timestep_cond, added_cond_kwargs)
         temb = temb.repeat_interleave(f, dim=0)
 
+        scale = self._motion_scale(motion_scale, b, f, sample)
+        off = isinstance(scale, int)  # motion scale 0: skip the modules (exactly the per-frame SD UNet)
+
         def mixer(part: str, level: int, layer: int, x: torch.Tensor) -> torch.Tensor:
             module = self.adapter.module_for(part, level, layer)
-            return x if module is None else module(x, f)
+            if module is None or off:
+                return x
+            if scale is None:
+                return module(x, f)
+            return x + scale.to(x.dtype) * (module(x, f) - x)  # (b f) c h w; the module adds its residual to x
 
         x = self.conv_in(self.unet.prepare_input(rearrange(sample, "b c f h w -> (b f) c h w")))
         x = self.unet.body(x, temb, context, down_block_additional_residuals, mid_block_additional_residual, mixer)

@@ -97,10 +97,11 @@ def _shard_folded(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
 
 def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, group,
                    timestep_cond=None, down_block_additional_residuals=None, mid_block_additional_residual=None,
-                   gather: bool = True) -> torch.Tensor:
+                   gather: bool = True, motion_scale=None) -> torch.Tensor:
     """``unet(sample b c f h w, ...)`` computed frame-parallel over ``group`` for ModelScope's UNet3D and
     AnimateDiff's UNetMotion; every rank passes the full inputs and gets the full output
-    (``gather=False``: its own frames only). A per-frame context ``(b f) m d`` is sliced too."""
+    (``gather=False``: its own frames only). A per-frame context ``(b f) m d`` is sliced too; UNetMotion's
+    ``motion_scale`` is passed whole (it takes the rank's frames itself)."""
     from ..models.motion import UNetMotion
     from ..models.unet3d import UNet3D
 
@@ -114,9 +115,10 @@ def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: 
         down_block_additional_residuals = tuple(_shard_folded(r, f, group) for r in down_block_additional_residuals)
     if mid_block_additional_residual is not None:
         mid_block_additional_residual = _shard_folded(mid_block_additional_residual, f, group)
+    extra = {} if motion_scale is None else {"motion_scale": motion_scale}
     with frame_parallel(group, f):
         out = unet(local, timestep, encoder_hidden_states, timestep_cond, down_block_additional_residuals,
-                   mid_block_additional_residual)
+                   mid_block_additional_residual, **extra)
     return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
 
 

@@ -76,17 +76,18 @@ class ParallelRunner:
         return x
 
     def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor, guidance_scale: float,
-                      image_conditioning: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+                      image_conditioning: tuple[torch.Tensor, ...] | None = None, motion_scale=None) -> torch.Tensor:
         """Guided noise for ``model_in`` (b c f h w, already scaled); ``embeds`` is [uncond; cond]
         (2b m d) with guidance, else cond (b m d). ``image_conditioning``: I2VGen-XL's (fps, image
-        latents, image embeddings), batched like ``embeds``. Returns the full b c f h w noise on every rank."""
+        latents, image embeddings), batched like ``embeds``; ``motion_scale``: AnimateDiff's per-frame motion
+        scale (UNetMotion). Returns the full b c f h w noise on every rank."""
         pc = self.config
         guidance = guidance_scale > 1.0
         sizes = frame_sizes(model_in.shape[2], pc.frame_group)
 
         def forward(x, text, extra):  # this rank's frames of unet(x, t, text)
             if extra is None:
-                return unet3d_forward(unet, x, t, text, pc.frame_group, gather=False)
+                return unet3d_forward(unet, x, t, text, pc.frame_group, gather=False, motion_scale=motion_scale)
             return i2vgen_unet_forward(unet, x, t, *extra, text, pc.frame_group, gather=False)
 
         if guidance and pc.cfg_size == 2:

@@ -38,6 +38,8 @@ from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
+from ..sampling.windows import (CONTEXT_WEIGHTINGS, blend_windows, check_parallel_windows, context_weights,  # noqa: F401
+                               context_windows, plan_windows)
 from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .lora import MotionLoRAMixin
@@ -48,7 +50,6 @@ from .text_to_video import TextToVideoPipeline
 # (the motion modules were trained with linear betas).
 ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "linspace", "beta_schedule": "linear",
                                    "steps_offset": 1}
-CONTEXT_WEIGHTINGS = ("pyramid", "flat")
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
               "feature_extractor")
@@ -57,33 +58,6 @@ DEFAULT_SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # what from_single_file fetches from config_from on the hub: configs, tokenizer and scheduler, no weights
 SINGLE_FILE_CONFIG_PATTERNS = ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
                                "tokenizer/*.json", "tokenizer/*.txt", "scheduler/*.json"]
-
-
-# ----------------------------------------------------------------------------- context windows
-
-
-def context_windows(num_frames: int, context_length: int, context_stride: int) -> list[tuple[int, int]]:
-    """``[start, end)`` frame ranges of ``context_length`` frames, starts ``context_stride`` apart, the last
-    window ending at ``num_frames``. One window ``(0, num_frames)`` when the video fits in one."""
-    if context_length < 1:
-        raise ValueError(f"context_length must be at least 1, got {context_length}")
-    if not 1 <= context_stride <= context_length:
-        raise ValueError(f"context_stride must be between 1 and context_length={context_length} (a larger stride "
-                         f"leaves frames outside every window), got {context_stride}")
-    if num_frames <= context_length:
-        return [(0, num_frames)]
-    starts = list(range(0, num_frames - context_length, context_stride)) + [num_frames - context_length]
-    return [(s, s + context_length) for s in starts]
-
-
-def context_weights(length: int, weighting: str = "pyramid") -> torch.Tensor:
-    """Per-frame weights of one window: ``flat`` ones, or ``pyramid`` ``min(i + 1, length - i)``."""
-    if weighting == "flat":
-        return torch.ones(length)
-    if weighting == "pyramid":
-        i = torch.arange(length)
-        return torch.minimum(i + 1, length - i).float()
-    raise ValueError(f"context_weighting must be one of {CONTEXT_WEIGHTINGS}, got {weighting!r}")
 
 
 # ----------------------------------------------------------------------------- loading helpers
@@ -224,6 +198,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     folder_components = COMPONENTS
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
+    _motion_scale: torch.Tensor | None = None  # the current call's per-frame motion scale (None: all 1)
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
                  image_encoder=None, feature_extractor=None,
@@ -384,55 +359,54 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     # -- checks ---------------------------------------------------------------------------------
     def check_context(self, num_frames: int, context_length: int | None, context_stride: int | None,
                       context_weighting: str) -> list[tuple[int, int]]:
-        """The frame windows for these settings, or a ValueError naming the bad argument."""
-        limit = self.motion_adapter.max_frames
-        length = limit if context_length is None else context_length
-        if not isinstance(length, int) or not 1 <= length <= limit:
-            raise ValueError(f"context_length must be an integer between 1 and the motion adapter's "
-                             f"motion_max_seq_length={limit}, got {context_length!r}")
-        stride = max(1, length // 4) if context_stride is None else context_stride
-        if not isinstance(stride, int):
-            raise ValueError(f"context_stride must be an integer, got {context_stride!r}")
-        if context_weighting not in CONTEXT_WEIGHTINGS:
-            raise ValueError(f"context_weighting must be one of {CONTEXT_WEIGHTINGS}, got {context_weighting!r}")
-        return context_windows(num_frames, length, stride)
+        """The frame windows for these settings (:func:`vidcore.sampling.windows.plan_windows`; the default
+        window is the adapter's position table), or a ValueError naming the bad argument."""
+        return plan_windows(num_frames, context_length, context_stride, context_weighting,
+                            max_length=self.motion_adapter.max_frames,
+                            limit_name="the motion adapter's motion_max_seq_length")
+
+    def check_motion_scale(self, motion_scale, num_frames: int, device) -> torch.Tensor | None:
+        """``motion_scale`` as one float32 value per frame, or None where it changes nothing (all 1)."""
+        many = isinstance(motion_scale, (list, tuple, torch.Tensor))
+        items = motion_scale.flatten().tolist() if isinstance(motion_scale, torch.Tensor) else motion_scale
+        try:
+            values = [float(v) for v in items] if many else [float(motion_scale)] * num_frames
+        except (TypeError, ValueError):
+            raise ValueError(f"motion_scale must be a number or a list of one number per frame, got "
+                             f"{motion_scale!r}") from None
+        if len(values) != num_frames:
+            raise ValueError(f"motion_scale must be a number or a list of one number per frame "
+                             f"(num_frames={num_frames}), got {len(values)} values")
+        if not all(torch.isfinite(torch.tensor(values))):
+            raise ValueError(f"motion_scale values must be finite numbers, got {motion_scale!r}")
+        return None if all(v == 1.0 for v in values) else torch.tensor(values, device=device)
 
     # -- pieces ---------------------------------------------------------------------------------
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
         """The UNet on ``model_in`` (b c f h w), frames ``start:end`` of the video (a context window or all of
-        it); the ControlNet pipeline adds its residuals for those frames here."""
-        return unet(model_in, t, embeds)
+        it), with those frames' motion scale; the ControlNet pipeline adds its residuals for those frames here."""
+        return unet(model_in, t, embeds, **self.motion_scale_kwargs(start, end))
+
+    def motion_scale_kwargs(self, start: int, end: int) -> dict:
+        """UNetMotion's ``motion_scale`` for frames ``start:end`` of the current call ({} when it is 1)."""
+        scale = self._motion_scale
+        return {} if scale is None else {"motion_scale": scale[start:end]}
 
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
-        """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several."""
-        if self.parallel is not None:  # CFG halves / frame slices of each window on the ranks
-            def window_noise(start, end):
-                return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(latents[:, :, start:end], t),
-                                                   t, embeds, guidance_scale)
-            if len(windows) == 1:
-                return window_noise(0, latents.shape[2])
-            total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
-            weight_sum = torch.zeros(latents.shape[2], dtype=torch.float32, device=latents.device)
-            for start, end in windows:  # guidance is linear, so guiding per window equals guiding the mean
-                w = context_weights(end - start, weighting).to(latents.device)
-                total[:, :, start:end] += window_noise(start, end).float() * w[:, None, None]
-                weight_sum[start:end] += w
-            return (total / weight_sum[:, None, None]).to(latents.dtype)
+        """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
+        (:func:`vidcore.sampling.windows.blend_windows`)."""
         guidance = guidance_scale > 1.0
-        model_in = torch.cat([latents] * 2) if guidance else latents
-        model_in = self.scheduler.scale_model_input(model_in, t)
-        if len(windows) == 1:
-            noise = self.unet_forward(unet, model_in, t, embeds, 0, model_in.shape[2])
-        else:
-            total = torch.zeros(model_in.shape, dtype=torch.float32, device=model_in.device)
-            weight_sum = torch.zeros(model_in.shape[2], dtype=torch.float32, device=model_in.device)
-            for start, end in windows:
-                w = context_weights(end - start, weighting).to(model_in.device)
-                noise = self.unet_forward(unet, model_in[:, :, start:end], t, embeds, start, end)
-                total[:, :, start:end] += noise.float() * w[:, None, None]
-                weight_sum[start:end] += w
-            noise = (total / weight_sum[:, None, None]).to(model_in.dtype)
-        return apply_guidance(noise, guidance_scale) if guidance else noise
+
+        def window_noise(start: int, end: int) -> torch.Tensor:
+            x = latents[:, :, start:end]
+            if self.parallel is not None:  # CFG halves / frame slices of this window on the ranks
+                return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(x, t), t, embeds,
+                                                   guidance_scale, **self.motion_scale_kwargs(start, end))
+            model_in = self.scheduler.scale_model_input(torch.cat([x] * 2) if guidance else x, t)
+            noise = self.unet_forward(unet, model_in, t, embeds, start, end)
+            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+        return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -446,7 +420,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = 16, context_length: int | None = None, context_stride: int | None = None,
                  context_weighting: str = "pyramid", ip_adapter_image=None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None):
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
         """Generate videos from text. Argument names and defaults follow diffusers' AnimateDiffPipeline.
 
         Differences: ``num_videos_per_prompt`` works (diffusers resets it to 1); ``num_frames`` may exceed the
@@ -460,7 +434,9 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         (:mod:`vidcore.pipelines.ip_adapter`, equal to diffusers; not with ``enable_parallel``). FreeNoise:
         ``enable_free_noise`` (:mod:`vidcore.sampling.free_noise`, equal to diffusers); with it on, ``prompt`` /
         ``negative_prompt`` may be ``{frame_index: prompt}`` dicts (prompt travel; the embeddings handed to the
-        callback are then per frame, ``(b f) m d``; not with an image prompt yet). ``cross_attention_kwargs`` is not
+        callback are then per frame, ``(b f) m d``; not with an image prompt yet). ``motion_scale`` (an addition, as
+        AnimateDiff-Evolved's): a number or one number per frame that multiplies the motion modules' residuals; 1 is
+        the plain model, 0 the SD model on each frame alone, above 1 more motion. ``cross_attention_kwargs`` is not
         supported.
 
         Few-step sampling (AnimateLCM): an :class:`~vidcore.schedulers.LCMScheduler` or
@@ -491,6 +467,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         if image_prompt and self.parallel is not None:
             raise ValueError("ip_adapter_image / ip_adapter_image_embeds do not work with enable_parallel yet; call "
                              "disable_parallel() first")
+        scale = self.check_motion_scale(motion_scale, num_frames, self.device)
 
         device = self.device
         guidance = guidance_scale > 1.0
@@ -517,10 +494,7 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         if image_prompt:
             unet = partial(unet, image_embeds=image_embeds)
         if self.parallel is not None:
-            shortest, ranks = min(end - start for start, end in windows), self.parallel.config.frame_size
-            if len(windows) > 1 and shortest < ranks:
-                raise ValueError(f"frame parallel over {ranks} processes splits each context window: it needs "
-                                 f"context_length >= {ranks}, got {shortest}")
+            check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(num_frames)
             latents = self.parallel.broadcast(latents)
         state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
@@ -539,6 +513,10 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
                     bar.update()
             return latents
 
-        latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
-                                         timesteps=timesteps)
+        self._motion_scale = scale
+        try:
+            latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
+                                             timesteps=timesteps)
+        finally:
+            self._motion_scale = None
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -120,8 +120,9 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         scales = [scale * (0.0 if i / n < s or (i + 1) / n > e else 1.0)
                   for scale, s, e in zip(c["scales"], c["starts"], c["ends"])]
         active = [k for k, scale in enumerate(scales) if scale != 0.0]
+        motion = self.motion_scale_kwargs(start, end)
         if not active:  # outside every ControlNet's window the residuals would be zeros
-            return unet(model_in, t, embeds)
+            return unet(model_in, t, embeds, **motion)
         frames = end - start
         only_cond = c["guess_mode"] and c["guidance"]  # the ControlNet sees the conditional half only
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
@@ -141,7 +142,8 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         if only_cond:
             down = [torch.cat([torch.zeros_like(r), r]) for r in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
-        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
+                    **motion)
 
     # -- call -----------------------------------------------------------------------------------
     def prepare_control(self, conditioning_frames, num_frames: int, height: int, width: int, videos: int,
