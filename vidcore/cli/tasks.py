@@ -76,6 +76,33 @@ def _input_fps(args, inputs: Inputs) -> float:
     return args.fps or inputs.video_fps or 8.0
 
 
+def _context_options(o: Options, length_help: str = "frames per sliding context window for long videos "
+                                                     "(default: the whole video in one window)") -> None:
+    """Sliding context windows (vidcore.sampling.windows), for every task whose pipeline has them."""
+    o.add("--context-length", type=positive_int, default=None, help=length_help)
+    o.add("--context-stride", type=positive_int, default=None,
+          help="frames between window starts (default: context length // 4)")
+    o.add("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
+          help="how overlapping windows are blended")
+
+
+def _context_call(args) -> dict:
+    return {"context_length": args.context_length, "context_stride": args.context_stride,
+            "context_weighting": args.context_weighting}
+
+
+def motion_scale(text: str) -> float | list[float]:
+    """``--motion-scale``: one number for every frame, or a comma list with one number per frame."""
+    import argparse
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers (one per frame), "
+                                         f"got {text!r}") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 # --------------------------------------------------------------------------- text-to-video (ModelScope / Zeroscope)
 
 # settings left unset on the command line: (for a --model, the demo model's key in vidcore.demo.DEFAULTS)
@@ -88,6 +115,7 @@ def _text_to_video_options(o: Options) -> None:  # unset values come from TEXT_T
     _size(o)
     o.add("--guidance", type=float, default=None, help="classifier-free guidance scale (default 9; demo model 5)")
     o.add("--fps", type=positive_float, default=None, help="output frame rate (default 8; demo model 4)")
+    _context_options(o)
 
 
 def _text_to_video_model(args) -> str:
@@ -110,7 +138,7 @@ def _text_to_video_model(args) -> str:
 
 
 def _text_to_video_call(args, inputs: Inputs) -> tuple[dict, float]:
-    return dict(height=args.height, width=args.width, num_frames=args.frames), args.fps
+    return dict(height=args.height, width=args.width, num_frames=args.frames, **_context_call(args)), args.fps
 
 
 # --------------------------------------------------------------------------- video-to-video (Zeroscope)
@@ -124,10 +152,11 @@ def _video_to_video_options(o: Options) -> None:
     o.add("--width", type=positive_int, default=None, help="resize input frames to this width")
     o.add("--guidance", type=float, default=15.0, help="classifier-free guidance scale")
     o.add("--fps", type=positive_float, default=None, help="output frame rate (default: the input's, else 8)")
+    _context_options(o)
 
 
 def _video_to_video_call(args, inputs: Inputs) -> tuple[dict, float]:
-    return dict(video=inputs.video, strength=args.strength), _input_fps(args, inputs)
+    return dict(video=inputs.video, strength=args.strength, **_context_call(args)), _input_fps(args, inputs)
 
 
 # --------------------------------------------------------------------------- i2vgen-xl (defaults: diffusers' I2VGenXLPipeline's)
@@ -139,12 +168,13 @@ def _i2vgen_options(o: Options) -> None:
     _size(o, height=704, width=1280)
     o.add("--guidance", type=float, default=9.0, help="classifier-free guidance scale")
     o.add("--fps", type=positive_float, default=16.0, help="frame rate: the model's target_fps condition and the output's rate")
+    _context_options(o)
 
 
 def _i2vgen_call(args, inputs: Inputs) -> tuple[dict, float]:
     target_fps = int(args.fps) if float(args.fps).is_integer() else args.fps  # the model saw integer rates
     return dict(image=inputs.image, height=args.height, width=args.width, num_frames=args.frames,
-                target_fps=target_fps), args.fps
+                target_fps=target_fps, **_context_call(args)), args.fps
 
 
 # --------------------------------------------------------------------------- image-to-video (SVD; defaults: diffusers')
@@ -169,6 +199,7 @@ def _svd_options(o: Options) -> None:
                "the middle), constant (--max-guidance), or one comma-separated scale per frame")
     o.add("--decode-overlap", type=nonnegative_int, default=0, metavar="K",
           help="frames consecutive --decode-chunk-size chunks share, blended linearly (smooths chunk borders)")
+    _context_options(o)
 
 
 def _guidance_schedule(value: str):
@@ -211,7 +242,7 @@ def _svd_call(args, inputs: Inputs) -> tuple[dict, float]:
                 motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
                 min_guidance_scale=args.min_guidance, max_guidance_scale=args.max_guidance,
                 guidance_schedule=args.guidance_schedule, decode_overlap=args.decode_overlap,
-                last_image=_last_image(args)), args.fps
+                last_image=_last_image(args), **_context_call(args)), args.fps
 
 
 def _last_image(args):
@@ -262,12 +293,10 @@ def _animatediff_options(o: Options) -> None:
           help="with --control: ControlNet folder, file or hub repo id (lllyasviel/sd-controlnet-openpose, "
                "lllyasviel/sd-controlnet-canny; SparseCtrl: guoyww/animatediff-sparsectrl-scribble, -rgb)")
     o.add("--controlnet-scale", type=float, default=None, help="with --control: weight of its residuals (default 1)")
-    o.add("--context-length", type=positive_int, default=None,
-          help="frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
-    o.add("--context-stride", type=positive_int, default=None,
-          help="frames between window starts (default: context length // 4)")
-    o.add("--context-weighting", choices=("pyramid", "flat"), default="pyramid",
-          help="how overlapping windows are blended")
+    _context_options(o, "frames per sliding window for long videos (default: the adapter's motion_max_seq_length)")
+    o.add("--motion-scale", type=motion_scale, default=1.0, metavar="S[,S...]",
+          help="scale of the motion modules' effect: one number, or one per frame as a comma list "
+               "(0: still frames, 1: the model, >1: more motion)")
     o.add("--ip-adapter", default=None, metavar="PATH",
           help="IP-Adapter image prompt: an original weight file (.safetensors or .bin), local or on the hub as "
                "OWNER/REPO/SUBFOLDER/FILE (e.g. h94/IP-Adapter/models/ip-adapter_sd15.safetensors); its CLIP image "
@@ -381,8 +410,7 @@ def _animatediff_load(cls, model: str, args, dtype):
 
 
 def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
-    call = dict(height=args.height, width=args.width, context_length=args.context_length,
-                context_stride=args.context_stride, context_weighting=args.context_weighting)
+    call = dict(height=args.height, width=args.width, motion_scale=args.motion_scale, **_context_call(args))
     if args.ip_image is not None:
         from ..io import load_image
 

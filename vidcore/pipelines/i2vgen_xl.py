@@ -24,7 +24,8 @@ import PIL.Image
 import torch
 
 from ..io import load_image
-from .base import check_negative_inputs
+from ..sampling.windows import check_free_noise_windows, plan_windows
+from .base import apply_guidance, check_negative_inputs
 from .text_to_video import TextToVideoPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
@@ -89,6 +90,18 @@ def pil_to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])).permute(0, 3, 1, 2)
 
 
+def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The image conditioning ``b 4 f h w`` of a context window's frames ``start:end``.
+
+    The UNet takes the image's appearance from frame 0 of its conditioning (the context tokens) and reads the
+    other frames as the position mask ``k / (f - 1)``. Every window keeps the image latent in its frame 0, so
+    each window sees the image, and its other frames keep their positions in the whole video, so later
+    windows know they are further from the image. A window starting at frame 0 is a plain slice."""
+    if start == 0:
+        return image_latents[:, :, :end]
+    return torch.cat([image_latents[:, :, :1], image_latents[:, :, start + 1:end]], dim=2)
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -134,20 +147,20 @@ class I2VGenXLPipeline(TextToVideoPipeline):
 
     parallel_support = True  # enable_parallel (vidcore.parallel): CFG halves and frame slices
 
-    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale):
-        if self.parallel is None:
-            return super().predict_noise(unet, latents, t, prompt_embeds, guidance_scale)
-        return self.parallel.predict_noise(self.unet, self.scheduler.scale_model_input(latents, t), t, prompt_embeds,
-                                           guidance_scale, image_conditioning=self._unet_conditioning)
-
-    def _run_on_device(self, name: str):
-        # During sampling the (inherited) denoise loop calls unet(sample, t, text); bind the image and
-        # fps conditions of the current call to it.
-        module = super()._run_on_device(name)
-        if name != "unet" or self._unet_conditioning is None:
-            return module
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None):
+        """The guided prediction with the current call's image and fps conditions (sliced to ``window``,
+        see :func:`window_image_latents`)."""
         fps, image_latents, image_embeddings = self._unet_conditioning
-        return lambda sample, t, text: module(sample, t, fps, image_latents, image_embeddings, text)
+        if window is not None:
+            image_latents = window_image_latents(image_latents, *window)
+        if self.parallel is not None:
+            return self.parallel.predict_noise(self.unet, self.scheduler.scale_model_input(latents, t), t,
+                                               prompt_embeds, guidance_scale,
+                                               image_conditioning=(fps, image_latents, image_embeddings))
+        guidance = guidance_scale > 1.0
+        model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
+        noise = unet(model_in, t, fps, image_latents, image_embeddings, prompt_embeds)
+        return apply_guidance(noise, guidance_scale) if guidance else noise
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -160,13 +173,17 @@ class I2VGenXLPipeline(TextToVideoPipeline):
                  output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = 1,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
-                 image_latents_from_generator: bool = False):
+                 image_latents_from_generator: bool = False, context_length: int | None = None,
+                 context_stride: int | None = None, context_weighting: str = "pyramid"):
         """Animate ``image`` following ``prompt``. Argument names and defaults follow diffusers'
         I2VGenXLPipeline. Additions: ``callback_on_step_end(pipe, step, t, tensors) -> dict``, numpy and
         path images, one image shared by several prompts, and ``image_latents_from_generator``: draw
         the VAE posterior sample of the image from ``generator`` too, so the generator alone fixes
         the video (diffusers draws it from torch's global RNG; the two agree when ``generator`` is
-        ``torch.manual_seed(s)``, the global generator itself).
+        ``torch.manual_seed(s)``, the global generator itself). ``context_length`` / ``context_stride`` /
+        ``context_weighting``: sliding context windows for long videos, as in
+        :meth:`TextToVideoPipeline.__call__` (default: none), with the image conditioning of
+        :func:`window_image_latents` in each window.
         """
         images = images_to_pil(image)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -176,6 +193,8 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         if target_fps is None or target_fps <= 0:
             raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
+        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
+        check_free_noise_windows(getattr(self, "free_noise", None), windows)
         device = self.device
         guidance = guidance_scale > 1.0
         videos, text = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance, negative_prompt,
@@ -206,7 +225,8 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         try:
             latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
                 x, ts, text, guidance_scale, eta, generator, None, 1, callback_on_step_end,
-                callback_on_step_end_tensor_inputs), generator, timesteps=self.scheduler.timesteps)
+                callback_on_step_end_tensor_inputs, windows, context_weighting), generator,
+                timesteps=self.scheduler.timesteps)
         finally:
             self._unet_conditioning = None
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -40,6 +40,7 @@ from ..io import load_image
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling.frame_guidance import frame_guidance_scales, guided
+from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .svd_keyframes import denoise_between_keyframes
 from .temporal_decode import decode_overlapping
@@ -334,10 +335,11 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                              f"{self.vae_scale_factor}, width/{self.vae_scale_factor}), got {tuple(latents.shape)}")
         return latents.to(device) * self.scheduler.init_noise_sigma
 
-    def predict_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids, guidance_scale):
-        """The guided UNet output for ``b f 4 h w`` latents at ``t`` (guidance when ``guidance_scale``, per-frame
-        scales ``b f 1 1 1``, is given)."""
-        if self.parallel is not None:
+    def predict_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids,
+                      guidance_scale) -> torch.Tensor:
+        """The guided prediction for ``b f 4 h w`` latents (a whole video or one context window) and the
+        matching frames of ``image_latents`` and of the per-frame ``guidance_scale`` (``b f 1 1 1`` or None)."""
+        if self.parallel is not None:  # enable_parallel: CFG halves / frame slices on the ranks
             return self.parallel.predict_noise_svd(unet, self.scheduler.scale_model_input(latents, t), t,
                                                    image_latents, image_embeddings, added_time_ids, guidance_scale)
         guidance = guidance_scale is not None
@@ -347,18 +349,34 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         pred = unet(model_in, t, image_embeddings, added_time_ids)
         return apply_guidance(pred, guidance_scale) if guidance else pred
 
+    def predict_video_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids, guidance_scale,
+                            windows, weighting) -> torch.Tensor:
+        """:meth:`predict_noise` per context window, blended (:mod:`vidcore.sampling.windows`). Each window is a
+        whole UNet pass on its frames: its frame-index embedding counts from 0, as for a clip of that length,
+        and it gets its frames' image latents and guidance scales."""
+        def window_noise(start: int, end: int) -> torch.Tensor:
+            scale = None if guidance_scale is None else guidance_scale[:, start:end]
+            return self.predict_noise(unet, latents[:, start:end], t, image_latents[:, start:end], image_embeddings,
+                                      added_time_ids, scale)
+
+        return blend_windows(window_noise, latents.shape[1], windows, weighting, frame_dim=1)
+
     def denoise(self, latents, timesteps, image_latents, image_embeddings, added_time_ids, guidance_scale,
-                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
+                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",), windows=None,
+                context_weighting="pyramid") -> torch.Tensor:
         """The sampling loop. latents ``b f 4 h w``; conditions have the unconditional half first when
-        ``guidance_scale`` (``b f 1 1 1`` per-frame scales) is given, else ``guidance_scale`` is None."""
+        ``guidance_scale`` (``b f 1 1 1`` per-frame scales) is given, else ``guidance_scale`` is None.
+        ``windows``: sliding context windows (None: the whole video in one UNet pass)."""
         unet = self._run_on_device("unet")
-        if self.parallel is not None:  # enable_parallel: CFG halves / frame slices on the ranks
+        windows = windows or [(0, latents.shape[1])]
+        if self.parallel is not None:
+            check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(latents.shape[1])
             latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                pred = self.predict_noise(unet, latents, t, image_latents, image_embeddings, added_time_ids,
-                                          guidance_scale)
+                pred = self.predict_video_noise(unet, latents, t, image_latents, image_embeddings, added_time_ids,
+                                                guidance_scale, windows, context_weighting)
                 latents = self.scheduler.step(pred, t, latents)
                 latents = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
                                         {"latents": latents})["latents"]
@@ -407,7 +425,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
                  return_dict: bool = True, fix_batch_quirks: bool = False,
-                 guidance_schedule: str | list[float] = "linear", decode_overlap: int = 0, last_image=None):
+                 guidance_schedule: str | list[float] = "linear", decode_overlap: int = 0, last_image=None,
+                 context_length: int | None = None, context_stride: int | None = None,
+                 context_weighting: str = "pyramid"):
         """Animate ``image``. Arguments and defaults follow diffusers' StableVideoDiffusionPipeline:
 
         image: PIL image(s) or paths (one video each), a numpy array or a tensor in [0, 1] (batched or not).
@@ -435,6 +455,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             ``min_guidance_scale -> max_guidance_scale``), "triangle" (min at both ends, max in the middle, as
             ComfyUI's VideoTriangleCFGGuidance), "constant" (``max_guidance_scale``), or one float per frame
             (guidance runs when one exceeds 1); see :mod:`vidcore.sampling.frame_guidance`.
+        context_length, context_stride, context_weighting: sliding context windows for videos longer than the
+            model's clips (an addition; :mod:`vidcore.sampling.windows`): each denoising step runs the UNet on
+            windows of ``context_length`` frames (None: the whole video, no windows), starts
+            ``context_stride`` apart (default ``context_length // 4``), blended "pyramid" | "flat".
         """
         sample = self.unet.config.sample_size or 96
         height = height or sample * self.vae_scale_factor
@@ -447,6 +471,11 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         if not isinstance(decode_overlap, Integral) or not 0 <= decode_overlap < decode_chunk_size:
             raise ValueError(f"decode_overlap must be an integer in [0, decode_chunk_size={decode_chunk_size}), got "
                              f"{decode_overlap!r}")
+        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
+        check_free_noise_windows(getattr(self, "free_noise", None), windows)
+        if last_image is not None and len(windows) > 1:
+            raise ValueError("last_image (keyframe interpolation) samples the whole video in one pass each way; it "
+                             "does not combine with context windows: use context_length=None or >= num_frames")
         images = _as_images(image)
         batch = len(images)
         videos = batch * num_videos_per_prompt
@@ -511,7 +540,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         def denoise(x, timesteps):
             if last is None:
                 return self.denoise(x, timesteps, image_latents, image_embeddings, added_time_ids, scales,
-                                    callback_on_step_end, callback_on_step_end_tensor_inputs)
+                                    callback_on_step_end, callback_on_step_end_tensor_inputs, windows,
+                                    context_weighting)
             return denoise_between_keyframes(self, x, timesteps, (image_latents, image_embeddings), last,
                                              added_time_ids, scales, generator, callback_on_step_end,
                                              callback_on_step_end_tensor_inputs)

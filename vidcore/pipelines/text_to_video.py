@@ -12,6 +12,7 @@ import torch
 
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
+from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .text import encode_prompt
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -54,8 +55,10 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
             raise ValueError("prompt_embeds and negative_prompt_embeds must have the same shape")
 
     # -- parallel (enable_parallel / disable_parallel / parallel: ParallelPipelineMixin) ------------
-    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale):
-        """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds)."""
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None):
+        """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds).
+        ``window``: the ``(start, end)`` frames of the video that ``latents`` are (context windows), for
+        subclasses with per-frame conditioning to slice; None is the whole video."""
         guidance = guidance_scale > 1.0
         if self.parallel is not None:
             model_in = self.scheduler.scale_model_input(latents, t)
@@ -64,6 +67,15 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         model_in = self.scheduler.scale_model_input(model_in, t)
         noise = unet(model_in, t, prompt_embeds)
         return apply_guidance(noise, guidance_scale) if guidance else noise
+
+    def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting):
+        """:meth:`predict_noise` over sliding context windows (:mod:`vidcore.sampling.windows`), blended; a
+        single window over the whole video is one plain call."""
+        def window_noise(start: int, end: int) -> torch.Tensor:
+            return self.predict_noise(unet, latents[:, :, start:end], t, prompt_embeds, guidance_scale,
+                                      (start, end))
+
+        return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
@@ -103,15 +115,21 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         return cond.shape[0], embeds
 
     def denoise(self, latents, timesteps, prompt_embeds, guidance_scale, eta, generator, callback=None,
-                callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
-        """The sampling loop. latents: b c f h w; prompt_embeds: (2b or b) m d with the negatives first."""
+                callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
+                windows=None, context_weighting="pyramid"):
+        """The sampling loop. latents: b c f h w; prompt_embeds: (2b or b) m d with the negatives first;
+        ``windows``: sliding context windows (:func:`vidcore.sampling.windows.plan_windows`; None: the whole
+        video at once)."""
         unet = self._run_on_device("unet")
+        windows = windows or [(0, latents.shape[2])]
         if self.parallel is not None:
+            check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(latents.shape[2])
             latents = self.parallel.broadcast(latents)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                noise = self.predict_noise(unet, latents, t, prompt_embeds, guidance_scale)
+                noise = self.predict_video_noise(unet, latents, t, prompt_embeds, guidance_scale, windows,
+                                                 context_weighting)
                 # The scheduler steps on frames folded into the batch (b f) c h w, as diffusers does;
                 # this fixes the order of eta noise draws.
                 b, c, f, h, w = latents.shape
@@ -183,14 +201,21 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
                  callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1,
                  clip_skip: int | None = None, num_videos_per_prompt: int = 1, decode_chunk_size: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+                 context_length: int | None = None, context_stride: int | None = None,
+                 context_weighting: str = "pyramid"):
         """Generate videos from text. Argument names and defaults follow diffusers' TextToVideoSDPipeline;
-        ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions, and so is
+        ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions, and so are
         FreeNoise (``enable_free_noise``; then ``prompt`` / ``negative_prompt`` may be ``{frame: prompt}``
-        dicts)."""
+        dicts) and sliding context windows for videos longer than the model's clips
+        (:mod:`vidcore.sampling.windows`): ``context_length`` frames per window (None: the whole video, no
+        windows), starts ``context_stride`` apart (default ``context_length // 4``), blended with
+        ``context_weighting`` "pyramid" | "flat"; the two exclude each other."""
         height, width = self.default_size(height, width, 32)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
+        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
+        check_free_noise_windows(getattr(self, "free_noise", None), windows)
         device = self.device
         videos, embeds = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance_scale > 1.0,
                                           negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
@@ -202,5 +227,6 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         latents = self.prepare_latents(shape, embeds.dtype, device, generator, latents)
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, timesteps: self.denoise(
             x, timesteps, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
-            callback_on_step_end_tensor_inputs), generator, timesteps=self.scheduler.timesteps)
+            callback_on_step_end_tensor_inputs, windows, context_weighting), generator,
+            timesteps=self.scheduler.timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from ..random import randn_tensor
+from ..sampling.windows import check_free_noise_windows, plan_windows
 from .text_to_video import TextToVideoPipeline
 from .video_processing import preprocess_video
 
@@ -62,13 +63,17 @@ class VideoToVideoPipeline(TextToVideoPipeline):
                  callback: Callable[[int, int, torch.Tensor], None] | None = None, callback_steps: int = 1,
                  clip_skip: int | None = None, num_videos_per_prompt: int = 1, decode_chunk_size: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",)):
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+                 context_length: int | None = None, context_stride: int | None = None,
+                 context_weighting: str = "pyramid"):
         """Re-render ``video`` (list of PIL frames, ``f h w 3`` array, ``f 3 h w`` tensor, or a batch) to
         follow ``prompt``. Output size is the input size cut down to a multiple of 8.
 
         ``latents``, if given, replaces the noised encoding of the video (diffusers accepts and ignores it).
         With ``enable_free_noise`` the noise added to the video is rescheduled and ``prompt`` may be a
         ``{frame: prompt}`` dict.
+        ``context_length`` / ``context_stride`` / ``context_weighting``: sliding context windows over the frames,
+        as in :meth:`TextToVideoPipeline.__call__` (default: the whole video at once).
         """
         if video is None:
             raise ValueError("video is required for video-to-video")
@@ -79,6 +84,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         px = 1 if c != 4 else self.vae_scale_factor  # latents given instead of pixels
         self.check_inputs(prompt, h * px, w * px, f, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
+        windows = plan_windows(f, context_length, context_stride, context_weighting)
+        check_free_noise_windows(getattr(self, "free_noise", None), windows)
         device = self.device
         batch, embeds = self.encode_text(prompt, f, device, num_videos_per_prompt, guidance_scale > 1.0,
                                          negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)
@@ -99,5 +106,5 @@ class VideoToVideoPipeline(TextToVideoPipeline):
 
         latents = self.free_init_denoise(latents.to(device), num_inference_steps, schedule, lambda x, ts: self.denoise(
             x, ts, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
-            callback_on_step_end_tensor_inputs), generator, timesteps=timesteps)
+            callback_on_step_end_tensor_inputs, windows, context_weighting), generator, timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
