@@ -12,7 +12,7 @@ import tiny
 import tiny_animatediff as ta
 import vidcore
 from vidcore.models.motion import MotionAdapter, UNetMotion
-from vidcore.pipelines.animatediff import context_weights, context_windows
+from vidcore.sampling.windows import context_weights, context_windows
 
 TOL = 1e-4  # max abs difference of np frames in [0, 1] (and of latents)
 
@@ -315,6 +315,56 @@ def test_long_video_is_continuous_at_window_seams(setup):
     cut = ours(latents=noise.clone(), context_stride=length, context_weighting="flat", **kw).frames
     seams, inner = _seam_and_inner_jumps(cut, context_windows(frames, length, length))
     assert seams.max() > 2 * inner.max(), (seams, inner)
+
+
+# -- motion scale (AnimateDiff-Evolved's per-frame scale of the motion modules' residual) ------------------
+
+def test_motion_scale_one_is_the_plain_model(setup):
+    ours = load(setup)
+    kw = dict(prompt="a", num_frames=4, height=8, width=8, num_inference_steps=2, output_type="latent")
+    plain = ours(generator=torch.Generator().manual_seed(0), **kw).frames
+    for scale in (1.0, 1, [1.0] * 4, torch.ones(4)):
+        assert torch.equal(ours(generator=torch.Generator().manual_seed(0), motion_scale=scale, **kw).frames, plain)
+    half = ours(generator=torch.Generator().manual_seed(0), motion_scale=0.5, **kw).frames
+    assert torch.equal(ours(generator=torch.Generator().manual_seed(0), motion_scale=[0.5] * 4, **kw).frames, half)
+    assert not torch.allclose(half, plain)
+    mixed = ours(generator=torch.Generator().manual_seed(0), motion_scale=[0.5, 0.5, 1.0, 2.0], **kw).frames
+    assert torch.isfinite(mixed).all() and not torch.allclose(mixed, half)
+
+
+def test_motion_scale_zero_is_the_sd_unet_on_each_frame(setup):
+    """0 turns the motion modules off: the UNetMotion equals its UNet2D on the frames folded into the batch, and
+    a video's frames no longer depend on each other (the first two of four equal a two-frame run)."""
+    ours = load(setup)
+    unet = ours.unet
+    g = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 7, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        got = unet(x, 10, ctx, motion_scale=0.0)
+        want = unet.unet(x.transpose(1, 2).reshape(6, 4, 8, 8), 10, ctx.repeat_interleave(3, dim=0))
+        torch.testing.assert_close(got, want.view(2, 3, 4, 8, 8).transpose(1, 2), rtol=1e-5, atol=1e-5)
+        assert torch.equal(unet(x, 10, ctx, motion_scale=torch.zeros(3)), got)
+
+    noise = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(prompt="a", height=8, width=8, num_inference_steps=2, output_type="latent", motion_scale=0.0)
+    four = ours(num_frames=4, latents=noise.clone(), **kw).frames
+    two = ours(num_frames=2, latents=noise[:, :, :2].clone(), **kw).frames
+    assert (four[:, :, :2] - two).abs().max() < 1e-5 * four.abs().max()  # float rounding only (with motion: ~0.5)
+
+
+def test_motion_scale_with_windows_and_bad_values(setup):
+    ours = load(setup)
+    kw = dict(prompt="a", num_frames=10, height=8, width=8, num_inference_steps=1, output_type="latent",
+              context_length=4, context_stride=2)
+    video = ours(motion_scale=[0.0] * 5 + [1.5] * 5, generator=torch.Generator().manual_seed(0), **kw).frames
+    assert video.shape[2] == 10 and torch.isfinite(video).all()
+    with pytest.raises(ValueError, match=r"motion_scale must be a number or a list of one number per frame "
+                                         r"\(num_frames=10\), got 3 values"):
+        ours(motion_scale=[1.0, 1.0, 1.0], **kw)
+    with pytest.raises(ValueError, match="motion_scale must be a number or a list of one number per frame, got 'x'"):
+        ours(motion_scale="x", **kw)
+    with pytest.raises(ValueError, match="motion_scale values must be finite"):
+        ours(motion_scale=float("nan"), **kw)
 
 
 # -- errors ---------------------------------------------------------------------------------------
