@@ -186,8 +186,9 @@ def check_svd_unet_and_motion_positions(rank, world, res, num_frames, tag=""):
         res[f"motion_positions{tag}"] = err(got, shard_frames(ref, g, dim=1))
 
 
-def check_svd_pipeline(rank, world, res, modes, frames, tag=""):
-    """SVD's sampling loop (per-frame guidance scales, Euler) and chunked temporal-decoder decode."""
+def check_svd_pipeline(rank, world, res, modes, frames, tag="", windows=None):
+    """SVD's sampling loop (per-frame guidance scales, Euler) and chunked temporal-decoder decode; with
+    ``windows``, sliding context windows (each window split over the frame ranks)."""
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
     from vidcore.models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
     from vidcore.pipelines.stable_video_diffusion import StableVideoDiffusionPipeline
@@ -219,7 +220,7 @@ def check_svd_pipeline(rank, world, res, modes, frames, tag=""):
     def run():
         scheduler.set_timesteps(3)
         out = pipe.denoise(latents * scheduler.init_noise_sigma, scheduler.timesteps, image_latents, embeds, ids,
-                           scales)
+                           scales, windows=windows)
         return pipe.decode_latents(out, decode_chunk_size=3)  # chunks of 3 frames: uneven over the ranks
 
     ref = run()
@@ -261,6 +262,12 @@ def check_animatediff(rank, world, res, modes, frames):
     pipe.enable_parallel(cfg=False, frames=True)
     got = run_pipe(pipe, **windows)
     res["animatediff_windows_frames"] = err(got, ref) if rank == 0 else float(got is not None)
+    pipe.disable_parallel()
+    scaled = dict(windows, motion_scale=[0.0, 0.5, 1.0, 1.5, 2.0, 0.5])  # each rank takes its frames' scales
+    ref = run_pipe(pipe, **scaled)
+    pipe.enable_parallel(cfg=False, frames=True)
+    got = run_pipe(pipe, **scaled)
+    res["animatediff_motion_scale_frames"] = err(got, ref) if rank == 0 else float(got is not None)
     try:  # windows shorter than the frame group
         run_pipe(pipe, num_frames=6, context_length=world - 1, context_stride=1)
         res["animatediff_short_windows_message"] = ""
@@ -286,6 +293,26 @@ def check_pipeline(rank, world, res, modes, num_frames, tag=""):
         key = f"pipeline_{'cfg' if cfg else ''}{'+' if cfg and frames else ''}{'frames' if frames else ''}{tag}"
         res[key] = err(got, ref) if rank == 0 else float(got is not None)
         pipe.disable_parallel()
+
+
+def check_pipeline_windows(rank, world, res):
+    """ModelScope text-to-video with sliding context windows: each window split over the frame ranks, or its
+    CFG halves on two ranks."""
+    windows = dict(num_frames=6, context_length=4, context_stride=2, eta=0.5)
+    pipe = tiny_pipeline()
+    ref = run_pipe(pipe, **windows)
+    for cfg, frames in ((False, True), (True, False)):
+        pipe.enable_parallel(cfg=cfg, frames=frames)
+        got = run_pipe(pipe, **windows)
+        res[f"pipeline_windows_{'cfg' if cfg else 'frames'}"] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
+    pipe.enable_parallel(cfg=False, frames=True)
+    try:
+        run_pipe(pipe, num_frames=6, context_length=1, context_stride=1)
+        res["pipeline_short_windows_message"] = ""
+    except ValueError as e:
+        res["pipeline_short_windows_message"] = str(e)
+    pipe.disable_parallel()
 
 
 def check_video_to_video(rank, world, res):
@@ -365,6 +392,8 @@ def scenario(rank, world):
         check_video_to_video(rank, world, res)
         check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
         check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_uneven")
+        check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_windows", windows=[(0, 3), (2, 5)])
+        check_pipeline_windows(rank, world, res)
         check_animatediff(rank, world, res, [(False, True), (True, False)], frames=4)
         check_deep_cache(rank, world, res)
     if world == 3:
@@ -475,10 +504,23 @@ def test_parallel_animatediff_equals_single_process(results):
         assert res[1][key] == 0.0
 
 
+def test_parallel_context_windows_equal_single_process(results):
+    """Sliding context windows compose with enable_parallel: ModelScope (frames or CFG), SVD (frames) and
+    AnimateDiff with a per-frame motion scale (frames); windows shorter than the frame group are refused."""
+    res = results(2)
+    for key in ("pipeline_windows_frames", "pipeline_windows_cfg", "svd_pipeline_frames_windows",
+                "animatediff_motion_scale_frames"):
+        assert res[0][key] < 3e-5, (key, res[0][key])
+        assert res[1][key] == 0.0, "only rank 0 receives the video"
+    for r in res:
+        assert "needs context_length >= 2, got 1" in r["pipeline_short_windows_message"], r
+
+
 def test_parallel_animatediff_sliding_windows_split_unevenly(results):
     res = results(3)  # windows of 4 frames over 3 ranks: 2 + 1 + 1
-    assert res[0]["animatediff_windows_frames"] < 3e-5, res[0]["animatediff_windows_frames"]
-    assert all(r["animatediff_windows_frames"] == 0.0 for r in res[1:])
+    for key in ("animatediff_windows_frames", "animatediff_motion_scale_frames"):
+        assert res[0][key] < 3e-5, (key, res[0][key])
+        assert all(r[key] == 0.0 for r in res[1:])
     for r in res:
         assert "needs context_length >= 3, got 2" in r["animatediff_short_windows_message"], r
 
@@ -531,6 +573,16 @@ def _i2vgen_worker(rank, world, port, folder, out_dir):
                 key = f"i2vgen_{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}_{frames}"
                 res[key] = err(got, ref) if rank == 0 else float(got is not None)
                 pipe.disable_parallel()
+        windows = dict(context_length=3, context_stride=2)  # 5 frames: windows (0, 3), (2, 5)
+        torch.manual_seed(5)
+        ref = pipe("a cat", image=image, height=16, width=24, num_frames=5, num_inference_steps=2, clip_skip=None,
+                   output_type="pt", generator=torch.Generator().manual_seed(3), **windows).frames
+        pipe.enable_parallel(cfg=False, frames=True)
+        torch.manual_seed(5)
+        got = pipe("a cat", image=image, height=16, width=24, num_frames=5, num_inference_steps=2, clip_skip=None,
+                   output_type="pt", generator=torch.Generator().manual_seed(3), **windows).frames
+        res["i2vgen_windows_frames"] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
     except Exception:
         res = {"error": traceback.format_exc()}
     with open(os.path.join(out_dir, f"{rank}.json"), "w") as fh:
@@ -547,7 +599,7 @@ def test_parallel_i2vgen_equals_single_process(tmp_path):
     mp.spawn(_i2vgen_worker, args=(2, free_port(), str(folder), str(tmp_path)), nprocs=2)
     res = [json.load(open(tmp_path / f"{r}.json")) for r in range(2)]
     assert not any("error" in r for r in res), [r.get("error") for r in res]
-    for key in ("i2vgen_frames_4", "i2vgen_cfg_4", "i2vgen_frames_3", "i2vgen_cfg_3"):
+    for key in ("i2vgen_frames_4", "i2vgen_cfg_4", "i2vgen_frames_3", "i2vgen_cfg_3", "i2vgen_windows_frames"):
         assert res[0][key] < 3e-5, (key, res[0][key])
         assert res[1][key] == 0.0, "only rank 0 receives the video"
 
