@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import pytest
-import torch
-
 import tiny
 import tiny_animatediff as ta
+import torch
+
 import vidcore
 import vidcore.cli
 from vidcore.cli import main
@@ -125,7 +125,7 @@ def test_one_window_is_the_plain_run_bit_for_bit(folders, image, family):
     run = RUNS[family]
     args = (folders,) if family in ("text-to-video", "video-to-video") else (folders, image)
     plain = run(*args)
-    for extra in (dict(context_length=5), dict(context_length=9, context_stride=2, context_weighting="flat")):
+    for extra in ({"context_length": 5}, {"context_length": 9, "context_stride": 2, "context_weighting": "flat"}):
         assert torch.equal(run(*args, **extra), plain), extra
     windowed = run(*args, context_length=3, context_stride=1)  # 3 windows over 5 frames: another valid video
     assert windowed.shape == plain.shape and torch.isfinite(windowed).all() and not torch.equal(windowed, plain)
@@ -164,13 +164,13 @@ def test_long_static_video_has_no_seams(folders, image, family):
     noise = noise.repeat(1, frames, 1, 1, 1) if svd else noise.repeat(1, 1, frames, 1, 1)
     if family == "text-to-video":
         pipe = load(vidcore.TextToVideoPipeline, folders / "t2v")
-        kw = dict(prompt="a cat")
+        kw = {"prompt": "a cat"}
     elif family == "i2vgen-xl":
         pipe = load(vidcore.I2VGenXLPipeline, folders / "i2vgen")
-        kw = dict(prompt="a cat", image=image, image_latents_from_generator=True)
+        kw = {"prompt": "a cat", "image": image, "image_latents_from_generator": True}
     else:
         pipe = load(vidcore.StableVideoDiffusionPipeline, folders / "svd")
-        kw = dict(image=image, noise_aug_strength=0.0)
+        kw = {"image": image, "noise_aug_strength": 0.0}
 
     def run(**extra):
         return pipe(num_frames=frames, height=8, width=8, num_inference_steps=4, output_type="latent",
