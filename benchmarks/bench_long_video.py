@@ -5,9 +5,10 @@
     python benchmarks/bench_long_video.py --frames 16 32 --steps 2 --repeats 1
 
 For each length and setup it reports the UNet passes per video (calls of the UNetMotion forward, counted by a
-forward hook, and the frames those calls covered), the median wall time of the denoising loop
-(``output_type="latent"``: the per-frame VAE decode costs the same for every setup), and the peak resident
-memory the call added. Memory is the process's peak RSS (Linux ``VmHWM``, reset before each call through
+forward hook, and the frames those calls covered), the median wall and process CPU time of the denoising loop
+over rounds in which the setups of one length take turns (``output_type="latent"``: the per-frame VAE decode
+costs the same for every setup; with one torch thread the CPU time leaves out time lost to other load on a
+shared machine), and the peak resident memory the call added. Memory is the process's peak RSS (Linux ``VmHWM``, reset before each call through
 ``/proc/self/clear_refs``): torch's CPU allocator is invisible to tracemalloc and has no memory statistics, so
 the operating system's count is the one that sees the tensors. It is "n/a" where /proc is missing.
 
@@ -22,19 +23,25 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import add_timing_args, apply_threads, loadavg, print_machine, table
+from common import (
+    add_timing_args,
+    apply_threads,
+    interleaved,
+    loadavg,
+    print_machine,
+    table,
+)
 
 SIZES = {  # name: (UNet / adapter block_out_channels, latent height = width)
     "tiny": ((16, 32), 4),
     "small": ((32, 64, 128), 8),
 }
-TABLE_HEADER = ("frames", "setup", "UNet calls", "frames through the UNet", "s per video", "ms per frame",
+TABLE_HEADER = ("frames", "setup", "UNet calls", "frames through the UNet", "wall s", "CPU s", "CPU ms per frame",
                 "peak RSS added (MiB)")
 
 
@@ -158,9 +165,15 @@ def peak_rss_added(fn) -> float | None:
     return None if before is None or after is None else (after - before) / 1024
 
 
-def measure(pipe, setup: Setup, frames: int, args, counter: UNetCounter) -> tuple | None:
-    call = setup.prepare(pipe, frames)
-    if call is None:
+def runner(pipe, setup: Setup, frames: int, args) -> Callable[[], None] | None:
+    """One video of ``frames`` frames with ``setup`` (prepared and cleaned up around the call), or None where
+    the setup does not apply."""
+    try:
+        applies = setup.prepare(pipe, frames) is not None
+    finally:
+        if setup.cleanup is not None:
+            setup.cleanup(pipe)
+    if not applies:
         return None
     latent = SIZES[args.size][1]
     g = torch.Generator().manual_seed(0)
@@ -168,26 +181,16 @@ def measure(pipe, setup: Setup, frames: int, args, counter: UNetCounter) -> tupl
               "negative_prompt_embeds": torch.randn(1, 77, 32, generator=g)}
     s = pipe.vae_scale_factor
 
-    def run():
-        pipe(num_frames=frames, height=latent * s, width=latent * s, num_inference_steps=args.steps,
-             output_type="latent", generator=torch.Generator().manual_seed(1), **embeds, **call)
+    def run() -> None:
+        call = setup.prepare(pipe, frames)
+        try:
+            pipe(num_frames=frames, height=latent * s, width=latent * s, num_inference_steps=args.steps,
+                 output_type="latent", generator=torch.Generator().manual_seed(1), **embeds, **call)
+        finally:
+            if setup.cleanup is not None:
+                setup.cleanup(pipe)
 
-    try:
-        for _ in range(args.warmup):
-            run()
-        counter.reset()
-        peak = peak_rss_added(run)
-        calls, covered = counter.calls, counter.frames
-        times = []
-        for _ in range(max(1, args.repeats)):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-    finally:
-        if setup.cleanup is not None:
-            setup.cleanup(pipe)
-    wall = statistics.median(times)
-    return (calls, covered, wall, peak)
+    return run
 
 
 def main(argv: list[str] | None = None, setups: Callable | None = None) -> str:
@@ -214,16 +217,27 @@ def main(argv: list[str] | None = None, setups: Callable | None = None) -> str:
     chosen = setups(pipe) if setups is not None else default_setups(pipe, args.context_length, args.free_noise)
     rows = []
     for frames in args.frames:
-        for setup in chosen:
-            result = measure(pipe, setup, frames, args, counter)
-            if result is None:
-                row = (frames, setup.name, "n/a", "n/a", "n/a", "n/a", "n/a")
+        runs = {setup.name: runner(pipe, setup, frames, args) for setup in chosen}
+        counts = {}
+        for name, run in runs.items():  # passes and memory from one call each (after any warm-up)
+            if run is None:
+                continue
+            for _ in range(args.warmup):
+                run()
+            counter.reset()
+            peak = peak_rss_added(run)
+            counts[name] = (counter.calls, counter.frames, peak)
+        timed = {name: run for name, run in runs.items() if run is not None}
+        timings = interleaved(timed, max(1, args.repeats), warmup=0, budget_s=args.budget or None)
+        for name in runs:
+            if name not in timed:
+                rows.append((frames, name, *["n/a"] * (len(TABLE_HEADER) - 2)))
             else:
-                calls, covered, wall, peak = result
-                row = (frames, setup.name, calls, covered, f"{wall:.3f}", f"{1000 * wall / frames:.1f}",
-                       "n/a" if peak is None else f"{peak:.1f}")
-            rows.append(row)
-            print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
+                calls, covered, peak = counts[name]
+                wall, cpu = statistics.median(timings.wall[name]), statistics.median(timings.cpu[name])
+                rows.append((frames, name, calls, covered, f"{wall:.3f}", f"{cpu:.3f}", f"{1000 * cpu / frames:.1f}",
+                             "n/a" if peak is None else f"{peak:.1f}"))
+            print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
     out = table(rows, TABLE_HEADER)
     print()
     print(out)

@@ -38,23 +38,24 @@ def test_smallest_run_counts_the_window_passes(bench):
 
     rows = {(int(r[0]), r[1]): r[2:] for r in rows_of(bench.main(SMALLEST))}
     assert set(rows) == {(f, s) for f in (8, 20) for s in ("whole video", "windows 8/2", "windows 8/4")}
-    assert rows[(20, "whole video")] == ["n/a"] * 5  # beyond the adapter's 16 positions
-    for (frames, setup), (calls, covered, seconds, per_frame, peak) in rows.items():
+    assert rows[(20, "whole video")] == ["n/a"] * 6  # beyond the adapter's 16 positions
+    for (frames, setup), (calls, covered, wall, cpu, per_frame, peak) in rows.items():
         if setup == "whole video":
             if frames == 8:
                 assert (int(calls), int(covered)) == (1, 2 * 8)  # one call, the CFG batch of 2
             continue
         n = len(context_windows(frames, 8, int(setup.split("/")[1])))
         assert (int(calls), int(covered)) == (n, n * 2 * min(8, frames)), (frames, setup)
-        assert float(seconds) > 0 and float(per_frame) > 0 and (peak == "n/a" or float(peak) >= 0)
+        assert float(wall) > 0 and float(cpu) > 0 and float(per_frame) > 0 and (peak == "n/a" or float(peak) >= 0)
 
 
 def test_setups_can_be_passed_in(bench):
     """A method with its own setup (FreeNoise is added this way) is one Setup: prepared, measured, cleaned up."""
-    cleaned = []
-    custom = bench.Setup("one window each", lambda pipe, frames: {"context_length": 4, "context_stride": 4},
+    prepared, cleaned = [], []
+    custom = bench.Setup("one window each",
+                         lambda pipe, frames: prepared.append(frames) or {"context_length": 4, "context_stride": 4},
                          cleanup=cleaned.append)
     rows = rows_of(bench.main(["--size", "tiny", "--frames", "8", "--steps", "1", "--repeats", "1", "--warmup", "0"],
                               setups=lambda pipe: [custom]))
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("8", "one window each", "2", "16")]
-    assert len(cleaned) == 1
+    assert len(prepared) == len(cleaned) >= 2  # every prepare (the check, each run) is cleaned up
