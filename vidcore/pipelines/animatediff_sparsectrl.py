@@ -109,7 +109,8 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         if only_cond:
             down = [torch.cat([torch.zeros_like(r), r]) for r in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
-        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
+                    **self.motion_scale_kwargs(start, end))
 
     # -- call -----------------------------------------------------------------------------------
     def prepare_sparse_condition(self, conditioning_frames, frame_indices, num_frames: int, height: int, width: int):
