@@ -136,6 +136,8 @@ def test_bad_context_arguments_name_the_argument(folders):
         _t2v(folders, context_length=0)
     with pytest.raises(ValueError, match="context_weighting must be one of"):
         _v2v(folders, context_length=2, context_weighting="gaussian")
+    with pytest.raises(ValueError, match="last_image .* does not combine with context windows"):
+        _svd(folders, PIL.Image.new("RGB", (16, 16)), context_length=3, last_image=PIL.Image.new("RGB", (16, 16)))
 
 
 # -- seams on a static input ----------------------------------------------------------------------
