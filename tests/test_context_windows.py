@@ -136,6 +136,10 @@ def test_bad_context_arguments_name_the_argument(folders):
         _t2v(folders, context_length=0)
     with pytest.raises(ValueError, match="context_weighting must be one of"):
         _v2v(folders, context_length=2, context_weighting="gaussian")
+    pipe = load(vidcore.TextToVideoPipeline, folders / "t2v")
+    pipe.enable_free_noise(context_length=4, context_stride=2)
+    with pytest.raises(ValueError, match="context_stride .UNet context windows. do not combine with enable_free_noise"):
+        pipe(prompt="a", num_frames=6, height=8, width=8, num_inference_steps=1, context_length=3)
     with pytest.raises(ValueError, match="last_image .* does not combine with context windows"):
         _svd(folders, PIL.Image.new("RGB", (16, 16)), context_length=3, last_image=PIL.Image.new("RGB", (16, 16)))
 
