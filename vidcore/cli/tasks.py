@@ -410,7 +410,9 @@ def _animatediff_load(cls, model: str, args, dtype):
 
 
 def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
-    call = dict(height=args.height, width=args.width, motion_scale=args.motion_scale, **_context_call(args))
+    call = dict(height=args.height, width=args.width, **_context_call(args))
+    if args.motion_scale != 1.0:  # only when asked: the SDXL pipeline has no motion scale yet
+        call["motion_scale"] = args.motion_scale
     if args.ip_image is not None:
         from ..io import load_image
 
