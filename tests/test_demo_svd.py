@@ -38,3 +38,23 @@ def test_tiny_training_run_loads_and_is_scored(tmp_path):
     summary = evaluate_svd.evaluate(out, seeds=1, steps=2, verbose=False, limit=2)
     assert summary["videos"] == 2
     assert all(0.0 <= summary[k] <= 1.0 for k in ("color_every_frame", "color_frames", "direction"))
+
+
+def test_cli_without_model_uses_the_shipped_demo(tmp_path, capsys, monkeypatch):
+    import PIL.Image
+
+    import vidcore.cli.generate
+    from vidcore.cli import main
+    from vidcore.demo.evaluate_svd import first_frames
+
+    images, _ = first_frames(1)
+    PIL.Image.fromarray((images[0] * 255).round().astype(np.uint8)).save(tmp_path / "first.png")
+    written = []
+    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append((frames, fps))
+                        or str(path))
+    assert main(["generate", "image-to-video", "--image", str(tmp_path / "first.png"), "--steps", "2", "--device",
+                 "cpu", "--no-progress", "-o", str(tmp_path / "o.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "no --model given: using vidcore's built-in image-to-video demo model" in out
+    frames, fps = written[0]
+    assert np.asarray(frames).shape == (8, 32, 32, 3) and fps == 7

@@ -233,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--unet-steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    ap.add_argument("--vae-from", default=None, metavar="DIR",
+                    help="reuse the autoencoder of an earlier run's pipeline folder (skips part 1)")
     args = ap.parse_args(argv)
     cfg = SVDDemoConfig()
     for item in args.set:
@@ -248,7 +250,13 @@ def main(argv=None) -> int:
     clips = make_clips(cfg, cfg.num_clips, cfg.seed)
     log = {"command": "python -m vidcore.demo.train_svd " + " ".join(argv or []), "config": asdict(cfg),
            "threads": cfg.threads, "torch": torch.__version__, "vae_loss": [], "unet_loss": []}
-    vae = train_vae(cfg, clips, log["vae_loss"])
+    if args.vae_from is not None:
+        from ..loading import load_model
+
+        vae = load_model(Path(args.vae_from) / "vae").float().eval()
+        log["vae_from"] = str(args.vae_from)
+    else:
+        vae = train_vae(cfg, clips, log["vae_loss"])
     log["scaling_factor"] = vae.config.scaling_factor
     image_encoder = build_image_encoder(cfg).requires_grad_(False)
 
