@@ -198,6 +198,9 @@ def run(args) -> int:
     if task.long_video:
         free_noise.check_arguments(args)
     schedule_file = getattr(args, "prompt_schedule", None)
+    if schedule_file is not None and not task.long_video:  # text2video-zero: prompt travel without FreeNoise
+        if args.prompt is not None or getattr(args, "prompts", None) is not None:
+            raise UsageError("--prompt-schedule replaces --prompt / --prompts; pass one of them")
     model = task.resolve_model(args) if task.resolve_model is not None else args.model
     batch = getattr(args, "prompts", None) is not None
     if batch:  # one video per prompt; the prompts are spread over torchrun's processes (no process group)

@@ -453,6 +453,9 @@ def _zero_options(o: Options) -> None:
           help="horizontal motion per frame, in pixels of a 512x512 grid")
     o.add("--motion-field-strength-y", type=float, default=12.0,
           help="vertical motion per frame, in pixels of a 512x512 grid")
+    o.add("--prompt-schedule", default=None, metavar="FILE",
+          help="prompt travel: lines 'FRAME: PROMPT' with increasing frames from 0 (frame 0 is made from its "
+               "prompt, the others' embeddings are interpolated between the keys); replaces --prompt")
     o.add("--t0", type=int, default=44, help="step (from the end) where the first frame is copied")
     o.add("--t1", type=int, default=47, help="step (from the end) the copies are noised back to; < --steps")
     o.add("--fps", type=positive_float, default=4.0, help="output frame rate")

@@ -183,6 +183,37 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             latents = callbacks(step + i, t, latents)
         return latents
 
+    def schedule_prompts(self, prompt, negative_prompt, num_frames: int, num_videos_per_prompt: int, guidance: bool,
+                         clip_skip, prompt_embeds, negative_prompt_embeds):
+        """Prompt travel: ``prompt`` / ``negative_prompt`` as ``{frame: prompt}`` dicts (a string counts as
+        ``{0: string}``), each frame's embedding interpolated linearly between its key frames (as FreeNoise's
+        prompt travel, :func:`vidcore.sampling.free_noise.schedule_embeddings`). Returns ((frame-0 cond, uncond)
+        ``b m d``, (per-frame cond, uncond) ``(b f) m d``). The first frame is made alone from its own prompt and
+        every frame attends to it (cross-frame attention), so frame 0 is the run of its prompt and the others
+        follow theirs."""
+        from ..sampling.free_noise import check_prompt_schedule, schedule_embeddings
+        from .text import clip_embed
+
+        if prompt_embeds is not None or negative_prompt_embeds is not None:
+            raise ValueError("prompt_embeds / negative_prompt_embeds do not combine with a {frame_index: prompt} dict")
+        if self.text_encoder is None:
+            raise ValueError("a {frame_index: prompt} schedule needs the pipeline's text_encoder")
+        device = self.device
+        self._run_on_device("text_encoder")
+
+        def rows(value, name, skip):
+            if value is not None and not isinstance(value, (str, dict)):
+                raise ValueError(f"with a prompt schedule, {name} must be a string or a {{frame_index: prompt}} dict")
+            schedule = check_prompt_schedule(value if isinstance(value, dict) else {0: value or ""}, num_frames, name)
+            per_frame = schedule_embeddings(schedule, num_frames, lambda p: clip_embed(
+                self.tokenizer, self.text_encoder, p, device, skip).to(device, self.text_encoder.dtype))
+            return per_frame.repeat(num_videos_per_prompt, 1, 1)  # (b f) m d, videos outermost
+
+        cond = rows(prompt, "prompt", clip_skip)
+        uncond = rows(negative_prompt, "negative_prompt", None) if guidance else None
+        first = lambda x: None if x is None else x[::num_frames]  # noqa: E731  (frame 0 of every video)
+        return (first(cond), first(uncond)), (cond, uncond)
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, video_length: int = 8, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -200,6 +231,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         ``num_inference_steps > t1``; ``frame_ids``: the frames' indices when a long video is made chunk by
         chunk, each chunk starting with frame 0; ``latents``: the first frame's noise ``b 4 h w``).
 
+        ``prompt`` / ``negative_prompt`` may be ``{frame: prompt}`` dicts (prompt travel, :meth:`schedule_prompts`;
+        ``callback_on_step_end`` then sees frame 0's embeddings).
+
         Differences from diffusers: ``prompt_embeds`` / ``negative_prompt_embeds`` and ``clip_skip`` are accepted
         (diffusers #3540); ``num_videos_per_prompt`` and lists of prompts make several videos (diffusers asserts
         one); ``guidance_scale <= 1`` runs without guidance (diffusers fails there); ``output_type`` is "np" (default; diffusers' "tensor" is accepted as its alias), "pt", "pil" or
@@ -210,6 +244,11 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         """
         if output_type == "tensor":
             output_type = "np"
+        travel = None
+        if isinstance(prompt, dict) or isinstance(negative_prompt, dict):  # prompt travel: one prompt per frame
+            travel = self.schedule_prompts(prompt, negative_prompt, video_length, num_videos_per_prompt,
+                                           guidance_scale > 1.0, clip_skip, prompt_embeds, negative_prompt_embeds)
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds = None, None, *travel[0]
         frame_ids = list(range(video_length)) if frame_ids is None else list(frame_ids)
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, video_length, prompt_embeds, negative_prompt_embeds, output_type,
@@ -227,7 +266,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
 
         def embeds(per_frame: bool) -> torch.Tensor:
             c, u = state["prompt_embeds"], state["negative_prompt_embeds"]
-            if per_frame:  # one row per frame, frames of a video consecutive
+            if per_frame and travel is not None:  # the schedule's rows (frame 0's are the state's)
+                c, u = travel[1]
+            elif per_frame:  # one row per frame, frames of a video consecutive
                 c = c.repeat_interleave(frames, dim=0)
                 u = u.repeat_interleave(frames, dim=0) if guidance else None
             return torch.cat([u, c]) if guidance else c
