@@ -1,7 +1,7 @@
 """Score the image-to-video demo model: from a first frame showing a shape near one edge, does the video keep the
 shape's color in every frame and move it toward the far side?
 
-``python -m vidcore.demo.evaluate_svd [--model DIR] [--seeds 1] [--steps 10]``
+``python -m vidcore.demo.evaluate_svd [--model DIR] [--seeds 2] [--steps 10]``
 
 The first frames are the training data's kind (:func:`vidcore.demo.train_svd.make_clips`: every color x shape x
 direction, shapes near the middle across their path) but from seeds the training never used. Each video is scored
@@ -77,7 +77,7 @@ def evaluate(model=None, seeds: int = 1, steps: int | None = None, verbose: bool
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidcore.demo.evaluate_svd", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="pipeline folder (default: the shipped image-to-video demo model)")
-    p.add_argument("--seeds", type=int, default=1, help="first frames per color x shape x direction (default 1)")
+    p.add_argument("--seeds", type=int, default=2, help="first frames per color x shape x direction (default 2)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default 10)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = p.parse_args(argv)
