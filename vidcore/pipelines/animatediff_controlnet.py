@@ -48,6 +48,12 @@ def _per_net(value, count: int, name: str) -> list:
     return values
 
 
+def with_controlnet(cls, base: AnimateDiffPipeline, controlnet):
+    """``cls`` built from a loaded AnimateDiff pipeline's components plus ``controlnet`` (the ControlNet and
+    SparseCtrl pipelines load the AnimateDiff part exactly as AnimateDiffPipeline does)."""
+    return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, controlnet)
+
+
 class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
 
@@ -83,7 +89,7 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         nets = [load_controlnet(c, dtype, variant, None, token) for c in items]
         base = AnimateDiffPipeline.from_pretrained(path_or_repo, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
                                                    variant=variant, revision=revision, token=token, **overrides)
-        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, nets)
+        return with_controlnet(cls, base, nets)
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
@@ -99,7 +105,7 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         nets = [load_controlnet(c, hub.parse_dtype(torch_dtype), variant, None, token) for c in items]
         base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
                                                     variant=variant, token=token, **kwargs)
-        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, nets)
+        return with_controlnet(cls, base, nets)
 
     # -- hooks into AnimateDiff's loop ----------------------------------------------------------
     def schedule(self, num_inference_steps: int) -> torch.Tensor:
@@ -207,4 +213,4 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
             self._control = None
 
 
-__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet"]
+__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet", "with_controlnet"]

@@ -23,6 +23,7 @@ from .. import hub
 from ..errors import ModelNotFoundError
 from ..models.sparse_controlnet import SparseControlNet
 from .animatediff import AnimateDiffPipeline, load_module_argument
+from .animatediff_controlnet import with_controlnet
 from .controlled_video import control_frames_to_tensor
 
 SPARSECTRL_REPOS = ("guoyww/animatediff-sparsectrl-scribble", "guoyww/animatediff-sparsectrl-rgb")
@@ -70,7 +71,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         net = load_sparse_controlnet(controlnet, dtype, variant, token)
         base = AnimateDiffPipeline.from_pretrained(path_or_repo, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
                                                    variant=variant, revision=revision, token=token, **overrides)
-        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, net)
+        return with_controlnet(cls, base, net)
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
@@ -84,7 +85,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         net = load_sparse_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, token)
         base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
                                                     variant=variant, token=token, **kwargs)
-        return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, net)
+        return with_controlnet(cls, base, net)
 
     # -- hooks into AnimateDiff's loop ----------------------------------------------------------
     def check_context(self, num_frames, context_length, context_stride, context_weighting):

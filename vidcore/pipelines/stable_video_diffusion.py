@@ -485,7 +485,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         device = self.device
         if not isinstance(guidance_schedule, str):
             guidance_schedule = list(guidance_schedule)
-        frame_guidance_scales(guidance_schedule, min_guidance_scale, max_guidance_scale, num_frames)  # checks it
+        frame_scales = frame_guidance_scales(guidance_schedule, min_guidance_scale, max_guidance_scale, num_frames)
         guidance = guided(guidance_schedule, max_guidance_scale)
 
         # 1. conditions: CLIP embedding, noise-augmented VAE latent, micro-conditions
@@ -527,8 +527,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         # 3. per-frame guidance scales b f 1 1 1 and the loop
         scales = None
         if guidance:
-            scales = frame_guidance_scales(guidance_schedule, min_guidance_scale, max_guidance_scale, num_frames)
-            scales = scales.unsqueeze(0).to(device, latents.dtype).repeat(videos, 1)[..., None, None, None]
+            scales = frame_scales.unsqueeze(0).to(device, latents.dtype).repeat(videos, 1)[..., None, None, None]
 
         def schedule(steps: int) -> torch.Tensor:  # FreeInit's rounds; custom sigmas are used as given each round
             if sigmas is not None:
