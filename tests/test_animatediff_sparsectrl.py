@@ -16,16 +16,6 @@ import vidcore
 TOL = 1e-4
 
 
-def sparse_config(kind: str, **overrides) -> dict:
-    """Tiny SparseControlNetModel kwargs matching tiny.tiny_unet2d_config (levels 32, 64; 4 heads; context 24)."""
-    config = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-                  layers_per_block=2, norm_num_groups=8, cross_attention_dim=24, attention_head_dim=4,
-                  conditioning_embedding_out_channels=(8, 16), motion_max_seq_length=24, motion_num_attention_heads=2,
-                  use_simplified_condition_embedding=kind == "rgb", conditioning_channels=4 if kind == "rgb" else 3)
-    config.update(overrides)
-    return config
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -44,7 +34,7 @@ def setup(tmp_path_factory):
     built = ta.build_tiny_animatediff(root)
     nets = {}
     for k, kind in enumerate(("scribble", "rgb")):
-        net = tiny.randomize_(SparseControlNetModel(**sparse_config(kind)), 20 + k).eval()
+        net = tiny.randomize_(SparseControlNetModel(**tc.tiny_sparse_config(kind)), 20 + k).eval()
         net.save_pretrained(root / kind)
         nets[kind] = net
     scheduler = animatediff_scheduler(built.sd / "scheduler" / "scheduler_config.json")

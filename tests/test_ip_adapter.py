@@ -8,6 +8,7 @@ from PIL import Image
 
 import tiny
 import tiny_animatediff as ta
+from tiny_ip_adapter import cross_attention_widths, nested, original_ip_adapter, write_ip_adapter_repo
 import vidcore
 from vidcore.models.ip_adapter import IPAdapter
 
@@ -23,78 +24,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _cross_attention_widths(unet) -> list[int]:
-    """Width of each cross-attention in the order diffusers numbers an IP-Adapter file's layers (1, 3, 5, ...)."""
-    ch = list(unet.config.block_out_channels)
-    widths = []
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor") or "motion_modules" in name:
-            continue
-        part, block = name.split(".")[0], int(name.split(".")[1]) if not name.startswith("mid") else -1
-        widths.append(ch[-1] if part == "mid_block" else (ch[::-1] if part == "up_blocks" else ch)[block])
-    return widths
-
-
-def original_ip_adapter(kind: str, widths: list[int], context_dim: int, embed_dim: int, seed: int = 0) -> dict:
-    """A random IP-Adapter state dict in the original layout (``image_proj.*`` and ``ip_adapter.{2j+1}.*``)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def w(*shape, gain=1.0):
-        return gain * torch.randn(shape, generator=g) / shape[-1] ** 0.5
-
-    def norm(prefix, dim):
-        return {f"{prefix}.weight": 1 + 0.1 * torch.randn(dim, generator=g), f"{prefix}.bias": 0.1 * torch.randn(dim, generator=g)}
-
-    state = {}
-    if kind == "plain":
-        tokens = 4
-        state.update({"image_proj.proj.weight": w(tokens * context_dim, embed_dim),
-                      "image_proj.proj.bias": 0.1 * torch.randn(tokens * context_dim, generator=g),
-                      **norm("image_proj.norm", context_dim)})
-    else:  # the perceiver resampler: 4 blocks (diffusers' fixed depth), 64-wide heads
-        hidden, queries, heads = 40, 6, 1
-        state.update({"image_proj.latents": torch.randn(1, queries, hidden, generator=g) / hidden ** 0.5,
-                      "image_proj.proj_in.weight": w(hidden, embed_dim),
-                      "image_proj.proj_in.bias": 0.1 * torch.randn(hidden, generator=g),
-                      "image_proj.proj_out.weight": w(context_dim, hidden),
-                      "image_proj.proj_out.bias": 0.1 * torch.randn(context_dim, generator=g),
-                      **norm("image_proj.norm_out", context_dim)})
-        for i in range(4):
-            p = f"image_proj.layers.{i}"
-            state.update({**norm(f"{p}.0.norm1", hidden), **norm(f"{p}.0.norm2", hidden),
-                          f"{p}.0.to_q.weight": w(64 * heads, hidden), f"{p}.0.to_kv.weight": w(128 * heads, hidden),
-                          f"{p}.0.to_out.weight": w(hidden, 64 * heads), **norm(f"{p}.1.0", hidden),
-                          f"{p}.1.1.weight": w(4 * hidden, hidden), f"{p}.1.3.weight": w(hidden, 4 * hidden)})
-    for j, width in enumerate(widths):
-        state[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"] = w(width, context_dim, gain=3.0)
-        state[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"] = w(width, context_dim, gain=3.0)
-    return state
-
-
-def nested(state: dict) -> dict:
-    """The ``.bin`` layout: two nested dicts."""
-    out = {"image_proj": {}, "ip_adapter": {}}
-    for key, value in state.items():
-        group, rest = key.split(".", 1)
-        out[group][rest] = value
-    return out
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("ip_adapter")
     base = ta.build_tiny_animatediff(root)
-    unet = base.pipe.unet
-    widths, ctx = _cross_attention_widths(unet), unet.config.cross_attention_dim
-    models = root / "ip" / "models"
-    tiny.make_tiny_image_encoder(projection_dim=32).save_pretrained(models / "image_encoder")
-    save_file(original_ip_adapter("plain", widths, ctx, 32, seed=5), models / "ip-adapter_sd15.safetensors")
-    torch.save(nested(original_ip_adapter("plus", widths, ctx, 32, seed=6)), models / "ip-adapter-plus_sd15.bin")
-    save_file(original_ip_adapter("plain", widths, ctx + 8, 32, seed=7), models / "ip-adapter_wide.safetensors")
+    repo = write_ip_adapter_repo(root / "ip", base.pipe.unet)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    return base, root / "ip", image
+    return base, repo, image
 
 
 def ours(setup):
@@ -164,7 +100,7 @@ def test_state_dict_and_wrong_fit(setup):
                                          "cross_attention_dim is 24"):
         pipe.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_wide.safetensors")
     assert not pipe.ip_adapters
-    widths = _cross_attention_widths(base.pipe.unet)
+    widths = cross_attention_widths(base.pipe.unet)
     with pytest.raises(ValueError, match="6 cross-attentions"):
         pipe.load_ip_adapter(original_ip_adapter("plain", widths[:4], 24, 32), image_encoder_folder=None)
     with pytest.raises(ValueError, match="cannot be loaded for an IP-Adapter given as a state dict"):
@@ -314,6 +250,38 @@ def test_controlnet_pipeline_with_image_prompt_matches_diffusers(setup, tmp_path
         p.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter-plus_sd15.bin")
     kw = dict(prompt="a cat", num_frames=3, height=16, width=16, num_inference_steps=2, output_type="np",
               conditioning_frames=tc.random_control_frames(3, 16, 16), ip_adapter_image=image)
+    expected = np.asarray(ref(generator=torch.Generator().manual_seed(3), **kw).frames)
+    got = np.asarray(pipe(generator=torch.Generator().manual_seed(3), **kw).frames)
+    assert np.abs(expected - got).max() < TOL
+    ref.unload_ip_adapter()
+
+
+def test_sparsectrl_pipeline_with_image_prompt_matches_diffusers(setup):
+    """AnimateDiffSparseControlNetPipeline: the SparseControlNet sees the text only, the UNet text and image (as
+    diffusers); an image encoder passed to from_pretrained reaches the pipeline."""
+    from diffusers import AnimateDiffSparseControlNetPipeline, SparseControlNetModel
+
+    import tiny_controlnet as tc
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+    from vidcore.pipelines.base import load_image_encoder
+
+    base, repo, image = setup
+    net = tiny.randomize_(SparseControlNetModel(**tc.tiny_sparse_config("scribble")), 11).eval()
+    net.save_pretrained(repo / "sparse")
+    ref = AnimateDiffSparseControlNetPipeline(**base.pipe.components, controlnet=net)
+    ref.set_progress_bar_config(disable=True)
+    encoder = load_image_encoder(repo / "models" / "image_encoder")
+    pipe = vidcore.AnimateDiffSparseControlNetPipeline.from_pretrained(
+        base.sd, motion_adapter=base.adapter, controlnet=repo / "sparse", image_encoder=encoder,
+        scheduler=animatediff_scheduler(base.sd / "scheduler" / "scheduler_config.json"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.image_encoder is encoder
+    ref.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_sd15.safetensors")
+    pipe.load_ip_adapter(repo, subfolder="models", weight_name="ip-adapter_sd15.safetensors")
+    assert pipe.image_encoder is encoder  # kept, as diffusers keeps a pipeline's own encoder
+    kw = dict(prompt="a cat", num_frames=5, height=16, width=24, num_inference_steps=2, output_type="np",
+              conditioning_frames=tc.random_control_frames(2, 16, 24, seed=3), controlnet_frame_indices=[0, 4],
+              ip_adapter_image=image)
     expected = np.asarray(ref(generator=torch.Generator().manual_seed(3), **kw).frames)
     got = np.asarray(pipe(generator=torch.Generator().manual_seed(3), **kw).frames)
     assert np.abs(expected - got).max() < TOL

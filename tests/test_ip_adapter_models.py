@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tiny
-from test_ip_adapter import _cross_attention_widths, nested, original_ip_adapter
+from tiny_ip_adapter import cross_attention_widths, nested, original_ip_adapter
 from test_unet2d import SD15_UNET_CONFIG, rel_err
 from vidcore.models import ip_adapter as ipa
 from vidcore.models.ip_adapter import IPAdapter
@@ -32,7 +32,7 @@ def test_unet2d_with_image_embeds_matches_diffusers(kind, tmp_path):
     ref = tiny.randomize_(UNet2DConditionModel(**config), 1).eval()
     ref.save_pretrained(tmp_path / "unet")
     ours = vidcore.load_model(tmp_path / "unet")
-    state = original_ip_adapter(kind, _cross_attention_widths(ref), config["cross_attention_dim"], 32, seed=2)
+    state = original_ip_adapter(kind, cross_attention_widths(ref), config["cross_attention_dim"], 32, seed=2)
     ref._load_ip_adapter_weights([nested(state)], low_cpu_mem_usage=False)
     adapter = IPAdapter.from_state_dict(state)
     back = adapter.original_state_dict()  # the reverse map gives the file back, bit for bit
@@ -89,7 +89,7 @@ def test_released_sizes_on_meta():
     with torch.device("meta"):
         ref = UNet2DConditionModel.from_config(SD15_UNET_CONFIG)
         ours = UNet2D(UNet2DConfig.from_diffusers_config(SD15_UNET_CONFIG))
-    widths = _cross_attention_widths(ref)
+    widths = cross_attention_widths(ref)
     assert len(widths) == 16
     assert [a.to_q.out_features for _, a in ipa.cross_attention_layers(ours)] == widths  # diffusers' order
     plain = IPAdapter.from_state_dict(_released("plain", widths, 768, 1024))

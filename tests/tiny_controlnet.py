@@ -40,6 +40,16 @@ class TinyControlled(NamedTuple):
     controlnet: Path  # ControlNet folder
 
 
+def tiny_sparse_config(kind: str, **overrides) -> dict:
+    """Tiny SparseControlNetModel kwargs matching tiny.tiny_unet2d_config (levels 32, 64; 4 heads; context 24)."""
+    config = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+                  layers_per_block=2, norm_num_groups=8, cross_attention_dim=24, attention_head_dim=4,
+                  conditioning_embedding_out_channels=(8, 16), motion_max_seq_length=24, motion_num_attention_heads=2,
+                  use_simplified_condition_embedding=kind == "rgb", conditioning_channels=4 if kind == "rgb" else 3)
+    config.update(overrides)
+    return config
+
+
 def build_tiny_controlled(root, seed: int = 0, unet_overrides: dict | None = None,
                           controlnet_overrides: dict | None = None, vae_overrides: dict | None = None) -> TinyControlled:
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel

@@ -300,7 +300,10 @@ def _animatediff_options(o: Options) -> None:
     o.add("--ip-adapter", default=None, metavar="PATH",
           help="IP-Adapter image prompt: an original weight file (.safetensors or .bin), local or on the hub as "
                "OWNER/REPO/SUBFOLDER/FILE (e.g. h94/IP-Adapter/models/ip-adapter_sd15.safetensors); its CLIP image "
-               "encoder is read from the image_encoder folder next to the file")
+               "encoder is read from the image_encoder folder next to the file (see --ip-image-encoder)")
+    o.add("--ip-image-encoder", default=None, metavar="FOLDER",
+          help="with --ip-adapter: its CLIP image encoder, a local folder or a folder of the adapter's hub repo "
+               "(models/image_encoder for h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors)")
     o.add("--ip-image", default=None, metavar="IMG", help="the image prompt for --ip-adapter (file or http(s) URL)")
     o.add("--ip-scale", type=float, default=1.0, help="weight of the image prompt (0: none)")
     o.add("--lora", default=None, metavar="PATH_OR_REPO",
@@ -359,6 +362,8 @@ def _animatediff_load(cls, model: str, args, dtype):
     mode = _animatediff_mode(args)
     if (args.ip_adapter is None) != (args.ip_image is None):
         raise UsageError("--ip-adapter and --ip-image go together: the adapter file and the image prompt")
+    if args.ip_image_encoder is not None and args.ip_adapter is None:
+        raise UsageError("--ip-image-encoder applies to an --ip-adapter")
     if args.ip_image is not None and "://" not in args.ip_image and not Path(args.ip_image).expanduser().is_file():
         raise UsageError(f"--ip-image: no such file: {args.ip_image}")
     cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline,
@@ -370,9 +375,9 @@ def _animatediff_load(cls, model: str, args, dtype):
     if args.guidance is None:  # diffusers' defaults: 7.5 for SD1.5 AnimateDiff, 5.0 for SDXL
         args.guidance = 5.0 if sdxl else 7.5
     if sdxl:
-        if mode != "t2v" or args.ip_adapter is not None:
+        if mode != "t2v":
             raise UsageError("an SDXL --model runs text-to-video only (AnimateDiffSDXLPipeline): drop --video / "
-                             "--control / --ip-adapter")
+                             "--control")
         cls = AnimateDiffSDXLPipeline
     if Path(model).suffix in SINGLE_FILE_SUFFIXES:
         kwargs = {} if args.config_from is None else {"config_from": args.config_from}
@@ -395,8 +400,15 @@ def _animatediff_load(cls, model: str, args, dtype):
         from ..pipelines.ip_adapter import split_location
 
         source, subfolder, weight_name = split_location(args.ip_adapter)
+        encoder = args.ip_image_encoder
         try:
-            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name)
+            if encoder is not None and Path(encoder).expanduser().is_dir():  # a local encoder: loaded here
+                from ..pipelines.base import load_image_encoder
+
+                pipe.image_encoder = load_image_encoder(Path(encoder).expanduser(), torch_dtype(dtype))
+                encoder = None
+            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
+                                 image_encoder_folder=encoder or "image_encoder")
         except ValueError as err:
             raise UsageError(f"--ip-adapter: {err}") from None
         pipe.set_ip_adapter_scale(args.ip_scale)

@@ -50,8 +50,10 @@ def _per_net(value, count: int, name: str) -> list:
 
 def with_controlnet(cls, base: AnimateDiffPipeline, controlnet):
     """``cls`` built from a loaded AnimateDiff pipeline's components plus ``controlnet`` (the ControlNet and
-    SparseCtrl pipelines load the AnimateDiff part exactly as AnimateDiffPipeline does)."""
-    return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, controlnet)
+    SparseCtrl pipelines load the AnimateDiff part exactly as AnimateDiffPipeline does), its IP-Adapter image
+    encoder and processor (when passed to ``from_pretrained``) included."""
+    return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, controlnet,
+               image_encoder=base.image_encoder, feature_extractor=base.feature_extractor)
 
 
 class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
@@ -61,9 +63,11 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
     parallel_support = False
     _control: dict | None = None  # the call's prepared control images, scales and step counter
 
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None):
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None,
+                 image_encoder=None, feature_extractor=None):
         controlnet = as_controlnet(controlnet)
-        super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter, controlnet=controlnet)
+        super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter, image_encoder,
+                         feature_extractor, controlnet=controlnet)
         controlnet.check_compatible(self.unet.unet)
 
     @property

@@ -24,8 +24,12 @@ Differences from diffusers (0.42.1):
   time ids stay with their own halves of the guidance batch (diffusers interleaves them; the same result
   whenever the negative sizes equal the positive ones, the default).
 * ``callback_on_step_end`` gets one row per video for the embeddings and time ids (as vidcore's AnimateDiff).
-* Not supported: IP-Adapter, ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` (diffusers has them);
-  FreeNoise (diffusers' SDXL pipeline has none either).
+* IP-Adapter: ``load_ip_adapter`` with an SDXL file of ``h94/IP-Adapter`` (``sdxl_models/ip-adapter_sdxl.safetensors``
+  with the ViT-bigG encoder of ``sdxl_models/image_encoder``, or ``ip-adapter-plus_sdxl_vit-h.safetensors`` with the
+  ViT-H encoder of ``models/image_encoder``: ``image_encoder_folder="models/image_encoder"``), then
+  ``ip_adapter_image`` / ``ip_adapter_image_embeds`` as in the SD1.5 pipeline; equal to diffusers.
+* Not supported: ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` (diffusers has them); FreeNoise
+  (diffusers' SDXL pipeline has none either) and ``motion_scale``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..errors import ConfigError
 from ..models.motion import MotionAdapter, UNetMotion
 from .animatediff import AnimateDiffPipeline
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
+from .ip_adapter import check_ip_adapter_inputs
 from .text import _as_list
 
 log = logging.getLogger(__name__)
@@ -188,21 +193,23 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
     Components: ``tokenizer``, ``tokenizer_2``, ``text_encoder`` (CLIPTextModel), ``text_encoder_2``
     (CLIPTextModelWithProjection), ``unet`` (a :class:`~vidcore.models.motion.UNetMotion` over an SDXL
     :class:`~vidcore.models.unet2d.UNet2D`; a UNet2D plus ``motion_adapter`` is wrapped), ``vae``, ``scheduler``.
+    Optional ``image_encoder`` / ``feature_extractor`` for IP-Adapter image prompts (``load_ip_adapter`` brings them).
     """
 
     components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
-    # the SD1.5 pipeline's without the IP-Adapter image encoder (not supported here), plus SDXL's second text encoder
-    folder_components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "tokenizer_2",
-                         "text_encoder_2")
+    # the SD1.5 pipeline's plus SDXL's second tokenizer and text encoder
+    folder_components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
+                         "feature_extractor", "tokenizer_2", "text_encoder_2")
     example_adapter = SDXL_ADAPTER
     sdxl = True
     parallel_support = False  # enable_parallel splits the guidance batch without the SDXL time ids
     free_noise_support = False  # as diffusers' AnimateDiffSDXLPipeline (no FreeNoise); its loop calls no FreeNoise hook
 
     def __init__(self, tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler,
-                 motion_adapter: MotionAdapter | None = None, force_zeros_for_empty_prompt: bool = True):
+                 motion_adapter: MotionAdapter | None = None, image_encoder=None, feature_extractor=None,
+                 force_zeros_for_empty_prompt: bool = True):
         super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter,  # builds the UNetMotion
-                         tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
+                         image_encoder, feature_extractor, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         if self.unet.unet.add_embedding is None:
             raise ConfigError("AnimateDiffSDXLPipeline needs an SDXL UNet (addition_embed_type='text_time'); this one "
@@ -358,7 +365,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  pooled_prompt_embeds: torch.Tensor | None = None,
-                 negative_pooled_prompt_embeds: torch.Tensor | None = None, output_type: str = "pil",
+                 negative_pooled_prompt_embeds: torch.Tensor | None = None, ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, output_type: str = "pil",
                  return_dict: bool = True, guidance_rescale: float = 0.0,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
                  target_size: tuple[int, int] | None = None, negative_original_size: tuple[int, int] | None = None,
@@ -387,12 +395,17 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
         if denoising_end is not None and not (isinstance(denoising_end, float) and 0 < denoising_end < 1):
             raise ValueError(f"denoising_end must be a float between 0 and 1 (exclusive), got {denoising_end!r}")
         windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
 
         device = self.device
         guidance = guidance_scale > 1.0
         cond, uncond, pooled, uncond_pooled = self.encode_sdxl_prompt(
             prompt, prompt_2, device, num_videos_per_prompt, guidance, negative_prompt, negative_prompt_2,
             prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip)
+        # one per adapter, negatives first under guidance (as the prompt embeddings)
+        image_kwargs = {"image_embeds": self.prepare_ip_adapter_image_embeds(
+            ip_adapter_image, ip_adapter_image_embeds, device, cond.shape[0], guidance)} if image_prompt else {}
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -422,7 +435,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
                         embeds, text, time = (torch.cat([state[_negative(k)], state[k]]) for k in parts)
                     else:
                         embeds, text, time = (state[k] for k in parts)
-                    model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time})
+                    model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time}, **image_kwargs)
                     model_in = torch.cat([latents] * 2) if guidance else latents
                     # the plain windowed prediction (guidance_scale 1), guided here to keep the conditional half
                     noise = self.predict_noise(model, model_in, t, embeds, 1.0, windows, context_weighting)

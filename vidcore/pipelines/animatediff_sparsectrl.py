@@ -48,10 +48,11 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
     _control: dict | None = None
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet: SparseControlNet,
-                 motion_adapter=None):
+                 motion_adapter=None, image_encoder=None, feature_extractor=None):
         if not isinstance(controlnet, SparseControlNet):
             raise TypeError(f"controlnet must be a vidcore SparseControlNet, got {type(controlnet).__name__}")
-        super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter, controlnet=controlnet)
+        super().__init__(tokenizer, text_encoder, unet, vae, scheduler, motion_adapter, image_encoder,
+                         feature_extractor, controlnet=controlnet)
         controlnet.check_compatible(self.unet.unet)
 
     @classmethod
