@@ -26,7 +26,6 @@ import vidcore.loading
 from vidcore.cli import main
 from vidcore.errors import VidcoreError
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 # 16 x 24 pixels (multiples of 8), 3 frames, 2 steps: a generate call takes about a second on a CPU
 SMALL = ["--height", "16", "--width", "24", "--frames", "3", "--steps", "2", "--device", "cpu", "--no-progress"]
@@ -123,8 +122,10 @@ def test_generate_video_to_video(capsys, pipeline_folder, tmp_path, spelling):
 
 def test_entry_point_python_m_vidcore(pipeline_folder, tmp_path):
     out_file = tmp_path / "sub.mp4"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               HF_HUB_OFFLINE="1")
+    # The installed package is what runs; the repository root must stay off sys.path, where its
+    # kernels/ folder would shadow PyPI's `kernels`, which transformers imports.
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
     env.pop("VIDCORE_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "vidcore", "generate", "text-to-video", "--model", str(pipeline_folder),

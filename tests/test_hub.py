@@ -299,7 +299,6 @@ def test_parse_dtype():
         hub.parse_dtype("int8")
 
 
-def test_no_diffusers_import():
+def test_no_diffusers_import(tmp_path):
     code = "import sys, vidcore.hub, vidcore.errors, vidcore.conversion.engine; assert 'diffusers' not in sys.modules"
-    root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # repo root off sys.path

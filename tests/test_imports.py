@@ -2,17 +2,18 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 
-def test_runtime_does_not_import_diffusers():
+def test_runtime_does_not_import_diffusers(tmp_path):
     code = ("import sys, vidcore, vidcore.kernels, vidcore.conversion, vidcore.loading, vidcore.cli, vidcore.schedulers, "
             "vidcore.pipelines.text_to_video, vidcore.pipelines.video_to_video, vidcore.io; "
             "vidcore.TextToVideoPipeline; "
             "assert 'diffusers' not in sys.modules, 'diffusers was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # repo root off sys.path
 
 
-def test_exports_are_lazy_and_resolve():
+def test_exports_are_lazy_and_resolve(tmp_path):
     """``import vidcore`` loads none of the exported modules; every name in ``vidcore.__all__`` then resolves to
     the object of that name (the motion-LoRA and single-file functions included) without importing diffusers."""
     code = ("import sys, vidcore; "
@@ -24,7 +25,7 @@ def test_exports_are_lazy_and_resolve():
             "assert not bad, bad; "
             "from vidcore.models import motion_lora; assert vidcore.fuse_lora is motion_lora.fuse_lora; "
             "assert 'diffusers' not in sys.modules, 'diffusers was imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # repo root off sys.path
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -85,3 +86,12 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, cycles
+
+
+def test_checkout_root_does_not_shadow_pypi_kernels():
+    """``python -m vidcore`` from the repository root (the working directory goes on sys.path) must not
+    make the repository's kernels/ folder the top-level `kernels` package that transformers imports."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import importlib.util, sys, vidcore; spec = importlib.util.find_spec('kernels'); "
+            f"assert spec is None or not spec.origin.startswith({str(root / 'kernels')!r}), spec.origin")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -102,7 +102,7 @@ def test_reference_dtype_and_errors():
         temporal_attention_reference(q, k[:, :2], v, 4, 2)
 
 
-def test_import_without_triton():
+def test_import_without_triton(tmp_path):
     """vidcore.kernels imports, and the reference runs, when `import triton` fails."""
     code = (
         "import sys\n"
@@ -124,9 +124,10 @@ def test_import_without_triton():
         "else:\n"
         "    raise AssertionError('expected RuntimeError')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
-                   env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    # Runs the installed package from a neutral folder: with the repository root on sys.path its
+    # kernels/ folder would be importable as PyPI's top-level `kernels`.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
 
 
 # ------------------------------------------------------------------------------------------------

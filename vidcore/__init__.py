@@ -6,8 +6,23 @@ Heavy pieces (pipelines, transformers) are imported lazily so ``import vidcore``
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+
+def _leave_checkout_root_off_path() -> None:
+    """In a source checkout the root holds kernels/ (shipped as vidcore.kernels). ``python -m`` from there
+    puts the root on sys.path, where that folder would shadow PyPI's `kernels`, which transformers imports;
+    vidcore itself is found through its install, so the root entry is dropped."""
+    root = Path(__file__).resolve().parent.parent
+    if not ((root / "pyproject.toml").is_file() and (root / "kernels").is_dir() and (root / "conversion").is_dir()):
+        return  # an installed copy (site-packages): nothing to shadow
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+
+
+_leave_checkout_root_off_path()
 
 _LAZY = {
     "TextToVideoPipeline": "vidcore.pipelines.text_to_video",
