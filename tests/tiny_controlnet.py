@@ -100,7 +100,9 @@ def shared_noise(pipe, frames: int, height: int, width: int, generator: torch.Ge
 def reference_frames(pipe, frames, prompt: str, negative_prompt: str | None = None, seed: int = 0,
                      controlnet_batch_size: int | None = None, latents=None, height=None, width=None, **kwargs):
     """Text2Video-Zero's ControlNet recipe in diffusers: ``CrossFrameAttnProcessor(batch_size=2)`` (1 without
-    guidance) on the UNet and the ControlNet, ``[prompt] * f``, shared noise; returns ``images`` (f H W 3)."""
+    guidance) on the UNet and the ControlNet, ``[prompt] * f``, shared noise; returns ``images`` (f H W 3).
+    With an IP-Adapter loaded (``ip_adapter_image=``) the UNet's cross-attentions keep their IP-Adapter
+    processors (cross-frame attention changes self-attention only)."""
     from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
         CrossFrameAttnProcessor)
 
@@ -108,7 +110,11 @@ def reference_frames(pipe, frames, prompt: str, negative_prompt: str | None = No
     guided = kwargs.get("guidance_scale", 7.5) > 1.0
     groups = 2 if guided else 1
     unet_procs, cn_procs = pipe.unet.attn_processors, pipe.controlnet.attn_processors
-    pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=groups))
+    if "ip_adapter_image" in kwargs:
+        pipe.unet.set_attn_processor({name: CrossFrameAttnProcessor(batch_size=groups)
+                                      if name.endswith("attn1.processor") else proc for name, proc in unet_procs.items()})
+    else:
+        pipe.unet.set_attn_processor(CrossFrameAttnProcessor(batch_size=groups))
     pipe.controlnet.set_attn_processor(CrossFrameAttnProcessor(batch_size=controlnet_batch_size or groups))
     try:
         h = height or frames[0].size[1]

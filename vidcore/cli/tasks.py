@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VidcoreError
+from . import ip_adapter
 from .aliases import Options
 from .common import UsageError, nonnegative_int, positive_float, positive_int, torch_dtype, unit_float
 
@@ -297,15 +298,7 @@ def _animatediff_options(o: Options) -> None:
     o.add("--motion-scale", type=motion_scale, default=1.0, metavar="S[,S...]",
           help="scale of the motion modules' effect: one number, or one per frame as a comma list "
                "(0: still frames, 1: the model, >1: more motion)")
-    o.add("--ip-adapter", default=None, metavar="PATH",
-          help="IP-Adapter image prompt: an original weight file (.safetensors or .bin), local or on the hub as "
-               "OWNER/REPO/SUBFOLDER/FILE (e.g. h94/IP-Adapter/models/ip-adapter_sd15.safetensors); its CLIP image "
-               "encoder is read from the image_encoder folder next to the file (see --ip-image-encoder)")
-    o.add("--ip-image-encoder", default=None, metavar="FOLDER",
-          help="with --ip-adapter: its CLIP image encoder, a local folder or a folder of the adapter's hub repo "
-               "(models/image_encoder for h94/IP-Adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors)")
-    o.add("--ip-image", default=None, metavar="IMG", help="the image prompt for --ip-adapter (file or http(s) URL)")
-    o.add("--ip-scale", type=float, default=1.0, help="weight of the image prompt (0: none)")
+    ip_adapter.add_options(o)
     o.add("--lora", default=None, metavar="PATH_OR_REPO",
           help="a LoRA for the UNet (motion LoRA, or a spatial SD1.5 LoRA such as AnimateLCM's): file, folder or "
                "hub repo id, e.g. wangfuyun/AnimateLCM with --lora-weight-name AnimateLCM_sd15_t2v_lora.safetensors")
@@ -360,12 +353,7 @@ def _animatediff_load(cls, model: str, args, dtype):
     from ..pipelines.animatediff_video2video import AnimateDiffVideoToVideoPipeline
 
     mode = _animatediff_mode(args)
-    if (args.ip_adapter is None) != (args.ip_image is None):
-        raise UsageError("--ip-adapter and --ip-image go together: the adapter file and the image prompt")
-    if args.ip_image_encoder is not None and args.ip_adapter is None:
-        raise UsageError("--ip-image-encoder applies to an --ip-adapter")
-    if args.ip_image is not None and "://" not in args.ip_image and not Path(args.ip_image).expanduser().is_file():
-        raise UsageError(f"--ip-image: no such file: {args.ip_image}")
+    ip_adapter.check(args)
     cls = {"t2v": cls, "v2v": AnimateDiffVideoToVideoPipeline, "controlnet": AnimateDiffControlNetPipeline,
            "sparsectrl": AnimateDiffSparseControlNetPipeline}[mode]
     extra = {"controlnet": args.controlnet} if mode in ("controlnet", "sparsectrl") else {}
@@ -396,22 +384,7 @@ def _animatediff_load(cls, model: str, args, dtype):
                              f"(guoyww/animatediff-sparsectrl-{'scribble' if not rgb else 'rgb'} is the other kind); "
                              f"the loaded one is {'RGB' if rgb else 'scribble'}: use --control "
                              f"sparse-{'rgb' if rgb else 'scribble'}")
-    if args.ip_adapter is not None:
-        from ..pipelines.ip_adapter import split_location
-
-        source, subfolder, weight_name = split_location(args.ip_adapter)
-        encoder = args.ip_image_encoder
-        try:
-            if encoder is not None and Path(encoder).expanduser().is_dir():  # a local encoder: loaded here
-                from ..pipelines.base import load_image_encoder
-
-                pipe.image_encoder = load_image_encoder(Path(encoder).expanduser(), torch_dtype(dtype))
-                encoder = None
-            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
-                                 image_encoder_folder=encoder or "image_encoder")
-        except ValueError as err:
-            raise UsageError(f"--ip-adapter: {err}") from None
-        pipe.set_ip_adapter_scale(args.ip_scale)
+    ip_adapter.load(pipe, args, dtype)
     if args.lora is not None:
         pipe.load_lora_weights(args.lora, weight_name=args.lora_weight_name, adapter_name="lora")
         if args.lora_scale != 1.0:
@@ -425,10 +398,7 @@ def _animatediff_call(args, inputs: Inputs) -> tuple[dict, float]:
     call = dict(height=args.height, width=args.width, **_context_call(args))
     if args.motion_scale != 1.0:  # only when asked: the SDXL pipeline has no motion scale yet
         call["motion_scale"] = args.motion_scale
-    if args.ip_image is not None:
-        from ..io import load_image
-
-        call["ip_adapter_image"] = load_image(args.ip_image)
+    call.update(ip_adapter.call_arguments(args))
     mode = _animatediff_mode(args)
     if mode == "v2v":
         call.update(video=inputs.video, strength=0.8 if args.strength is None else args.strength)
@@ -471,12 +441,19 @@ def _zero_options(o: Options) -> None:
     o.add("--t0", type=int, default=44, help="step (from the end) where the first frame is copied")
     o.add("--t1", type=int, default=47, help="step (from the end) the copies are noised back to; < --steps")
     o.add("--fps", type=positive_float, default=4.0, help="output frame rate")
+    ip_adapter.add_options(o)
+
+
+def _zero_load(cls, model: str, args, dtype):
+    pipe = cls.from_pretrained(model, torch_dtype=torch_dtype(dtype), variant=args.variant)
+    ip_adapter.load(pipe, args, dtype)
+    return pipe
 
 
 def _zero_call(args, inputs: Inputs) -> tuple[dict, float]:
     return dict(height=args.height, width=args.width, video_length=args.frames, t0=args.t0, t1=args.t1,
                 motion_field_strength_x=args.motion_field_strength_x,
-                motion_field_strength_y=args.motion_field_strength_y), args.fps
+                motion_field_strength_y=args.motion_field_strength_y, **ip_adapter.call_arguments(args)), args.fps
 
 
 # --------------------------------------------------------------------------- edit (video InstructPix2Pix; defaults: diffusers')
@@ -512,10 +489,13 @@ def _controlled_options(o: Options) -> None:
     o.add("--canny-high", type=float, default=200.0, help="Canny strong-edge threshold (0..255 scale)")
     o.add("--fps", type=positive_float, default=None,
           help="output frame rate (default: the input's divided by the stride, else 8)")
+    ip_adapter.add_options(o)
 
 
 def _controlled_load(cls, model: str, args, dtype):
-    return cls.from_pretrained(model, controlnet=args.controlnet, torch_dtype=torch_dtype(dtype), variant=args.variant)
+    pipe = cls.from_pretrained(model, controlnet=args.controlnet, torch_dtype=torch_dtype(dtype), variant=args.variant)
+    ip_adapter.load(pipe, args, dtype)
+    return pipe
 
 
 def _controlled_call(args, inputs: Inputs) -> tuple[dict, float]:
@@ -523,7 +503,7 @@ def _controlled_call(args, inputs: Inputs) -> tuple[dict, float]:
 
     control = canny(inputs.video, args.canny_low, args.canny_high) if args.control == "canny" else inputs.video
     return dict(conditioning_frames=control, controlnet_conditioning_scale=args.controlnet_scale,
-                guess_mode=args.guess_mode), _input_fps(args, inputs)
+                guess_mode=args.guess_mode, **ip_adapter.call_arguments(args)), _input_fps(args, inputs)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -548,11 +528,12 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          check=_animatediff_mode,
          model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
     Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",
-         "text2video_zero:TextToVideoZeroPipeline", _zero_options, _zero_call, defaults=dict(steps=50)),
+         "text2video_zero:TextToVideoZeroPipeline", _zero_options, _zero_call, defaults=dict(steps=50), load=_zero_load,
+         check=ip_adapter.check),
     Task("edit", "video + instruction -> edited video (Text2Video-Zero with InstructPix2Pix)",
          "video_instruct_pix2pix:VideoInstructPix2PixPipeline", _edit_options, _edit_call, input="video",
          schedulers=ANIMATEDIFF_SCHEDULERS, defaults=dict(steps=100)),
     Task("controlled", "pose or edge video + text -> video (Text2Video-Zero with ControlNet)",
          "controlled_video:ControlledVideoPipeline", _controlled_options, _controlled_call, input="video",
-         load=_controlled_load),
+         load=_controlled_load, check=ip_adapter.check),
 )}

@@ -42,6 +42,7 @@ from ..models.unet2d import UNet2D
 from ..nn.attention import Attention, set_cross_frame_attention
 from ..random import randn_tensor
 from .base import apply_guidance, check_callback_inputs
+from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .text_to_video import TextToVideoPipeline
 from .video_processing import OUTPUT_TYPES
 
@@ -113,9 +114,11 @@ def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, re
 # ----------------------------------------------------------------------------- pipeline
 
 
-class ControlledVideoPipeline(TextToVideoPipeline):
+class ControlledVideoPipeline(IPAdapterMixin, TextToVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) + ``ControlNet`` -> a video following one control image per frame
-    (Text2Video-Zero's ControlNet variant; see the module docstring)."""
+    (Text2Video-Zero's ControlNet variant; see the module docstring). IP-Adapter image prompts as in
+    :class:`~vidcore.pipelines.text2video_zero.TextToVideoZeroPipeline` (the ControlNet sees the text only, as in
+    diffusers' ControlNet pipelines)."""
     free_noise_support = False  # its loop does not call the FreeNoise hooks
 
     components = COMPONENTS
@@ -198,7 +201,8 @@ class ControlledVideoPipeline(TextToVideoPipeline):
                  clip_skip: int | None = None, callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = None, video_length: int | None = None,
-                 cross_frame_attention: bool = True):
+                 cross_frame_attention: bool = True, ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None):
         """Generate one video with one frame per control image in ``conditioning_frames``.
 
         Argument names and defaults follow diffusers' StableDiffusionControlNetPipeline; ``prompt`` is one string
@@ -206,6 +210,7 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         same control images, each from its own noise; ``latents`` is ``b 4 h w`` (shared by the frames of each
         video) or ``(b f) 4 h w``. ``video_length``, when given, must equal the number of control images.
         ``cross_frame_attention=False`` turns Text2Video-Zero's frame-0 attention off (plain per-frame ControlNet).
+        ``ip_adapter_image`` / ``ip_adapter_image_embeds``: an image prompt (after ``load_ip_adapter``) for every frame.
         Returns ``.frames`` (np ``b f H W 3``, pt ``b f 3 H W``, ``[[PIL]]`` or latents ``b 4 f h w``).
         """
         if conditioning_frames is None:
@@ -224,6 +229,7 @@ class ControlledVideoPipeline(TextToVideoPipeline):
             raise ValueError(f"need 0 <= control_guidance_start < control_guidance_end <= 1, got "
                              f"{control_guidance_start} and {control_guidance_end}")
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         for name, value in (("height", height), ("width", width)):
             if value is not None and (value <= 0 or value % 8):
                 raise ValueError(f"height and width must be positive multiples of 8, got {name}={value}")
@@ -240,6 +246,10 @@ class ControlledVideoPipeline(TextToVideoPipeline):
         videos = num_videos_per_prompt
         cond, uncond = self.encode_prompt(prompt, device, videos, guidance, negative_prompt, prompt_embeds,
                                           negative_prompt_embeds, clip_skip)
+        image_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:  # one row per video (and half)
+            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                                videos, guidance)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -274,7 +284,7 @@ class ControlledVideoPipeline(TextToVideoPipeline):
                             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
                             mid = torch.cat([torch.zeros_like(mid), mid])
                         residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
-                    noise = unet(model_in, t, embeds, **residuals)
+                    noise = unet(model_in, t, embeds, image_embeds=image_embeds, **residuals)
                     if guidance:
                         noise = apply_guidance(noise, guidance_scale)
                     latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)

@@ -1,4 +1,5 @@
-"""IP-Adapter image prompts for the Stable Diffusion 1.x pipelines (AnimateDiff), with diffusers' names.
+"""IP-Adapter image prompts for the Stable Diffusion pipelines (AnimateDiff SD1.5 and SDXL, Text2Video-Zero),
+with diffusers' names.
 
 ``pipe.load_ip_adapter("h94/IP-Adapter", subfolder="models", weight_name="ip-adapter_sd15.safetensors")`` reads
 the original file (safetensors, or a ``.bin`` through ``torch.load(weights_only=True)``), puts its projection and

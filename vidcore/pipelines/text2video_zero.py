@@ -32,6 +32,7 @@ from ..nn.attention import set_cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
 from .base import VideoPipelineOutput, apply_guidance, check_callback_inputs, check_negative_inputs, load_component
+from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .text_to_video import TextToVideoPipeline
 from .video_processing import OUTPUT_TYPES
 
@@ -119,9 +120,11 @@ class TextToVideoZeroOutput(VideoPipelineOutput):
         return self.frames.reshape(-1, *self.frames.shape[2:])
 
 
-class TextToVideoZeroPipeline(TextToVideoPipeline):
+class TextToVideoZeroPipeline(IPAdapterMixin, TextToVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) -> video by Text2Video-Zero. Components as diffusers'
-    ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``)."""
+    ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``).
+    IP-Adapter image prompts: ``load_ip_adapter`` / ``set_ip_adapter_scale`` / ``unload_ip_adapter``
+    (:mod:`vidcore.pipelines.ip_adapter`; an addition, diffusers' pipeline has none)."""
     free_noise_support = False  # its loop does not call the FreeNoise hooks
 
     components = COMPONENTS
@@ -168,15 +171,17 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             eps = eps.reshape(latents.shape)
         return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * eps
 
-    def backward(self, latents, timesteps, embeds, guidance_scale, eta, generator, step, callbacks) -> torch.Tensor:
+    def backward(self, latents, timesteps, embeds, guidance_scale, eta, generator, step, callbacks,
+                 image_embeds=None) -> torch.Tensor:
         """DDIM (or the scheduler's) denoising over ``timesteps``; latents ``n c h w``; ``embeds()`` gives the
         text embeddings ``(2n | n) m d``, negatives first (read every step: callbacks may replace them).
-        ``step`` is the global step index of the first timestep."""
+        ``step`` is the global step index of the first timestep. ``image_embeds``: the IP-Adapter inputs, one row
+        per video (and guidance half), shared by its frames."""
         unet = self._run_on_device("unet")
         guidance = guidance_scale > 1.0
         for i, t in enumerate(timesteps):
             model_in = torch.cat([latents] * 2) if guidance else latents
-            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds())
+            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds(), image_embeds=image_embeds)
             if guidance:
                 noise = apply_guidance(noise, guidance_scale)
             latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
@@ -188,9 +193,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         """Prompt travel: ``prompt`` / ``negative_prompt`` as ``{frame: prompt}`` dicts (a string counts as
         ``{0: string}``), each frame's embedding interpolated linearly between its key frames (as FreeNoise's
         prompt travel, :func:`vidcore.sampling.free_noise.schedule_embeddings`). Returns ((frame-0 cond, uncond)
-        ``b m d``, (per-frame cond, uncond) ``(b f) m d``). The first frame is made alone from its own prompt and
-        every frame attends to it (cross-frame attention), so frame 0 is the run of its prompt and the others
-        follow theirs."""
+        ``1 m d``, (per-frame cond, uncond) ``(b f) m d``, videos outermost). The first frame is made alone from its
+        own prompt and every frame attends to it (cross-frame attention), so frame 0 is the run of its prompt and
+        the others follow theirs."""
         from ..sampling.free_noise import check_prompt_schedule, schedule_embeddings
         from .text import clip_embed
 
@@ -207,12 +212,13 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             schedule = check_prompt_schedule(value if isinstance(value, dict) else {0: value or ""}, num_frames, name)
             per_frame = schedule_embeddings(schedule, num_frames, lambda p: clip_embed(
                 self.tokenizer, self.text_encoder, p, device, skip).to(device, self.text_encoder.dtype))
-            return per_frame.repeat(num_videos_per_prompt, 1, 1)  # (b f) m d, videos outermost
+            return per_frame  # f m d
 
         cond = rows(prompt, "prompt", clip_skip)
         uncond = rows(negative_prompt, "negative_prompt", None) if guidance else None
-        first = lambda x: None if x is None else x[::num_frames]  # noqa: E731  (frame 0 of every video)
-        return (first(cond), first(uncond)), (cond, uncond)
+        first = lambda x: None if x is None else x[:1]  # noqa: E731  (frame 0; encode_prompt repeats it per video)
+        videos = lambda x: None if x is None else x.repeat(num_videos_per_prompt, 1, 1)  # noqa: E731  (b f) m d
+        return (first(cond), first(uncond)), (videos(cond), videos(uncond))
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, video_length: int = 8, height: int | None = None,
@@ -225,7 +231,8 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  clip_skip: int | None = None, decode_chunk_size: int | None = None,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None):
         """Generate ``video_length`` frames per video. Argument names and defaults follow diffusers'
         ``TextToVideoZeroPipeline`` (``t0=44``, ``t1=47``: steps counted from the end of the schedule, need
         ``num_inference_steps > t1``; ``frame_ids``: the frames' indices when a long video is made chunk by
@@ -233,6 +240,9 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
 
         ``prompt`` / ``negative_prompt`` may be ``{frame: prompt}`` dicts (prompt travel, :meth:`schedule_prompts`;
         ``callback_on_step_end`` then sees frame 0's embeddings).
+
+        ``ip_adapter_image`` / ``ip_adapter_image_embeds`` (after ``load_ip_adapter``; an addition): an image prompt
+        every frame attends to in each cross-attention, in all three phases, as in the AnimateDiff pipelines.
 
         Differences from diffusers: ``prompt_embeds`` / ``negative_prompt_embeds`` and ``clip_skip`` are accepted
         (diffusers #3540); ``num_videos_per_prompt`` and lists of prompts make several videos (diffusers asserts
@@ -256,12 +266,17 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         self.check_zero_inputs(video_length, frame_ids, t0, t1, num_inference_steps)
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
 
         device = self.device
         guidance = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                           prompt_embeds, negative_prompt_embeds, clip_skip)
         state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+        image_embeds = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:  # one row per video (and half)
+            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                                cond.shape[0], guidance)
         frames = video_length
 
         def embeds(per_frame: bool) -> torch.Tensor:
@@ -295,9 +310,11 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
         try:
             set_cross_frame_attention(self.unet, None)
             # 1. the first frame, alone: noise -> T1 -> T0
-            x_t1 = self.backward(x, first, lambda: embeds(False), guidance_scale, eta, generator, 0, callbacks)
+            x_t1 = self.backward(x, first, lambda: embeds(False), guidance_scale, eta, generator, 0, callbacks,
+                                 image_embeds)
             saved = copy.deepcopy(self.scheduler)  # multistep samplers resume from T1 in phase 3
-            x_t0 = self.backward(x_t1, second, lambda: embeds(False), guidance_scale, eta, generator, len(first), callbacks)
+            x_t0 = self.backward(x_t1, second, lambda: embeds(False), guidance_scale, eta, generator, len(first),
+                                 callbacks, image_embeds)
             # 2. the other frames: copies of the T0 latent, translated, noised back to T1
             if frames > 1:
                 copies = x_t0[:, None].expand(-1, frames - 1, -1, -1, -1)  # b (f-1) c h w
@@ -311,7 +328,7 @@ class TextToVideoZeroPipeline(TextToVideoPipeline):
             self.scheduler = _history_per_frame(saved, tuple(x_t1.shape), frames)
             set_cross_frame_attention(self.unet, frames)
             out = self.backward(video.flatten(0, 1), last, lambda: embeds(True), guidance_scale, eta, generator,
-                                len(first) + len(second), callbacks)
+                                len(first) + len(second), callbacks, image_embeds)
         finally:
             set_cross_frame_attention(self.unet, None)
             bar.close()
