@@ -178,6 +178,21 @@ def test_cli_control_equals_a_direct_call(setup, tmp_path, capsys, monkeypatch, 
     assert np.abs(np.asarray(written[0]) - expected[0]).max() < 1e-5
 
 
+def test_cli_control_video_shorter_than_frames(setup, tmp_path, capsys):
+    from vidcore.cli import main
+
+    built, _, folders, _ = setup
+    source = tmp_path / "pose.gif"
+    vidcore.export_to_gif(tc.random_control_frames(4, 16, 24, seed=5), source, fps=4)
+    code = main(["generate", "animatediff", "--model", str(built.sd), "--motion-adapter", str(built.adapter),
+                 "--prompt", "a cat", "--control", "pose", "--control-video", str(source), "--controlnet",
+                 str(folders[0]), "--frames", "6", "--height", "16", "--width", "24", "--steps", "1", "--device",
+                 "cpu", "--no-progress", "-o", str(tmp_path / "o.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == ["error: --control-video has 4 frames for --frames 6"], err
+    assert not (tmp_path / "o.mp4").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--control", "pose"], "needs --control-video"),
     (["--controlnet", "x"], "applies to --control"),
