@@ -25,7 +25,7 @@ one fused tensor into several (qkv) and fuses them back in reverse, under the sa
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Mapping
 

@@ -30,6 +30,23 @@ assert _early is None or not str(getattr(_early, "__file__", "")).startswith(str
     "the repository's kernels/ folder was imported as the top-level `kernels` package")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): CI shares 2
+    cores, and on tiny tensors oversubscribed torch threads spin against each other, many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub traffic (a missing local path must never reach the network) and tracebacks off, as users get."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("VIDCORE_DEBUG", raising=False)
+
+
 @pytest.fixture
 def tiny_t2v(tmp_path):
     """A random tiny diffusers TextToVideoSDPipeline saved (normal + fp16 variant) under tmp_path:

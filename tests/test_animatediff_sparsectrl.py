@@ -16,12 +16,7 @@ import vidcore
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +219,9 @@ def test_cli_sparse_control_equals_a_direct_call(setup, tmp_path, capsys, monkey
     assert "use --control sparse-scribble" in capsys.readouterr().err
     assert main([a if a != "0,3" else "0" for a in argv]) == 2
     assert "gives 1 frames for 2" in capsys.readouterr().err
+    # a keyframe past the last frame, and more keyframes than frames: one line each, before any sampling
+    assert main([a if a != "0,3" else "0,4" for a in argv]) == 2
+    assert r"in [0, 4)" in capsys.readouterr().err
+    frames = argv.index("--frames") + 1
+    assert main([*argv[:frames], "1", *argv[frames + 1:]]) == 2
+    assert "2 conditioning frames for num_frames=1" in capsys.readouterr().err

@@ -31,10 +31,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 SMALL = ["--height", "16", "--width", "24", "--frames", "3", "--steps", "2", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local path must never reach the network
-    monkeypatch.delenv("VIDCORE_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,7 @@ from vidcore import AnimateDiffPipeline
 from vidcore.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("VIDCORE_DEBUG", raising=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscribed threads slow tiny models down 10x
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 
 @pytest.fixture(scope="module")

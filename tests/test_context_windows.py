@@ -21,18 +21,7 @@ from vidcore.cli import main
 from vidcore.sampling.windows import blend_windows, context_windows, plan_windows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscribed threads slow tiny models down 10x
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("VIDCORE_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from vidcore.errors import ConversionError
 from vidcore.models.controlnet import ControlNet, ControlNetConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a, b):

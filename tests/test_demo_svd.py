@@ -2,8 +2,6 @@
 that writes a pipeline folder vidcore loads and samples from, and the evaluation's scores on it."""
 
 import numpy as np
-import pytest
-import torch
 
 from vidcore.demo.data import DIRECTIONS
 from vidcore.demo.evaluate import centroids

@@ -15,12 +15,7 @@ from vidcore.sampling.free_init import FreeInitConfig, low_pass_filter, mix_freq
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- filters ------------------------------------------------------------------------------------

@@ -15,12 +15,7 @@ from vidcore.pipelines.base import VideoPipeline
 from vidcore.sampling.free_noise import attention_windows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(cls, folder):

@@ -13,12 +13,7 @@ from vidcore.models.ip_adapter import IPAdapter
 from vidcore.models.unet2d import UNet2D, UNet2DConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("kind", ["plain", "plus"])

@@ -18,12 +18,7 @@ TOL = 1e-4
 SMALL = dict(num_frames=5, height=16, width=24, num_inference_steps=2, prompt="a cat", output_type="np")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

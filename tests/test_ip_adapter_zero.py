@@ -19,12 +19,7 @@ TOL = 1e-4
 SMALL = dict(video_length=3, height=16, width=24, num_inference_steps=4, t0=1, t1=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from vidcore.sampling.windows import context_weights, context_windows
 TOL = 1e-4  # max abs difference of np frames in [0, 1] (and of latents)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the CI box shares 2 cores; oversubscribed intra-op threads make these tiny models 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ KW = {"prompt": "a boat", "negative_prompt": "blurry", "num_frames": 3, "height"
 LORA_FILE = "AnimateLCM_sd15_t2v_lora.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

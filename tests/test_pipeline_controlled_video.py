@@ -14,12 +14,7 @@ from vidcore.pipelines.controlled_video import ControlledVideoPipeline
 TOL = 1e-4  # max abs difference of np frames in [0, 1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

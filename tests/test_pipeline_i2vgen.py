@@ -29,14 +29,7 @@ def close(a, b, tol=3e-5):
     assert err < tol, f"relative error {err}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tensors are tiny: on a shared, loaded CPU, torch's intra-op threads spin against each
-    # other and a call takes ~20x longer than on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ from vidcore.conversion.maps.diffusers_unet2d import unet2d_map
 from vidcore.loading import original_state_dict
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

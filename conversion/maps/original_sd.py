@@ -224,24 +224,33 @@ def detect(keys: Iterable[str]) -> bool:
                              TEXT_ENCODER_PREFIX + "text_model.")) for k in keys)
 
 
-def _skipped(key: str) -> bool:
-    return key in SKIPPED or key.startswith("model_ema.")
-
-
-def split(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """An LDM file's tensors by component: ``unet``, ``vae``, ``text_encoder`` (prefixes stripped; skipped
-    and unrecognised keys dropped)."""
-    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in COMPONENT_PREFIXES}
+def split_components(state: Mapping[str, torch.Tensor], prefixes: Mapping[str, str],
+                     skipped: Mapping[str, str]) -> dict[str, dict[str, torch.Tensor]]:
+    """``state``'s tensors by component name (prefix stripped); ``skipped`` keys, EMA copies and keys under
+    no prefix are dropped. Shared by the SD and SDXL layouts, which differ only in prefixes and skip lists."""
+    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in prefixes}
     for k, v in state.items():
-        if _skipped(k):
+        if k in skipped or k.startswith("model_ema."):
             continue
-        for name, prefix in COMPONENT_PREFIXES.items():
+        for name, prefix in prefixes.items():
             if k.startswith(prefix):
                 out[name][k[len(prefix):]] = v
                 break
     return out
 
 
+def keys_outside(keys: Iterable[str], prefixes: Mapping[str, str], skipped: Mapping[str, str]) -> list[str]:
+    """Keys under none of ``prefixes`` and not skipped (sorted): what a conversion would silently lose."""
+    return sorted(k for k in keys
+                  if k not in skipped and not k.startswith("model_ema.") and not k.startswith(tuple(prefixes.values())))
+
+
+def split(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """An LDM file's tensors by component: ``unet``, ``vae``, ``text_encoder`` (prefixes stripped; skipped
+    and unrecognised keys dropped)."""
+    return split_components(state, COMPONENT_PREFIXES, SKIPPED)
+
+
 def unrecognised(keys: Iterable[str]) -> list[str]:
     """Keys that belong neither to a converted component nor to :data:`SKIPPED` (sorted)."""
-    return sorted(k for k in keys if not _skipped(k) and not k.startswith(tuple(COMPONENT_PREFIXES.values())))
+    return keys_outside(keys, COMPONENT_PREFIXES, SKIPPED)

@@ -87,23 +87,11 @@ def detect(keys: Iterable[str]) -> bool:
     return any(k.startswith((TEXT_ENCODER_2_PREFIX + "transformer.", UNET_PREFIX + "label_emb.")) for k in keys)
 
 
-def _skipped(key: str) -> bool:
-    return key in SKIPPED or key.startswith("model_ema.")
-
-
 def split(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """An SDXL file's tensors by component (prefixes stripped; skipped and unrecognised keys dropped)."""
-    out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in COMPONENT_PREFIXES}
-    for k, v in state.items():
-        if _skipped(k):
-            continue
-        for name, prefix in COMPONENT_PREFIXES.items():
-            if k.startswith(prefix):
-                out[name][k[len(prefix):]] = v
-                break
-    return out
+    return original_sd.split_components(state, COMPONENT_PREFIXES, SKIPPED)
 
 
 def unrecognised(keys: Iterable[str]) -> list[str]:
     """Keys that belong neither to a converted component nor to :data:`SKIPPED` (sorted)."""
-    return sorted(k for k in keys if not _skipped(k) and not k.startswith(tuple(COMPONENT_PREFIXES.values())))
+    return original_sd.keys_outside(keys, COMPONENT_PREFIXES, SKIPPED)

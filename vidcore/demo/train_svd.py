@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..loading import save_diffusers
 from ..models.svd_unet import SVDUNet, SVDUNetConfig
 from ..models.svd_vae import AutoencoderKLTemporalDecoder, AutoencoderKLTemporalDecoderConfig
-from .data import COLORS, DIRECTIONS, NUM_FRAMES, SHAPES, SIZE, all_combinations, make_clip
+from .data import NUM_FRAMES, SIZE, all_combinations, make_clip
 
 # stabilityai/stable-video-diffusion-img2vid(-xt) scheduler_config.json
 SCHEDULER = {

@@ -38,8 +38,7 @@ from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
-from ..sampling.windows import (CONTEXT_WEIGHTINGS, blend_windows, check_parallel_windows, context_weights,  # noqa: F401
-                               context_windows, plan_windows)
+from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .lora import MotionLoRAMixin
