@@ -224,13 +224,17 @@ def detect(keys: Iterable[str]) -> bool:
                              TEXT_ENCODER_PREFIX + "text_model.")) for k in keys)
 
 
+def _skipped(key: str, skipped: Mapping[str, str]) -> bool:
+    return key in skipped or key.startswith("model_ema.")
+
+
 def split_components(state: Mapping[str, torch.Tensor], prefixes: Mapping[str, str],
                      skipped: Mapping[str, str]) -> dict[str, dict[str, torch.Tensor]]:
     """``state``'s tensors by component name (prefix stripped); ``skipped`` keys, EMA copies and keys under
     no prefix are dropped. Shared by the SD and SDXL layouts, which differ only in prefixes and skip lists."""
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in prefixes}
     for k, v in state.items():
-        if k in skipped or k.startswith("model_ema."):
+        if _skipped(k, skipped):
             continue
         for name, prefix in prefixes.items():
             if k.startswith(prefix):
@@ -241,8 +245,7 @@ def split_components(state: Mapping[str, torch.Tensor], prefixes: Mapping[str, s
 
 def keys_outside(keys: Iterable[str], prefixes: Mapping[str, str], skipped: Mapping[str, str]) -> list[str]:
     """Keys under none of ``prefixes`` and not skipped (sorted): what a conversion would silently lose."""
-    return sorted(k for k in keys
-                  if k not in skipped and not k.startswith("model_ema.") and not k.startswith(tuple(prefixes.values())))
+    return sorted(k for k in keys if not _skipped(k, skipped) and not k.startswith(tuple(prefixes.values())))
 
 
 def split(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
