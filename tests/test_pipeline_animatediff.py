@@ -47,6 +47,8 @@ def compare(ref, ours, tol=TOL, seed=0, **kwargs):
     expected, got = np.asarray(expected), np.asarray(got)
     assert expected.shape == got.shape
     err = np.abs(expected - got).max()
+    if kwargs["output_type"] == "latent":  # latents reach ~20: the tolerance is relative to their scale
+        tol = tol * max(1.0, float(np.abs(expected).max()))
     assert err < tol, f"max abs error {err}"
     return got
 
@@ -140,11 +142,12 @@ def test_num_videos_per_prompt(setup):
     # noise as diffusers' batch of n copies of the prompt.
     one = ours("a", num_videos_per_prompt=1, generator=torch.Generator().manual_seed(0), **kw).frames
     ref_one = setup.pipe("a", num_videos_per_prompt=1, generator=torch.Generator().manual_seed(0), **kw).frames
-    assert (one - ref_one).abs().max() < TOL
+    # latents reach ~20: the tolerance is relative to their scale
+    assert (one - ref_one).abs().max() < TOL * ref_one.abs().max()
     two = ours("a", num_videos_per_prompt=2, generator=torch.Generator().manual_seed(0), **kw).frames
     ref_two = setup.pipe(["a", "a"], generator=torch.Generator().manual_seed(0), **kw).frames
     assert two.shape == (2, 4, 2, 4, 4)
-    assert (two - ref_two).abs().max() < TOL
+    assert (two - ref_two).abs().max() < TOL * ref_two.abs().max()
     assert not torch.allclose(two[0], two[1])
 
 

@@ -17,7 +17,7 @@ module with :func:`set_module_attention_backend` (``Attention.backend``; ``None`
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -230,6 +230,21 @@ def set_cross_frame_attention(module: nn.Module, num_frames: int | None, source_
     for m in module.modules():
         if isinstance(m, Attention):
             m.cross_frame = None if num_frames is None else (num_frames, source_frame)
+
+
+@contextmanager
+def cross_frame_attention(modules: nn.Module | Sequence[nn.Module], num_frames: int | None, source_frame: int = 0):
+    """:func:`set_cross_frame_attention` on ``modules`` for the ``with`` block only: every attention's previous
+    mode is restored on exit, error or not (how a pipeline call turns it on without leaving it set)."""
+    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
+    saved = [(m, m.cross_frame) for module in modules for m in module.modules() if isinstance(m, Attention)]
+    try:
+        for module in modules:
+            set_cross_frame_attention(module, num_frames, source_frame)
+        yield
+    finally:
+        for m, value in saved:
+            m.cross_frame = value
 
 
 class SpatialSelfAttention(nn.Module):

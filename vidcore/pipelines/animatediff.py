@@ -38,6 +38,7 @@ from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
+from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
@@ -496,21 +497,19 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
             check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(num_frames)
             latents = self.parallel.broadcast(latents)
-        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
+
+        def predict(latents, t, i):
+            cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
+            embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
+            return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
+
+        # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
+        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
 
         def denoise(latents, timesteps):
-            with self.progress_bar(total=len(timesteps)) as bar:
-                for i, t in enumerate(timesteps):
-                    cond, uncond = state["prompt_embeds"], state["negative_prompt_embeds"]
-                    embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
-                    noise = self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
-                    # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
-                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                    state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                               {"latents": latents, **state}))
-                    latents = state.pop("latents")
-                    bar.update()
-            return latents
+            return self.sample(latents, timesteps, predict, step, step_end)
 
         self._motion_scale = scale
         try:

@@ -45,6 +45,7 @@ import torch
 from .. import hub
 from ..errors import ConfigError
 from ..models.motion import MotionAdapter, UNetMotion
+from ..sampling.loop import StepEnd, scheduler_step
 from .animatediff import AnimateDiffPipeline
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
 from .ip_adapter import check_ip_adapter_inputs
@@ -424,32 +425,32 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
             timesteps = timesteps[: int((timesteps >= cutoff).sum())]
 
         unet = self._run_on_device("unet")
-        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "add_text_embeds": pooled,
-                 "negative_pooled_prompt_embeds": uncond_pooled, "add_time_ids": ids, "negative_add_time_ids": uncond_ids}
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {
+            "prompt_embeds": cond, "negative_prompt_embeds": uncond, "add_text_embeds": pooled,
+            "negative_pooled_prompt_embeds": uncond_pooled, "add_time_ids": ids, "negative_add_time_ids": uncond_ids})
+
+        def predict(latents, t, i):
+            state = step_end.tensors
+            parts = ("prompt_embeds", "add_text_embeds", "add_time_ids")
+            if guidance:  # negatives first, as apply_guidance splits them
+                embeds, text, time = (torch.cat([state[_negative(k)], state[k]]) for k in parts)
+            else:
+                embeds, text, time = (state[k] for k in parts)
+            model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time}, **image_kwargs)
+            model_in = torch.cat([latents] * 2) if guidance else latents
+            # the plain windowed prediction (guidance_scale 1), guided here to keep the conditional half
+            noise = self.predict_noise(model, model_in, t, embeds, 1.0, windows, context_weighting)
+            if guidance:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                if guidance_rescale > 0.0:
+                    noise = rescale_guidance(noise, noise_cond, guidance_rescale)
+            return noise
+
+        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
 
         def denoise(latents, timesteps):
-            with self.progress_bar(total=len(timesteps)) as bar:
-                for i, t in enumerate(timesteps):
-                    parts = ("prompt_embeds", "add_text_embeds", "add_time_ids")
-                    if guidance:  # negatives first, as apply_guidance splits them
-                        embeds, text, time = (torch.cat([state[_negative(k)], state[k]]) for k in parts)
-                    else:
-                        embeds, text, time = (state[k] for k in parts)
-                    model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time}, **image_kwargs)
-                    model_in = torch.cat([latents] * 2) if guidance else latents
-                    # the plain windowed prediction (guidance_scale 1), guided here to keep the conditional half
-                    noise = self.predict_noise(model, model_in, t, embeds, 1.0, windows, context_weighting)
-                    if guidance:
-                        noise_uncond, noise_cond = noise.chunk(2)
-                        noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                        if guidance_rescale > 0.0:
-                            noise = rescale_guidance(noise, noise_cond, guidance_rescale)
-                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                    state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                               {"latents": latents, **state}))
-                    latents = state.pop("latents")
-                    bar.update()
-            return latents
+            return self.sample(latents, timesteps, predict, step, step_end)
 
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
                                          timesteps=timesteps)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..sampling import FreeInitMixin, FreeNoiseMixin, StepCacheMixin
+from ..sampling.loop import Progress, check_callback_inputs, denoise  # noqa: F401  (check_callback_inputs: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -97,41 +98,6 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
     """The negative prompt comes as text or as embeddings, not both (diffusers refuses both too)."""
     if negative_prompt is not None and negative_prompt_embeds is not None:
         raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-
-
-def check_callback_inputs(names, allowed) -> None:
-    """``callback_on_step_end_tensor_inputs`` may only name tensors the pipeline hands to the callback."""
-    bad = [k for k in names if k not in allowed]
-    if bad:
-        raise ValueError(f"callback_on_step_end_tensor_inputs must be among {allowed}, got {bad}")
-
-
-class StepProgress:
-    """A denoising loop's progress bar and its step clock: every ``update()`` ends one step, and the step
-    caches of :mod:`vidcore.sampling` advance with it (they restart with each new bar)."""
-
-    def __init__(self, bar, cache, total: int | None):
-        self.bar, self.cache = bar, cache
-        if cache is not None:
-            cache.begin(total)
-            cache.next_step()
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        if self.cache is not None:
-            for _ in range(n):
-                self.cache.next_step()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.cache is not None:
-            self.cache.end()
-
-    def __enter__(self) -> "StepProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
@@ -218,15 +184,6 @@ class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
             module.to(self._offload_device)
         return module
 
-    # -- step callbacks -------------------------------------------------------------------------
-    def step_end(self, callback, names, i, t, tensors: dict) -> dict:
-        """diffusers' ``callback_on_step_end(pipe, step, t, {name: tensor})`` with the ``names`` asked for;
-        returns ``tensors`` (same keys, same order) with the replacements the callback returned."""
-        if callback is None:
-            return tensors
-        out = callback(self, i, t, {k: tensors[k] for k in names}) or {}
-        return {k: out.get(k, v) for k, v in tensors.items()}
-
     # -- progress -------------------------------------------------------------------------------
     def schedule(self, num_inference_steps: int) -> torch.Tensor:
         """Set the scheduler's timesteps for ``num_inference_steps`` and return them (FreeInit reschedules per
@@ -239,6 +196,19 @@ class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
         self.progress_bar_config = kwargs
 
     def progress_bar(self, iterable=None, total=None):
-        """A tqdm bar; with ``total`` (a denoising loop) also the step clock (:class:`StepProgress`)."""
-        bar = tqdm(iterable, total=total, **self.progress_bar_config)
-        return bar if iterable is not None else StepProgress(bar, self._step_cache(), total)
+        """A tqdm bar over ``iterable``; with ``total`` only, a sampling run's bar and step clock
+        (:class:`vidcore.sampling.loop.Progress`, which also drives the step cache)."""
+        if iterable is not None:
+            return tqdm(iterable, total=total, **self.progress_bar_config)
+        return Progress(total, self.progress_bar_config, self._step_cache())
+
+    def sample(self, latents: torch.Tensor, timesteps, predict, step, step_end=None) -> torch.Tensor:
+        """One run of :func:`vidcore.sampling.loop.denoise` over ``timesteps`` under this pipeline's progress bar."""
+        with self.progress_bar(total=len(timesteps)) as progress:
+            return denoise(latents, timesteps, predict, step, step_end, progress)
+
+    @property
+    def interrupt(self) -> bool:
+        """diffusers' flag: a step callback sets ``pipe._interrupt = True`` to end the sampling early
+        (:class:`vidcore.sampling.loop.StepEnd` consumes it)."""
+        return getattr(self, "_interrupt", False)

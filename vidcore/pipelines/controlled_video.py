@@ -5,7 +5,7 @@ edges, a depth map ...) into a video, with no training:
 
 * every frame starts from the **same** initial noise (one ``1 4 h w`` draw repeated for all frames);
 * every spatial self-attention of the UNet **and** of the ControlNet takes its keys and values from frame 0
-  (cross-frame attention, :func:`vidcore.nn.attention.set_cross_frame_attention`), so the appearance set
+  (cross-frame attention, :func:`vidcore.nn.attention.cross_frame_attention`), so the appearance set
   by the first frame carries over; the control images alone drive the motion;
 * each step runs the ControlNet on the frames and their control images and adds its residuals to the UNet's
   skip features (``controlnet_conditioning_scale``; ``guess_mode`` runs the ControlNet on the conditional half
@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from .. import hub
 from ..models.controlnet import ControlNet
 from ..models.unet2d import UNet2D
-from ..nn.attention import Attention, set_cross_frame_attention
+from ..nn.attention import cross_frame_attention as frame_attention
 from ..random import randn_tensor
+from ..sampling.loop import StepEnd, scheduler_step
 from .base import apply_guidance, check_callback_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .text_to_video import TextToVideoPipeline
@@ -262,38 +263,33 @@ class ControlledVideoPipeline(IPAdapterMixin, TextToVideoPipeline):
             control = torch.cat([control] * 2)
 
         unet, controlnet = self._run_on_device("unet"), self.controlnet.to(device)
-        saved = {m: m.cross_frame for model in (unet, controlnet) for m in model.modules() if isinstance(m, Attention)}
-        try:
-            for model in (unet, controlnet):
-                set_cross_frame_attention(model, frames if cross_frame_attention else None)
-            with self.progress_bar(total=len(timesteps)) as bar:
-                for i, t in enumerate(timesteps):
-                    text = cond.repeat_interleave(frames, dim=0)  # (b f) m d: the prompt of every frame
-                    embeds = torch.cat([uncond.repeat_interleave(frames, dim=0), text]) if guidance else text
-                    model_in = torch.cat([latents] * 2) if guidance else latents
-                    model_in = self.scheduler.scale_model_input(model_in, t)
-                    outside = (i / len(timesteps) < control_guidance_start
-                               or (i + 1) / len(timesteps) > control_guidance_end)
-                    residuals = {}
-                    if not outside:  # outside the control window the residuals would be zeros
-                        only_cond = guess_mode and guidance  # ControlNet on the conditional frames only
-                        c_in = self.scheduler.scale_model_input(latents, t) if only_cond else model_in
-                        down, mid = controlnet(c_in, t, text if only_cond else embeds, control,
-                                               conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode)
-                        if only_cond:
-                            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-                            mid = torch.cat([torch.zeros_like(mid), mid])
-                        residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
-                    noise = unet(model_in, t, embeds, image_embeds=image_embeds, **residuals)
-                    if guidance:
-                        noise = apply_guidance(noise, guidance_scale)
-                    latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-                    latents, cond, uncond = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
-                        "latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}).values()
-                    bar.update()
-        finally:
-            for m, value in saved.items():
-                m.cross_frame = value
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
+
+        def predict(latents, t, i):
+            cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
+            text = cond.repeat_interleave(frames, dim=0)  # (b f) m d: the prompt of every frame
+            embeds = torch.cat([uncond.repeat_interleave(frames, dim=0), text]) if guidance else text
+            model_in = torch.cat([latents] * 2) if guidance else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            outside = (i / len(timesteps) < control_guidance_start
+                       or (i + 1) / len(timesteps) > control_guidance_end)
+            residuals = {}
+            if not outside:  # outside the control window the residuals would be zeros
+                only_cond = guess_mode and guidance  # ControlNet on the conditional frames only
+                c_in = self.scheduler.scale_model_input(latents, t) if only_cond else model_in
+                down, mid = controlnet(c_in, t, text if only_cond else embeds, control,
+                                       conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode)
+                if only_cond:
+                    down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+                    mid = torch.cat([torch.zeros_like(mid), mid])
+                residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+            noise = unet(model_in, t, embeds, image_embeds=image_embeds, **residuals)
+            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
+        with frame_attention((unet, controlnet), frames if cross_frame_attention else None):
+            latents = self.sample(latents, timesteps, predict, step, step_end)
 
         video = latents.view(videos, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
         return self.finish(video, output_type, return_dict, decode_chunk_size)

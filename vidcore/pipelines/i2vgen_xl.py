@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 
 from ..io import load_image
+from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
 from .base import apply_guidance, check_negative_inputs
 from .text_to_video import TextToVideoPipeline
@@ -223,9 +224,9 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
         self._unet_conditioning = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
         try:
+            step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": text})
             latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
-                x, ts, text, guidance_scale, eta, generator, None, 1, callback_on_step_end,
-                callback_on_step_end_tensor_inputs, windows, context_weighting), generator,
+                x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting), generator,
                 timesteps=self.scheduler.timesteps)
         finally:
             self._unet_conditioning = None

@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from ..io import load_image
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
+from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
-from .svd_keyframes import denoise_between_keyframes
+from .svd_keyframes import keyframe_step
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
@@ -362,26 +363,30 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
         return blend_windows(window_noise, latents.shape[1], windows, weighting, frame_dim=1)
 
     def denoise(self, latents, timesteps, image_latents, image_embeddings, added_time_ids, guidance_scale,
-                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",), windows=None,
-                context_weighting="pyramid") -> torch.Tensor:
-        """The sampling loop. latents ``b f 4 h w``; conditions have the unconditional half first when
+                step_end: StepEnd | None = None, windows=None, context_weighting="pyramid", last=None,
+                generator=None) -> torch.Tensor:
+        """One sampling run. latents ``b f 4 h w``; conditions have the unconditional half first when
         ``guidance_scale`` (``b f 1 1 1`` per-frame scales) is given, else ``guidance_scale`` is None.
-        ``windows``: sliding context windows (None: the whole video in one UNet pass)."""
+        ``windows``: sliding context windows (None: the whole video in one UNet pass). ``last``: (image latents,
+        CLIP embeddings) of a last keyframe: bidirectional steps (:mod:`vidcore.pipelines.svd_keyframes`)."""
         unet = self._run_on_device("unet")
         windows = windows or [(0, latents.shape[1])]
         if self.parallel is not None:
             check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(latents.shape[1])
             latents = self.parallel.broadcast(latents)
-        with self.progress_bar(total=len(timesteps)) as bar:
-            for i, t in enumerate(timesteps):
-                pred = self.predict_video_noise(unet, latents, t, image_latents, image_embeddings, added_time_ids,
-                                                guidance_scale, windows, context_weighting)
-                latents = self.scheduler.step(pred, t, latents)
-                latents = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                        {"latents": latents})["latents"]
-                bar.update()
-        return latents
+
+        def predict(x, t, i):
+            return self.predict_video_noise(unet, x, t, image_latents, image_embeddings, added_time_ids,
+                                            guidance_scale, windows, context_weighting)
+
+        step = scheduler_step(self.scheduler)
+        if last is not None:
+            def predict_last(x, t):
+                return self.predict_noise(unet, x, t, *last, added_time_ids, guidance_scale)
+
+            step = keyframe_step(self.scheduler, predict_last, generator)
+        return self.sample(latents, timesteps, predict, step, step_end)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int, per_video: bool = False,
                        decode_overlap: int = 0) -> torch.Tensor:
@@ -536,14 +541,11 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
                 self.scheduler.set_timesteps(steps, device=device)
             return self.scheduler.timesteps
 
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
+
         def denoise(x, timesteps):
-            if last is None:
-                return self.denoise(x, timesteps, image_latents, image_embeddings, added_time_ids, scales,
-                                    callback_on_step_end, callback_on_step_end_tensor_inputs, windows,
-                                    context_weighting)
-            return denoise_between_keyframes(self, x, timesteps, (image_latents, image_embeddings), last,
-                                             added_time_ids, scales, generator, callback_on_step_end,
-                                             callback_on_step_end_tensor_inputs)
+            return self.denoise(x, timesteps, image_latents, image_embeddings, added_time_ids, scales, step_end,
+                                windows, context_weighting, last, generator)
 
         latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator, frames_dim=1,
                                          timesteps=self.scheduler.timesteps)

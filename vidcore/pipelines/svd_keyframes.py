@@ -21,28 +21,22 @@ from __future__ import annotations
 from ..random import randn_tensor
 
 
-def denoise_between_keyframes(pipe, latents, timesteps, first, last, added_time_ids, guidance_scale, generator=None,
-                              callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
-    """The sampling loop for ``b f 4 h w`` latents; ``first`` / ``last`` are (image latents ``b f 4 h w``, CLIP
-    embeddings) of the two keyframes, unconditional halves first when ``guidance_scale`` (``b f 1 1 1``) is given."""
-    unet = pipe._run_on_device("unet")
-    scheduler = pipe.scheduler
-    with pipe.progress_bar(total=len(timesteps)) as bar:
-        for i, t in enumerate(timesteps):
-            pred = pipe.predict_noise(unet, latents, t, *first, added_time_ids, guidance_scale)
-            stepped = scheduler.step(pred, t, latents)  # forward: sigma_i -> sigma_(i+1), from the first image
-            index = scheduler.step_index
-            sigma, sigma_next = float(scheduler.sigmas[index - 1]), float(scheduler.sigmas[index])
-            noise = randn_tensor(tuple(stepped.shape), generator, stepped.device, stepped.dtype)
-            renoised = stepped + noise * (sigma**2 - sigma_next**2) ** 0.5  # back to sigma_i
-            scheduler.repeat_step()
-            reversed_ = renoised.flip(1)  # time-reversed: the last frame first
-            pred = pipe.predict_noise(unet, reversed_, t, *last, added_time_ids, guidance_scale)
-            latents = scheduler.step(pred, t, reversed_).flip(1)  # backward, from the last image
-            latents = pipe.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                    {"latents": latents})["latents"]
-            bar.update()
-    return latents
+def keyframe_step(scheduler, predict_last, generator=None):
+    """The bidirectional step (a :data:`vidcore.sampling.loop.Step`) for ``b f 4 h w`` latents: the scheduler's
+    step on the forward prediction (from the first keyframe), re-noising back to sigma_i, then the step on
+    ``predict_last(reversed latents, t)`` (the prediction conditioned on the last keyframe) over the
+    time-reversed frames."""
+    def step(pred, t, latents):
+        stepped = scheduler.step(pred, t, latents)  # forward: sigma_i -> sigma_(i+1), from the first image
+        index = scheduler.step_index
+        sigma, sigma_next = float(scheduler.sigmas[index - 1]), float(scheduler.sigmas[index])
+        noise = randn_tensor(tuple(stepped.shape), generator, stepped.device, stepped.dtype)
+        renoised = stepped + noise * (sigma**2 - sigma_next**2) ** 0.5  # back to sigma_i
+        scheduler.repeat_step()
+        reversed_ = renoised.flip(1)  # time-reversed: the last frame first
+        return scheduler.step(predict_last(reversed_, t), t, reversed_).flip(1)  # backward, from the last image
+
+    return step
 
 
-__all__ = ["denoise_between_keyframes"]
+__all__ = ["keyframe_step"]

@@ -28,9 +28,10 @@ import torch
 
 from .. import hub
 from ..errors import ModelNotFoundError
-from ..nn.attention import set_cross_frame_attention
+from ..nn.attention import cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
+from ..sampling.loop import StepEnd, denoise, scheduler_step
 from .base import VideoPipelineOutput, apply_guidance, check_callback_inputs, check_negative_inputs, load_component
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .text_to_video import TextToVideoPipeline
@@ -171,22 +172,19 @@ class TextToVideoZeroPipeline(IPAdapterMixin, TextToVideoPipeline):
             eps = eps.reshape(latents.shape)
         return torch.sqrt(alpha) * latents + torch.sqrt(1 - alpha) * eps
 
-    def backward(self, latents, timesteps, embeds, guidance_scale, eta, generator, step, callbacks,
-                 image_embeds=None) -> torch.Tensor:
-        """DDIM (or the scheduler's) denoising over ``timesteps``; latents ``n c h w``; ``embeds()`` gives the
-        text embeddings ``(2n | n) m d``, negatives first (read every step: callbacks may replace them).
-        ``step`` is the global step index of the first timestep. ``image_embeds``: the IP-Adapter inputs, one row
-        per video (and guidance half), shared by its frames."""
-        unet = self._run_on_device("unet")
+    def predict_fn(self, unet, scheduler, embeds, guidance_scale, image_embeds=None):
+        """The guided prediction (a :data:`vidcore.sampling.loop.Predict`) for ``n c h w`` latents; ``embeds()``
+        gives the text embeddings ``(2n | n) m d``, negatives first (read every step: callbacks may replace them);
+        ``scheduler``: the phase's (phase 3 runs a copy whose multistep history is per frame). ``image_embeds``:
+        the IP-Adapter inputs, one row per video (and guidance half), shared by its frames."""
         guidance = guidance_scale > 1.0
-        for i, t in enumerate(timesteps):
+
+        def predict(latents, t, i):
             model_in = torch.cat([latents] * 2) if guidance else latents
-            noise = unet(self.scheduler.scale_model_input(model_in, t), t, embeds(), image_embeds=image_embeds)
-            if guidance:
-                noise = apply_guidance(noise, guidance_scale)
-            latents = self.scheduler.step(noise, t, latents, eta=eta, generator=generator)
-            latents = callbacks(step + i, t, latents)
-        return latents
+            noise = unet(scheduler.scale_model_input(model_in, t), t, embeds(), image_embeds=image_embeds)
+            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+        return predict
 
     def schedule_prompts(self, prompt, negative_prompt, num_frames: int, num_videos_per_prompt: int, guidance: bool,
                          clip_skip, prompt_embeds, negative_prompt_embeds):
@@ -272,49 +270,42 @@ class TextToVideoZeroPipeline(IPAdapterMixin, TextToVideoPipeline):
         guidance = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                           prompt_embeds, negative_prompt_embeds, clip_skip)
-        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
         image_embeds = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:  # one row per video (and half)
             image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
                                                                 cond.shape[0], guidance)
         frames = video_length
 
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        first, second, last = timesteps[:-t1 - 1], timesteps[-t1 - 1:-t0 - 1], timesteps[-t1 - 1:]
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond}, callback, callback_steps)
+
         def embeds(per_frame: bool) -> torch.Tensor:
-            c, u = state["prompt_embeds"], state["negative_prompt_embeds"]
-            if per_frame and travel is not None:  # the schedule's rows (frame 0's are the state's)
+            c, u = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
+            if per_frame and travel is not None:  # the schedule's rows (frame 0's are the step_end's)
                 c, u = travel[1]
             elif per_frame:  # one row per frame, frames of a video consecutive
                 c = c.repeat_interleave(frames, dim=0)
                 u = u.repeat_interleave(frames, dim=0) if guidance else None
             return torch.cat([u, c]) if guidance else c
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        first, second, last = timesteps[:-t1 - 1], timesteps[-t1 - 1:-t0 - 1], timesteps[-t1 - 1:]
-        bar = self.progress_bar(total=len(first) + len(second) + len(last))
-
-        def callbacks(i, t, latents):
-            state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                       {"latents": latents, **state}))
-            latents = state.pop("latents")
-            if callback is not None and i % callback_steps == 0:
-                callback(i, t, latents)
-            bar.update()
-            return latents
-
         s = self.vae_scale_factor
         batch = cond.shape[0]
         shape = (batch, self.unet.config.in_channels, height // s, width // s)
         x = self.prepare_latents(shape, cond.dtype, device, generator, latents)  # b c h w
 
-        try:
-            set_cross_frame_attention(self.unet, None)
+        unet = self._run_on_device("unet")
+        one_frame = self.predict_fn(unet, self.scheduler, lambda: embeds(False), guidance_scale, image_embeds)
+        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
+        # one bar over the three phases; the step index runs over all of them
+        with self.progress_bar(total=len(first) + len(second) + len(last)) as progress, \
+                cross_frame_attention(unet, None):
             # 1. the first frame, alone: noise -> T1 -> T0
-            x_t1 = self.backward(x, first, lambda: embeds(False), guidance_scale, eta, generator, 0, callbacks,
-                                 image_embeds)
+            x_t1 = denoise(x, first, one_frame, step, step_end, progress)
             saved = copy.deepcopy(self.scheduler)  # multistep samplers resume from T1 in phase 3
-            x_t0 = self.backward(x_t1, second, lambda: embeds(False), guidance_scale, eta, generator, len(first),
-                                 callbacks, image_embeds)
+            x_t0 = denoise(x_t1, second, one_frame, step, step_end, progress)
             # 2. the other frames: copies of the T0 latent, translated, noised back to T1
             if frames > 1:
                 copies = x_t0[:, None].expand(-1, frames - 1, -1, -1, -1)  # b (f-1) c h w
@@ -324,14 +315,12 @@ class TextToVideoZeroPipeline(IPAdapterMixin, TextToVideoPipeline):
                 video = torch.cat([x_t1[:, None], others], dim=1)  # b f c h w
             else:
                 video = x_t1[:, None]
-            # 3. all frames from T1 with cross-frame attention
-            self.scheduler = _history_per_frame(saved, tuple(x_t1.shape), frames)
-            set_cross_frame_attention(self.unet, frames)
-            out = self.backward(video.flatten(0, 1), last, lambda: embeds(True), guidance_scale, eta, generator,
-                                len(first) + len(second), callbacks, image_embeds)
-        finally:
-            set_cross_frame_attention(self.unet, None)
-            bar.close()
+            # 3. all frames from T1 with cross-frame attention, on the saved scheduler with per-frame history
+            phase3 = _history_per_frame(saved, tuple(x_t1.shape), frames)
+            every_frame = self.predict_fn(unet, phase3, lambda: embeds(True), guidance_scale, image_embeds)
+            with cross_frame_attention(unet, frames):
+                out = denoise(video.flatten(0, 1), last, every_frame,
+                              scheduler_step(phase3, eta=eta, generator=generator), step_end, progress)
 
         latents = out.reshape(batch, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
         return self.finish(latents, output_type, return_dict, decode_chunk_size, TextToVideoZeroOutput)

@@ -12,6 +12,7 @@ import torch
 
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
+from ..sampling.loop import StepEnd, frames_in_batch, scheduler_step
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
 from .text import encode_prompt
@@ -114,34 +115,24 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
                                                  prompt_embeds, negative_prompt_embeds, clip_skip)
         return cond.shape[0], embeds
 
-    def denoise(self, latents, timesteps, prompt_embeds, guidance_scale, eta, generator, callback=None,
-                callback_steps=1, callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
-                windows=None, context_weighting="pyramid"):
-        """The sampling loop. latents: b c f h w; prompt_embeds: (2b or b) m d with the negatives first;
-        ``windows``: sliding context windows (:func:`vidcore.sampling.windows.plan_windows`; None: the whole
-        video at once)."""
+    def denoise(self, latents, timesteps, guidance_scale, eta, generator, step_end: StepEnd, windows=None,
+                context_weighting="pyramid"):
+        """One sampling run. latents: b c f h w; ``step_end.tensors["prompt_embeds"]``: the UNet's text batch
+        (2b or b) m d with the negatives first; ``windows``: sliding context windows
+        (:func:`vidcore.sampling.windows.plan_windows`; None: the whole video at once)."""
         unet = self._run_on_device("unet")
         windows = windows or [(0, latents.shape[2])]
         if self.parallel is not None:
             check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(latents.shape[2])
             latents = self.parallel.broadcast(latents)
-        with self.progress_bar(total=len(timesteps)) as bar:
-            for i, t in enumerate(timesteps):
-                noise = self.predict_video_noise(unet, latents, t, prompt_embeds, guidance_scale, windows,
-                                                 context_weighting)
-                # The scheduler steps on frames folded into the batch (b f) c h w, as diffusers does;
-                # this fixes the order of eta noise draws.
-                b, c, f, h, w = latents.shape
-                fold = lambda x: x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # noqa: E731
-                latents = self.scheduler.step(fold(noise), t, fold(latents), eta=eta, generator=generator)
-                latents = latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
-                latents, prompt_embeds = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, {
-                    "latents": latents, "prompt_embeds": prompt_embeds}).values()
-                if callback is not None and i % callback_steps == 0:
-                    callback(i, t, latents)
-                bar.update()
-        return latents
+
+        def predict(x, t, i):
+            return self.predict_video_noise(unet, x, t, step_end.tensors["prompt_embeds"], guidance_scale, windows,
+                                            context_weighting)
+
+        step = frames_in_batch(scheduler_step(self.scheduler, eta=eta, generator=generator))
+        return self.sample(latents, timesteps, predict, step, step_end)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call
@@ -225,8 +216,9 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         shape = (videos, self.unet.config.in_channels, num_frames, height // s, width // s)
         latents = self.free_noise_latents(shape, embeds.dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, embeds.dtype, device, generator, latents)
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": embeds},
+                           callback, callback_steps)
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, timesteps: self.denoise(
-            x, timesteps, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, windows, context_weighting), generator,
+            x, timesteps, guidance_scale, eta, generator, step_end, windows, context_weighting), generator,
             timesteps=self.scheduler.timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..nn.attention import set_cross_frame_attention
+from ..nn.attention import cross_frame_attention as frame_attention
+from ..sampling.loop import StepEnd, scheduler_step
 from .base import check_callback_inputs, check_negative_inputs
 from .text2video_zero import COMPONENTS, load_sd_components
 from .text_to_video import TextToVideoPipeline
@@ -108,34 +109,30 @@ class VideoInstructPix2PixPipeline(TextToVideoPipeline):
                                  f"{tuple(latents.shape)}")
             latents = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)
         x = self.prepare_latents(shape, cond.dtype, device, generator, latents)  # (b f) 4 h w
-        state = {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "image_latents": image}
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "image_latents": image})
+
+        def predict(x, t, i):
+            state = step_end.tensors
+            c_emb = state["prompt_embeds"].repeat_interleave(frames, dim=0)
+            img = state["image_latents"]
+            if guidance:  # branches: instruction + frame, frame only, neither
+                u_emb = state["negative_prompt_embeds"].repeat_interleave(frames, dim=0)
+                embeds = torch.cat([c_emb, u_emb, u_emb])
+                img = torch.cat([img, img, torch.zeros_like(img)])
+                model_in = self.scheduler.scale_model_input(torch.cat([x] * 3), t)
+            else:
+                embeds, model_in = c_emb, self.scheduler.scale_model_input(x, t)
+            noise = unet(torch.cat([model_in, img], dim=1), t, embeds)
+            if guidance:
+                text, frame_only, neither = noise.chunk(3)
+                noise = neither + guidance_scale * (text - frame_only) + image_guidance_scale * (frame_only - neither)
+            return noise
 
         unet = self._run_on_device("unet")
-        set_cross_frame_attention(unet, frames if cross_frame_attention else None)
-        try:
-            with self.progress_bar(total=len(timesteps)) as bar:
-                for i, t in enumerate(timesteps):
-                    c_emb = state["prompt_embeds"].repeat_interleave(frames, dim=0)
-                    img = state["image_latents"]
-                    if guidance:  # branches: instruction + frame, frame only, neither
-                        u_emb = state["negative_prompt_embeds"].repeat_interleave(frames, dim=0)
-                        embeds = torch.cat([c_emb, u_emb, u_emb])
-                        img = torch.cat([img, img, torch.zeros_like(img)])
-                        model_in = self.scheduler.scale_model_input(torch.cat([x] * 3), t)
-                    else:
-                        embeds, model_in = c_emb, self.scheduler.scale_model_input(x, t)
-                    noise = unet(torch.cat([model_in, img], dim=1), t, embeds)
-                    if guidance:
-                        text, frame_only, neither = noise.chunk(3)
-                        noise = (neither + guidance_scale * (text - frame_only)
-                                 + image_guidance_scale * (frame_only - neither))
-                    x = self.scheduler.step(noise, t, x, eta=eta, generator=generator)
-                    state.update(self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs, i, t,
-                                               {"latents": x, **state}))
-                    x = state.pop("latents")
-                    bar.update()
-        finally:
-            set_cross_frame_attention(unet, None)
+        with frame_attention(unet, frames if cross_frame_attention else None):
+            x = self.sample(x, timesteps, predict, scheduler_step(self.scheduler, eta=eta, generator=generator),
+                            step_end)
 
         latents = x.reshape(batch, frames, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # b c f h w
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

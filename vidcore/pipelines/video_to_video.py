@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from ..random import randn_tensor
+from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
 from .text_to_video import TextToVideoPipeline
 from .video_processing import preprocess_video
@@ -104,7 +105,8 @@ class VideoToVideoPipeline(TextToVideoPipeline):
             self.schedule(steps)
             return self.timesteps_for_strength(steps, strength)
 
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": embeds},
+                           callback, callback_steps)
         latents = self.free_init_denoise(latents.to(device), num_inference_steps, schedule, lambda x, ts: self.denoise(
-            x, ts, embeds, guidance_scale, eta, generator, callback, callback_steps, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, windows, context_weighting), generator, timesteps=timesteps)
+            x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting), generator, timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
