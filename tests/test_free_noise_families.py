@@ -76,7 +76,11 @@ def test_one_window_is_plain_and_long_videos_run_windowed(t2v_folder, i2v_folder
     plain = run(pipe, 4, **kwargs)
     long_plain = run(pipe, 9, **kwargs)
     pipe.enable_free_noise(context_length=4, context_stride=2)
-    assert len(pipe.temporal_blocks()) > 0 and all(b.frame_windows is not None for b in pipe.temporal_blocks())
+    # the windows reach the UNet's temporal blocks only while the pipeline samples
+    assert len(pipe.temporal_blocks()) > 0 and all(b.frame_windows is None for b in pipe.temporal_blocks())
+    with pipe.sampling_scope():
+        assert all(b.frame_windows is not None for b in pipe.temporal_blocks())
+    assert all(b.frame_windows is None for b in pipe.temporal_blocks())
     try:
         assert torch.equal(run(pipe, 4, **kwargs), plain)
         long = run(pipe, 9, **kwargs)
@@ -120,7 +124,7 @@ def test_seams_of_a_static_input_stay_within_window_steps():
 
     pipe = Pipe(unet=module)
     pipe.enable_free_noise(context_length=length, context_stride=stride)
-    with torch.no_grad():
+    with torch.no_grad(), pipe.sampling_scope():  # the windows reach the module while the pipeline samples
         out = module(x, frames)
     seams, inner = _seam_and_inner_jumps(out, attention_windows(frames, length, stride), 0)
     assert len(seams) > 3 and len(inner) > 3
@@ -155,9 +159,10 @@ def test_windows_keep_the_tokens_dtype():
     class Pipe(VideoPipeline):
         free_noise_support = True
 
-    Pipe(unet=module).enable_free_noise(context_length=4, context_stride=3, weighting_scheme="delayed_reverse_sawtooth")
+    pipe = Pipe(unet=module)
+    pipe.enable_free_noise(context_length=4, context_stride=3, weighting_scheme="delayed_reverse_sawtooth")
     x = torch.randn(2 * 11, 16, 2, 3)  # 2 videos of 11 frames
-    with torch.no_grad():
+    with torch.no_grad(), pipe.sampling_scope():
         full = module(x, 11)
         half = module.to(torch.bfloat16)(x.bfloat16(), 11)
     assert half.dtype == torch.bfloat16 and (half.float() - full).abs().max() < 0.1

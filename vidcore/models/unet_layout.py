@@ -106,7 +106,8 @@ def up_path(blocks: nn.ModuleList, h: torch.Tensor, skips: list[torch.Tensor], l
 
 
 def start_plan(model: nn.Module, h: torch.Tensor) -> CallPlan | None:
-    """This forward's step-cache plan (``model.step_cache``, set by a pipeline's ``enable_*_cache``), or None."""
+    """This forward's step-cache plan (``model.step_cache``, attached by a pipeline's sampling run while its
+    ``enable_*_cache`` is on), or None."""
     cache = getattr(model, "step_cache", None)
     return None if cache is None else cache.start(h, len(model.down_blocks))
 

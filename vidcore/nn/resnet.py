@@ -8,6 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from .frame_hooks import frame_handler
+from .row_chunks import in_row_chunks
 
 
 class ResBlock2D(nn.Module):
@@ -16,6 +17,7 @@ class ResBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int,
                  eps: float = 1e-5, dropout: float = 0.0, output_scale_factor: float = 1.0):
         super().__init__()
+        self.row_chunk: int | None = None  # FreeNoise split inference (vidcore.nn.row_chunks)
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
@@ -25,6 +27,7 @@ class ResBlock2D(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.output_scale_factor = output_scale_factor
 
+    @in_row_chunks
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         # x: n c h w ; temb: n c_t
         h = self.conv1(F.silu(self.norm1(x)))

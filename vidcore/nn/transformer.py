@@ -11,6 +11,7 @@ from .attention import Attention
 from .embeddings import SinusoidalPositions, TimestepMLP, sinusoidal_embedding
 from .frame_hooks import frame_start
 from .resnet import AlphaBlender, video_norm
+from .row_chunks import in_row_chunks
 
 
 class FeedForward(nn.Module):
@@ -103,6 +104,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int | None, groups: int, layers: int = 1):
         super().__init__()
+        self.row_chunk: int | None = None  # FreeNoise split inference (vidcore.nn.row_chunks)
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
@@ -111,6 +113,7 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Linear(inner, channels)
 
+    @in_row_chunks
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: n c h w ; context: n m c_ctx
         n, c, h, w = x.shape

@@ -28,9 +28,10 @@ travel). It matches diffusers' ``enable_free_noise`` seed for seed and excludes 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -177,6 +178,20 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
     return cls.from_config(read_config(config), **{**options, **overrides})
 
 
+@dataclass(frozen=True)
+class FrameInputs:
+    """What every UNet pass of one AnimateDiff call reads besides latents, timestep and text, handed down as an
+    argument (never stored on the pipeline): the per-frame ``motion_scale`` (None: all 1) and a subclass's
+    ``control`` (the ControlNet / SparseCtrl conditions of the call)."""
+
+    motion_scale: torch.Tensor | None = None
+    control: Any = None
+
+    def motion_kwargs(self, start: int, end: int) -> dict:
+        """UNetMotion's ``motion_scale`` for frames ``start:end`` ({} when it is 1)."""
+        return {} if self.motion_scale is None else {"motion_scale": self.motion_scale[start:end]}
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -198,7 +213,6 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     folder_components = COMPONENTS
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
-    _motion_scale: torch.Tensor | None = None  # the current call's per-frame motion scale (None: all 1)
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
                  image_encoder=None, feature_extractor=None,
@@ -382,17 +396,15 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         return None if all(v == 1.0 for v in values) else torch.tensor(values, device=device)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
+    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
+                     step: tuple[int, int]) -> torch.Tensor:
         """The UNet on ``model_in`` (b c f h w), frames ``start:end`` of the video (a context window or all of
-        it), with those frames' motion scale; the ControlNet pipeline adds its residuals for those frames here."""
-        return unet(model_in, t, embeds, **self.motion_scale_kwargs(start, end))
+        it), with those frames' motion scale; ``step``: (index, count) of the run's steps. The ControlNet
+        pipelines add their residuals for those frames here."""
+        return unet(model_in, t, embeds, **inputs.motion_kwargs(start, end))
 
-    def motion_scale_kwargs(self, start: int, end: int) -> dict:
-        """UNetMotion's ``motion_scale`` for frames ``start:end`` of the current call ({} when it is 1)."""
-        scale = self._motion_scale
-        return {} if scale is None else {"motion_scale": scale[start:end]}
-
-    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str) -> torch.Tensor:
+    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str,
+                      inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
         (:func:`vidcore.sampling.windows.blend_windows`)."""
         guidance = guidance_scale > 1.0
@@ -401,9 +413,9 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
             x = latents[:, :, start:end]
             if self.parallel is not None:  # CFG halves / frame slices of this window on the ranks
                 return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(x, t), t, embeds,
-                                                   guidance_scale, **self.motion_scale_kwargs(start, end))
+                                                   guidance_scale, **inputs.motion_kwargs(start, end))
             model_in = self.scheduler.scale_model_input(torch.cat([x] * 2) if guidance else x, t)
-            noise = self.unet_forward(unet, model_in, t, embeds, start, end)
+            noise = self.unet_forward(unet, model_in, t, embeds, start, end, inputs, step)
             return apply_guidance(noise, guidance_scale) if guidance else noise
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
@@ -445,6 +457,28 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         guidance and no ``timestep_cond`` reaches the UNet, even one with ``time_cond_proj_dim`` (an
         LCM-distilled base model); its guidance embedding stays unused.
         """
+        return self.animate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            motion_scale=motion_scale)
+
+    def animate(self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
+                num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+                return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
+                context_length, context_stride, context_weighting, ip_adapter_image, ip_adapter_image_embeds,
+                motion_scale, control=None, schedule: Callable[[int], torch.Tensor] | None = None,
+                initial: Callable | None = None):
+        """The body of every AnimateDiff call (text-, video- and ControlNet-to-video), arguments as
+        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`unet_forward` in
+        :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
+        strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
+        gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, None)
@@ -484,11 +518,15 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
             image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
                                                                 batch, guidance)
 
-        timesteps = self.schedule(num_inference_steps)  # video-to-video: the strength's part of the schedule
+        schedule = schedule or self.schedule
+        timesteps = schedule(num_inference_steps)
         s = self.vae_scale_factor
         shape = (batch, self.unet.unet.config.in_channels, num_frames, height // s, width // s)
-        latents = self.free_noise_latents(shape, cond.dtype, device, generator, latents)  # FreeNoise: rescheduled
-        latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
+        if initial is None:
+            latents = self.free_noise_latents(shape, cond.dtype, device, generator, latents)  # FreeNoise: rescheduled
+            latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
+        else:
+            latents = initial(shape, cond.dtype, device, generator, latents)
 
         unet = self._run_on_device("unet")
         if image_prompt:
@@ -500,21 +538,19 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
         step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
                            {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
 
-        def predict(latents, t, i):
-            cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
-            embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
-            return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting)
-
+        inputs = FrameInputs(scale, control)
         # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
         step = scheduler_step(self.scheduler, eta=eta, generator=generator)
 
-        def denoise(latents, timesteps):
+        def denoise(latents, timesteps):  # one run (FreeInit: one per round)
+            def predict(latents, t, i):
+                cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
+                embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
+                return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
+                                          (i, len(timesteps)))
+
             return self.sample(latents, timesteps, predict, step, step_end)
 
-        self._motion_scale = scale
-        try:
-            latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
-                                             timesteps=timesteps)
-        finally:
-            self._motion_scale = None
+        latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator,
+                                         timesteps=timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -15,13 +15,14 @@ control images in frame order (diffusers interleaves copies of each frame).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..models.controlnet import ControlNet, MultiControlNet
-from .animatediff import AnimateDiffPipeline
+from .animatediff import AnimateDiffPipeline, FrameInputs
 from .controlled_video import control_frames_to_tensor, load_controlnet
 
 
@@ -61,7 +62,6 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
     parallel_support = False
-    _control: dict | None = None  # the call's prepared control images, scales and step counter
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None,
                  image_encoder=None, feature_extractor=None):
@@ -112,25 +112,15 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
         return with_controlnet(cls, base, nets)
 
     # -- hooks into AnimateDiff's loop ----------------------------------------------------------
-    def schedule(self, num_inference_steps: int) -> torch.Tensor:
-        timesteps = super().schedule(num_inference_steps)
-        if self._control is not None:  # a (FreeInit) round starts: the control window counts from step 0
-            self._control.update(step=0, steps=len(timesteps))
-        return timesteps
-
-    def predict_noise(self, unet, latents, t, embeds, guidance_scale, windows, weighting):
-        noise = super().predict_noise(unet, latents, t, embeds, guidance_scale, windows, weighting)
-        self._control["step"] += 1
-        return noise
-
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
+    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
+                     step: tuple[int, int]) -> torch.Tensor:
         """The UNet with the ControlNet residuals of frames ``start:end`` (zero outside the guidance window)."""
-        c = self._control
-        i, n = c["step"], c["steps"]
+        c = inputs.control
+        i, n = step
         scales = [scale * (0.0 if i / n < s or (i + 1) / n > e else 1.0)
                   for scale, s, e in zip(c["scales"], c["starts"], c["ends"])]
         active = [k for k, scale in enumerate(scales) if scale != 0.0]
-        motion = self.motion_scale_kwargs(start, end)
+        motion = inputs.motion_kwargs(start, end)
         if not active:  # outside every ControlNet's window the residuals would be zeros
             return unet(model_in, t, embeds, **motion)
         frames = end - start
@@ -187,7 +177,15 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, conditioning_frames=None, controlnet_conditioning_scale=1.0,
                  guess_mode: bool = False, control_guidance_start=0.0, control_guidance_end=1.0,
-                 num_videos_per_prompt: int = 1, guidance_scale: float = 7.5, prompt_embeds=None, **kwargs):
+                 num_videos_per_prompt: int = 1, guidance_scale: float = 7.5, prompt_embeds: torch.Tensor | None = None,
+                 *, num_inference_steps: int = 50, negative_prompt: str | list[str] | None = None, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None, output_type: str = "pil",
+                 return_dict: bool = True, clip_skip: int | None = None, callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+                 decode_chunk_size: int | None = 16, context_length: int | None = None,
+                 context_stride: int | None = None, context_weighting: str = "pyramid", ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
         """Generate a video whose frame ``i`` follows ``conditioning_frames[i]`` (with several ControlNets: a list
         of such videos, one per ControlNet). ``controlnet_conditioning_scale``, ``control_guidance_start`` /
         ``control_guidance_end`` (fractions of the steps where the ControlNet acts) take one value or one per
@@ -207,14 +205,18 @@ class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
             prompt_embeds.shape[0] if prompt_embeds is not None else 1)
         frames = self.prepare_control(conditioning_frames, num_frames, height, width, prompts * num_videos_per_prompt,
                                       guidance and not guess_mode)
-        self._control = {"frames": frames, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
-                         "guidance": guidance, "step": 0, "steps": 1}
-        try:
-            return super().__call__(prompt=prompt, num_frames=num_frames, height=height, width=width,
-                                    num_videos_per_prompt=num_videos_per_prompt, guidance_scale=guidance_scale,
-                                    prompt_embeds=prompt_embeds, **kwargs)
-        finally:
-            self._control = None
+        control = {"frames": frames, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
+                   "guidance": guidance}
+        return self.animate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            motion_scale=motion_scale, control=control)
 
 
 __all__ = ["AnimateDiffControlNetPipeline", "as_controlnet", "with_controlnet"]

@@ -16,13 +16,14 @@ the UNet residuals of half the batch there and fails).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..models.sparse_controlnet import SparseControlNet
-from .animatediff import AnimateDiffPipeline, load_module_argument
+from .animatediff import AnimateDiffPipeline, FrameInputs, load_module_argument
 from .animatediff_controlnet import with_controlnet
 from .controlled_video import control_frames_to_tensor
 
@@ -45,7 +46,6 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
     # diffusers' SparseCtrl pipeline has no FreeNoise, and the SparseControlNet's own motion modules would need
     # their own windows
     free_noise_support = False
-    _control: dict | None = None
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet: SparseControlNet,
                  motion_adapter=None, image_encoder=None, feature_extractor=None):
@@ -98,9 +98,10 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
                              f"{self.controlnet.max_frames}")
         return super().check_context(num_frames, context_length, context_stride, context_weighting)
 
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int) -> torch.Tensor:
+    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
+                     step: tuple[int, int]) -> torch.Tensor:
         """The UNet with the SparseControlNet residuals of frames ``start:end``."""
-        c = self._control
+        c = inputs.control
         only_cond = c["guess_mode"] and c["guidance"]
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
         text = embeds.chunk(2)[1] if only_cond else embeds  # b m d
@@ -112,7 +113,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
             down = [torch.cat([torch.zeros_like(r), r]) for r in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
-                    **self.motion_scale_kwargs(start, end))
+                    **inputs.motion_kwargs(start, end))
 
     # -- call -----------------------------------------------------------------------------------
     def prepare_sparse_condition(self, conditioning_frames, frame_indices, num_frames: int, height: int, width: int):
@@ -150,7 +151,17 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, conditioning_frames=None, controlnet_conditioning_scale: float = 1.0,
-                 controlnet_frame_indices=(0,), guess_mode: bool = False, guidance_scale: float = 7.5, **kwargs):
+                 controlnet_frame_indices=(0,), guess_mode: bool = False, guidance_scale: float = 7.5,
+                 *, num_inference_steps: int = 50, negative_prompt: str | list[str] | None = None,
+                 num_videos_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+                 decode_chunk_size: int | None = 16, context_length: int | None = None,
+                 context_stride: int | None = None, context_weighting: str = "pyramid", ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
         """Generate a video whose frames ``controlnet_frame_indices`` follow ``conditioning_frames`` (one image
         per index, PIL or arrays; scribbles or RGB keyframes by the SparseControlNet's kind). Other arguments as
         :meth:`AnimateDiffPipeline.__call__`."""
@@ -158,13 +169,18 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
         cond, mask = self.prepare_sparse_condition(conditioning_frames, controlnet_frame_indices, num_frames, height,
                                                    width)
         guess_mode = guess_mode or self.controlnet.config.global_pool_conditions
-        self._control = {"cond": cond, "mask": mask, "scale": float(controlnet_conditioning_scale),
-                         "guess_mode": guess_mode, "guidance": guidance_scale > 1.0}
-        try:
-            return super().__call__(prompt=prompt, num_frames=num_frames, height=height, width=width,
-                                    guidance_scale=guidance_scale, **kwargs)
-        finally:
-            self._control = None
+        control = {"cond": cond, "mask": mask, "scale": float(controlnet_conditioning_scale), "guess_mode": guess_mode,
+                   "guidance": guidance_scale > 1.0}
+        return self.animate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            motion_scale=motion_scale, control=control)
 
 
 __all__ = ["AnimateDiffSparseControlNetPipeline", "SPARSECTRL_REPOS", "load_sparse_controlnet"]

@@ -10,6 +10,8 @@ from there by :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline`'s loop
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..random import randn_tensor
@@ -23,33 +25,23 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
     :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
 
     parallel_support = False
-    # enable_free_noise: windowed motion modules and prompt travel; the noise added to the video is not
-    # rescheduled (diffusers' video-to-video does not either)
-    free_noise_reschedules = False
-    _video: torch.Tensor | None = None  # the call's preprocessed input, b c f H W in [-1, 1]
-    _strength: float = 1.0
-    _encode_chunk: int = 16
-    _first_timestep: torch.Tensor | None = None  # set by schedule(): where the video is noised to
 
-    def schedule(self, num_inference_steps: int) -> torch.Tensor:
+    def strength_schedule(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last ``strength`` of the schedule (FreeInit's rounds start there too)."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        timesteps = strength_timesteps(self.scheduler, num_inference_steps, self._strength)
+        timesteps = strength_timesteps(self.scheduler, num_inference_steps, strength)
         if len(timesteps) == 0:
-            raise ValueError(f"strength={self._strength} with num_inference_steps={num_inference_steps} leaves no "
+            raise ValueError(f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
                              f"steps to run")
-        self._first_timestep = timesteps[:1]
         return timesteps
 
     def free_init_renoise_timestep(self, timesteps):
         return int(timesteps[0])
 
-    def prepare_latents(self, shape, dtype, device, generator, latents=None):
-        """The encoded video noised to the first timestep (``latents``, if given, are used as they are)."""
-        if latents is not None:
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
-            return latents.to(device=device, dtype=dtype)
+    def encode_noised(self, video: torch.Tensor, first_timestep: torch.Tensor, encode_chunk: int, shape, dtype,
+                      device, generator) -> torch.Tensor:
+        """``video`` (b c f H W in [-1, 1]) encoded ``encode_chunk`` frames at a time and noised to
+        ``first_timestep``: ``b c f h w`` latents."""
         batch = shape[0]
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for an effective batch of {batch} videos")
@@ -57,18 +49,17 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
         upcast = vae.dtype == torch.float16 and vae.config.force_upcast
         if upcast:
             vae.float()
-        chunk = self._encode_chunk
         encoded = []
-        for i, video in enumerate(self._video):  # c f H W
+        for i, clip in enumerate(video):  # c f H W
             g = generator[i] if isinstance(generator, list) else generator
-            frames = video.permute(1, 0, 2, 3).to(device=device, dtype=vae.dtype)  # f c H W
-            parts = [vae.encode(part).sample(g) for part in frames.split(chunk)]
+            frames = clip.permute(1, 0, 2, 3).to(device=device, dtype=vae.dtype)  # f c H W
+            parts = [vae.encode(part).sample(g) for part in frames.split(encode_chunk)]
             encoded.append(torch.cat(parts))
         if upcast:
             vae.half()
         init = torch.stack(encoded).to(dtype) * vae.config.scaling_factor  # b f c h w
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)  # drawn b f c h w
-        steps = self._first_timestep.to(device).repeat(batch)
+        steps = first_timestep.to(device).repeat(batch)
         return self.scheduler.add_noise(init, noise, steps).permute(0, 2, 1, 3, 4)  # b c f h w
 
     @torch.no_grad()
@@ -76,37 +67,62 @@ class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  strength: float = 0.8, negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1,
                  eta: float = 0.0, generator=None, latents: torch.Tensor | None = None, decode_chunk_size: int = 16,
-                 **kwargs):
+                 *, prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, clip_skip: int | None = None,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+                 context_length: int | None = None, context_stride: int | None = None,
+                 context_weighting: str = "pyramid", ip_adapter_image=None,
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
         """Re-render ``video`` (a list of PIL frames, an ``f h w 3`` array, an ``f 3 h w`` tensor, or a batch of
         those, one per prompt x ``num_videos_per_prompt``, or one for all) to follow ``prompt``. Other arguments
         as :meth:`AnimateDiffPipeline.__call__` (``context_length`` windows, callbacks, ``output_type`` ...).
 
         Differences from diffusers: one input video is used for every prompt and video per prompt (diffusers
-        raises); ``latents``, if given, are the starting latents at the first timestep (as diffusers).
+        raises); ``latents``, if given, are the starting latents at the first timestep (as diffusers). With
+        ``enable_free_noise`` the noise added to the video is not rescheduled (as diffusers' video-to-video).
         """
         if video is None and latents is None:
             raise ValueError("video is required for video-to-video (or latents at the first timestep)")
         if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength!r}")
         height, width = self.default_size(height, width, 64)
+        clip = None
         if latents is not None:
             num_frames = latents.shape[2]
         else:
             clip = preprocess_video(video, self.vae_scale_factor, size=(height, width))  # n c f H W
             num_frames = clip.shape[2]
-            batch = self._batch_size(prompt, kwargs.get("prompt_embeds")) * num_videos_per_prompt
+            batch = self._batch_size(prompt, prompt_embeds) * num_videos_per_prompt
             if clip.shape[0] not in (1, batch):
                 raise ValueError(f"got {clip.shape[0]} videos for {batch} prompts x videos per prompt")
-            self._video = clip.expand(batch, *clip.shape[1:]) if clip.shape[0] != batch else clip
-        self._strength, self._encode_chunk = float(strength), decode_chunk_size or num_frames
-        try:
-            return super().__call__(prompt=prompt, num_frames=num_frames, height=height, width=width,
-                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                    negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-                                    eta=eta, generator=generator, latents=latents, decode_chunk_size=decode_chunk_size,
-                                    **kwargs)
-        finally:
-            self._video, self._strength = None, 1.0
+            clip = clip.expand(batch, *clip.shape[1:]) if clip.shape[0] != batch else clip
+        strength, encode_chunk = float(strength), decode_chunk_size or num_frames
+        first = []  # the first timestep of the latest schedule (FreeInit reschedules per round)
+
+        def schedule(steps: int) -> torch.Tensor:
+            timesteps = self.strength_schedule(steps, strength)
+            first[:] = [timesteps[:1]]
+            return timesteps
+
+        def initial(shape, dtype, device, generator, latents):
+            """The encoded video noised to the first timestep (``latents``, if given, are used as they are)."""
+            if latents is not None:
+                if tuple(latents.shape) != tuple(shape):
+                    raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+                return latents.to(device=device, dtype=dtype)
+            return self.encode_noised(clip, first[0], encode_chunk, shape, dtype, device, generator)
+
+        return self.animate(
+            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
+            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
+            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
+            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+            motion_scale=motion_scale, schedule=schedule, initial=initial)
 
     @staticmethod
     def _batch_size(prompt, prompt_embeds) -> int:

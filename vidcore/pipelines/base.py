@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,17 @@ class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
         (:class:`vidcore.sampling.loop.Progress`, which also drives the step cache)."""
         if iterable is not None:
             return tqdm(iterable, total=total, **self.progress_bar_config)
-        return Progress(total, self.progress_bar_config, self._step_cache())
+        return Progress(total, self.progress_bar_config, self._step_cache(), self.sampling_scope())
+
+    @contextmanager
+    def sampling_scope(self):
+        """What this pipeline's settings put on its models for one sampling run, restored after: the step cache
+        and, where the pipeline has FreeNoise, its attention windows."""
+        with ExitStack() as stack:
+            stack.enter_context(self.step_cache_scope())
+            if hasattr(self, "free_noise_scope"):
+                stack.enter_context(self.free_noise_scope())
+            yield
 
     def sample(self, latents: torch.Tensor, timesteps, predict, step, step_end=None) -> torch.Tensor:
         """One run of :func:`vidcore.sampling.loop.denoise` over ``timesteps`` under this pipeline's progress bar."""

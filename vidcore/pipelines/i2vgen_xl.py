@@ -109,7 +109,6 @@ def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> t
 class I2VGenXLPipeline(TextToVideoPipeline):
     components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
     offload_order = ("text_encoder", "image_encoder", "unet", "vae")
-    _unet_conditioning: tuple | None = None
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
@@ -148,10 +147,10 @@ class I2VGenXLPipeline(TextToVideoPipeline):
 
     parallel_support = True  # enable_parallel (vidcore.parallel): CFG halves and frame slices
 
-    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None):
-        """The guided prediction with the current call's image and fps conditions (sliced to ``window``,
-        see :func:`window_image_latents`)."""
-        fps, image_latents, image_embeddings = self._unet_conditioning
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None, conditions=None):
+        """The guided prediction with the call's ``conditions`` (fps, image latents, image embeddings; the latents
+        sliced to ``window``, see :func:`window_image_latents`)."""
+        fps, image_latents, image_embeddings = conditions
         if window is not None:
             image_latents = window_image_latents(image_latents, *window)
         if self.parallel is not None:
@@ -222,12 +221,9 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         shape = (videos, self.unet.config.in_channels, num_frames, height // s, width // s)
         latents = self.free_noise_latents(shape, text.dtype, device, generator, latents)  # FreeNoise: rescheduled
         latents = self.prepare_latents(shape, text.dtype, device, generator, latents)
-        self._unet_conditioning = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
-        try:
-            step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": text})
-            latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
-                x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting), generator,
-                timesteps=self.scheduler.timesteps)
-        finally:
-            self._unet_conditioning = None
+        conditions = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": text})
+        latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
+            x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting, conditions), generator,
+            timesteps=self.scheduler.timesteps)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -56,10 +56,11 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
             raise ValueError("prompt_embeds and negative_prompt_embeds must have the same shape")
 
     # -- parallel (enable_parallel / disable_parallel / parallel: ParallelPipelineMixin) ------------
-    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None):
+    def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None, conditions=None):
         """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds).
         ``window``: the ``(start, end)`` frames of the video that ``latents`` are (context windows), for
-        subclasses with per-frame conditioning to slice; None is the whole video."""
+        subclasses with per-frame conditioning to slice; None is the whole video. ``conditions``: the call's
+        further UNet inputs for subclasses that have them (I2VGen-XL's image and fps), None here."""
         guidance = guidance_scale > 1.0
         if self.parallel is not None:
             model_in = self.scheduler.scale_model_input(latents, t)
@@ -69,12 +70,13 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         noise = unet(model_in, t, prompt_embeds)
         return apply_guidance(noise, guidance_scale) if guidance else noise
 
-    def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting):
+    def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting,
+                            conditions=None):
         """:meth:`predict_noise` over sliding context windows (:mod:`vidcore.sampling.windows`), blended; a
         single window over the whole video is one plain call."""
         def window_noise(start: int, end: int) -> torch.Tensor:
             return self.predict_noise(unet, latents[:, :, start:end], t, prompt_embeds, guidance_scale,
-                                      (start, end))
+                                      (start, end), conditions)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
@@ -116,10 +118,11 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
         return cond.shape[0], embeds
 
     def denoise(self, latents, timesteps, guidance_scale, eta, generator, step_end: StepEnd, windows=None,
-                context_weighting="pyramid"):
+                context_weighting="pyramid", conditions=None):
         """One sampling run. latents: b c f h w; ``step_end.tensors["prompt_embeds"]``: the UNet's text batch
         (2b or b) m d with the negatives first; ``windows``: sliding context windows
-        (:func:`vidcore.sampling.windows.plan_windows`; None: the whole video at once)."""
+        (:func:`vidcore.sampling.windows.plan_windows`; None: the whole video at once); ``conditions``: see
+        :meth:`predict_noise`."""
         unet = self._run_on_device("unet")
         windows = windows or [(0, latents.shape[2])]
         if self.parallel is not None:
@@ -129,7 +132,7 @@ class TextToVideoPipeline(ParallelPipelineMixin, VideoPipeline):
 
         def predict(x, t, i):
             return self.predict_video_noise(unet, x, t, step_end.tensors["prompt_embeds"], guidance_scale, windows,
-                                            context_weighting)
+                                            context_weighting, conditions)
 
         step = frames_in_batch(scheduler_step(self.scheduler, eta=eta, generator=generator))
         return self.sample(latents, timesteps, predict, step, step_end)

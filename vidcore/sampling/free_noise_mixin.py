@@ -8,15 +8,16 @@ A pipeline opts in with ``free_noise_support = True`` and calls, inside its ``__
 * :meth:`FreeNoiseMixin.free_noise_latents` before scaling its initial noise: it draws the noise (same shape,
   same generator call as the plain path) and reschedules it.
 
-The windowed temporal attention needs no call: ``enable_free_noise`` hangs a
-:class:`~vidcore.sampling.free_noise.FrameWindows` on every temporal block of ``self.unet`` (see
-:meth:`FreeNoiseMixin.temporal_blocks`), which the blocks consult in their forward.
+The windowed temporal attention needs no call: during each sampling run (:meth:`FreeNoiseMixin.free_noise_scope`,
+entered with the run's progress bar) a :class:`~vidcore.sampling.free_noise.FrameWindows` hangs on every temporal
+block of ``self.unet`` (see :meth:`FreeNoiseMixin.temporal_blocks`), which the blocks consult in their forward.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -40,48 +41,17 @@ log = logging.getLogger(__name__)
 PER_FRAME_MODULES = (ResBlock2D, SpatialTransformer, Downsample, Upsample)
 
 
-def _split_rows(module: torch.nn.Module, size: int) -> Callable:
-    """``module``'s forward run on at most ``size`` rows of its ``(b f)`` batch at a time. Tensor arguments with
-    the same rows are split alongside; ones with one row per video (a shared text context, a per-video time
-    embedding) are first repeated for every frame of it. Exact for modules that treat frames independently."""
-    plain = type(module).forward
-
-    def forward(x, *args, **kwargs):
-        rows = x.shape[0]
-        if rows <= size:
-            return plain(module, x, *args, **kwargs)
-
-        def per_row(a):
-            if torch.is_tensor(a) and a.ndim and a.shape[0] != rows and rows % a.shape[0] == 0:
-                a = a.repeat_interleave(rows // a.shape[0], dim=0)
-            return a.split(size) if torch.is_tensor(a) and a.ndim and a.shape[0] == rows else None
-
-        chunks = x.split(size)
-        split_args = [per_row(a) for a in args]
-        split_kwargs = {k: per_row(v) for k, v in kwargs.items()}
-        outs = []
-        for i, part in enumerate(chunks):
-            a = [s[i] if s is not None else v for s, v in zip(split_args, args, strict=True)]
-            kw = {k: (split_kwargs[k][i] if split_kwargs[k] is not None else v) for k, v in kwargs.items()}
-            outs.append(plain(module, part, *a, **kw))
-        return torch.cat(outs)
-
-    forward.free_noise_split = True
-    return forward
-
-
 class FreeNoiseMixin:
     """``pipe.enable_free_noise(context_length=16, context_stride=4, weighting_scheme="pyramid",
     noise_type="shuffle_context", prompt_interpolation_callback=None)``, ``disable_free_noise()``,
     ``enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=16)`` (and its
     ``disable_``), and prompt travel: ``prompt={0: "a cat", 16: "a dog"}`` while FreeNoise is on.
-    See :mod:`vidcore.sampling.free_noise` for the method. The windows hang on the blocks of ``self.unet``: a UNet
-    shared by two pipelines shares them, and a UNet swapped in later needs ``enable_free_noise`` again."""
+    See :mod:`vidcore.sampling.free_noise` for the method. The settings are the pipeline's; its UNet's temporal
+    blocks see the windows only while the pipeline samples."""
 
     free_noise_support = False  # pipelines whose __call__ calls the hooks set this
     free_noise_prompt_travel = True  # False for pipelines whose prompt is not text (SVD)
     free_noise_frame_dim = 2  # where the frames sit in the pipeline's initial noise (SVD: 1)
-    free_noise_reschedules = True  # False: the initial noise is left alone (AnimateDiff video-to-video, as diffusers)
 
     # -- the denoiser's temporal blocks -------------------------------------------------------------
     def temporal_blocks(self) -> list[torch.nn.Module]:
@@ -110,11 +80,22 @@ class FreeNoiseMixin:
     def free_noise_enabled(self) -> bool:
         return self.free_noise is not None
 
-    def _install_frame_windows(self) -> None:
+    @contextmanager
+    def free_noise_scope(self):
+        """FreeNoise's attention windows (and split inference's pixel chunks) on the temporal blocks of
+        ``self.unet`` for the ``with`` block (a sampling run), restored after: the settings stay on the pipeline,
+        so a UNet shared with another pipeline or called directly is untouched."""
         split = getattr(self, "_free_noise_spatial_split", None)
         hook = FrameWindows(self.free_noise, split) if (self.free_noise is not None or split) else None
-        for block in self.temporal_blocks():
-            block.frame_windows = hook
+        blocks = self.temporal_blocks() if hook is not None else []
+        saved = [(block, getattr(block, "frame_windows", None)) for block in blocks]
+        try:
+            for block in blocks:
+                block.frame_windows = hook
+            yield
+        finally:
+            for block, previous in saved:
+                block.frame_windows = previous
 
     # -- switches -----------------------------------------------------------------------------------
     def enable_free_noise(self, context_length: int | None = 16, context_stride: int = 4,
@@ -141,12 +122,10 @@ class FreeNoiseMixin:
             raise ValueError(f"context_length={context_length} is more than the {limit} frame positions of this "
                              f"model's temporal layers (motion_max_seq_length); use at most {limit}")
         self._free_noise = settings
-        self._install_frame_windows()
 
     def disable_free_noise(self) -> None:
         """Back to plain sampling (split inference, if on, stays on)."""
         self._free_noise = None
-        self._install_frame_windows()
 
     def enable_free_noise_split_inference(self, spatial_split_size: int = 256, temporal_split_size: int = 16) -> None:
         """Lower the peak memory of long videos without changing the result: the temporal blocks run on at
@@ -157,17 +136,15 @@ class FreeNoiseMixin:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.disable_free_noise_split_inference()
         self._free_noise_spatial_split = spatial_split_size
-        self._install_frame_windows()
         for module in self.unet.modules():
             if isinstance(module, PER_FRAME_MODULES):
-                module.forward = _split_rows(module, temporal_split_size)
+                module.row_chunk = temporal_split_size  # vidcore.nn.row_chunks
 
     def disable_free_noise_split_inference(self) -> None:
         self._free_noise_spatial_split = None
-        self._install_frame_windows()
         for module in self.unet.modules():
-            if getattr(module.__dict__.get("forward"), "free_noise_split", False):
-                del module.forward
+            if isinstance(module, PER_FRAME_MODULES):
+                module.row_chunk = None
 
     def check_free_noise_parallel(self) -> None:
         """Frame-parallel ranks hold slices of the video, which the attention windows cannot see whole."""
@@ -183,7 +160,7 @@ class FreeNoiseMixin:
         rescheduled; a given ``latents`` with every frame is used as it is, one with ``context_length`` frames
         is extended. With FreeNoise off, ``latents`` is returned untouched."""
         settings = self.free_noise
-        if settings is None or not self.free_noise_reschedules:
+        if settings is None:
             return latents
         from ..random import randn_tensor
 

@@ -87,14 +87,17 @@ class StepEnd:
 class Progress:
     """A sampling run's progress bar and step clock, shared by consecutive :func:`denoise` calls that make one
     run (Text2Video-Zero's three phases): ``step`` counts over all of them. ``clock``: a step cache
-    (:class:`vidcore.sampling.step_cache.StepCache`) that restarts with the run and advances with each step."""
+    (:class:`vidcore.sampling.step_cache.StepCache`) that restarts with the run and advances with each step.
+    ``scope``: a context manager held for the run (the pipeline's step cache attached to its UNet)."""
 
-    def __init__(self, total: int, bar_config: dict | None = None, clock=None):
+    def __init__(self, total: int, bar_config: dict | None = None, clock=None, scope=None):
         self.bar = tqdm(total=total, **(bar_config or {}))
-        self.clock, self.step = clock, 0
+        self.clock, self.step, self.scope = clock, 0, scope
         if clock is not None:
             clock.begin(total)
             clock.next_step()
+        if scope is not None:
+            scope.__enter__()
 
     def advance(self) -> None:
         self.step += 1
@@ -106,6 +109,9 @@ class Progress:
         self.bar.close()
         if self.clock is not None:
             self.clock.end()
+        if self.scope is not None:
+            self.scope.__exit__(None, None, None)
+            self.scope = None
 
     def __enter__(self) -> "Progress":
         return self

@@ -1,6 +1,12 @@
-"""The pipeline side of the step caches: ``enable_deep_cache`` / ``enable_block_cache`` on every pipeline."""
+"""The pipeline side of the step caches: ``enable_deep_cache`` / ``enable_block_cache`` on every pipeline.
+
+The cache is a setting of the pipeline. Its UNet sees it only while a sampling run is under way
+(:meth:`StepCacheMixin.step_cache_scope`, entered by the run's :class:`~vidcore.sampling.loop.Progress`), so a
+UNet shared with another pipeline or called directly runs uncached, and no cached tensor outlives the run."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from .step_cache import StepCache
 
@@ -14,11 +20,24 @@ class StepCacheMixin:
     """``pipe.enable_deep_cache(cache_interval=3, cache_branch_id=0)``, ``pipe.enable_block_cache(threshold=0.05)``
     and their ``disable_*``; the counts of the last call are ``pipe.cache_stats()`` (also on the output)."""
 
+    _cache: StepCache | None = None
+
     def _step_cache(self) -> StepCache | None:
-        return getattr(_backbone(self.unet), "step_cache", None)
+        return self._cache
 
     def _set_step_cache(self, cache: StepCache | None) -> None:
-        _backbone(self.unet).step_cache = cache
+        self._cache = cache
+
+    @contextmanager
+    def step_cache_scope(self):
+        """The pipeline's step cache on its UNet for the ``with`` block (a sampling run); restored after."""
+        backbone = _backbone(self.unet)
+        previous = getattr(backbone, "step_cache", None)
+        backbone.step_cache = self._cache
+        try:
+            yield
+        finally:
+            backbone.step_cache = previous
 
     def enable_deep_cache(self, cache_interval: int = 3, cache_branch_id: int = 0, uniform: bool = True) -> None:
         """DeepCache (see :mod:`vidcore.sampling.step_cache`): every ``cache_interval``-th step runs the whole
