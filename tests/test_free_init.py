@@ -173,7 +173,7 @@ def test_text2video_zero_refuses_free_init():
     from vidcore.pipelines.text2video_zero import TextToVideoZeroPipeline
 
     pipe = TextToVideoZeroPipeline.__new__(TextToVideoZeroPipeline)
-    with pytest.raises(ValueError, match="does not support FreeInit"):
+    with pytest.raises(ValueError, match="TextToVideoZeroPipeline has no FreeInit"):
         pipe.enable_free_init()
 
 

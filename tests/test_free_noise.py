@@ -272,7 +272,7 @@ def test_bad_arguments(ours):
                               ({0: 5}, "values must be strings"), ({"0": "a"}, "keys must be integer")]:
             with pytest.raises(ValueError, match=match):
                 run(ours, prompt=prompt, num_frames=3)
-        with pytest.raises(ValueError, match="do not combine with enable_free_noise"):
+        with pytest.raises(ValueError, match="context_windows and free_noise do not combine"):
             run(ours, prompt="a", num_frames=3, context_length=2)
     finally:
         ours.disable_free_noise()

@@ -12,6 +12,7 @@ import torch
 import vidcore
 from vidcore.nn.transformer import TemporalTransformer
 from vidcore.pipelines.base import VideoPipeline
+from vidcore.sampling import FreeNoiseMixin
 from vidcore.sampling.free_noise import attention_windows
 
 
@@ -119,8 +120,8 @@ def test_seams_of_a_static_input_stay_within_window_steps():
     frames, length, stride = 20, 8, 2
     x = torch.randn(1, 16, 3, 3).repeat(frames, 1, 1, 1)  # (b f) c h w, static
 
-    class Pipe(VideoPipeline):
-        free_noise_support = True
+    class Pipe(FreeNoiseMixin, VideoPipeline):
+        pass
 
     pipe = Pipe(unet=module)
     pipe.enable_free_noise(context_length=length, context_stride=stride)
@@ -142,22 +143,14 @@ def test_svd_seams_of_a_static_video(svd_folder):
     assert seams.max() <= inner.max(), (seams, inner)
 
 
-def test_unsupported_pipelines_refuse(t2v_folder):
-    class NoHooks(vidcore.TextToVideoPipeline):
-        free_noise_support = False
-
-    with pytest.raises(ValueError, match="does not support enable_free_noise"):
-        NoHooks.from_pretrained(t2v_folder).enable_free_noise()
-
-
 def test_windows_keep_the_tokens_dtype():
     """Half-precision tokens: the blend accumulates as diffusers does (weights rounded to the dtype, counts in
     float32) and hands back the tokens' dtype, close to the float32 result."""
     torch.manual_seed(0)
     module = TemporalTransformer(16, 2, 8, 4, max_positions=8).eval()
 
-    class Pipe(VideoPipeline):
-        free_noise_support = True
+    class Pipe(FreeNoiseMixin, VideoPipeline):
+        pass
 
     pipe = Pipe(unet=module)
     pipe.enable_free_noise(context_length=4, context_stride=3, weighting_scheme="delayed_reverse_sawtooth")
@@ -171,5 +164,5 @@ def test_windows_keep_the_tokens_dtype():
 def test_pipelines_without_the_hooks_refuse():
     for cls in (vidcore.TextToVideoZeroPipeline, vidcore.AnimateDiffSparseControlNetPipeline):
         pipe = cls.__new__(cls)
-        with pytest.raises(ValueError, match="does not support enable_free_noise"):
+        with pytest.raises(ValueError, match=f"{cls.__name__} has no FreeNoise"):
             pipe.enable_free_noise()

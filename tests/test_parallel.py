@@ -605,12 +605,13 @@ def test_parallel_i2vgen_equals_single_process(tmp_path):
 
 
 def test_pipelines_without_parallel_sampling_refuse_enable_parallel():
-    """Subclasses of TextToVideoPipeline with their own loops inherit the method but not the support."""
+    """Pipelines that do not compose ParallelPipelineMixin refuse it with UnsupportedFeatureError, which is a
+    NotImplementedError as the refusal it replaced was."""
     from vidcore.pipelines.text2video_zero import TextToVideoZeroPipeline
 
     for cls in (TextToVideoZeroPipeline,):
         pipe = cls.__new__(cls)  # no components needed: the check comes first
-        with pytest.raises(NotImplementedError, match=f"{cls.__name__} has no parallel sampling yet"):
+        with pytest.raises(NotImplementedError, match=f"{cls.__name__} has no multi-GPU"):
             pipe.enable_parallel(cfg=True, frames=False)
     assert not dist.is_initialized()
 

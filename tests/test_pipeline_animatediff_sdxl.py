@@ -89,7 +89,7 @@ def test_saved_pipeline_folder_and_embeds(setup, ours, tmp_path):
 
 
 def test_errors(setup, ours):
-    with pytest.raises(ValueError, match="does not support enable_free_noise"):
+    with pytest.raises(ValueError, match="AnimateDiffSDXLPipeline has no FreeNoise"):
         ours.enable_free_noise()
     with pytest.raises(ValueError, match="pooled_prompt_embeds"):
         ours(prompt_embeds=torch.zeros(1, 77, 40), num_frames=2, height=16, width=16, num_inference_steps=1)

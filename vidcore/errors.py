@@ -33,3 +33,10 @@ class ConfigError(VidcoreError, ValueError):
 
 class ModelNotFoundError(VidcoreError, FileNotFoundError):
     """A model folder, hub repo, subfolder or weight file that does not exist."""
+
+
+class UnsupportedFeatureError(VidcoreError, ValueError, NotImplementedError, AttributeError):
+    """A sampling feature this pipeline does not have, or two features that do not combine
+    (:mod:`vidcore.pipelines.features` lists which pipeline has which). A ValueError and a NotImplementedError,
+    as the refusals it replaces were, and an AttributeError, so ``hasattr(pipe, "enable_free_noise")`` is False
+    where the feature is missing."""

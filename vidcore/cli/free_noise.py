@@ -1,5 +1,6 @@
 """``--free-noise [CONTEXT_LENGTH]`` and ``--prompt-schedule FILE`` of ``vidcore generate`` (FreeNoise and prompt
-travel, :mod:`vidcore.sampling.free_noise`), for the tasks whose pipelines support them (``Task.free_noise``)."""
+travel, :mod:`vidcore.sampling.free_noise`), for the tasks whose pipelines have FreeNoise
+(``Task.supports("free_noise")``)."""
 
 from __future__ import annotations
 

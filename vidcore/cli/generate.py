@@ -87,17 +87,17 @@ def _add_options(o: Options, task: Task) -> None:
     o.add("--block-cache", type=positive_float, default=None, metavar="THRESHOLD",
           help="first-block cache: skip the rest of the UNet on steps whose first-level features moved less "
                "than THRESHOLD (relative; e.g. 0.05)")
-    if task.long_video:
+    if task.supports("free_init"):
         o.add("--free-init", type=positive_int, default=None, metavar="ITERS",
               help="FreeInit: sample ITERS times, each round restarting from the low frequencies of the last "
                    "(ITERS x the time; 1 = off)")
         o.add("--free-init-method", choices=FILTER_METHODS, default="butterworth", help="with --free-init: the filter")
         o.add("--free-init-fast", action="store_true",
               help="with --free-init: coarse-to-fine, round k of N runs k/N of the steps")
-    if task.long_video:
+    if task.supports("free_noise"):
         free_noise.add_options(o, task.text)
     o.add("--num-videos", type=positive_int, default=1, help="videos to generate for the " + ("image" if svd else "prompt"))
-    if task.parallel:
+    if task.supports("parallel"):
         o.add("--parallel", choices=PARALLEL_MODES, default=None,
               help="split the denoising over the processes of a torchrun launch (torchrun "
                    "--nproc-per-node N -m vidcore.cli generate ...): cfg = guidance halves on 2 processes, "
@@ -140,7 +140,7 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
         pipe.unet.enable_freeu(*args.freeu)
     _enable_step_cache(pipe, args)
     _enable_free_init(pipe, args)
-    if task.long_video:
+    if task.supports("free_noise"):
         free_noise.enable(pipe, args)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device)
@@ -195,10 +195,10 @@ def _enable_parallel(pipe, args, num_frames: int) -> None:
 
 def run(args) -> int:
     task = TASKS[args.task]
-    if task.long_video:
+    if task.supports("free_noise"):
         free_noise.check_arguments(args)
     schedule_file = getattr(args, "prompt_schedule", None)
-    if schedule_file is not None and not task.long_video:  # text2video-zero: prompt travel without FreeNoise
+    if schedule_file is not None and not task.supports("free_noise"):  # text2video-zero: prompt travel without FreeNoise
         if args.prompt is not None or getattr(args, "prompts", None) is not None:
             raise UsageError("--prompt-schedule replaces --prompt / --prompts; pass one of them")
     model = task.resolve_model(args) if task.resolve_model is not None else args.model

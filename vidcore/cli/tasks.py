@@ -46,17 +46,22 @@ class Task:
     input: str | None = None  # "video" or "image": the task reads --video / --image
     schedulers: dict[str, str] = field(default_factory=lambda: SCHEDULERS)
     scheduler_options: dict[str, dict] = field(default_factory=dict)  # class name -> config overrides for --scheduler
-    parallel: bool = False  # --parallel (vidcore.parallel)
     defaults: dict = field(default_factory=dict)  # shared options with another default for this task
     model_help: str = ""  # appended to --model's help
     load: Callable | None = None  # (cls, model, args, dtype) -> pipeline; None: cls.from_pretrained
     resolve_model: Callable | None = None  # args -> the model to load (fills unset options); None: --model
     check: Callable | None = None  # args -> None: flag combinations, checked before anything is read or loaded
-    long_video: bool = False  # the long/consistent video tools: --free-init, --free-noise (vidcore.sampling)
 
     def pipeline_class(self):
         module, name = self.pipeline.split(":")
         return getattr(importlib.import_module(f"vidcore.pipelines.{module}"), name)
+
+    def supports(self, feature: str) -> bool:
+        """Whether the task's pipeline has ``feature``: the capability table the docs show
+        (:func:`vidcore.pipelines.features.capability_table`) decides which options the task offers."""
+        from ..pipelines.features import supports
+
+        return supports(self.pipeline_class(), feature)
 
 
 def _size(o: Options, default_help: str = "multiple of 8 (default: the model's size)", height=None, width=None) -> None:
@@ -508,23 +513,22 @@ def _controlled_call(args, inputs: Inputs) -> tuple[dict, float]:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("text-to-video", "text -> video (ModelScope / Zeroscope)", "text_to_video:TextToVideoPipeline",
-         _text_to_video_options, _text_to_video_call, parallel=True, long_video=True, resolve_model=_text_to_video_model,
+         _text_to_video_options, _text_to_video_call, resolve_model=_text_to_video_model,
          model_help="; default: the built-in demo model (32x32 px shapes, offline), e.g. "
                     "cerspense/zeroscope_v2_576w for a real one"),
     Task("video-to-video", "video + text -> video (Zeroscope)", "video_to_video:VideoToVideoPipeline",
-         _video_to_video_options, _video_to_video_call, input="video", parallel=True,
-         long_video=True),
+         _video_to_video_options, _video_to_video_call, input="video"),
     Task("i2vgen-xl", "image + text -> video (I2VGen-XL)", "i2vgen_xl:I2VGenXLPipeline", _i2vgen_options,
-         _i2vgen_call, input="image", parallel=True, long_video=True, defaults=dict(steps=50, decode_chunk_size=1)),
+         _i2vgen_call, input="image", defaults=dict(steps=50, decode_chunk_size=1)),
     Task("image-to-video", "image -> video (Stable Video Diffusion, SVD / SVD-XT)",
          "stable_video_diffusion:StableVideoDiffusionPipeline", _svd_options, _svd_call, text=False, input="image",
-         parallel=True, long_video=True, resolve_model=_svd_model,
+         resolve_model=_svd_model,
          model_help="; default: the built-in image-to-video demo model (32x32 px shapes, offline), e.g. "
                     "stabilityai/stable-video-diffusion-img2vid-xt for a real one"),
     Task("animatediff", "text -> video (AnimateDiff: Stable Diffusion 1.5 or XL + motion adapter)",
          "animatediff:AnimateDiffPipeline", _animatediff_options, _animatediff_call,
          schedulers={**ANIMATEDIFF_SCHEDULERS, **FEW_STEP_SCHEDULERS}, scheduler_options=FEW_STEP_OPTIONS,
-         parallel=True, long_video=True, defaults=dict(decode_chunk_size=16), load=_animatediff_load,
+         defaults=dict(decode_chunk_size=16), load=_animatediff_load,
          check=_animatediff_mode,
          model_help=", or an original SD1.5 single file (.safetensors/.ckpt; see --config-from)"),
     Task("text2video-zero", "text -> video (Text2Video-Zero: any Stable Diffusion 1.5 model)",

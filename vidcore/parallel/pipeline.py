@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..pipelines.base import apply_guidance
+from ..sampling.guidance import apply_guidance
 from . import comm
 from .frames import frame_sizes, i2vgen_unet_forward, svd_unet_forward, unet3d_forward
 from .group import ParallelConfig, check_frames, init_distributed
@@ -28,11 +28,8 @@ from .group import ParallelConfig, check_frames, init_distributed
 class ParallelPipelineMixin:
     """``enable_parallel`` / ``disable_parallel`` / ``parallel`` for the pipelines that support it.
 
-    A pipeline class opts in with ``parallel_support = True`` in its own body: subclasses with their
-    own sampling loops (Text2Video-Zero, ControlNet video, ...) inherit the methods but not the
-    support, and ``enable_parallel`` refuses them instead of splitting half of their work."""
-
-    parallel_support = False
+    A pipeline composes it where its prediction runs through :class:`ParallelRunner`; the others have no
+    ``enable_parallel`` (:mod:`vidcore.pipelines.features`)."""
 
     def enable_parallel(self, cfg: bool = True, frames: bool = True) -> None:
         """Split the denoising over the processes of a torchrun launch (``vidcore.parallel``): ``cfg``
@@ -41,10 +38,6 @@ class ParallelPipelineMixin:
         Both together need 2 x (frame ranks) processes. The VAE decode is split over all ranks by
         frames; the video is returned on rank 0 only (``frames`` is None on the others). Results
         equal the single-process run; every rank must pass the same arguments and seed."""
-        if type(self).__dict__.get("parallel_support") is not True:
-            raise NotImplementedError(f"{type(self).__name__} has no parallel sampling yet; enable_parallel supports "
-                                      "TextToVideoPipeline, VideoToVideoPipeline, I2VGenXLPipeline, "
-                                      "AnimateDiffPipeline and StableVideoDiffusionPipeline")
         init_distributed(device=self.device)
         self._parallel = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames))
         self.check_step_cache_parallel()

@@ -39,12 +39,16 @@ from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
+from ..parallel.pipeline import ParallelPipelineMixin
+from ..sampling import FreeInitMixin, FreeNoiseMixin
+from ..sampling.combinations import check_combination
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
+from .features import require
 from .lora import MotionLoRAMixin
-from .text_to_video import TextToVideoPipeline
+from .sd_video import SDVideoPipeline
 
 
 # What AnimateDiff's documentation passes to DDIMScheduler.from_pretrained(sd_model, subfolder="scheduler", ...)
@@ -195,8 +199,12 @@ class FrameInputs:
 # ----------------------------------------------------------------------------- pipeline
 
 
-class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
-    """Stable Diffusion 1.5 + motion adapter -> video.
+class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPipeline):
+    """What the AnimateDiff pipelines share (text-, video-, ControlNet-, SparseCtrl-to-video and SDXL): loading,
+    the motion-module UNet, the windowed guided prediction and the call body :meth:`animate`. Each leaf composes
+    the further sampling features it has.
+
+    Stable Diffusion 1.5 + motion adapter -> video.
 
     ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (pass a ``UNet2D`` plus ``motion_adapter`` and it
     is built; the 2D weights are shared, not copied); ``motion_adapter`` is ``unet.adapter``. Motion LoRAs:
@@ -207,8 +215,6 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
-    parallel_support = True  # enable_parallel (vidcore.parallel): each context window split over the ranks
-    free_noise_support = True  # enable_free_noise (vidcore.sampling.free_noise_mixin)
     # what from_pretrained reads from a pipeline folder (subclasses add theirs, see load_extra_component)
     folder_components = COMPONENTS
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
@@ -420,7 +426,98 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
-    # -- call -----------------------------------------------------------------------------------
+    # -- call -------------------------------------------------------------------------------------
+    def animate(self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
+                num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+                return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
+                context_length, context_stride, context_weighting, ip_adapter_image, ip_adapter_image_embeds,
+                motion_scale, control=None, schedule: Callable[[int], torch.Tensor] | None = None,
+                initial: Callable | None = None):
+        """The body of every AnimateDiff call (text-, video- and ControlNet-to-video), arguments as
+        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`unet_forward` in
+        :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
+        strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
+        gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
+        height, width = self.default_size(height, width, 64)
+        self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
+                          num_videos_per_prompt, None)
+        check_negative_inputs(negative_prompt, negative_prompt_embeds)
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
+                             f"{decode_chunk_size!r}")
+        free_noise = getattr(self, "free_noise", None)  # FreeNoise windows the motion modules, the UNet sees all
+        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
+        schedule_given = isinstance(prompt, dict) or isinstance(negative_prompt, dict)
+        frame_parallel = self.parallel is not None and self.parallel.config.frame_size > 1
+        check_combination(self, free_noise=free_noise is not None, frame_parallel=frame_parallel,
+                          context_windows=context_length is not None or context_stride is not None,
+                          ip_adapter=image_prompt, parallel=self.parallel is not None, prompt_travel=schedule_given)
+        if free_noise is not None:
+            windows = [(0, num_frames)]
+        else:
+            windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+        scale = self.check_motion_scale(motion_scale, num_frames, self.device)
+
+        device = self.device
+        guidance = guidance_scale > 1.0
+        # a {frame: prompt} schedule gives per-frame embeddings (b f) m d, plain text one row per video
+        travel = None
+        if schedule_given:
+            require(self, "prompt_travel")
+            travel = self.free_noise_prompts(prompt, negative_prompt, num_frames, device, num_videos_per_prompt,
+                                             guidance, prompt_embeds, negative_prompt_embeds, clip_skip)
+        cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                                    prompt_embeds, negative_prompt_embeds, clip_skip)
+        batch = num_videos_per_prompt if travel else cond.shape[0]
+        if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
+            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
+                                                                batch, guidance)
+
+        schedule = schedule or self.schedule
+        timesteps = schedule(num_inference_steps)
+        s = self.vae_scale_factor
+        shape = (batch, self.unet.unet.config.in_channels, num_frames, height // s, width // s)
+        if initial is None:
+            if free_noise is not None:  # drawn as the plain path draws it, then rescheduled
+                latents = self.free_noise_latents(shape, cond.dtype, device, generator, latents)
+            latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
+        else:
+            latents = initial(shape, cond.dtype, device, generator, latents)
+
+        unet = self._run_on_device("unet")
+        if image_prompt:
+            unet = partial(unet, image_embeds=image_embeds)
+        if self.parallel is not None:
+            check_parallel_windows(windows, self.parallel.config.frame_size)
+            self.parallel.check(num_frames)
+            latents = self.parallel.broadcast(latents)
+        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
+
+        inputs = FrameInputs(scale, control)
+        # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
+        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
+
+        def denoise(latents, timesteps):  # one run (FreeInit: one per round)
+            def predict(latents, t, i):
+                cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
+                embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
+                return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
+                                          (i, len(timesteps)))
+
+            return self.sample(latents, timesteps, predict, step, step_end)
+
+        latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator,
+                                         timesteps=timesteps)
+        return self.finish(latents, output_type, return_dict, decode_chunk_size)
+
+
+class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase):
+    """Stable Diffusion 1.5 + motion adapter -> video (diffusers' ``AnimateDiffPipeline``); see
+    :class:`AnimateDiffBase` for components and loading. Adds FreeNoise and parallel sampling."""
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -467,90 +564,3 @@ class AnimateDiffPipeline(IPAdapterMixin, MotionLoRAMixin, TextToVideoPipeline):
             context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
             ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
             motion_scale=motion_scale)
-
-    def animate(self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
-                num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-                return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
-                context_length, context_stride, context_weighting, ip_adapter_image, ip_adapter_image_embeds,
-                motion_scale, control=None, schedule: Callable[[int], torch.Tensor] | None = None,
-                initial: Callable | None = None):
-        """The body of every AnimateDiff call (text-, video- and ControlNet-to-video), arguments as
-        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`unet_forward` in
-        :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
-        strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
-        gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
-        height, width = self.default_size(height, width, 64)
-        self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
-                          num_videos_per_prompt, None)
-        check_negative_inputs(negative_prompt, negative_prompt_embeds)
-        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-            raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
-                             f"{decode_chunk_size!r}")
-        if self.free_noise is not None:  # FreeNoise windows the motion modules only: the UNet sees every frame
-            if context_length is not None or context_stride is not None:
-                raise ValueError("context_length / context_stride (UNet context windows) do not combine with "
-                                 "enable_free_noise (windowed motion modules); set the windows in "
-                                 "enable_free_noise(context_length=..., context_stride=...) or disable_free_noise()")
-            self.check_free_noise_parallel()
-            windows = [(0, num_frames)]
-        else:
-            windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
-        check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
-        image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
-        if image_prompt and self.parallel is not None:
-            raise ValueError("ip_adapter_image / ip_adapter_image_embeds do not work with enable_parallel yet; call "
-                             "disable_parallel() first")
-        scale = self.check_motion_scale(motion_scale, num_frames, self.device)
-
-        device = self.device
-        guidance = guidance_scale > 1.0
-        # a {frame: prompt} schedule gives per-frame embeddings (b f) m d, plain text one row per video
-        travel = self.free_noise_prompts(prompt, negative_prompt, num_frames, device, num_videos_per_prompt, guidance,
-                                         prompt_embeds, negative_prompt_embeds, clip_skip)
-        if travel is not None and image_prompt:
-            raise ValueError("a {frame_index: prompt} schedule does not combine with ip_adapter_image / "
-                             "ip_adapter_image_embeds yet; pass a text prompt")
-        cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                                    prompt_embeds, negative_prompt_embeds, clip_skip)
-        batch = num_videos_per_prompt if travel else cond.shape[0]
-        if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
-            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
-                                                                batch, guidance)
-
-        schedule = schedule or self.schedule
-        timesteps = schedule(num_inference_steps)
-        s = self.vae_scale_factor
-        shape = (batch, self.unet.unet.config.in_channels, num_frames, height // s, width // s)
-        if initial is None:
-            latents = self.free_noise_latents(shape, cond.dtype, device, generator, latents)  # FreeNoise: rescheduled
-            latents = self.prepare_latents(shape, cond.dtype, device, generator, latents)
-        else:
-            latents = initial(shape, cond.dtype, device, generator, latents)
-
-        unet = self._run_on_device("unet")
-        if image_prompt:
-            unet = partial(unet, image_embeds=image_embeds)
-        if self.parallel is not None:
-            check_parallel_windows(windows, self.parallel.config.frame_size)
-            self.parallel.check(num_frames)
-            latents = self.parallel.broadcast(latents)
-        step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                           {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
-
-        inputs = FrameInputs(scale, control)
-        # diffusers steps the b c f h w latents as they are: the eta noise is drawn in that shape
-        step = scheduler_step(self.scheduler, eta=eta, generator=generator)
-
-        def denoise(latents, timesteps):  # one run (FreeInit: one per round)
-            def predict(latents, t, i):
-                cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
-                embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
-                return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
-                                          (i, len(timesteps)))
-
-            return self.sample(latents, timesteps, predict, step, step_end)
-
-        latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator,
-                                         timesteps=timesteps)
-        return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -22,7 +22,8 @@ import torch
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..models.controlnet import ControlNet, MultiControlNet
-from .animatediff import AnimateDiffPipeline, FrameInputs
+from ..sampling import FreeNoiseMixin
+from .animatediff import AnimateDiffBase, AnimateDiffPipeline, FrameInputs
 from .controlled_video import control_frames_to_tensor, load_controlnet
 
 
@@ -57,11 +58,10 @@ def with_controlnet(cls, base: AnimateDiffPipeline, controlnet):
                image_encoder=base.image_encoder, feature_extractor=base.feature_extractor)
 
 
-class AnimateDiffControlNetPipeline(AnimateDiffPipeline):
+class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
-    parallel_support = False
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None,
                  image_encoder=None, feature_extractor=None):

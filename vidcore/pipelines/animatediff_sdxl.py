@@ -46,7 +46,7 @@ from .. import hub
 from ..errors import ConfigError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..sampling.loop import StepEnd, scheduler_step
-from .animatediff import AnimateDiffPipeline
+from .animatediff import AnimateDiffBase
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
 from .ip_adapter import check_ip_adapter_inputs
 from .text import _as_list
@@ -188,7 +188,7 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale:
     return guidance_rescale * rescaled + (1 - guidance_rescale) * guided
 
 
-class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
+class AnimateDiffSDXLPipeline(AnimateDiffBase):
     """Stable Diffusion XL + SDXL motion adapter -> video.
 
     Components: ``tokenizer``, ``tokenizer_2``, ``text_encoder`` (CLIPTextModel), ``text_encoder_2``
@@ -203,8 +203,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffPipeline):
                          "feature_extractor", "tokenizer_2", "text_encoder_2")
     example_adapter = SDXL_ADAPTER
     sdxl = True
-    parallel_support = False  # enable_parallel splits the guidance batch without the SDXL time ids
-    free_noise_support = False  # as diffusers' AnimateDiffSDXLPipeline (no FreeNoise); its loop calls no FreeNoise hook
+    # no parallel sampling (it would split the guidance batch without the SDXL time ids) and no FreeNoise (as
+    # diffusers' AnimateDiffSDXLPipeline): the class composes neither
 
     def __init__(self, tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae, scheduler,
                  motion_adapter: MotionAdapter | None = None, image_encoder=None, feature_extractor=None,

@@ -23,7 +23,7 @@ import torch
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..models.sparse_controlnet import SparseControlNet
-from .animatediff import AnimateDiffPipeline, FrameInputs, load_module_argument
+from .animatediff import AnimateDiffBase, AnimateDiffPipeline, FrameInputs, load_module_argument
 from .animatediff_controlnet import with_controlnet
 from .controlled_video import control_frames_to_tensor
 
@@ -38,14 +38,12 @@ def load_sparse_controlnet(value, torch_dtype=None, variant: str | None = None, 
                                 token=token, config_from=config_from)
 
 
-class AnimateDiffSparseControlNetPipeline(AnimateDiffPipeline):
+class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + SparseCtrl: text + control images at some frames -> video."""
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
-    parallel_support = False
-    # diffusers' SparseCtrl pipeline has no FreeNoise, and the SparseControlNet's own motion modules would need
-    # their own windows
-    free_noise_support = False
+    # no FreeNoise: diffusers' SparseCtrl pipeline has none, and the SparseControlNet's own motion modules would
+    # need their own windows
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet: SparseControlNet,
                  motion_adapter=None, image_encoder=None, feature_extractor=None):

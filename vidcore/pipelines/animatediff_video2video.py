@@ -15,16 +15,15 @@ from typing import Callable
 import torch
 
 from ..random import randn_tensor
-from .animatediff import AnimateDiffPipeline
+from ..sampling import FreeNoiseMixin
+from .animatediff import AnimateDiffBase
 from .video_processing import preprocess_video
 from .video_to_video import strength_timesteps
 
 
-class AnimateDiffVideoToVideoPipeline(AnimateDiffPipeline):
+class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter: video + text -> video. Components and loading as
     :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
-
-    parallel_support = False
 
     def strength_schedule(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last ``strength`` of the schedule (FreeInit's rounds start there too)."""

@@ -15,7 +15,10 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from ..errors import ModelNotFoundError
-from ..sampling import FreeInitMixin, FreeNoiseMixin, StepCacheMixin
+from ..sampling import StepCacheMixin
+from ..errors import UnsupportedFeatureError
+from ..sampling.combinations import FEATURE_NAMES, SWITCHES
+from ..sampling.guidance import apply_guidance  # noqa: F401  (re-exported)
 from ..sampling.loop import Progress, check_callback_inputs, denoise  # noqa: F401  (check_callback_inputs: re-exported)
 
 log = logging.getLogger(__name__)
@@ -89,20 +92,17 @@ def load_component(name: str, folder: Path, dtype=None, variant=None, loaders: d
     return load_model(folder, torch_dtype=dtype, variant=variant)
 
 
-def apply_guidance(noise: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance on a prediction whose batch holds the unconditional half first."""
-    uncond, cond = noise.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
-
-
 def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
     """The negative prompt comes as text or as embeddings, not both (diffusers refuses both too)."""
     if negative_prompt is not None and negative_prompt_embeds is not None:
         raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
 
 
-class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
-    """Base class. Subclasses list their components in ``components`` and implement ``__call__``."""
+class VideoPipeline(StepCacheMixin):
+    """Base class. Subclasses list their components in ``components`` and implement ``__call__``; the sampling
+    features they have come from the mixins they compose (:mod:`vidcore.sampling.features`)."""
+
+    parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
     components: tuple[str, ...] = ()
     offload_order: tuple[str, ...] = ()
@@ -146,6 +146,15 @@ class VideoPipeline(StepCacheMixin, FreeInitMixin, FreeNoiseMixin):
         if overrides:
             raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {sorted(overrides)}")
         return cls(**modules)
+
+    def __getattr__(self, name: str):
+        """Only for names normal lookup misses: a sampling feature's switch (``enable_free_noise`` ...) on a
+        pipeline without that feature raises UnsupportedFeatureError naming the pipelines that have it."""
+        if name in SWITCHES:
+            title, how = FEATURE_NAMES[SWITCHES[name]]
+            raise UnsupportedFeatureError(f"{type(self).__name__} has no {title} ({how}); "
+                                          "vidcore.pipelines.features.capability_table() lists who has it")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- devices --------------------------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:

@@ -43,8 +43,9 @@ from ..nn.attention import cross_frame_attention as frame_attention
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd, scheduler_step
 from .base import apply_guidance, check_callback_inputs
+from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
-from .text_to_video import TextToVideoPipeline
+from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES
 
 
@@ -115,16 +116,13 @@ def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, re
 # ----------------------------------------------------------------------------- pipeline
 
 
-class ControlledVideoPipeline(IPAdapterMixin, TextToVideoPipeline):
+class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) + ``ControlNet`` -> a video following one control image per frame
     (Text2Video-Zero's ControlNet variant; see the module docstring). IP-Adapter image prompts as in
     :class:`~vidcore.pipelines.text2video_zero.TextToVideoZeroPipeline` (the ControlNet sees the text only, as in
     diffusers' ControlNet pipelines)."""
-    free_noise_support = False  # its loop does not call the FreeNoise hooks
-
+    # no FreeInit: every frame starts from one shared noise (Text2Video-Zero), which FreeInit would replace
     components = COMPONENTS
-    free_init_support = False
-    free_init_support_note = "every frame starts from one shared noise (Text2Video-Zero), which FreeInit would replace"
 
     def __init__(self, tokenizer, text_encoder, unet, controlnet, vae, scheduler):
         if not isinstance(unet, UNet2D):
@@ -218,6 +216,8 @@ class ControlledVideoPipeline(IPAdapterMixin, TextToVideoPipeline):
             raise ValueError("conditioning_frames is required: one control image (pose, edges ...) per frame")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt or prompt_embeds")
+        if isinstance(prompt, dict):
+            require(self, "prompt_travel")
         if prompt is not None and not isinstance(prompt, str):
             raise TypeError(f"prompt must be one string (the prompt of every frame), got {type(prompt).__name__}")
         if prompt_embeds is not None and prompt_embeds.shape[0] != 1:

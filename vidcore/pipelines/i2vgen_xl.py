@@ -27,7 +27,7 @@ from ..io import load_image
 from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
 from .base import apply_guidance, check_negative_inputs
-from .text_to_video import TextToVideoPipeline
+from .video_unet import VideoUNetPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
                "a (3, h, w) or (b, 3, h, w) torch tensor in [0, 1], or a list of those")
@@ -106,7 +106,7 @@ def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> t
 # ----------------------------------------------------------------------------- pipeline
 
 
-class I2VGenXLPipeline(TextToVideoPipeline):
+class I2VGenXLPipeline(VideoUNetPipeline):
     components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
     offload_order = ("text_encoder", "image_encoder", "unet", "vae")
 
@@ -144,8 +144,6 @@ class I2VGenXLPipeline(TextToVideoPipeline):
                                      device=device).view(1, 1, -1, 1, 1)
             latents = torch.cat([latents, positions.expand(*latents.shape[:2], -1, *latents.shape[3:])], dim=2)
         return latents
-
-    parallel_support = True  # enable_parallel (vidcore.parallel): CFG halves and frame slices
 
     def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None, conditions=None):
         """The guided prediction with the call's ``conditions`` (fps, image latents, image embeddings; the latents
@@ -194,7 +192,7 @@ class I2VGenXLPipeline(TextToVideoPipeline):
         if target_fps is None or target_fps <= 0:
             raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
         windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
-        check_free_noise_windows(getattr(self, "free_noise", None), windows)
+        check_free_noise_windows(self, windows)
         device = self.device
         guidance = guidance_scale > 1.0
         videos, text = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance, negative_prompt,

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from ..io import load_image
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
+from ..sampling import FreeInitMixin, FreeNoiseMixin
+from ..sampling.combinations import check_combination
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
@@ -166,13 +168,9 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------- pipeline
 
 
-class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
+class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, VideoPipeline):
     """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
-    # enable_free_noise: windowed temporal blocks + rescheduled noise (frames second in SVD's b f c h w noise);
-    # there is no text to schedule
-    free_noise_support, free_noise_prompt_travel, free_noise_frame_dim = True, False, 1
-
-    parallel_support = True  # enable_parallel (vidcore.parallel)
+    free_noise_frame_dim = 1  # FreeNoise reschedules the frames second in SVD's b f c h w noise
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")
 
@@ -477,10 +475,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             raise ValueError(f"decode_overlap must be an integer in [0, decode_chunk_size={decode_chunk_size}), got "
                              f"{decode_overlap!r}")
         windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
-        check_free_noise_windows(getattr(self, "free_noise", None), windows)
-        if last_image is not None and len(windows) > 1:
-            raise ValueError("last_image (keyframe interpolation) samples the whole video in one pass each way; it "
-                             "does not combine with context windows: use context_length=None or >= num_frames")
+        check_free_noise_windows(self, windows)
+        check_combination(self, keyframes=last_image is not None, context_windows=len(windows) > 1,
+                          parallel=self.parallel is not None)
         images = _as_images(image)
         batch = len(images)
         videos = batch * num_videos_per_prompt
@@ -506,8 +503,6 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, VideoPipeline):
             lasts = _as_images(last_image)
             if len(lasts) != batch:
                 raise ValueError(f"got {len(lasts)} last images for {batch} images; give one last_image per image")
-            if self.parallel is not None:
-                raise ValueError("last_image does not combine with enable_parallel")
             last_pixels = _vae_pixels(lasts, height, width).to(device)
             last_pixels = last_pixels + noise_aug_strength * _draw(last_pixels.shape, generator, device,
                                                                    last_pixels.dtype)

@@ -34,7 +34,7 @@ from ..random import randn_tensor
 from ..sampling.loop import StepEnd, denoise, scheduler_step
 from .base import VideoPipelineOutput, apply_guidance, check_callback_inputs, check_negative_inputs, load_component
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
-from .text_to_video import TextToVideoPipeline
+from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES
 
 
@@ -121,17 +121,14 @@ class TextToVideoZeroOutput(VideoPipelineOutput):
         return self.frames.reshape(-1, *self.frames.shape[2:])
 
 
-class TextToVideoZeroPipeline(IPAdapterMixin, TextToVideoPipeline):
+class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
     """Stable Diffusion 1.x (``UNet2D``) -> video by Text2Video-Zero. Components as diffusers'
     ``TextToVideoZeroPipeline`` without the safety checker (outputs equal diffusers' with ``safety_checker=None``).
     IP-Adapter image prompts: ``load_ip_adapter`` / ``set_ip_adapter_scale`` / ``unload_ip_adapter``
     (:mod:`vidcore.pipelines.ip_adapter`; an addition, diffusers' pipeline has none)."""
-    free_noise_support = False  # its loop does not call the FreeNoise hooks
-
+    # no FreeInit: Text2Video-Zero starts from one frame's noise and makes the others by warping at T1, where
+    # FreeInit's re-initialisation needs a noise per frame
     components = COMPONENTS
-    free_init_support = False
-    free_init_support_note = ("Text2Video-Zero starts from one frame's noise and makes the others by warping at T1; "
-                              "FreeInit's re-initialisation needs a noise per frame")
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,

@@ -21,19 +21,16 @@ from ..nn.attention import cross_frame_attention as frame_attention
 from ..sampling.loop import StepEnd, scheduler_step
 from .base import check_callback_inputs, check_negative_inputs
 from .text2video_zero import COMPONENTS, load_sd_components
-from .text_to_video import TextToVideoPipeline
+from .sd_video import SDVideoPipeline
 from .video_processing import preprocess_video
 
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "image_latents")
 
 
-class VideoInstructPix2PixPipeline(TextToVideoPipeline):
+class VideoInstructPix2PixPipeline(SDVideoPipeline):
     """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
-    free_noise_support = False  # its loop does not call the FreeNoise hooks
-
+    # no FreeInit: an edit follows its input video frame by frame, where FreeInit's re-initialisation has no role
     components = COMPONENTS
-    free_init_support = False
-    free_init_support_note = "an edit follows its input video frame by frame; FreeInit's re-initialisation has no role"
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,

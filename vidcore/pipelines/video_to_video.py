@@ -13,7 +13,7 @@ import torch
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
-from .text_to_video import TextToVideoPipeline
+from .video_unet import VideoUNetPipeline
 from .video_processing import preprocess_video
 
 
@@ -27,8 +27,7 @@ def strength_timesteps(scheduler, num_inference_steps: int, strength: float) -> 
     return scheduler.timesteps[start:]
 
 
-class VideoToVideoPipeline(TextToVideoPipeline):
-    parallel_support = True  # enable_parallel (vidcore.parallel)
+class VideoToVideoPipeline(VideoUNetPipeline):
 
     def timesteps_for_strength(self, num_inference_steps: int, strength: float):
         """Skip the first ``(1 - strength)`` of the schedule; returns the remaining timesteps."""
@@ -86,7 +85,7 @@ class VideoToVideoPipeline(TextToVideoPipeline):
         self.check_inputs(prompt, h * px, w * px, f, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
         windows = plan_windows(f, context_length, context_stride, context_weighting)
-        check_free_noise_windows(getattr(self, "free_noise", None), windows)
+        check_free_noise_windows(self, windows)
         device = self.device
         batch, embeds = self.encode_text(prompt, f, device, num_videos_per_prompt, guidance_scale > 1.0,
                                          negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)

@@ -118,11 +118,9 @@ def renoise(scheduler, x0: torch.Tensor, initial_noise: torch.Tensor, timestep: 
 class FreeInitMixin:
     """``pipe.enable_free_init(...)`` / ``pipe.disable_free_init()`` and the loop hook the pipelines call.
 
-    A pipeline opts in by running its sampling loop through :meth:`free_init_denoise`; with FreeInit off that
-    is one plain call of the loop, so outputs are unchanged."""
+    A pipeline composes it and runs its sampling through :meth:`free_init_denoise`; with FreeInit off that is
+    one plain run of the loop, so outputs are unchanged."""
 
-    free_init_support: bool = True
-    free_init_support_note = ""  # why not, where a pipeline sets free_init_support = False
     _free_init: FreeInitConfig | None = None
 
     def enable_free_init(self, num_iters: int = 3, use_fast_sampling: bool = False, method: str = "butterworth",
@@ -130,8 +128,6 @@ class FreeInitMixin:
         """FreeInit (:mod:`vidcore.sampling.free_init`): ``num_iters`` sampling rounds, each after the first
         starting from the low frequencies of the previous result re-noised. ``method``: "butterworth" (of
         ``order``), "gaussian" or "ideal"; stop frequencies are normalised to [0, 1]."""
-        if not self.free_init_support:
-            raise ValueError(f"{type(self).__name__} does not support FreeInit: {self.free_init_support_note}")
         self._free_init = FreeInitConfig(num_iters, use_fast_sampling, method, order, spatial_stop_frequency,
                                          temporal_stop_frequency)
 

@@ -1,6 +1,6 @@
 """The pipeline side of FreeNoise and prompt travel: ``enable_free_noise`` and its hooks on video pipelines.
 
-A pipeline opts in with ``free_noise_support = True`` and calls, inside its ``__call__``:
+A pipeline composes :class:`FreeNoiseMixin` and calls, inside its ``__call__``:
 
 * :meth:`FreeNoiseMixin.free_noise_prompts` before encoding its prompt: it returns per-frame embeddings for a
   ``{frame: prompt}`` schedule (or None when the prompts are plain text, which keeps the plain path and its
@@ -28,6 +28,7 @@ from ..nn.transformer import (
     SpatioTemporalTransformer,
     TemporalTransformer,
 )
+from .combinations import check_combination
 from .free_noise import (
     FrameWindows,
     FreeNoiseSettings,
@@ -49,8 +50,6 @@ class FreeNoiseMixin:
     See :mod:`vidcore.sampling.free_noise` for the method. The settings are the pipeline's; its UNet's temporal
     blocks see the windows only while the pipeline samples."""
 
-    free_noise_support = False  # pipelines whose __call__ calls the hooks set this
-    free_noise_prompt_travel = True  # False for pipelines whose prompt is not text (SVD)
     free_noise_frame_dim = 2  # where the frames sit in the pipeline's initial noise (SVD: 1)
 
     # -- the denoiser's temporal blocks -------------------------------------------------------------
@@ -109,10 +108,6 @@ class FreeNoiseMixin:
         ``prompt_interpolation_callback(start_frame, end_frame, start_embeds, end_embeds) -> embeds`` (rows for
         frames ``start_frame..end_frame``; default linear) for prompt schedules. ``match_diffusers=False``
         repairs two diffusers quirks (see :mod:`vidcore.sampling.free_noise`)."""
-        if not self.free_noise_support:
-            raise ValueError(f"{type(self).__name__} does not support enable_free_noise (supported: AnimateDiff "
-                             "text-, video- and ControlNet-to-video, ModelScope text- and video-to-video, I2VGen-XL "
-                             "and Stable Video Diffusion)")
         limit = self.free_noise_max_length()
         if context_length is None:
             context_length = limit or 16
@@ -149,9 +144,8 @@ class FreeNoiseMixin:
     def check_free_noise_parallel(self) -> None:
         """Frame-parallel ranks hold slices of the video, which the attention windows cannot see whole."""
         runner = getattr(self, "parallel", None)
-        if self.free_noise is not None and runner is not None and runner.config.frame_size > 1:
-            raise ValueError("enable_free_noise does not combine with frame-parallel sampling "
-                             "(enable_parallel(frames=True)); use cfg-only parallel or disable_free_noise()")
+        check_combination(self, free_noise=self.free_noise is not None,
+                          frame_parallel=runner is not None and runner.config.frame_size > 1)
 
     # -- hooks for __call__ -------------------------------------------------------------------------
     def free_noise_latents(self, shape, dtype, device, generator, latents=None) -> torch.Tensor | None:
@@ -190,10 +184,9 @@ class FreeNoiseMixin:
         ``negative_clip_skip``, None as diffusers' SD pipelines)."""
         if not isinstance(prompt, dict) and not isinstance(negative_prompt, dict):
             return None
-        if self.free_noise is None or not self.free_noise_prompt_travel:
+        if self.free_noise is None:
             raise ValueError("prompt / negative_prompt as a {frame_index: prompt} dict (prompt travel) needs "
-                             "pipe.enable_free_noise() first" if self.free_noise_prompt_travel else
-                             f"{type(self).__name__} takes no text prompt to schedule")
+                             "pipe.enable_free_noise() first")
         if prompt_embeds is not None or negative_prompt_embeds is not None:
             raise ValueError("prompt_embeds / negative_prompt_embeds do not combine with a {frame_index: prompt} "
                              "dict; pass the prompts as text")

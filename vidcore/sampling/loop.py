@@ -79,7 +79,10 @@ class StepEnd:
         if self.callback is not None and i % self.callback_steps == 0:
             self.callback(i, t, latents)
         if getattr(self.pipe, "_interrupt", False):
-            self.pipe._interrupt = False
+            try:  # consumed: the flag the callback set goes, nothing of the call stays on the pipeline
+                del self.pipe._interrupt
+            except AttributeError:
+                self.pipe._interrupt = False
             self.interrupted = True
         return latents
 

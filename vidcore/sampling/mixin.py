@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from .combinations import check_combination
 from .step_cache import StepCache
 
 
@@ -32,12 +33,15 @@ class StepCacheMixin:
     def step_cache_scope(self):
         """The pipeline's step cache on its UNet for the ``with`` block (a sampling run); restored after."""
         backbone = _backbone(self.unet)
-        previous = getattr(backbone, "step_cache", None)
+        had, previous = "step_cache" in vars(backbone), getattr(backbone, "step_cache", None)
         backbone.step_cache = self._cache
         try:
             yield
         finally:
-            backbone.step_cache = previous
+            if had:
+                backbone.step_cache = previous
+            else:
+                del backbone.step_cache
 
     def enable_deep_cache(self, cache_interval: int = 3, cache_branch_id: int = 0, uniform: bool = True) -> None:
         """DeepCache (see :mod:`vidcore.sampling.step_cache`): every ``cache_interval``-th step runs the whole
@@ -74,8 +78,7 @@ class StepCacheMixin:
         cache = self._step_cache()
         if runner is not None and runner.config.frame_size > 1 and cache is not None and cache.method == "block":
             self._set_step_cache(None)
-            raise ValueError("enable_block_cache does not combine with frame-parallel sampling "
-                             "(enable_parallel(frames=True)); use enable_deep_cache, or cfg-only parallel")
+            check_combination(self, block_cache=True, frame_parallel=True)
 
     def cache_stats(self) -> dict | None:
         """UNet calls of the last sampling loop run in full / from the cache, with the settings; None if off."""

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from .combinations import check_combination
+
 CONTEXT_WEIGHTINGS = ("pyramid", "flat")
 
 
@@ -76,13 +78,10 @@ def plan_windows(num_frames: int, context_length: int | None, context_stride: in
     return context_windows(num_frames, length, stride)
 
 
-def check_free_noise_windows(free_noise, windows: list[tuple[int, int]]) -> None:
+def check_free_noise_windows(pipe, windows: list[tuple[int, int]]) -> None:
     """UNet context windows and FreeNoise (windows inside the temporal layers) are two answers to one problem;
     with both, FreeNoise's per-frame prompts would not match a window's frames: one at a time."""
-    if free_noise is not None and len(windows) > 1:
-        raise ValueError("context_length / context_stride (UNet context windows) do not combine with "
-                         "enable_free_noise (windowed temporal layers); set the windows in "
-                         "enable_free_noise(context_length=..., context_stride=...) or disable_free_noise()")
+    check_combination(pipe, free_noise=getattr(pipe, "free_noise", None) is not None, context_windows=len(windows) > 1)
 
 
 def check_parallel_windows(windows: list[tuple[int, int]], frame_ranks: int) -> None:
