@@ -44,9 +44,8 @@ def t2v(tmp_path_factory):
 
 
 def run(pipe, **kwargs):
-    kwargs = {"num_frames": 6, "output_type": "latent", **kwargs}
-    return pipe("a cat", height=16, width=16, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                **kwargs).frames
+    kwargs = {"num_frames": 6, "output_type": "latent", "num_inference_steps": 2, **kwargs}
+    return pipe("a cat", height=16, width=16, generator=torch.Generator().manual_seed(0), **kwargs).frames
 
 
 def test_a_call_with_every_feature_leaves_nothing_behind(t2v):
@@ -116,3 +115,56 @@ def test_text2video_zero_restores_attention_and_scheduler(tmp_path):
     pipe(prompt="x", video_length=3, height=16, width=16, num_inference_steps=6, t0=2, t1=3, output_type="latent")
     assert pipe.scheduler is scheduler  # phase 3 runs on its own copy; the pipeline's scheduler is never swapped
     assert all(m.cross_frame is None for m in pipe.unet.modules() if isinstance(m, Attention))
+
+
+def test_interrupting_free_init_stops_its_rounds(t2v):
+    """The latents of the interrupted run come back: no later FreeInit round starts (and re-noises them)."""
+    def stop_at_1(pipe, i, t, tensors):
+        if i == 1:
+            pipe._interrupt = True
+        return {}
+
+    plain = run(t2v, callback_on_step_end=stop_at_1, num_inference_steps=3)
+    t2v.enable_free_init(num_iters=3)
+    try:
+        steps = []
+        out = run(t2v, callback_on_step_end=lambda p, i, t, k: steps.append(i) or stop_at_1(p, i, t, k),
+                  num_inference_steps=3)
+    finally:
+        t2v.disable_free_init()
+    assert steps == [0, 1] and torch.equal(out, plain)
+
+
+def test_free_init_rounds_start_from_the_call_embeddings(t2v):
+    """ModelScope's FreeInit rounds each start from the call's prompt embeddings: a callback's replacement counts
+    for the rest of its round only (as before the one loop)."""
+    seen = []
+
+    def halve(pipe, i, t, tensors):
+        seen.append(tensors["prompt_embeds"].clone())
+        return {"prompt_embeds": tensors["prompt_embeds"] / 2}
+
+    t2v.enable_free_init(num_iters=2)
+    try:
+        run(t2v, callback_on_step_end=halve, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    finally:
+        t2v.disable_free_init()
+    assert len(seen) == 4  # 2 rounds x 2 steps
+    assert torch.equal(seen[2], seen[0]) and torch.equal(seen[1], seen[0] / 2)
+
+
+def test_text2video_zero_interrupted_in_its_first_phase(tmp_path):
+    tiny_zero.build_tiny_sd(tmp_path / "sd")
+    pipe = vidcore.TextToVideoZeroPipeline.from_pretrained(tmp_path / "sd")
+    pipe.set_progress_bar_config(disable=True)
+    steps = []
+
+    def stop(p, i, t, tensors):
+        steps.append(i)
+        p._interrupt = True
+        return {}
+
+    out = pipe(prompt="x", video_length=3, height=16, width=16, num_inference_steps=6, t0=2, t1=3,
+               output_type="latent", callback_on_step_end=stop).frames
+    assert steps == [0] and out.shape[2] == 3
+    assert all(torch.equal(out[:, :, k], out[:, :, 0]) for k in range(3))  # the first frame so far, every frame

@@ -510,7 +510,7 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
             return self.sample(latents, timesteps, predict, step, step_end)
 
         latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator,
-                                         timesteps=timesteps)
+                                         timesteps=timesteps, stop=lambda: step_end.interrupted)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
 
 

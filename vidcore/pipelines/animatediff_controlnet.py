@@ -3,7 +3,8 @@
 
 Each step the ControlNet runs on every frame as an image (``(b f) c h w``, the prompt repeated per frame) with
 that frame's control image, and its residuals are added to the UNet's skip features before the motion modules
-mix the frames. The ControlNet runs inside :meth:`AnimateDiffPipeline.unet_forward`, so with sliding context
+mix the frames. The ControlNet runs inside :meth:`AnimateDiffBase.unet_forward` (its inputs in
+``FrameInputs.control``), so with sliding context
 windows (videos longer than the motion adapter's table) each window gets the control images of its own frames.
 
 Differences from diffusers (its results are matched seed for seed otherwise): in guess mode with guidance the
@@ -111,7 +112,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
                                                     variant=variant, token=token, **kwargs)
         return with_controlnet(cls, base, nets)
 
-    # -- hooks into AnimateDiff's loop ----------------------------------------------------------
+    # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
                      step: tuple[int, int]) -> torch.Tensor:
         """The UNet with the ControlNet residuals of frames ``start:end`` (zero outside the guidance window)."""

@@ -453,7 +453,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             return self.sample(latents, timesteps, predict, step, step_end)
 
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, denoise, generator,
-                                         timesteps=timesteps)
+                                         timesteps=timesteps, stop=lambda: step_end.interrupted)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
 
 

@@ -7,7 +7,7 @@ they are encoded by the VAE (a posterior sample drawn from torch's global genera
 ``torch.manual_seed`` for repeatable RGB runs). They are placed at ``controlnet_frame_indices`` in an otherwise
 zero condition video with a mask channel marking those frames. Every step the SparseControlNet runs on the whole
 video (or on each context window, with that window's slice of the condition) and its residuals go into the UNet
-inside :meth:`AnimateDiffPipeline.unet_forward`.
+inside :meth:`AnimateDiffBase.unet_forward` (its inputs in ``FrameInputs.control``).
 
 Difference from diffusers: in guess mode with guidance the unconditional half gets zero residuals (diffusers hands
 the UNet residuals of half the batch there and fails).
@@ -86,7 +86,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                                                     variant=variant, token=token, **kwargs)
         return with_controlnet(cls, base, net)
 
-    # -- hooks into AnimateDiff's loop ----------------------------------------------------------
+    # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def check_context(self, num_frames, context_length, context_stride, context_weighting):
         limit = min(self.motion_adapter.max_frames, self.controlnet.max_frames)
         if context_length is None and num_frames > limit:

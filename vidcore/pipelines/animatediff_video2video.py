@@ -4,7 +4,7 @@ prompt, keeping its layout and motion as far as ``strength`` says.
 The input frames are resized to ``height x width`` (default the UNet's sample size, 512 px for SD1.5, as
 diffusers), encoded by the VAE ``decode_chunk_size`` frames at a time (each chunk samples its posterior from the
 generator, as diffusers), noised to the first timestep of the last ``strength`` of the schedule and denoised
-from there by :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline`'s loop, so sliding context windows
+from there by :meth:`~vidcore.pipelines.animatediff.AnimateDiffBase.animate`, so sliding context windows
 (videos longer than the motion adapter's table), FreeInit, step caches and motion LoRAs all apply.
 """
 
@@ -17,13 +17,14 @@ import torch
 from ..random import randn_tensor
 from ..sampling import FreeNoiseMixin
 from .animatediff import AnimateDiffBase
+from .base import upcast_vae
 from .video_processing import preprocess_video
 from .video_to_video import strength_timesteps
 
 
 class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter: video + text -> video. Components and loading as
-    :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline` (the same folders and motion adapters)."""
+    :class:`~vidcore.pipelines.animatediff.AnimateDiffBase` (the same folders and motion adapters)."""
 
     def strength_schedule(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last ``strength`` of the schedule (FreeInit's rounds start there too)."""
@@ -45,17 +46,13 @@ class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for an effective batch of {batch} videos")
         vae = self._run_on_device("vae")
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.float()
         encoded = []
-        for i, clip in enumerate(video):  # c f H W
-            g = generator[i] if isinstance(generator, list) else generator
-            frames = clip.permute(1, 0, 2, 3).to(device=device, dtype=vae.dtype)  # f c H W
-            parts = [vae.encode(part).sample(g) for part in frames.split(encode_chunk)]
-            encoded.append(torch.cat(parts))
-        if upcast:
-            vae.half()
+        with upcast_vae(vae):
+            for i, clip in enumerate(video):  # c f H W
+                g = generator[i] if isinstance(generator, list) else generator
+                frames = clip.permute(1, 0, 2, 3).to(device=device, dtype=vae.dtype)  # f c H W
+                parts = [vae.encode(part).sample(g) for part in frames.split(encode_chunk)]
+                encoded.append(torch.cat(parts))
         init = torch.stack(encoded).to(dtype) * vae.config.scaling_factor  # b f c h w
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)  # drawn b f c h w
         steps = first_timestep.to(device).repeat(batch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import hub
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, UnsupportedFeatureError
 from ..sampling import StepCacheMixin
-from ..errors import UnsupportedFeatureError
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from ..sampling.guidance import apply_guidance  # noqa: F401  (re-exported)
 from ..sampling.loop import Progress, check_callback_inputs, denoise  # noqa: F401  (check_callback_inputs: re-exported)
@@ -92,6 +91,20 @@ def load_component(name: str, folder: Path, dtype=None, variant=None, loaders: d
     return load_model(folder, torch_dtype=dtype, variant=variant)
 
 
+@contextmanager
+def upcast_vae(vae):
+    """An fp16 VAE whose config asks for it (``force_upcast``) runs in float32 inside the block (avoiding
+    overflow, as diffusers) and is fp16 again after it, error or not."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.float()
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.half()
+
+
 def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
     """The negative prompt comes as text or as embeddings, not both (diffusers refuses both too)."""
     if negative_prompt is not None and negative_prompt_embeds is not None:
@@ -100,7 +113,7 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
 
 class VideoPipeline(StepCacheMixin):
     """Base class. Subclasses list their components in ``components`` and implement ``__call__``; the sampling
-    features they have come from the mixins they compose (:mod:`vidcore.sampling.features`)."""
+    features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
 
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
@@ -211,16 +224,6 @@ class VideoPipeline(StepCacheMixin):
         if iterable is not None:
             return tqdm(iterable, total=total, **self.progress_bar_config)
         return Progress(total, self.progress_bar_config, self._step_cache(), self.sampling_scope())
-
-    @contextmanager
-    def sampling_scope(self):
-        """What this pipeline's settings put on its models for one sampling run, restored after: the step cache
-        and, where the pipeline has FreeNoise, its attention windows."""
-        with ExitStack() as stack:
-            stack.enter_context(self.step_cache_scope())
-            if hasattr(self, "free_noise_scope"):
-                stack.enter_context(self.free_noise_scope())
-            yield
 
     def sample(self, latents: torch.Tensor, timesteps, predict, step, step_end=None) -> torch.Tensor:
         """One run of :func:`vidcore.sampling.loop.denoise` over ``timesteps`` under this pipeline's progress bar."""

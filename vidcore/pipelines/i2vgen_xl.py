@@ -8,8 +8,8 @@ The input image conditions the UNet three ways:
   b 4 f h w``; frames 1.. hold a position mask ``k / (f - 1)``;
 * the text embedding as usual, plus ``target_fps`` as a micro-condition.
 
-The sampling loop, latent preparation and decoding are the ModelScope ones
-(:class:`~vidcore.pipelines.text_to_video.TextToVideoPipeline`). Random draws happen in diffusers'
+The prediction over context windows, latent preparation and decoding are the ModelScope ones
+(:class:`~vidcore.pipelines.video_unet.VideoUNetPipeline`), the loop the one of :mod:`vidcore.sampling.loop`. Random draws happen in diffusers'
 order: the VAE posterior sample of the image (from torch's global RNG, as diffusers does, unless
 ``image_latents_from_generator=True``), then the initial noise, then DDIM's eta noise.
 """
@@ -111,13 +111,6 @@ class I2VGenXLPipeline(VideoUNetPipeline):
     offload_order = ("text_encoder", "image_encoder", "unet", "vae")
 
     # -- pieces ---------------------------------------------------------------------------------
-    def encode_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt=None, prompt_embeds=None,
-                      negative_prompt_embeds=None, clip_skip=None):
-        """As the ModelScope pipeline's, except that ``clip_skip`` applies to the negative prompt too
-        (diffusers' I2VGen-XL does this; its default is ``clip_skip=1``)."""
-        return super().encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt, prompt_embeds,
-                                     negative_prompt_embeds, clip_skip, negative_clip_skip=clip_skip)
-
     def encode_image(self, images: list[PIL.Image.Image], width: int, device) -> torch.Tensor:
         """CLIP image embeddings ``n d`` of the ``width x width`` centre crops, resized bilinearly to the
         image encoder's input size and normalised with the feature extractor's mean and std."""
@@ -222,6 +215,6 @@ class I2VGenXLPipeline(VideoUNetPipeline):
         conditions = (fps, image_latents.to(text.dtype), image_embeds.to(text.dtype))
         step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": text})
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, ts: self.denoise(
-            x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting, conditions), generator,
-            timesteps=self.scheduler.timesteps)
+            x, ts, guidance_scale, eta, generator, step_end.fresh(), windows, context_weighting, conditions), generator,
+            timesteps=self.scheduler.timesteps, stop=lambda: step_end.interrupted)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..random import randn_tensor
-from .base import VideoPipeline, VideoPipelineOutput
+from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .features import require
 from .text import encode_prompt
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -65,14 +65,6 @@ class SDVideoPipeline(VideoPipeline):
         return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, dtype, num_videos_per_prompt, guidance,
                              negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip)
 
-    def encode_guided_prompt(self, prompt, device, num_videos_per_prompt, guidance, negative_prompt, prompt_embeds,
-                             negative_prompt_embeds, clip_skip):
-        """(prompt_embeds, the UNet's text batch): with guidance the negatives come first, as ``predict_noise``
-        splits them."""
-        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                          prompt_embeds, negative_prompt_embeds, clip_skip)
-        return cond, (torch.cat([uncond, cond]) if guidance else cond)
-
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call
         (with ``enable_parallel``: split over the ranks, the video on rank 0 and None elsewhere).
@@ -82,21 +74,17 @@ class SDVideoPipeline(VideoPipeline):
         vae = self._run_on_device("vae")
         b, c, f, h, w = latents.shape
         z = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.float()
-        z = z.to(vae.dtype)
 
         def decode(z):
             return torch.cat([vae.decode(part) for part in z.split(decode_chunk_size or z.shape[0])])
 
-        if self.parallel is not None:  # frames split over all ranks, gathered on rank 0 (None elsewhere)
-            s = self.vae_scale_factor
-            frames = self.parallel.decode(decode, z, (vae.config.out_channels, h * s, w * s))
-        else:
-            frames = decode(z)
-        if upcast:
-            vae.half()
+        with upcast_vae(vae):
+            z = z.to(vae.dtype)
+            if self.parallel is not None:  # frames split over all ranks, gathered on rank 0 (None elsewhere)
+                s = self.vae_scale_factor
+                frames = self.parallel.decode(decode, z, (vae.config.out_channels, h * s, w * s))
+            else:
+                frames = decode(z)
         if frames is None:
             return None
         return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()

@@ -44,7 +44,7 @@ from ..sampling.combinations import check_combination
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
-from .base import VideoPipeline, VideoPipelineOutput, apply_guidance
+from .base import VideoPipeline, VideoPipelineOutput, apply_guidance, upcast_vae
 from .svd_keyframes import keyframe_step
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -305,15 +305,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         """VAE posterior modes ``(2)(b n) 4 h w`` of ``b 3 H W`` pixels (not scaled by ``scaling_factor``),
         zeros first for guidance. An fp16 VAE with ``force_upcast`` encodes in float32, as diffusers does.
         The videos are ordered as diffusers orders them (``i0 i1 i0 i1``) unless ``grouped``."""
-        vae = self._run_on_device("vae")
-        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        if upcast:
-            vae.float()
-        try:
+        with upcast_vae(self._run_on_device("vae")) as vae:
             latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).mode()
-        finally:
-            if upcast:
-                vae.half()
         latents = latents.repeat_interleave(num_videos_per_prompt, 0) if grouped else latents.repeat(
             num_videos_per_prompt, 1, 1, 1)
         return torch.cat([torch.zeros_like(latents), latents]) if guidance else latents
@@ -543,7 +536,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
                                 windows, context_weighting, last, generator)
 
         latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator, frames_dim=1,
-                                         timesteps=self.scheduler.timesteps)
+                                         timesteps=self.scheduler.timesteps, stop=lambda: step_end.interrupted)
 
         # 4. decode
         if output_type == "latent":

@@ -304,7 +304,9 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
             saved = copy.deepcopy(self.scheduler)  # multistep samplers resume from T1 in phase 3
             x_t0 = denoise(x_t1, second, one_frame, step, step_end, progress)
             # 2. the other frames: copies of the T0 latent, translated, noised back to T1
-            if frames > 1:
+            if step_end.interrupted:  # stopped by a callback: every frame is the first frame so far
+                video = x_t0[:, None].expand(-1, frames, -1, -1, -1)
+            elif frames > 1:
                 copies = x_t0[:, None].expand(-1, frames - 1, -1, -1, -1)  # b (f-1) c h w
                 warped = torch.stack([warp_latents(v, frame_ids[1:], motion_field_strength_x,
                                                    motion_field_strength_y) for v in copies])

@@ -54,6 +54,6 @@ class TextToVideoPipeline(VideoUNetPipeline):
         step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": embeds},
                            callback, callback_steps)
         latents = self.free_init_denoise(latents, num_inference_steps, self.schedule, lambda x, timesteps: self.denoise(
-            x, timesteps, guidance_scale, eta, generator, step_end, windows, context_weighting), generator,
-            timesteps=self.scheduler.timesteps)
+            x, timesteps, guidance_scale, eta, generator, step_end.fresh(), windows, context_weighting), generator,
+            timesteps=self.scheduler.timesteps, stop=lambda: step_end.interrupted)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

@@ -107,5 +107,6 @@ class VideoToVideoPipeline(VideoUNetPipeline):
         step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs, {"prompt_embeds": embeds},
                            callback, callback_steps)
         latents = self.free_init_denoise(latents.to(device), num_inference_steps, schedule, lambda x, ts: self.denoise(
-            x, ts, guidance_scale, eta, generator, step_end, windows, context_weighting), generator, timesteps=timesteps)
+            x, ts, guidance_scale, eta, generator, step_end.fresh(), windows, context_weighting), generator,
+            timesteps=timesteps, stop=lambda: step_end.interrupted)
         return self.finish(latents, output_type, return_dict, decode_chunk_size)

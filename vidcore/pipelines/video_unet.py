@@ -19,7 +19,7 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
     :class:`~vidcore.pipelines.video_to_video.VideoToVideoPipeline` and
     :class:`~vidcore.pipelines.i2vgen_xl.I2VGenXLPipeline` before and after their ``__call__``."""
 
-    # -- parallel (enable_parallel / disable_parallel / parallel: ParallelPipelineMixin) ------------
+    # -- prediction (with enable_parallel: CFG halves / frame slices on the ranks) --------------------
     def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None, conditions=None):
         """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds).
         ``window``: the ``(start, end)`` frames of the video that ``latents`` are (context windows), for
@@ -55,9 +55,9 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
         if travel is not None:
             cond, uncond = travel
             return num_videos_per_prompt, (torch.cat([uncond, cond]) if guidance else cond)
-        cond, embeds = self.encode_guided_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
-                                                 prompt_embeds, negative_prompt_embeds, clip_skip)
-        return cond.shape[0], embeds
+        cond, uncond = self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
+                                          prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip)
+        return cond.shape[0], (torch.cat([uncond, cond]) if guidance else cond)
 
     def denoise(self, latents, timesteps, guidance_scale, eta, generator, step_end: StepEnd, windows=None,
                 context_weighting="pyramid", conditions=None):

@@ -140,16 +140,19 @@ class FreeInitMixin:
 
     def free_init_denoise(self, latents: torch.Tensor, num_inference_steps: int,
                           schedule: Callable[[int], torch.Tensor], denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                          generator=None, frames_dim: int = 2, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                          generator=None, frames_dim: int = 2, timesteps: torch.Tensor | None = None,
+                          stop: Callable[[], bool] | None = None) -> torch.Tensor:
         """Run ``denoise(latents, timesteps)`` once (FreeInit off: on ``timesteps``, or ``schedule(n)`` when not
         given), or once per FreeInit round on ``schedule(steps)`` (which sets the scheduler's timesteps and returns
         those to run), re-initialising the latents between rounds. ``frames_dim``: 2 for ``b c f h w`` latents,
-        1 for SVD's ``b f c h w``."""
+        1 for SVD's ``b f c h w``. ``stop()``: True once the call was interrupted (no further round starts)."""
         config = self._free_init
         if config is None:
             return denoise(latents, schedule(num_inference_steps) if timesteps is None else timesteps)
         initial = latents.detach().clone()
         for round_index in range(config.num_iters):
+            if round_index > 0 and stop is not None and stop():
+                break
             round_timesteps = schedule(config.steps(num_inference_steps, round_index))
             if round_index > 0:
                 latents = self._free_init_restart(latents, initial, round_timesteps, generator, frames_dim)

@@ -16,9 +16,9 @@ parts, both here as plain functions and objects that know nothing about a partic
   spatial attention, norms over the whole video, the blocks' feed-forwards) still sees the whole video, which
   is why this blends better than running the whole network window by window.
 
-A pipeline opts in through :class:`vidcore.sampling.FreeNoiseMixin` (``enable_free_noise``): the mixin puts a
-:class:`FrameWindows` on every temporal block of the denoiser (``block.frame_windows``, a hook the blocks in
-:mod:`vidcore.nn.transformer` call) and offers the pipeline two small hooks for its call, one for the initial
+A pipeline composes :class:`vidcore.sampling.FreeNoiseMixin` (``enable_free_noise``): during each sampling run
+the mixin puts a :class:`FrameWindows` on every temporal block of the denoiser (``block.frame_windows``, a hook the
+blocks in :mod:`vidcore.nn.transformer` call) and offers the pipeline two small hooks for its call, one for the initial
 noise and one for the per-frame text embeddings of a prompt schedule (:func:`schedule_embeddings`).
 
 Compatibility with diffusers (``match_diffusers=True``, the default) keeps two quirks of diffusers 0.42 so that

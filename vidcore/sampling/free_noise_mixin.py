@@ -80,6 +80,12 @@ class FreeNoiseMixin:
         return self.free_noise is not None
 
     @contextmanager
+    def sampling_scope(self):
+        """The run's scope of the other settings (the step cache ...) plus FreeNoise's windows."""
+        with super().sampling_scope(), self.free_noise_scope():
+            yield
+
+    @contextmanager
     def free_noise_scope(self):
         """FreeNoise's attention windows (and split inference's pixel chunks) on the temporal blocks of
         ``self.unet`` for the ``with`` block (a sampling run), restored after: the settings stay on the pipeline,

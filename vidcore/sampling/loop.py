@@ -58,17 +58,29 @@ class StepEnd:
     tensor})`` may read and replace (the prompt embeddings ...); a pipeline's ``predict`` reads them from
     ``step_end.tensors``, so a replacement counts from the next step on. The legacy ``callback(step, t,
     latents)`` runs every ``callback_steps`` steps. A callback that sets ``pipe._interrupt = True`` ends the
-    sampling (the flag is consumed, so the pipeline keeps no state from the call)."""
+    sampling (the flag is consumed, so the pipeline keeps no state from the call); ``interrupted`` then stays
+    True for the rest of the call, so later runs (FreeInit rounds, Text2Video-Zero's phases) do not start."""
 
     def __init__(self, pipe: Any = None, callback_on_step_end: Callable | None = None,
                  tensor_inputs: Sequence[str] = ("latents",), tensors: dict | None = None,
-                 callback: Callable | None = None, callback_steps: int | None = 1,
-                 allowed: Sequence[str] | None = None):
+                 callback: Callable | None = None, callback_steps: int | None = 1):
         self.tensors = dict(tensors or {})
-        check_callback_inputs(tensor_inputs, ("latents", *self.tensors) if allowed is None else allowed)
+        check_callback_inputs(tensor_inputs, ("latents", *self.tensors))
         self.pipe, self.on_step_end, self.tensor_inputs = pipe, callback_on_step_end, tuple(tensor_inputs)
         self.callback, self.callback_steps = callback, callback_steps or 1
-        self.interrupted = False
+        self._first, self._stop = dict(self.tensors), [False]
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stop[0]
+
+    def fresh(self) -> "StepEnd":
+        """The same callbacks on the call's first tensors again, sharing the interruption: for pipelines whose
+        FreeInit rounds each start from the call's inputs (ModelScope, I2VGen-XL, as before the one loop)."""
+        again = StepEnd(self.pipe, self.on_step_end, self.tensor_inputs, self._first, self.callback,
+                        self.callback_steps)
+        again._stop = self._stop
+        return again
 
     def __call__(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
         if self.on_step_end is not None:
@@ -83,7 +95,7 @@ class StepEnd:
                 del self.pipe._interrupt
             except AttributeError:
                 self.pipe._interrupt = False
-            self.interrupted = True
+            self._stop[0] = True
         return latents
 
 

@@ -30,6 +30,14 @@ class StepCacheMixin:
         self._cache = cache
 
     @contextmanager
+    def sampling_scope(self):
+        """What the pipeline's settings put on its models for one sampling run (entered by the run's
+        :class:`~vidcore.sampling.loop.Progress`), restored after: here the step cache; feature mixins that
+        reach the models add theirs and chain to this one (:meth:`FreeNoiseMixin.sampling_scope`)."""
+        with self.step_cache_scope():
+            yield
+
+    @contextmanager
     def step_cache_scope(self):
         """The pipeline's step cache on its UNet for the ``with`` block (a sampling run); restored after."""
         backbone = _backbone(self.unet)
