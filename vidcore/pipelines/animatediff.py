@@ -42,9 +42,10 @@ from ..models.unet2d import UNet2D
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
+from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
-from .base import apply_guidance, check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
+from .base import check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
 from .lora import MotionLoRAMixin
@@ -413,16 +414,17 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
                       inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
         (:func:`vidcore.sampling.windows.blend_windows`)."""
-        guidance = guidance_scale > 1.0
-
         def window_noise(start: int, end: int) -> torch.Tensor:
             x = latents[:, :, start:end]
             if self.parallel is not None:  # CFG halves / frame slices of this window on the ranks
                 return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(x, t), t, embeds,
                                                    guidance_scale, **inputs.motion_kwargs(start, end))
-            model_in = self.scheduler.scale_model_input(torch.cat([x] * 2) if guidance else x, t)
-            noise = self.unet_forward(unet, model_in, t, embeds, start, end, inputs, step)
-            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+            def model(model_in):
+                return self.unet_forward(unet, self.scheduler.scale_model_input(model_in, t), t, embeds, start, end,
+                                         inputs, step)
+
+            return guided(model, x, guidance_scale)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 

@@ -24,9 +24,10 @@ import PIL.Image
 import torch
 
 from ..io import load_image
+from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
-from .base import apply_guidance, check_negative_inputs
+from .base import check_negative_inputs
 from .video_unet import VideoUNetPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
@@ -148,10 +149,8 @@ class I2VGenXLPipeline(VideoUNetPipeline):
             return self.parallel.predict_noise(self.unet, self.scheduler.scale_model_input(latents, t), t,
                                                prompt_embeds, guidance_scale,
                                                image_conditioning=(fps, image_latents, image_embeddings))
-        guidance = guidance_scale > 1.0
-        model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
-        noise = unet(model_in, t, fps, image_latents, image_embeddings, prompt_embeds)
-        return apply_guidance(noise, guidance_scale) if guidance else noise
+        return guided(lambda x: unet(self.scheduler.scale_model_input(x, t), t, fps, image_latents, image_embeddings,
+                                     prompt_embeds), latents, guidance_scale)
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()

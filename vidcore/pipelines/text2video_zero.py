@@ -31,8 +31,9 @@ from ..errors import ModelNotFoundError
 from ..nn.attention import cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
+from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, denoise, scheduler_step
-from .base import VideoPipelineOutput, apply_guidance, check_callback_inputs, check_negative_inputs, load_component
+from .base import VideoPipelineOutput, check_callback_inputs, check_negative_inputs, load_component
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES
@@ -174,12 +175,9 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         gives the text embeddings ``(2n | n) m d``, negatives first (read every step: callbacks may replace them);
         ``scheduler``: the phase's (phase 3 runs a copy whose multistep history is per frame). ``image_embeds``:
         the IP-Adapter inputs, one row per video (and guidance half), shared by its frames."""
-        guidance = guidance_scale > 1.0
-
         def predict(latents, t, i):
-            model_in = torch.cat([latents] * 2) if guidance else latents
-            noise = unet(scheduler.scale_model_input(model_in, t), t, embeds(), image_embeds=image_embeds)
-            return apply_guidance(noise, guidance_scale) if guidance else noise
+            return guided(lambda x: unet(scheduler.scale_model_input(x, t), t, embeds(), image_embeds=image_embeds),
+                          latents, guidance_scale)
 
         return predict
 

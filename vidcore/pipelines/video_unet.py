@@ -8,9 +8,9 @@ import torch
 
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
+from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, frames_in_batch, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows
-from .base import apply_guidance
 from .sd_video import SDVideoPipeline
 
 
@@ -25,14 +25,11 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
         ``window``: the ``(start, end)`` frames of the video that ``latents`` are (context windows), for
         subclasses with per-frame conditioning to slice; None is the whole video. ``conditions``: the call's
         further UNet inputs for subclasses that have them (I2VGen-XL's image and fps), None here."""
-        guidance = guidance_scale > 1.0
         if self.parallel is not None:
             model_in = self.scheduler.scale_model_input(latents, t)
             return self.parallel.predict_noise(unet, model_in, t, prompt_embeds, guidance_scale)
-        model_in = torch.cat([latents] * 2) if guidance else latents
-        model_in = self.scheduler.scale_model_input(model_in, t)
-        noise = unet(model_in, t, prompt_embeds)
-        return apply_guidance(noise, guidance_scale) if guidance else noise
+        return guided(lambda x: unet(self.scheduler.scale_model_input(x, t), t, prompt_embeds), latents,
+                      guidance_scale)
 
     def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting,
                             conditions=None):
