@@ -158,7 +158,7 @@ def test_antialiased_resize_matches_diffusers():
     (dict(decode_chunk_size=0), "decode_chunk_size must be a positive integer"),
     (dict(num_frames=0), "num_frames must be a positive integer"),
     (dict(output_type="gif"), "output_type must be one of"),
-    (dict(callback_on_step_end_tensor_inputs=["image_latents"]), "callback_on_step_end_tensor_inputs may only name"),
+    (dict(callback_on_step_end_tensor_inputs=["image_latents"]), "callback_on_step_end_tensor_inputs must be among"),
     (dict(generator=[torch.Generator()] * 3), "got 3 generators for 1 videos"),
     (dict(latents=torch.zeros(1, 3, 4, 4, 4)), r"latents must have shape \(1, 3, 4, 8, 12\)"),
 ])

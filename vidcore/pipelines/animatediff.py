@@ -183,6 +183,12 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
     return cls.from_config(read_config(config), **{**options, **overrides})
 
 
+def check_decode_chunk_size(decode_chunk_size) -> None:
+    if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+        raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
+                         f"{decode_chunk_size!r}")
+
+
 @dataclass(frozen=True)
 class FrameInputs:
     """What every UNet pass of one AnimateDiff call reads besides latents, timestep and text, handed down as an
@@ -386,6 +392,15 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
                             max_length=self.motion_adapter.max_frames,
                             limit_name="the motion adapter's motion_max_seq_length")
 
+    def check_features(self, free_noise: bool, context_windows: bool, image_prompt: bool, prompt_schedule: bool):
+        """The call's features together (:mod:`vidcore.sampling.combinations`), a prompt schedule only where the
+        pipeline has prompt travel."""
+        frame_parallel = self.parallel is not None and self.parallel.config.frame_size > 1
+        check_combination(self, free_noise=free_noise, frame_parallel=frame_parallel, context_windows=context_windows,
+                          ip_adapter=image_prompt, parallel=self.parallel is not None, prompt_travel=prompt_schedule)
+        if prompt_schedule:
+            require(self, "prompt_travel")
+
     def check_motion_scale(self, motion_scale, num_frames: int, device) -> torch.Tensor | None:
         """``motion_scale`` as one float32 value per frame, or None where it changes nothing (all 1)."""
         many = isinstance(motion_scale, (list, tuple, torch.Tensor))
@@ -440,34 +455,29 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
         :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
         strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
         gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
+        # checks
         height, width = self.default_size(height, width, 64)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, None)
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-            raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
-                             f"{decode_chunk_size!r}")
-        free_noise = getattr(self, "free_noise", None)  # FreeNoise windows the motion modules, the UNet sees all
+        check_decode_chunk_size(decode_chunk_size)
         check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        free_noise = getattr(self, "free_noise", None)  # FreeNoise windows the motion modules, the UNet sees all
         image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None
         schedule_given = isinstance(prompt, dict) or isinstance(negative_prompt, dict)
-        frame_parallel = self.parallel is not None and self.parallel.config.frame_size > 1
-        check_combination(self, free_noise=free_noise is not None, frame_parallel=frame_parallel,
-                          context_windows=context_length is not None or context_stride is not None,
-                          ip_adapter=image_prompt, parallel=self.parallel is not None, prompt_travel=schedule_given)
-        if free_noise is not None:
-            windows = [(0, num_frames)]
-        else:
-            windows = self.check_context(num_frames, context_length, context_stride, context_weighting)
+        self.check_features(free_noise is not None, context_length is not None or context_stride is not None,
+                            image_prompt, schedule_given)
+        windows = ([(0, num_frames)] if free_noise is not None
+                   else self.check_context(num_frames, context_length, context_stride, context_weighting))
         scale = self.check_motion_scale(motion_scale, num_frames, self.device)
 
+        # conditions
         device = self.device
         guidance = guidance_scale > 1.0
         # a {frame: prompt} schedule gives per-frame embeddings (b f) m d, plain text one row per video
         travel = None
         if schedule_given:
-            require(self, "prompt_travel")
             travel = self.free_noise_prompts(prompt, negative_prompt, num_frames, device, num_videos_per_prompt,
                                              guidance, prompt_embeds, negative_prompt_embeds, clip_skip)
         cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
@@ -477,6 +487,7 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
             image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
                                                                 batch, guidance)
 
+        # noise
         schedule = schedule or self.schedule
         timesteps = schedule(num_inference_steps)
         s = self.vae_scale_factor
@@ -488,6 +499,7 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
         else:
             latents = initial(shape, cond.dtype, device, generator, latents)
 
+        # loop
         unet = self._run_on_device("unet")
         if image_prompt:
             unet = partial(unet, image_embeds=image_embeds)
@@ -513,6 +525,7 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
 
         latents = self.free_init_denoise(latents, num_inference_steps, schedule, denoise, generator,
                                          timesteps=timesteps, stop=lambda: step_end.interrupted)
+        # decode
         return self.finish(latents, output_type, return_dict, decode_chunk_size)
 
 

@@ -41,7 +41,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
-from ..sampling.loop import StepEnd, scheduler_step
+from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, apply_guidance, upcast_vae
@@ -275,10 +275,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
             raise ValueError(f"num_videos_per_prompt must be a positive integer, got {num_videos_per_prompt!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in CALLBACK_TENSOR_INPUTS]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {list(CALLBACK_TENSOR_INPUTS)}, "
-                             f"got {bad}")
+        check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
         ids = 3 * self.unet.config.addition_time_embed_dim
         if ids != self.unet.config.projection_class_embeddings_input_dim:
             raise ValueError(f"the UNet expects an added time embedding of length "
