@@ -129,3 +129,20 @@ def test_no_pipeline_has_a_sampling_loop_of_its_own():
                 # a bar with a total is a sampling run: it must be handed to the loop (Text2Video-Zero) or made by
                 # VideoPipeline.sample
                 assert path.name in ("base.py", "text2video_zero.py"), f"{path.name}:{node.lineno}"
+
+
+def test_the_loop_knows_no_pipeline_and_no_feature():
+    """loop.py imports nothing of vidcore and names no pipeline, model or feature: what differs lives in predict/step."""
+    source = (Path(vidcore.__file__).parent / "sampling" / "loop.py").read_text()
+    tree = ast.parse(source)
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert all(not m.startswith(".") and not m.startswith("vidcore") for m in imported), imported
+    assert not any(isinstance(n, ast.Call) and ast.unparse(n.func) == "isinstance" for n in ast.walk(tree))
+    for node in ast.walk(tree):  # docstrings may name examples; the code may not
+        if hasattr(node, "body") and isinstance(node.body, list):
+            node.body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                                                      and isinstance(n.value.value, str))] or [ast.Pass()]
+    body = ast.unparse(tree)
+    for word in ("Pipeline", "unet", "free_noise", "free_init", "context", "keyframe", "controlnet", "guidance"):
+        assert word not in body, word
