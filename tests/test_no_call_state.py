@@ -86,7 +86,8 @@ def test_an_interrupted_call_leaves_nothing_behind(t2v):
     assert steps == [0] and pipeline_state(t2v) == before and not t2v.interrupt
 
 
-@pytest.mark.parametrize("setting", ["freeu", "forward_chunking", "free_noise_split", "vae_slicing", "vae_tiling"])
+@pytest.mark.parametrize("setting", ["freeu", "forward_chunking", "free_noise_split", "vae_slicing", "vae_tiling",
+                                     "model_cpu_offload"])
 def test_disable_restores_the_exact_output(t2v, setting):
     plain = run(t2v, output_type="pt")
     on, off = {
@@ -96,6 +97,7 @@ def test_disable_restores_the_exact_output(t2v, setting):
                              t2v.disable_free_noise_split_inference),
         "vae_slicing": (t2v.vae.enable_slicing, t2v.vae.disable_slicing),
         "vae_tiling": (lambda: t2v.vae.enable_tiling(tile_sample_min_size=8), t2v.vae.disable_tiling),
+        "model_cpu_offload": (lambda: t2v.enable_model_cpu_offload("cpu"), t2v.disable_model_cpu_offload),
     }[setting]
     on()
     try:

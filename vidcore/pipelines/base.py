@@ -197,6 +197,12 @@ class VideoPipeline(StepCacheMixin):
         for module in self._modules().values():
             module.to("cpu")
 
+    def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
+        """Offload off: every model on ``device`` (default: the offload device) from now on."""
+        device = device or self._offload_device or "cpu"
+        self._offload_device = None
+        self.to(device)
+
     def _run_on_device(self, name: str) -> torch.nn.Module:
         """With offload on, move ``name`` to the accelerator and every other model back to the CPU."""
         module = getattr(self, name)
