@@ -170,3 +170,12 @@ def test_text2video_zero_interrupted_in_its_first_phase(tmp_path):
                output_type="latent", callback_on_step_end=stop).frames
     assert steps == [0] and out.shape[2] == 3
     assert all(torch.equal(out[:, :, k], out[:, :, 0]) for k in range(3))  # the first frame so far, every frame
+
+
+def test_disable_model_cpu_offload_without_offload_moves_nothing(t2v, monkeypatch):
+    moves = []
+    monkeypatch.setattr(t2v, "to", lambda *a, **k: moves.append((a, k)))
+    t2v.disable_model_cpu_offload()  # offload was never on: the models stay where the user put them
+    assert moves == []
+    t2v.disable_model_cpu_offload("cpu")
+    assert moves == [(("cpu",), {})]

@@ -46,7 +46,7 @@ from .. import hub
 from ..errors import ConfigError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..sampling.loop import StepEnd, scheduler_step
-from .animatediff import AnimateDiffBase
+from .animatediff import AnimateDiffBase, check_decode_chunk_size
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
 from .ip_adapter import check_ip_adapter_inputs
 from .text import _as_list
@@ -389,6 +389,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                           num_videos_per_prompt, None)
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
+        check_decode_chunk_size(decode_chunk_size)
         if prompt_embeds is not None and pooled_prompt_embeds is None:
             raise ValueError("prompt_embeds needs pooled_prompt_embeds (the second text encoder's pooled output)")
         if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:

@@ -198,8 +198,11 @@ class VideoPipeline(StepCacheMixin):
             module.to("cpu")
 
     def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
-        """Offload off: every model on ``device`` (default: the offload device) from now on."""
-        device = device or self._offload_device or "cpu"
+        """Offload off: every model on ``device`` (default: the offload device) from now on; without offload on
+        and without ``device`` nothing moves."""
+        if self._offload_device is None and device is None:
+            return
+        device = device or self._offload_device
         self._offload_device = None
         self.to(device)
 
