@@ -11,7 +11,8 @@ every byte is read once and written once.
 * :func:`temporal_attention_triton` -- the Triton forward kernel (CUDA, or CPU with ``TRITON_INTERPRET=1``).
 * :func:`supports` -- whether the kernel can take a given CUDA input (for dispatch).
 * :func:`triton_temporal_backend` -- ``fn(q, k, v, num_frames, heads)`` returning the output or
-  ``None`` to decline; the signature ``vidcore.nn.attention.register_backend`` expects.
+  ``None`` to decline; :func:`vidcore.nn.attention.temporal_attend` calls it for the "triton" and "auto"
+  backends (:func:`vidcore.set_attention_backend`).
 
 Importing this module never requires triton (``HAS_TRITON`` says whether it is usable).
 """

@@ -95,3 +95,10 @@ def test_checkout_root_does_not_shadow_pypi_kernels():
     code = ("import importlib.util, sys, vidcore; spec = importlib.util.find_spec('kernels'); "
             f"assert spec is None or not spec.origin.startswith({str(root / 'kernels')!r}), spec.origin")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_old_module_names_stay_as_aliases():
+    """nn/sampling.py (up/down-sampling convs) is now nn/resample.py; the old import path gives the same classes."""
+    from vidcore.nn import resample, sampling
+
+    assert sampling.Downsample is resample.Downsample and sampling.Upsample is resample.Upsample

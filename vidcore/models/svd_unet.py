@@ -20,7 +20,7 @@ from torch import nn
 
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import SpatioTemporalResBlock
-from ..nn.sampling import Downsample, Upsample
+from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
 from .config_utils import DiffusersConfig
 from .options import ForwardChunkingMixin

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
 from ..nn.resnet import SpatioTemporalResBlock
-from ..nn.sampling import Upsample
+from ..nn.resample import Upsample
 from .vae import AutoencoderKLConfig, DiagonalGaussian, Encoder, tiled_apply
 
 # diffusers' AutoencoderKLTemporalDecoder.__init__ defaults: what a config.json without a key means.

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import ResBlock2D
-from ..nn.sampling import Downsample, Upsample
+from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
 from .config_utils import DiffusersConfig
 from .freeu import FreeU

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.resnet import ResBlock2D, TemporalConv
-from ..nn.sampling import Downsample, Upsample
+from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer, TemporalTransformer
 from .config_utils import DiffusersConfig
 from .freeu import FreeU

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
 from ..nn.resnet import ResBlock2D
-from ..nn.sampling import Downsample, Upsample
+from ..nn.resample import Downsample, Upsample
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from ..nn.resnet import ResBlock2D
-from ..nn.sampling import Downsample, Upsample
+from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import (
     SpatialTransformer,
     SpatioTemporalTransformer,
