@@ -29,33 +29,13 @@ def setup(tmp_path_factory):
     return ta.build_tiny_animatediff(tmp_path_factory.mktemp("ad-lora"))
 
 
-def motion_lora(ref_unet, seed: int, rank: int = 2) -> dict:
-    """A random motion LoRA in the hub's layout (unet.{...}.attn1.processor.to_q_lora.down.weight) for every
-    motion-module attention projection of diffusers' UNetMotionModel ``ref_unet``."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in ref_unet.named_modules():
-        if ".motion_modules." not in name or not isinstance(module, torch.nn.Linear):
-            continue
-        parent, proj = name.rsplit(".", 1)
-        if proj == "0" and parent.endswith(".to_out"):
-            parent, proj = parent.rsplit(".", 1)
-        if proj not in ("to_q", "to_k", "to_v", "to_out") or not parent.rsplit(".", 1)[-1].startswith("attn"):
-            continue
-        base = f"unet.{parent}.processor.{proj}_lora"
-        state[f"{base}.down.weight"] = torch.randn(rank, module.in_features, generator=g) / module.in_features ** 0.5
-        state[f"{base}.up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
-    assert state
-    return state
-
-
 @pytest.fixture(scope="module")
 def loras(setup, tmp_path_factory):
     """Two LoRA files: a hub-style folder (zoom-in) and a single .safetensors file (pan-left)."""
     root = tmp_path_factory.mktemp("loras")
     (root / "zoom-in").mkdir()
-    save_file(motion_lora(setup.pipe.unet, seed=1), str(root / "zoom-in" / "diffusion_pytorch_model.safetensors"))
-    save_file(motion_lora(setup.pipe.unet, seed=2), str(root / "pan-left.safetensors"))
+    save_file(ta.motion_lora(setup.pipe.unet, seed=1), str(root / "zoom-in" / "diffusion_pytorch_model.safetensors"))
+    save_file(ta.motion_lora(setup.pipe.unet, seed=2), str(root / "pan-left.safetensors"))
     return root / "zoom-in", root / "pan-left.safetensors"
 
 
@@ -159,7 +139,7 @@ def test_errors_leave_the_weights_alone(setup, loras):
     fused_weights = weights(pipe)
     with pytest.raises(ValueError, match="adapter name 'zoom' is already in use"):
         pipe.load_lora_weights(zoom, adapter_name="zoom")
-    state = dict(motion_lora(setup.pipe.unet, seed=3))
+    state = dict(ta.motion_lora(setup.pipe.unet, seed=3))
     key = next(k for k in state if k.endswith(".up.weight"))
     state[key] = torch.ones(state[key].shape[0] * 2, state[key].shape[1])
     with pytest.raises(CheckpointError, match="does not fit a weight of shape"):

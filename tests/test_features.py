@@ -55,27 +55,6 @@ def _video(frames=FRAMES, seed=1):
     return [PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(frames)]
 
 
-def _motion_lora(ref_unet, seed: int = 1, rank: int = 2) -> dict:
-    """A random motion LoRA in the hub's layout (``unet.{...}.attn1.processor.to_q_lora.down.weight``) for every
-    motion-module attention projection of diffusers' UNetMotionModel ``ref_unet`` (as
-    tests/test_animatediff_pipeline_lora.py makes one)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, module in ref_unet.named_modules():
-        if ".motion_modules." not in name or not isinstance(module, torch.nn.Linear):
-            continue
-        parent, proj = name.rsplit(".", 1)
-        if proj == "0" and parent.endswith(".to_out"):
-            parent, proj = parent.rsplit(".", 1)
-        if proj not in ("to_q", "to_k", "to_v", "to_out") or not parent.rsplit(".", 1)[-1].startswith("attn"):
-            continue
-        base = f"unet.{parent}.processor.{proj}_lora"
-        state[f"{base}.down.weight"] = torch.randn(rank, module.in_features, generator=g) / module.in_features ** 0.5
-        state[f"{base}.up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
-    assert state
-    return state
-
-
 class Models:
     """The tiny model folders, each built on first use and kept for the module; the vidcore pipelines loaded from
     them (one per class) and their plain runs."""
@@ -136,12 +115,12 @@ class Models:
 
     def _build_lora15(self):
         path = self.root / "motion-lora-sd15.safetensors"
-        save_file(_motion_lora(self._get("sd15").pipe.unet), str(path))
+        save_file(ta.motion_lora(self._get("sd15").pipe.unet), str(path))
         return path
 
     def _build_loraxl(self):
         path = self.root / "motion-lora-sdxl.safetensors"
-        save_file(_motion_lora(self._get("sdxl").pipe.unet), str(path))
+        save_file(ta.motion_lora(self._get("sdxl").pipe.unet), str(path))
         return path
 
     # -- pipelines ----------------------------------------------------------------------------------

@@ -79,3 +79,23 @@ def build_tiny_animatediff(root, seed: int = 0, adapter_overrides: dict | None =
                                motion_adapter=adapter, scheduler=recommended_ddim(root / "sd"))
     pipe.set_progress_bar_config(disable=True)
     return TinyAnimateDiff(pipe, root / "sd", root / "adapter")
+
+
+def motion_lora(ref_unet, seed: int = 1, rank: int = 2) -> dict:
+    """A random motion LoRA in the hub's layout (unet.{...}.attn1.processor.to_q_lora.down.weight) for every
+    motion-module attention projection of diffusers' UNetMotionModel ``ref_unet``."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in ref_unet.named_modules():
+        if ".motion_modules." not in name or not isinstance(module, torch.nn.Linear):
+            continue
+        parent, proj = name.rsplit(".", 1)
+        if proj == "0" and parent.endswith(".to_out"):
+            parent, proj = parent.rsplit(".", 1)
+        if proj not in ("to_q", "to_k", "to_v", "to_out") or not parent.rsplit(".", 1)[-1].startswith("attn"):
+            continue
+        base = f"unet.{parent}.processor.{proj}_lora"
+        state[f"{base}.down.weight"] = torch.randn(rank, module.in_features, generator=g) / module.in_features ** 0.5
+        state[f"{base}.up.weight"] = torch.randn(module.out_features, rank, generator=g) * 0.5
+    assert state
+    return state
