@@ -37,7 +37,7 @@ from typing import Mapping
 
 import torch
 
-from .original_motion import _BLOCK_NAMES
+from .original_motion import BLOCK_NAMES
 
 _LEGACY = re.compile(r"^(?P<parent>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora"
                      r"\.(?P<kind>down|up)\.weight$")
@@ -76,7 +76,7 @@ class LoRALayer:
 def _original_to_diffusers(name: str) -> str:
     """An original AnimateDiff layer path -> diffusers' (``temporal_transformer`` dropped, block names renamed)."""
     def block(m: re.Match) -> str:
-        new = dict(_BLOCK_NAMES)[m.group(2)]
+        new = dict(BLOCK_NAMES)[m.group(2)]
         return f".transformer_blocks.{m.group(1)}.{new}"
 
     name = _ORIGINAL_BLOCK.sub(block, name)

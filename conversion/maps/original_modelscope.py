@@ -101,7 +101,7 @@ def linear_to_conv1d(t: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- rule builders
 
-_RESNET_NAMES = [
+RESNET_NAMES = [
     ("in_layers.0", "norm1"),
     ("in_layers.2", "conv1"),
     ("out_layers.0", "norm2"),
@@ -115,7 +115,7 @@ def _res_block(src: str, resnet: str, temp_conv: str, part: str) -> list[Rule]:
     """A res block and the temporal conv it holds (``temopral_conv``, sic)."""
     rules = [Rule(src + ".temopral_conv.{rest}", temp_conv + ".{rest}", name=f"{part} temopral_conv -> temp_convs")]
     rules += [Rule(f"{src}.{a}.{{leaf}}", f"{resnet}.{b}.{{leaf}}", name=f"{part} resnet {a} -> {b}")
-              for a, b in _RESNET_NAMES]
+              for a, b in RESNET_NAMES]
     return rules
 
 

@@ -57,7 +57,7 @@ _MODULE = re.compile(r"^(down_blocks\.(\d+)|up_blocks\.(\d+)|mid_block)\.motion_
                      r"\.temporal_transformer\.(.+)$")
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 
-_BLOCK_NAMES = [
+BLOCK_NAMES = [
     ("attention_blocks.0", "attn1"),
     ("attention_blocks.1", "attn2"),
     ("norms.0", "norm1"),
@@ -77,7 +77,7 @@ def motion_rules() -> list[Rule | TiedRule]:
                  f"{block_dst}.pos_embed.pe", name="attention_blocks.{0,1}.pos_encoder.pe -> pos_embed.pe (tied)"),
     ]
     rules += [Rule(f"{block_src}.{a}.{{rest}}", f"{block_dst}.{b}.{{rest}}", name=f"transformer_blocks {a} -> {b}")
-              for a, b in _BLOCK_NAMES]
+              for a, b in BLOCK_NAMES]
     rules += [Rule(f"{src}.{n}.{{leaf}}", f"{dst}.{n}.{{leaf}}", name=f"temporal_transformer.{n}")
               for n in ("norm", "proj_in", "proj_out")]
     rules.append(Rule("conv_in.{leaf}", "conv_in.{leaf}", name="conv_in (PIA)"))

@@ -51,7 +51,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..engine import KeyMap, Rule
-from .original_svd import _RESNET_NAMES, _per_block, _vae_attention, _vae_resnet, ldm_unet_rules
+from .original_svd import RESNET_NAMES, per_block, vae_attention, vae_resnet, ldm_unet_rules
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -133,7 +133,7 @@ SD15_TEXT_ENCODER_CONFIG = {
 
 
 def _res_block(src: str, dst: str, part: str) -> list[Rule]:
-    return [Rule(f"{src}.{a}.{{leaf}}", f"{dst}.{b}.{{leaf}}", name=f"{part} {a} -> {b}") for a, b in _RESNET_NAMES]
+    return [Rule(f"{src}.{a}.{{leaf}}", f"{dst}.{b}.{{leaf}}", name=f"{part} {a} -> {b}") for a, b in RESNET_NAMES]
 
 
 def _unet_layout(config: Mapping) -> tuple[int, int, list[bool], list[bool]]:
@@ -143,7 +143,7 @@ def _unet_layout(config: Mapping) -> tuple[int, int, list[bool], list[bool]]:
     up = [("CrossAttn" in t) for t in get("up_block_types")]
     if len(down) != levels or len(up) != levels:
         raise ValueError(f"config has {levels} block_out_channels but {len(down)} down and {len(up)} up block types")
-    layers = _per_block(get("layers_per_block"), levels)
+    layers = per_block(get("layers_per_block"), levels)
     if len(set(layers)) != 1:  # LDM's flat block numbering assumes one count for every level
         raise ValueError(f"the LDM layout needs one layers_per_block for every level, got {layers}")
     return levels, layers[0], down, up
@@ -176,19 +176,19 @@ def sd_vae_rules(config: Mapping) -> list[Rule]:
         rules += [Rule(f"{side}.conv_in.{{leaf}}", f"{side}.conv_in.{{leaf}}", name=f"{side} conv_in"),
                   Rule(f"{side}.conv_out.{{leaf}}", f"{side}.conv_out.{{leaf}}", name=f"{side} conv_out"),
                   Rule(f"{side}.norm_out.{{leaf}}", f"{side}.conv_norm_out.{{leaf}}", name=f"{side} norm_out"),
-                  *_vae_attention(f"{side}.mid.attn_1", f"{side}.mid_block.attentions.0", f"{side} mid")]
+                  *vae_attention(f"{side}.mid.attn_1", f"{side}.mid_block.attentions.0", f"{side} mid")]
         for k in range(2):
-            rules += _vae_resnet(f"{side}.mid.block_{k + 1}", f"{side}.mid_block.resnets.{k}", f"{side} mid")
+            rules += vae_resnet(f"{side}.mid.block_{k + 1}", f"{side}.mid_block.resnets.{k}", f"{side} mid")
     for i in range(levels):
         for j in range(layers):
-            rules += _vae_resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", "encoder")
+            rules += vae_resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", "encoder")
         if i < levels - 1:
             rules.append(Rule(f"encoder.down.{i}.downsample.conv.{{leaf}}",
                               f"encoder.down_blocks.{i}.downsamplers.0.conv.{{leaf}}", name="encoder downsample"))
     for i in range(levels):
         level = levels - 1 - i  # LDM counts decoder levels from the output end
         for j in range(layers + 1):
-            rules += _vae_resnet(f"decoder.up.{level}.block.{j}", f"decoder.up_blocks.{i}.resnets.{j}", "decoder")
+            rules += vae_resnet(f"decoder.up.{level}.block.{j}", f"decoder.up_blocks.{i}.resnets.{j}", "decoder")
         if i < levels - 1:
             rules.append(Rule(f"decoder.up.{level}.upsample.conv.{{leaf}}",
                               f"decoder.up_blocks.{i}.upsamplers.0.conv.{{leaf}}", name="decoder upsample"))

@@ -128,7 +128,7 @@ SVD_VAE_CONFIG = {
     "scaling_factor": 0.18215,
 }
 
-_RESNET_NAMES = [
+RESNET_NAMES = [
     ("in_layers.0", "norm1"),
     ("in_layers.2", "conv1"),
     ("out_layers.0", "norm2"),
@@ -145,7 +145,7 @@ def _video_res_block(src: str, dst: str, part: str) -> list[Rule]:
     rules = [Rule(f"{src}.time_mixer.mix_factor", f"{dst}.time_mixer.mix_factor", name=f"{part} time_mixer")]
     for half, pre in (("temporal_res_block", "time_stack."), ("spatial_res_block", "")):
         rules += [Rule(f"{src}.{pre}{a}.{{leaf}}", f"{dst}.{half}.{b}.{{leaf}}", name=f"{part} {pre}{a} -> {half}.{b}")
-                  for a, b in _RESNET_NAMES]
+                  for a, b in RESNET_NAMES]
     return rules
 
 
@@ -159,7 +159,7 @@ def _video_transformer(src: str, dst: str, part: str) -> list[Rule]:
     ]
 
 
-def _per_block(value, n: int) -> list[int]:
+def per_block(value, n: int) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * n
 
 
@@ -170,7 +170,7 @@ def _unet_layout(config: Mapping) -> tuple[int, list[int], list[bool], list[bool
     up = [("CrossAttn" in t) for t in get("up_block_types")]
     if len(down) != levels or len(up) != levels:
         raise ValueError(f"config has {levels} block_out_channels but {len(down)} down and {len(up)} up block types")
-    layers = _per_block(get("layers_per_block"), levels)
+    layers = per_block(get("layers_per_block"), levels)
     if len(set(layers)) != 1:  # LDM's flat block numbering assumes one count for every level
         raise ValueError(f"the sgm layout needs one layers_per_block for every level, got {layers}")
     return levels, layers, down, up
@@ -240,7 +240,7 @@ _VAE_TEMPORAL = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layer
 _VAE_ATTN = [("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")]
 
 
-def _vae_resnet(src: str, dst: str, part: str) -> list[Rule]:
+def vae_resnet(src: str, dst: str, part: str) -> list[Rule]:
     return [Rule(f"{src}.{a}.{{leaf}}", f"{dst}.{b}.{{leaf}}", name=f"{part} {a} -> {b}") for a, b in _VAE_RESNET]
 
 
@@ -248,10 +248,10 @@ def _vae_video_resnet(src: str, dst: str, part: str) -> list[Rule]:
     rules = [Rule(f"{src}.mix_factor", f"{dst}.time_mixer.mix_factor", name=f"{part} mix_factor -> time_mixer")]
     rules += [Rule(f"{src}.time_stack.{a}.{{leaf}}", f"{dst}.temporal_res_block.{b}.{{leaf}}",
                    name=f"{part} time_stack.{a} -> temporal_res_block.{b}") for a, b in _VAE_TEMPORAL]
-    return rules + _vae_resnet(src, f"{dst}.spatial_res_block", part)
+    return rules + vae_resnet(src, f"{dst}.spatial_res_block", part)
 
 
-def _vae_attention(src: str, dst: str, part: str) -> list[Rule]:
+def vae_attention(src: str, dst: str, part: str) -> list[Rule]:
     return [Rule(f"{src}.{a}.{{leaf}}", f"{dst}.{b}.{{leaf}}", name=f"{part} attention {a} -> {b} (1x1 conv <-> linear)",
                  **({} if a == "norm" else dict(forward=conv1x1_to_linear, reverse=linear_to_conv1x1)))
             for a, b in _VAE_ATTN]
@@ -270,15 +270,15 @@ def svd_vae_rules(config: Mapping) -> list[Rule]:
         rules += [Rule(f"{side}.conv_in.{{leaf}}", f"{side}.conv_in.{{leaf}}", name=f"{side} conv_in"),
                   Rule(f"{side}.conv_out.{{leaf}}", f"{side}.conv_out.{{leaf}}", name=f"{side} conv_out"),
                   Rule(f"{side}.norm_out.{{leaf}}", f"{side}.conv_norm_out.{{leaf}}", name=f"{side} norm_out"),
-                  *_vae_attention(f"{side}.mid.attn_1", f"{side}.mid_block.attentions.0", f"{side} mid")]
+                  *vae_attention(f"{side}.mid.attn_1", f"{side}.mid_block.attentions.0", f"{side} mid")]
     for i in range(levels):
         for j in range(layers):
-            rules += _vae_resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", "encoder")
+            rules += vae_resnet(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", "encoder")
         if i < levels - 1:
             rules.append(Rule(f"encoder.down.{i}.downsample.conv.{{leaf}}",
                               f"encoder.down_blocks.{i}.downsamplers.0.conv.{{leaf}}", name="encoder downsample"))
     for k in range(2):
-        rules += _vae_resnet(f"encoder.mid.block_{k + 1}", f"encoder.mid_block.resnets.{k}", "encoder mid")
+        rules += vae_resnet(f"encoder.mid.block_{k + 1}", f"encoder.mid_block.resnets.{k}", "encoder mid")
     for k in range(layers):  # diffusers' decoder mid block has layers_per_block res blocks (2 in sgm)
         rules += _vae_video_resnet(f"decoder.mid.block_{k + 1}", f"decoder.mid_block.resnets.{k}", "decoder mid")
     for i in range(levels):

@@ -152,7 +152,7 @@ def edm(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
 
 
 def train_unet(cfg: SVDDemoConfig, clips, vae, image_encoder, log: list, snapshot=None) -> SVDUNet:
-    from ..pipelines.stable_video_diffusion import _clip_pixels
+    from ..pipelines.stable_video_diffusion import clip_pixels
 
     unet = build_unet(cfg).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -173,7 +173,7 @@ def train_unet(cfg: SVDDemoConfig, clips, vae, image_encoder, log: list, snapsho
             aug = torch.rand(b, generator=g) * cfg.max_noise_aug
             first = batch[:, 0] + aug.view(b, 1, 1, 1) * torch.randn(batch[:, 0].shape, generator=g)
             cond = vae.encode(first).mode()[:, None].expand(-1, f, -1, -1, -1)  # not scaled, as SVD
-            pixels = _clip_pixels((batch[:, 0] + 1) / 2, 224).float()  # as the pipeline prepares CLIP's input
+            pixels = clip_pixels((batch[:, 0] + 1) / 2, 224).float()  # as the pipeline prepares CLIP's input
             embeds = image_encoder((pixels - mean) / std).image_embeds[:, None]
             keep = (torch.rand(b, generator=g) >= cfg.cond_dropout).float()
             cond, embeds = cond * keep.view(b, 1, 1, 1, 1), embeds * keep.view(b, 1, 1)

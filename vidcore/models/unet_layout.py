@@ -5,18 +5,32 @@ up layer pops one). UNet2D, UNet3D, SVD's UNet and ControlNet build and run thei
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-from ..sampling.step_cache import CallPlan
 from .freeu import FreeU, apply_freeu
 
 # layer(block, i, x) runs layer i of a level's block on x (each model passes its own conditioning).
 Layer = Callable[[nn.Module, int, torch.Tensor], torch.Tensor]
 # A mixer sees (part, level, layer, x) with part "down" | "mid" | "up" and returns the new x.
 Mixer = Callable[[str, int, int, torch.Tensor], torch.Tensor]
+
+
+class CallPlan(Protocol):
+    """What the walk asks of a step cache's plan for one forward (``vidcore.sampling.step_cache.CallPlan`` is
+    the implementation; models only see this interface, so they do not depend on the sampling layer)."""
+
+    depth: int  # down levels to run
+    output: torch.Tensor | None  # set when the rest of the walk comes from the cache
+
+    @property
+    def shallow(self) -> bool: ...
+    def after_first_level(self, x: torch.Tensor) -> bool: ...
+    def runs_up_level(self, level_from_top: int) -> bool: ...
+    def enter_up_level(self, level_from_top: int, x: torch.Tensor) -> torch.Tensor: ...
+    def finish(self, h: torch.Tensor) -> torch.Tensor: ...
 
 
 class Level(NamedTuple):

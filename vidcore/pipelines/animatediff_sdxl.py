@@ -49,7 +49,7 @@ from ..sampling.loop import StepEnd, scheduler_step
 from .animatediff import AnimateDiffBase, check_decode_chunk_size
 from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
 from .ip_adapter import check_ip_adapter_inputs
-from .text import _as_list
+from .text import as_prompt_list
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +319,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             return torch.cat(hidden, dim=-1), pooled
 
         if prompt_embeds is None:
-            prompts = _as_list(prompt, "prompt")
-            prompts_2 = _as_list(prompt_2 or prompt, "prompt_2")
+            prompts = as_prompt_list(prompt, "prompt")
+            prompts_2 = as_prompt_list(prompt_2 or prompt, "prompt_2")
             prompt_embeds, pooled_prompt_embeds = encode([prompts, prompts_2], self.tokenizer.model_max_length,
                                                          clip_skip)
         batch = prompt_embeds.shape[0]
@@ -332,7 +332,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             negative_prompt_2 = negative_prompt_2 or negative_prompt
             negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else negative_prompt
             negatives_2 = [negative_prompt_2] * batch if isinstance(negative_prompt_2, str) else negative_prompt_2
-            negatives, negatives_2 = _as_list(negatives, "negative_prompt"), _as_list(negatives_2, "negative_prompt_2")
+            negatives, negatives_2 = as_prompt_list(negatives, "negative_prompt"), as_prompt_list(negatives_2, "negative_prompt_2")
             if len(negatives) != batch or len(negatives_2) != batch:
                 raise ValueError(f"negative_prompt has {len(negatives)} entries (negative_prompt_2: {len(negatives_2)}) "
                                  f"but prompt has {batch}")

@@ -9,7 +9,7 @@ import torch
 from ..random import randn_tensor
 from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .features import require
-from .text import encode_prompt
+from .text import clip_embed, encode_prompt
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
 
@@ -64,6 +64,16 @@ class SDVideoPipeline(VideoPipeline):
             dtype = self.text_encoder.dtype
         return encode_prompt(self.tokenizer, self.text_encoder, prompt, device, dtype, num_videos_per_prompt, guidance,
                              negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip)
+
+    def embed_prompts(self, prompts: list[str], device, clip_skip: int | None = None) -> torch.Tensor:
+        """Prompts -> k m d text embeddings, nothing repeated or paired (FreeNoise's prompt travel encodes the key
+        prompts of a schedule with it)."""
+        if self.text_encoder is None:
+            raise ValueError("a {frame_index: prompt} schedule needs the pipeline's text_encoder (this one has none "
+                             "loaded)")
+        self._run_on_device("text_encoder")
+        return clip_embed(self.tokenizer, self.text_encoder, prompts, device, clip_skip).to(device,
+                                                                                            self.text_encoder.dtype)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call

@@ -144,7 +144,7 @@ def _vae_pixels(images: list[PIL.Image.Image] | torch.Tensor, height: int, width
     return x * 2.0 - 1.0 if x.min() >= 0 else x
 
 
-def _clip_pixels(images: list[PIL.Image.Image] | torch.Tensor, size: int) -> torch.Tensor:
+def clip_pixels(images: list[PIL.Image.Image] | torch.Tensor, size: int) -> torch.Tensor:
     """``b 3 size size`` in [0, 1] for CLIP. Each image goes through [-1, 1], the antialiased resize
     and back (SVD's reference). A tensor already at ``size`` is passed as is (diffusers never resizes
     tensors; at any other size its image encoder would fail)."""
@@ -287,7 +287,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         """CLIP image embeddings ``(2)(b n) 1 d``, each image's repeated for its videos, zeros first
         for classifier-free guidance."""
         encoder = self._run_on_device("image_encoder")
-        pixels = _clip_pixels(images, CLIP_SIZE).float()
+        pixels = clip_pixels(images, CLIP_SIZE).float()
         # the feature extractor's normalisation (diffusers calls it with do_normalize=True and every
         # other step off), done here in float32 on the pixels' device
         mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)

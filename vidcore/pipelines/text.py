@@ -9,7 +9,7 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def _as_list(prompt, name: str) -> list[str]:
+def as_prompt_list(prompt, name: str) -> list[str]:
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
@@ -47,7 +47,7 @@ def encode_prompt(tokenizer, text_encoder, prompt, device, dtype, num_videos_per
     ``clip_skip`` there (None), its I2VGen-XL applies it.
     """
     if prompt_embeds is None:
-        prompts = _as_list(prompt, "prompt")
+        prompts = as_prompt_list(prompt, "prompt")
         prompt_embeds = clip_embed(tokenizer, text_encoder, prompts, device, clip_skip)
     batch = prompt_embeds.shape[0]
     prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_videos_per_prompt, dim=0)
@@ -60,7 +60,7 @@ def encode_prompt(tokenizer, text_encoder, prompt, device, dtype, num_videos_per
             if prompt is not None and type(prompt) is not type(negative_prompt):
                 raise TypeError(f"negative_prompt must have the same type as prompt ({type(prompt).__name__}), "
                                 f"got {type(negative_prompt).__name__}")
-            negatives = _as_list(negative_prompt, "negative_prompt")
+            negatives = as_prompt_list(negative_prompt, "negative_prompt")
             if len(negatives) != batch:
                 raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
         negative_prompt_embeds = clip_embed(tokenizer, text_encoder, negatives, device, negative_clip_skip)

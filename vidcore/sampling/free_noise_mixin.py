@@ -186,8 +186,8 @@ class FreeNoiseMixin:
 
         Each schedule's key prompts are encoded once and interpolated between key frames (the callback of
         ``enable_free_noise``, default linear); a text negative prompt counts as ``{0: text}``. ``encode``:
-        ``(prompts, clip_skip) -> k m d`` (default: the pipeline's CLIP text encoder; the negatives with
-        ``negative_clip_skip``, None as diffusers' SD pipelines)."""
+        ``(prompts, clip_skip) -> k m d`` (default: the pipeline's ``embed_prompts``, its text encoder; the negatives
+        with ``negative_clip_skip``, None as diffusers' SD pipelines)."""
         if not isinstance(prompt, dict) and not isinstance(negative_prompt, dict):
             return None
         if self.free_noise is None:
@@ -201,17 +201,8 @@ class FreeNoiseMixin:
                 raise ValueError(f"with a prompt schedule, {name} must be a string or a {{frame_index: prompt}} "
                                  f"dict, got {type(value).__name__}")
         if encode is None:
-            from ..pipelines.text import clip_embed
-
-            if getattr(self, "text_encoder", None) is None:
-                raise ValueError("a {frame_index: prompt} schedule needs the pipeline's text_encoder (this one has "
-                                 "none loaded)")
-
-            self._run_on_device("text_encoder")
-            dtype = self.text_encoder.dtype
-
             def encode(prompts, skip):
-                return clip_embed(self.tokenizer, self.text_encoder, prompts, device, skip).to(device, dtype)
+                return self.embed_prompts(prompts, device, skip)
         interpolate = self.free_noise.prompt_interpolation_callback
 
         def per_frame(value, name, skip):
