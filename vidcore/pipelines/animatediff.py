@@ -27,6 +27,7 @@ travel). It matches diffusers' ``enable_free_noise`` seed for seed and excludes 
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -444,6 +445,13 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
     # -- call -------------------------------------------------------------------------------------
+    def animate_with(self, arguments: dict, **extra):
+        """:meth:`animate` given a leaf's ``__call__`` arguments as ``locals()`` (the ones animate requires are
+        taken by name) and its own additions as ``extra`` (``control``, ``schedule``, ``initial``)."""
+        required = [name for name, p in inspect.signature(self.animate).parameters.items()
+                    if p.default is inspect.Parameter.empty]
+        return self.animate(**{name: arguments[name] for name in required}, **extra)
+
     def animate(self, *, prompt, num_frames, height, width, num_inference_steps, guidance_scale, negative_prompt,
                 num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
                 return_dict, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs, decode_chunk_size,
@@ -569,13 +577,4 @@ class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase
         guidance and no ``timestep_cond`` reaches the UNet, even one with ``time_cond_proj_dim`` (an
         LCM-distilled base model); its guidance embedding stays unused.
         """
-        return self.animate(
-            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-            motion_scale=motion_scale)
+        return self.animate_with(locals())

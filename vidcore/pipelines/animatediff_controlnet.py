@@ -208,16 +208,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
                                       guidance and not guess_mode)
         control = {"frames": frames, "scales": scales, "starts": starts, "ends": ends, "guess_mode": guess_mode,
                    "guidance": guidance}
-        return self.animate(
-            prompt=prompt, num_frames=num_frames, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_videos_per_prompt=num_videos_per_prompt,
-            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, decode_chunk_size=decode_chunk_size,
-            context_length=context_length, context_stride=context_stride, context_weighting=context_weighting,
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-            motion_scale=motion_scale, control=control)
+        return self.animate_with(locals(), control=control)
 
 
 __all__ = ["AnimateDiffControlNetPipeline", "as_controlnet", "with_controlnet"]
