@@ -104,6 +104,7 @@ def _worker(rank, world, port, cfg, frames, args, out_dir):
     from test_parallel import randomize
     from vidcore.models.unet3d import UNet3D, UNet3DConfig
     from vidcore.parallel import ParallelConfig, ParallelRunner
+    from vidcore.sampling.guidance import guided
 
     unet = randomize(UNet3D(UNet3DConfig(**REDUCED)), 0)
     g = torch.Generator().manual_seed(1)
@@ -111,12 +112,15 @@ def _worker(rank, world, port, cfg, frames, args, out_dir):
     embeds = torch.randn(2, 7, REDUCED["cross_attention_dim"], generator=g)
     runner = ParallelRunner(ParallelConfig.create(cfg=cfg, frames=frames)) if world > 1 else None
 
+    def model(x, embeds):
+        return unet(x, 500, embeds)
+
+    if runner is not None:
+        model = runner.wrap(model, True, frame_dim=2)
+
     def step():
         with torch.no_grad():
-            if runner is not None:
-                return runner.predict_noise(unet, latents, 500, embeds, 9.0)
-            uncond, cond = unet(torch.cat([latents] * 2), 500, embeds).chunk(2)
-            return uncond + 9.0 * (cond - uncond)
+            return guided(model, latents, 9.0, embeds=embeds)
 
     out = step()  # warm-up
     counter = SentBytes() if world > 1 else None

@@ -142,9 +142,14 @@ UNET_CASES = {
 }
 
 
-def check_unet(rank, world, res, num_frames, tag=""):
-    from vidcore.parallel import unet3d_forward
+def frames_runner():
+    from vidcore.parallel import ParallelConfig, ParallelRunner
 
+    return ParallelRunner(ParallelConfig.create(cfg=False, frames=True))
+
+
+def check_unet(rank, world, res, num_frames, tag=""):
+    runner = frames_runner()
     for name, (overrides, (b, c, h, w)) in UNET_CASES.items():
         unet = tiny_unet(5, **overrides)
         gen = torch.Generator().manual_seed(1)
@@ -153,8 +158,50 @@ def check_unet(rank, world, res, num_frames, tag=""):
         t = torch.tensor([3, 871])[:b]
         with torch.no_grad():
             ref = unet(x, t, ctx)
-            got = unet3d_forward(unet, x, t, ctx, dist.group.WORLD)
+            got = runner.wrap(lambda x, ctx: unet(x, t, ctx), False, frame_dim=2)(x, ctx=ctx)
         res[f"unet_{name}{tag}"] = err(got, ref)
+
+
+def check_wrap(rank, world, res, modes):
+    """ParallelRunner.wrap knows no model family: a toy model made of the frame-mixing ops of nn/ (temporal
+    conv, GroupNorm over frames, temporal attention, frame positions), with a batch-only and a framed
+    condition, in both frame layouts, under guidance and without, equals its single-process call."""
+    from einops import rearrange
+
+    from vidcore.nn.attention import temporal_attend
+    from vidcore.nn.frame_hooks import frame_start
+    from vidcore.nn.resnet import frame_conv, video_norm
+    from vidcore.parallel import ParallelConfig, ParallelRunner
+    from vidcore.sampling.guidance import guided
+
+    c = 4
+    conv = randomize(nn.Conv3d(c, c, (3, 1, 1), padding=(1, 0, 0)), 12)
+    norm = randomize(nn.GroupNorm(2, c), 13)
+
+    def toy(x, context, frames, frame_dim):  # x, frames: b c f h w (frame_dim 2) or b f c h w (frame_dim 1)
+        if frame_dim == 1:
+            x, frames = x.transpose(1, 2), frames.transpose(1, 2)
+        b, _, f, h, w = x.shape
+        pos = torch.arange(frame_start(f), frame_start(f) + f, dtype=x.dtype).view(1, 1, f, 1, 1)
+        y = video_norm(norm, frame_conv(conv, x + frames + pos) * context.view(b, c, 1, 1, 1))
+        q = rearrange(y, "b c f h w -> (b f) (h w) c")
+        y = rearrange(temporal_attend(q, q.flip(-1), q, f, 2), "(b f) (h w) c -> b c f h w", f=f, h=h)
+        return y.transpose(1, 2) if frame_dim == 1 else y
+
+    runners = {(cfg, fr): ParallelRunner(ParallelConfig.create(cfg=cfg, frames=fr)) for cfg, fr in modes}
+    gen = torch.Generator().manual_seed(8)
+    for frame_dim in (2, 1):
+        shape = (1, c, 5, 3, 4) if frame_dim == 2 else (1, 5, c, 3, 4)  # 5 frames: uneven over 2 frame ranks
+        x = torch.randn(shape, generator=gen)
+        conds = dict(context=torch.randn(2, c, generator=gen), frames=torch.randn(2, *shape[1:], generator=gen))
+        model = lambda x, context, frames: toy(x, context, frames, frame_dim)  # noqa: E731
+        for (cfg, fr), runner in runners.items():
+            mode = f"{'cfg' if cfg else ''}{'+' if cfg and fr else ''}{'frames' if fr else ''}"
+            for scale in (3.0, 1.0):  # 1.0: no guidance, the conditional half only
+                kw = conds if scale > 1 else {k: v[1:] for k, v in conds.items()}
+                wrapped = runner.wrap(model, scale > 1, frame_dim, framed=("frames",))
+                res[f"wrap_{mode}_dim{frame_dim}_scale{scale:g}"] = err(guided(wrapped, x, scale, **kw),
+                                                                        guided(model, x, scale, **kw))
 
 
 def check_svd_unet_and_motion_positions(rank, world, res, num_frames, tag=""):
@@ -162,7 +209,7 @@ def check_svd_unet_and_motion_positions(rank, world, res, num_frames, tag=""):
     temporal transformer with sinusoidal frame positions, frame-parallel vs single process."""
     from vidcore.models.svd_unet import SVDUNet, SVDUNetConfig
     from vidcore.nn.transformer import TemporalTransformer
-    from vidcore.parallel import frame_parallel, shard_frames, svd_unet_forward
+    from vidcore.parallel import frame_parallel, shard_frames
 
     g = dist.group.WORLD
     f = num_frames
@@ -176,7 +223,8 @@ def check_svd_unet_and_motion_positions(rank, world, res, num_frames, tag=""):
     x = torch.randn(2, f, 8, 6, 10, generator=gen)
     ctx, ids = torch.randn(2, 1, 16, generator=gen), torch.randn(2, 3, generator=gen)
     with torch.no_grad():
-        res[f"svd_unet{tag}"] = err(svd_unet_forward(unet, x, 20.0, ctx, ids, g), unet(x, 20.0, ctx, ids))
+        svd = frames_runner().wrap(lambda x, ctx, ids: unet(x, 20.0, ctx, ids), False, frame_dim=1)
+        res[f"svd_unet{tag}"] = err(svd(x, ctx=ctx, ids=ids), unet(x, 20.0, ctx, ids))
         motion = randomize(TemporalTransformer(16, 2, 8, 4, max_positions=12), 7)
         video = torch.randn(2, 16, f, 3, 5, generator=gen)
         folded = lambda v: v.transpose(1, 2).reshape(-1, 16, 3, 5)  # b c f h w -> (b f) c h w  # noqa: E731
@@ -389,6 +437,7 @@ def scenario(rank, world):
         check_pipeline(rank, world, res, [(False, True)], num_frames=world + 1, tag="_uneven")
         check_bad_frames(rank, world, res)
     if world == 2:
+        check_wrap(rank, world, res, [(False, True), (True, False)])
         check_video_to_video(rank, world, res)
         check_svd_pipeline(rank, world, res, [(False, True), (True, False)], frames=4)
         check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_uneven")
@@ -400,6 +449,7 @@ def scenario(rank, world):
         check_config_errors(rank, world, res)
         check_animatediff(rank, world, res, [], frames=4)
     if world == 4:
+        check_wrap(rank, world, res, [(True, True)])
         check_pipeline(rank, world, res, [(True, True)], num_frames=4)
         check_pipeline(rank, world, res, [(True, True)], num_frames=5, tag="_uneven")
         check_svd_pipeline(rank, world, res, [(True, True)], frames=4)
@@ -453,6 +503,15 @@ def test_frame_parallel_unet3d_equals_single_process(results, world, tag):
     for r, res in enumerate(results(world)):
         for name in UNET_CASES:
             assert res[f"unet_{name}{tag}"] < TOL, (world, r, name, res[f"unet_{name}{tag}"])
+
+
+@pytest.mark.parametrize("world,modes", [(2, ["frames", "cfg"]), (4, ["cfg+frames"])])
+def test_wrap_splits_any_model_by_data_alone(results, world, modes):
+    """One wrapper for every family: only the frame axis and the framed inputs are given."""
+    for r, res in enumerate(results(world)):
+        for mode in modes:
+            for key in (f"wrap_{mode}_dim{d}_scale{s}" for d in (2, 1) for s in ("3", "1")):
+                assert res[key] < TOL, (world, r, key, res[key])
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from ..nn.attention import Attention
+from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import FeedForward
 from .unet3d import UNet3D, UNet3DConfig
 
@@ -99,7 +100,9 @@ class I2VGenXLUNet(UNet3D):
     def prepare(self, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor, image_embeddings: torch.Tensor,
                 encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None = None):
         """The conditioning before the backbone: ``(sample ⊕ encoded image latents  b 2c f h w, temb b d,
-        context b m' d)``. Cheap next to the backbone, so frame-parallel ranks compute it whole."""
+        context b m' d)``. The image latents' encoder attends over all their frames (plain attention, no frame
+        hook), and is cheap next to the backbone: frame-parallel ranks pass them whole with their own slice of
+        ``sample`` and keep their frames of the encoding (:func:`~vidcore.nn.frame_hooks.frame_start`)."""
         b, c, f, h, w = sample.shape
         temb = self.time_embed(timestep, b, sample.device, timestep_cond)
         fps_feat = self.time_features(fps, torch.as_tensor(fps).reshape(-1).shape[0], sample.device)
@@ -107,6 +110,10 @@ class I2VGenXLUNet(UNet3D):
         context = self.context(encoder_hidden_states, image_latents, image_embeddings)
 
         cond = self.image_latents_proj_in(rearrange(image_latents, "b c f h w -> (b f) c h w"))
-        cond = rearrange(cond, "(b f) c h w -> (b h w) f c", f=f)
+        cond = rearrange(cond, "(b f) c h w -> (b h w) f c", f=image_latents.shape[2])
         cond = rearrange(self.image_latents_temporal_encoder(cond), "(b h w) f c -> b c f h w", h=h, w=w)
+        if cond.shape[2] != f:  # frame parallel: this rank's frames of the whole video's encoding
+            if frame_handler() is None:
+                raise ValueError(f"image_latents have {cond.shape[2]} frames, sample has {f}")
+            cond = cond.narrow(2, frame_start(f), f)
         return torch.cat([sample, cond], dim=1), temb, context

@@ -1,6 +1,7 @@
-"""Frame parallelism for video UNets (ModelScope's UNet3D, AnimateDiff's UNetMotion, SVD's UNet): each rank
-of a frame group runs
-the UNet on a contiguous slice of the frames; only the ops that mix frames communicate.
+"""Frame parallelism for any video model built from ``nn/`` (ModelScope's UNet3D, AnimateDiff's UNetMotion,
+I2VGen-XL's and SVD's UNets): each rank of a frame group runs the model on a contiguous slice of the frames
+(:func:`shard_frames`, inside :func:`frame_parallel`); only the ops that mix frames communicate. No model's
+forward is repeated here: ``ParallelRunner.wrap`` (``pipeline.py``) slices the inputs and gathers the output.
 
 Per-frame work (res blocks, spatial transformers, up/down sampling, conv in/out and their
 per-frame GroupNorms) needs nothing. The frame-mixing ops in ``nn/`` consult ``nn.frame_hooks``, and
@@ -87,68 +88,3 @@ def shard_frames(x: torch.Tensor, group, dim: int = 2) -> torch.Tensor:
     sizes = frame_sizes(x.shape[dim], group)
     rank = comm.group_rank(group)
     return x.narrow(dim, sum(sizes[:rank]), sizes[rank])
-
-
-def _shard_folded(x: torch.Tensor, num_frames: int, group) -> torch.Tensor:
-    """``(b f) ...`` -> ``(b f_l) ...`` (ControlNet residuals)."""
-    video = x.view(x.shape[0] // num_frames, num_frames, *x.shape[1:])
-    return shard_frames(video, group, dim=1).reshape(-1, *x.shape[1:])
-
-
-def unet3d_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, group,
-                   timestep_cond=None, down_block_additional_residuals=None, mid_block_additional_residual=None,
-                   gather: bool = True, motion_scale=None) -> torch.Tensor:
-    """``unet(sample b c f h w, ...)`` computed frame-parallel over ``group`` for ModelScope's UNet3D and
-    AnimateDiff's UNetMotion; every rank passes the full inputs and gets the full output
-    (``gather=False``: its own frames only). A per-frame context ``(b f) m d`` is sliced too; UNetMotion's
-    ``motion_scale`` is passed whole (it takes the rank's frames itself)."""
-    from ..models.motion import UNetMotion
-    from ..models.unet3d import UNet3D
-
-    if not isinstance(unet, (UNet3D, UNetMotion)):
-        raise TypeError(f"unet3d_forward takes a UNet3D or UNetMotion, got {type(unet).__name__}")
-    b, f = sample.shape[0], sample.shape[2]
-    local = shard_frames(sample, group)
-    if f > 1 and encoder_hidden_states.shape[0] == b * f:
-        encoder_hidden_states = _shard_folded(encoder_hidden_states, f, group)
-    if down_block_additional_residuals is not None:
-        down_block_additional_residuals = tuple(_shard_folded(r, f, group) for r in down_block_additional_residuals)
-    if mid_block_additional_residual is not None:
-        mid_block_additional_residual = _shard_folded(mid_block_additional_residual, f, group)
-    extra = {} if motion_scale is None else {"motion_scale": motion_scale}
-    with frame_parallel(group, f):
-        out = unet(local, timestep, encoder_hidden_states, timestep_cond, down_block_additional_residuals,
-                   mid_block_additional_residual, **extra)
-    return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
-
-
-def i2vgen_unet_forward(unet, sample: torch.Tensor, timestep, fps, image_latents: torch.Tensor,
-                        image_embeddings: torch.Tensor, encoder_hidden_states: torch.Tensor, group,
-                        gather: bool = True) -> torch.Tensor:
-    """I2VGen-XL's ``unet(sample b c f h w, t, fps, image_latents b 4 f h w, image_embeddings b d, text b m d)``
-    computed frame-parallel over ``group``. The image conditioning (its own small attention over frames
-    at 4 channels) is computed whole on every rank; the backbone runs on this rank's frames."""
-    from ..models.i2vgen_unet import I2VGenXLUNet
-
-    if not isinstance(unet, I2VGenXLUNet):
-        raise TypeError(f"i2vgen_unet_forward needs I2VGen-XL's UNet, got {type(unet).__name__}")
-    f = sample.shape[2]
-    x, temb, context = unet.prepare(sample, timestep, fps, image_latents, image_embeddings, encoder_hidden_states)
-    with frame_parallel(group, f):
-        out = unet.backbone(shard_frames(x, group), temb, context)
-    return comm.gather(out, group, dim=2, sizes=frame_sizes(f, group)) if gather else out
-
-
-def svd_unet_forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
-                     added_time_ids: torch.Tensor, group, gather: bool = True) -> torch.Tensor:
-    """SVD's ``unet(sample b f c h w, t, context b m d, added_time_ids b k)`` computed frame-parallel over
-    ``group``; every rank passes the full inputs and gets the full output (``gather=False``: its frames)."""
-    from ..models.svd_unet import SVDUNet
-
-    if not isinstance(unet, SVDUNet):
-        raise TypeError(f"svd_unet_forward needs SVD's UNet, got {type(unet).__name__}")
-    f = sample.shape[1]
-    local = shard_frames(sample, group, dim=1)
-    with frame_parallel(group, f):
-        out = unet(local, timestep, encoder_hidden_states, added_time_ids)
-    return comm.gather(out, group, dim=1, sizes=frame_sizes(f, group)) if gather else out

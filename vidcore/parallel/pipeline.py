@@ -1,27 +1,31 @@
 """Parallel denoising and decoding for the ModelScope, I2VGen-XL, AnimateDiff and SVD pipelines
 (``pipe.enable_parallel``).
 
-Every rank runs the same pipeline code on the same inputs; the ranks split the UNet's work:
+Every rank runs the same pipeline code on the same inputs; the ranks split the model's work. A pipeline's
+prediction wraps its model call in :meth:`ParallelRunner.wrap`, as it wraps it in guidance: the wrapper knows
+no model family, only which axis of which input holds the guidance batch (dim 0) and the frames (given as
+data: ``frame_dim`` and the ``framed`` conditions).
 
-* CFG parallel: the CFG group's rank 0 runs the UNet on the unconditional half of the guidance
-  batch, rank 1 on the conditional half; one all_gather of the noise predictions per step (of the
-  rank's frames; the guided frames are then gathered over the frame group).
-* Frame parallel: the frame group's ranks each run their slice of frames (``frames.py``); the
-  guided noise of the slices is gathered once per step.
+* CFG parallel: the CFG group's rank 0 runs the model on the unconditional half of the guidance
+  batch, rank 1 on the conditional half; one all_gather (dim 0) per step joins them.
+* Frame parallel: the frame group's ranks each run their slice of frames (``frames.py``: the frame-mixing
+  ops communicate); one all_gather over the frame group per step joins the slices.
 
-After each step every rank holds the same full latents and steps the scheduler itself (so the
-scheduler's random draws must match: pass the same seed on every rank; the initial latents are
-broadcast from rank 0). The VAE decode is split over all ranks by frames and gathered on rank 0.
+Guidance then runs on the full prediction as in a single process. After each step every rank holds the same
+full latents and steps the scheduler itself (so the scheduler's random draws must match: pass the same seed on
+every rank; the initial latents are broadcast from rank 0). The VAE decode is split over all ranks by frames
+and gathered on rank 0.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 import torch.distributed as dist
 
-from ..sampling.guidance import apply_guidance
 from . import comm
-from .frames import frame_sizes, i2vgen_unet_forward, svd_unet_forward, unet3d_forward
+from .frames import frame_parallel, frame_sizes, shard_frames
 from .group import ParallelConfig, check_frames, init_distributed
 
 
@@ -53,7 +57,8 @@ class ParallelPipelineMixin:
 
 class ParallelRunner:
     """The per-step work of a parallel pipeline for one :class:`ParallelConfig`: checks, the initial
-    broadcast, the guided noise prediction (UNet3D / UNetMotion or SVD) and the split VAE decode."""
+    broadcast, the model call split over the ranks (:meth:`wrap`, the same for every family) and the split
+    VAE decode."""
 
     def __init__(self, config: ParallelConfig):
         self.config = config
@@ -68,53 +73,42 @@ class ParallelRunner:
         dist.broadcast(x, src=0)
         return x
 
-    def predict_noise(self, unet, model_in: torch.Tensor, t, embeds: torch.Tensor, guidance_scale: float,
-                      image_conditioning: tuple[torch.Tensor, ...] | None = None, motion_scale=None) -> torch.Tensor:
-        """Guided noise for ``model_in`` (b c f h w, already scaled); ``embeds`` is [uncond; cond]
-        (2b m d) with guidance, else cond (b m d). ``image_conditioning``: I2VGen-XL's (fps, image
-        latents, image embeddings), batched like ``embeds``; ``motion_scale``: AnimateDiff's per-frame motion
-        scale (UNetMotion). Returns the full b c f h w noise on every rank."""
+    def wrap(self, model: Callable[..., torch.Tensor], guidance: bool, frame_dim: int,
+             framed: Iterable[str] = ()) -> Callable[..., torch.Tensor]:
+        """``model(x, **conditions) -> prediction`` run split over the ranks, for any model family: the result
+        has the same signature and gives every rank the full single-process prediction, so guidance and the
+        loop around it stay as they are (``guided(runner.wrap(model, ...), latents, scale, **conditions)``).
+
+        What is split is data, not code: ``x`` and every condition tensor carry the batch on dim 0; with
+        ``guidance`` it is the ``[uncond; cond]`` batch and a CFG group of 2 runs one half per rank.
+        ``x``, the prediction and the conditions named in ``framed`` carry the frames on ``frame_dim``
+        (2 for ``b c f h w``, 1 for SVD's ``b f c h w``); each frame rank runs its contiguous slice inside
+        :func:`~vidcore.parallel.frames.frame_parallel`, where the frame-mixing ops communicate. Conditions
+        not in ``framed`` reach every frame rank whole (a model that needs their frames takes its own with
+        ``vidcore.nn.frame_hooks.frame_start``, as I2VGen-XL's image latents). Whatever is the same for both
+        halves and all frames (timestep, motion scale) belongs in the model's closure."""
         pc = self.config
-        guidance = guidance_scale > 1.0
-        sizes = frame_sizes(model_in.shape[2], pc.frame_group)
+        framed = frozenset(framed)
+        split_cfg = guidance and pc.cfg_size == 2
 
-        def forward(x, text, extra):  # this rank's frames of unet(x, t, text)
-            if extra is None:
-                return unet3d_forward(unet, x, t, text, pc.frame_group, gather=False, motion_scale=motion_scale)
-            return i2vgen_unet_forward(unet, x, t, *extra, text, pc.frame_group, gather=False)
+        def parallel_model(x: torch.Tensor, **conditions) -> torch.Tensor:
+            missing = framed - conditions.keys()
+            if missing:
+                raise TypeError(f"framed names conditions the model was not given: {sorted(missing)}")
+            if split_cfg:  # this rank's half of [uncond; cond]
+                x = x.chunk(2)[pc.cfg_index]
+                conditions = {k: v.chunk(2)[pc.cfg_index] for k, v in conditions.items()}
+            num_frames = x.shape[frame_dim]
+            sizes = frame_sizes(num_frames, pc.frame_group)
+            x = shard_frames(x, pc.frame_group, frame_dim)
+            conditions = {k: shard_frames(v, pc.frame_group, frame_dim) if k in framed else v
+                          for k, v in conditions.items()}
+            with frame_parallel(pc.frame_group, num_frames):
+                out = model(x, **conditions)
+            out = comm.gather(out, pc.frame_group, dim=frame_dim, sizes=sizes)
+            return comm.gather(out, pc.cfg_group, dim=0) if split_cfg else out
 
-        if guidance and pc.cfg_size == 2:
-            i = pc.cfg_index
-            extra = None if image_conditioning is None else tuple(c.chunk(2)[i] for c in image_conditioning)
-            local = forward(model_in, embeds.chunk(2)[i], extra)  # b c f_l h w
-            noise = apply_guidance(comm.gather(local, pc.cfg_group, dim=0), guidance_scale)
-        else:  # frames only (or cfg ranks without guidance: both compute the same)
-            batch = torch.cat([model_in] * 2) if guidance else model_in
-            noise = forward(batch, embeds, image_conditioning)
-            if guidance:
-                noise = apply_guidance(noise, guidance_scale)
-        return comm.gather(noise, pc.frame_group, dim=2, sizes=sizes)
-
-    def predict_noise_svd(self, unet, model_in: torch.Tensor, t, image_latents: torch.Tensor, embeds: torch.Tensor,
-                          time_ids: torch.Tensor, guidance_scale: torch.Tensor | None) -> torch.Tensor:
-        """SVD's guided prediction for ``model_in`` (b f 4 h w, scaled). With guidance the conditions
-        (image latents b f 4 h w, image embeddings b 1 d, added time ids b k) are [uncond; cond] and
-        ``guidance_scale`` holds per-frame scales ``b f 1 1 1``. Full b f 4 h w on every rank."""
-        pc = self.config
-        guidance = guidance_scale is not None
-        sizes = frame_sizes(model_in.shape[1], pc.frame_group)
-        if guidance and pc.cfg_size == 2:
-            i = pc.cfg_index
-            x = torch.cat([model_in, image_latents.chunk(2)[i]], dim=2)
-            local = svd_unet_forward(unet, x, t, embeds.chunk(2)[i], time_ids.chunk(2)[i], pc.frame_group, gather=False)
-            local = comm.gather(local, pc.cfg_group, dim=0)  # [uncond; cond] of this rank's frames
-        else:
-            x = torch.cat([torch.cat([model_in] * 2) if guidance else model_in, image_latents], dim=2)
-            local = svd_unet_forward(unet, x, t, embeds, time_ids, pc.frame_group, gather=False)
-            if not guidance:
-                return comm.gather(local, pc.frame_group, dim=1, sizes=sizes)
-        scale = guidance_scale[:, pc.frame_slice(model_in.shape[1])]
-        return comm.gather(apply_guidance(local, scale), pc.frame_group, dim=1, sizes=sizes)
+        return parallel_model
 
     def decode_parts(self, decode_fn, parts: list[torch.Tensor], frame_shape: tuple[int, ...]) -> torch.Tensor | None:
         """``decode_fn`` on each of ``parts`` (latent chunks decoded independently, e.g. SVD's temporal

@@ -431,16 +431,13 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
         (:func:`vidcore.sampling.windows.blend_windows`)."""
         def window_noise(start: int, end: int) -> torch.Tensor:
-            x = latents[:, :, start:end]
-            if self.parallel is not None:  # CFG halves / frame slices of this window on the ranks
-                return self.parallel.predict_noise(unet, self.scheduler.scale_model_input(x, t), t, embeds,
-                                                   guidance_scale, **inputs.motion_kwargs(start, end))
-
-            def model(model_in):
+            def model(model_in, embeds):
                 return self.unet_forward(unet, self.scheduler.scale_model_input(model_in, t), t, embeds, start, end,
                                          inputs, step)
 
-            return guided(model, x, guidance_scale)
+            if self.parallel is not None:  # CFG halves / frame slices (b c f h w) of this window on the ranks
+                model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
+            return guided(model, latents[:, :, start:end], guidance_scale, embeds=embeds)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 

@@ -145,12 +145,13 @@ class I2VGenXLPipeline(VideoUNetPipeline):
         fps, image_latents, image_embeddings = conditions
         if window is not None:
             image_latents = window_image_latents(image_latents, *window)
-        if self.parallel is not None:
-            return self.parallel.predict_noise(self.unet, self.scheduler.scale_model_input(latents, t), t,
-                                               prompt_embeds, guidance_scale,
-                                               image_conditioning=(fps, image_latents, image_embeddings))
-        return guided(lambda x: unet(self.scheduler.scale_model_input(x, t), t, fps, image_latents, image_embeddings,
-                                     prompt_embeds), latents, guidance_scale)
+        def model(x, fps, image_latents, image_embeddings, prompt_embeds):
+            return unet(self.scheduler.scale_model_input(x, t), t, fps, image_latents, image_embeddings, prompt_embeds)
+
+        if self.parallel is not None:  # the image latents go whole to every frame rank: the UNet encodes all frames
+            model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
+        return guided(model, latents, guidance_scale, fps=fps, image_latents=image_latents,
+                      image_embeddings=image_embeddings, prompt_embeds=prompt_embeds)
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -328,14 +328,15 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
                       guidance_scale) -> torch.Tensor:
         """The guided prediction for ``b f 4 h w`` latents (a whole video or one context window) and the
         matching frames of ``image_latents`` and of the per-frame ``guidance_scale`` (``b f 1 1 1`` or None)."""
-        if self.parallel is not None:  # enable_parallel: CFG halves / frame slices on the ranks
-            return self.parallel.predict_noise_svd(unet, self.scheduler.scale_model_input(latents, t), t,
-                                                   image_latents, image_embeddings, added_time_ids, guidance_scale)
+        def model(x, image_latents, image_embeddings, added_time_ids):
+            model_in = torch.cat([self.scheduler.scale_model_input(x, t), image_latents], dim=2)  # b f (4 + 4) h w
+            return unet(model_in, t, image_embeddings, added_time_ids)
+
         guidance = guidance_scale is not None
-        model_in = torch.cat([latents] * 2) if guidance else latents
-        model_in = self.scheduler.scale_model_input(model_in, t)
-        model_in = torch.cat([model_in, image_latents], dim=2)  # b f (4 + 4) h w
-        pred = unet(model_in, t, image_embeddings, added_time_ids)
+        if self.parallel is not None:  # CFG halves / frame slices (b f c h w, the image latents too) on the ranks
+            model = self.parallel.wrap(model, guidance, frame_dim=1, framed=("image_latents",))
+        pred = model(torch.cat([latents] * 2) if guidance else latents, image_latents=image_latents,
+                     image_embeddings=image_embeddings, added_time_ids=added_time_ids)
         return apply_guidance(pred, guidance_scale) if guidance else pred
 
     def predict_video_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids, guidance_scale,

@@ -25,11 +25,12 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
         ``window``: the ``(start, end)`` frames of the video that ``latents`` are (context windows), for
         subclasses with per-frame conditioning to slice; None is the whole video. ``conditions``: the call's
         further UNet inputs for subclasses that have them (I2VGen-XL's image and fps), None here."""
-        if self.parallel is not None:
-            model_in = self.scheduler.scale_model_input(latents, t)
-            return self.parallel.predict_noise(unet, model_in, t, prompt_embeds, guidance_scale)
-        return guided(lambda x: unet(self.scheduler.scale_model_input(x, t), t, prompt_embeds), latents,
-                      guidance_scale)
+        def model(x, prompt_embeds):
+            return unet(self.scheduler.scale_model_input(x, t), t, prompt_embeds)
+
+        if self.parallel is not None:  # CFG halves / frame slices (b c f h w) on the ranks
+            model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
+        return guided(model, latents, guidance_scale, prompt_embeds=prompt_embeds)
 
     def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting,
                             conditions=None):

@@ -14,13 +14,15 @@ def apply_guidance(noise: torch.Tensor, guidance_scale) -> torch.Tensor:
     return uncond + guidance_scale * (cond - uncond)
 
 
-def guided(model: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance around ``model`` (latents -> prediction, its conditions batched negatives
-    first): with ``guidance_scale > 1`` one call on ``[latents; latents]`` and the halves combined, else one call
-    on ``latents`` (the conditional half only)."""
+def guided(model: Callable[..., torch.Tensor], latents: torch.Tensor, guidance_scale: float,
+           **conditions) -> torch.Tensor:
+    """Classifier-free guidance around ``model`` (``model(latents, **conditions) -> prediction``, its conditions
+    batched negatives first): with ``guidance_scale > 1`` one call on ``[latents; latents]`` and the halves
+    combined, else one call on ``latents`` (the conditional half only). Conditions passed here rather than
+    closed over are visible to a wrapper such as ``ParallelRunner.wrap``, which splits them."""
     if guidance_scale > 1.0:
-        return apply_guidance(model(torch.cat([latents] * 2)), guidance_scale)
-    return model(latents)
+        return apply_guidance(model(torch.cat([latents] * 2), **conditions), guidance_scale)
+    return model(latents, **conditions)
 
 
 __all__ = ["apply_guidance", "guided"]
