@@ -207,4 +207,4 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
             motion_scale=motion_scale, control=control)
 
 
-__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet", "with_controlnet"]
+__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet"]

@@ -296,4 +296,4 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         return self.finish(latents, output_type, return_dict, decode_chunk_size, TextToVideoZeroOutput)
 
 
-__all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "load_sd_components", "sd_scheduler", "OUTPUT_TYPES"]
+__all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "SD_LOADERS", "load_sd_scheduler", "sd_scheduler", "OUTPUT_TYPES"]
