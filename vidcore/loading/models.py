@@ -28,9 +28,9 @@ Formats understood:
 
 Weights are converted and checked completely before the module is filled, so a bad checkpoint
 raises a :class:`~vidcore.errors.CheckpointError` naming the file, key or shape, and nothing is
-half-loaded.
+half-loaded. (The conversions themselves: :mod:`vidcore.loading.originals`; a saved AnimateDiff pipeline's
+``UNetMotionModel`` folder: :func:`load_unet_motion`.)
 """
-
 
 from __future__ import annotations
 

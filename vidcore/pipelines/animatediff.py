@@ -61,8 +61,6 @@ from .sd_video import SDVideoPipeline
 ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "linspace", "beta_schedule": "linear",
                                    "steps_offset": 1}
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
-COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
-              "feature_extractor")
 # from_single_file: the SD1.5 repo that gives the configs, tokenizer and scheduler (runwayml's, now hosted here)
 DEFAULT_SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # what from_single_file fetches from config_from on the hub: configs, tokenizer and scheduler, no weights

@@ -144,8 +144,8 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
     @classmethod
     def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
         if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none): pass controlnet= "
-                                      f"(CLI: --controlnet), e.g. {EXAMPLE_CONTROLNET}")
+            return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none: pass controlnet=, CLI "
+                                      f"--controlnet, e.g. {EXAMPLE_CONTROLNET})")
         return super().missing_component(name, where, single_file)
 
     # -- pieces ---------------------------------------------------------------------------------
