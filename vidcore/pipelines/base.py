@@ -53,8 +53,9 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
 
 
 class VideoPipeline(StepCacheMixin):
-    """Base class. Subclasses list their components in ``components`` and implement ``__call__``; the sampling
-    features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
+    """Base class. Subclasses list their components in ``components``, declare how each is loaded in ``loaders``
+    (:mod:`vidcore.loading.pipeline` loads them, from folders, hub ids or single files) and implement ``__call__``;
+    the sampling features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
 
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
