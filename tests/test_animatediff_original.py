@@ -17,7 +17,8 @@ import vidcore
 from vidcore.conversion.maps.original_motion import config_from_keys, detect, motion_adapter_map
 from vidcore.errors import CheckpointError, ConversionError
 from vidcore.hub import load_state_dict
-from vidcore.loading import BY_NAME, load_model_with_info, original_keymap, original_state_dict, save_original
+from vidcore.loading import (BY_NAME, load_model_with_info, load_motion_adapter_file, original_keymap,
+                             original_state_dict, save_original)
 from vidcore.models.motion import MotionAdapter
 
 CASES = {
@@ -107,7 +108,7 @@ def test_round_trip_is_bit_exact(tmp_path, case, suffix):
 
 
 def test_unet_motion_from_single_file_matches_diffusers(tmp_path):
-    """MotionAdapter.from_single_file -> UNetMotion equals diffusers' UNetMotionModel.from_unet2d(unet,
+    """vidcore.loading.load_motion_adapter_file -> UNetMotion equals diffusers' UNetMotionModel.from_unet2d(unet,
     MotionAdapter.from_single_file(...)) on the same file."""
     from diffusers import MotionAdapter as RefAdapter
     from diffusers import UNet2DConditionModel, UNetMotionModel
@@ -122,7 +123,7 @@ def test_unet_motion_from_single_file_matches_diffusers(tmp_path):
     theirs = RefAdapter.from_single_file(str(tmp_path / "mm_sd_v15_v2.ckpt"), config=str(tmp_path / "adapter"),
                                          local_files_only=True)
     ref = UNetMotionModel.from_unet2d(unet, theirs).eval()
-    adapter = MotionAdapter.from_single_file(tmp_path / "mm_sd_v15_v2.ckpt", config_from=tmp_path / "adapter")
+    adapter = load_motion_adapter_file(tmp_path / "mm_sd_v15_v2.ckpt", config_from=tmp_path / "adapter")
     model = vidcore.UNetMotion(vidcore.load_model(tmp_path / "unet"), adapter)
     x, ctx = video_inputs(4, frames=5, height=6, width=7)
     with torch.no_grad():

@@ -16,7 +16,8 @@ import vidcore
 from vidcore.conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from vidcore.errors import CheckpointError
 from vidcore.models.motion import UNetMotion
-from vidcore.models.motion_lora import fuse_lora, fused_loras, load_motion_lora, unfuse_lora
+from vidcore.loading.lora import fuse_lora, load_motion_lora  # (they read files: vidcore.loading)
+from vidcore.models.motion_lora import fused_loras, unfuse_lora
 
 pytest.importorskip("peft", reason="diffusers' LoRA loading (the reference) needs peft")
 

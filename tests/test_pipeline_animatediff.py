@@ -411,7 +411,7 @@ def test_loading_errors(setup, tmp_path):
 def test_hub_download_patterns_skip_unused_weights():
     from fnmatch import fnmatch
 
-    from vidcore.pipelines.animatediff import _patterns
+    from vidcore.loading.fetch import download_patterns as _patterns
 
     repo = ["model_index.json", "v1-5-pruned.ckpt", "v1-5-pruned-emaonly.safetensors", "unet/config.json",
             "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",

@@ -122,7 +122,7 @@ def test_original_ckpt_adapter_and_readme_recipe(setup, ours, tmp_path):
 
     save_original(ours.motion_adapter, tmp_path / "mm_sdxl.ckpt")
     # the toy adapter's head count and norm groups are not the released ones (8, 32), so its config is passed
-    adapter = vidcore.MotionAdapter.from_single_file(tmp_path / "mm_sdxl.ckpt", config_from=setup.adapter)
+    adapter = vidcore.load_model(tmp_path / "mm_sdxl.ckpt", config_from=setup.adapter)
     pipe = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=adapter)
     for (name, a), b in zip(ours.motion_adapter.state_dict().items(), pipe.motion_adapter.state_dict().values()):
         assert torch.equal(a, b), name

@@ -41,7 +41,7 @@ def load(pipe, args, dtype) -> None:
     encoder = args.ip_image_encoder
     try:
         if encoder is not None and Path(encoder).expanduser().is_dir():
-            from ..pipelines.base import load_image_encoder
+            from ..loading.loaders import load_image_encoder
 
             pipe.image_encoder = load_image_encoder(Path(encoder).expanduser(), torch_dtype(dtype))
             encoder = None

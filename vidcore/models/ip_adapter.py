@@ -19,16 +19,14 @@ as before. Several adapters can be attached at once, each with its own image pro
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..conversion.engine import load_into
 from ..conversion.maps import original_ip_adapter
-from ..errors import CheckpointError, ConfigError, ConversionError
+from ..errors import ConfigError, ConversionError
 from ..nn.attention import Attention, ImagePromptContext
 from ..nn.transformer import FeedForward
 
@@ -163,21 +161,6 @@ class IPAdapter(nn.Module):
         except ConversionError as err:
             raise ConversionError(f"{source} does not fit an IPAdapter: {err}", err.report) from err
         return module.eval()
-
-    @classmethod
-    def from_single_file(cls, path: str | os.PathLike) -> "IPAdapter":
-        """An original file: ``.safetensors``, or a ``.bin`` read with ``torch.load(weights_only=True)``."""
-        from ..single_file import _torch_load_safely
-        from .. import hub
-
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            state = hub.load_state_dict(path)
-        else:
-            state = _torch_load_safely(path)
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
-        return cls.from_state_dict(state, str(path))
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors under the original file's names (the same map run in reverse: ``to_kv`` fused again), as

@@ -23,14 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .. import hub
-from ..conversion.engine import ChainedMap
-from ..conversion.maps import original_motion
-from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
-from ..errors import CheckpointError, ModelNotFoundError
 from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
-from ..single_file import build_on_meta, config_from_source, fill, read_single_file
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
 from .unet2d import UNet2D
@@ -103,36 +97,6 @@ class MotionAdapter(nn.Module):
             nn.ModuleList(motion_module(ch[lvl], heads[lvl], t_layers[lvl], cfg) for _ in range(layers[lvl] + 1))
             for lvl in reversed(range(len(ch)))
         )
-
-    @classmethod
-    def from_single_file(cls, path, config_from=None, torch_dtype=None, revision: str | None = None,
-                         token: str | None = None) -> "MotionAdapter":
-        """An original AnimateDiff motion-module file (``mm_sd_v15_v2.ckpt``, ``v3_sd15_mm.ckpt``, or their
-        ``.safetensors``); the config is read from its keys, ``config_from`` (a diffusers adapter folder,
-        ``config.json`` or dict) overrides it. Same as ``vidcore.load_model(path, component="motion_adapter")``."""
-        where = hub.resolve(path, revision=revision, token=token)
-        if not where.is_file():
-            raise ModelNotFoundError(f"{where} is a folder; MotionAdapter.from_single_file reads one original "
-                                     "motion-module file (vidcore.load_model loads a diffusers folder)")
-        state = read_single_file(where)
-        if not original_motion.detect(state):
-            raise CheckpointError(f"{where} is not an original AnimateDiff motion-module file (no "
-                                  "down_blocks.N.motion_modules.* keys)")
-        module, _, _ = cls.from_original_state_dict(state, where, config_from, revision, token)
-        return module.to(hub.parse_dtype(torch_dtype) or torch.float32).eval()
-
-    @classmethod
-    def from_original_state_dict(cls, state: dict, where, config_from=None, revision=None, token=None):
-        """(adapter, diffusers config, conversion report) from an original motion-module state dict (prefixes
-        stripped); the config comes from its keys, ``config_from`` overrides it (head count and norm groups
-        cannot be seen in the weights)."""
-        config = {"_class_name": "MotionAdapter", **original_motion.config_from_keys(state)}
-        if config_from is not None:
-            config.update(config_from_source(config_from, class_name="MotionAdapter", subfolder="motion_adapter",
-                                             description=MOTION_ORIGINAL_DESCRIPTION, revision=revision, token=token))
-        module = build_on_meta(cls, MotionAdapterConfig, config, "MotionAdapter")
-        keymap = ChainedMap([original_motion.motion_adapter_map(config), MOTION_ADAPTER_MAP])
-        return module, config, fill(module, state, keymap, [where], "forward")
 
     @property
     def max_frames(self) -> int:

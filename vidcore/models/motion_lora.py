@@ -1,7 +1,7 @@
 """LoRA for AnimateDiff UNets (motion LoRAs: guoyww/animatediff-motion-lora-zoom-in, v2_lora_PanLeft.ckpt ...),
 fused into a :class:`~vidcore.models.motion.UNetMotion`'s weights and unfused exactly.
 
->>> lora = load_motion_lora("guoyww/animatediff-motion-lora-zoom-in")      # hub repo, folder or file
+>>> lora = vidcore.load_motion_lora("guoyww/animatediff-motion-lora-zoom-in")  # hub repo, folder or file
 >>> fuse_lora(unet_motion, lora, scale=0.8)   # W += 0.8 * up @ down for every layer the LoRA names
 >>> unfuse_lora(unet_motion)                  # the weights as they were, bit for bit
 
@@ -19,7 +19,6 @@ at the first fuse, so several LoRAs can be fused in turn and removed together.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -29,11 +28,9 @@ from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..conversion.maps.diffusers_unet2d import unet2d_map
 from ..conversion.maps.motion_lora import KOHYA_PREFIX, LoRALayer, kohya_layer_names, parse_lora
 
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError
 from .motion import UNetMotion
 
-_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "diffusion_pytorch_model.safetensors",
-                 "pytorch_lora_weights.bin", "diffusion_pytorch_model.bin")
 _MOTION_KEY = ".motion_modules."
 
 
@@ -97,37 +94,17 @@ class _Fused:
     loras: list[tuple[str, float]] = field(default_factory=list)  # (source, scale), in fuse order
 
 
-def load_motion_lora(path_or_repo: str | os.PathLike | Mapping[str, torch.Tensor], weight_name: str | None = None,
-                     revision: str | None = None, token: str | None = None) -> MotionLoRA:
-    """A motion LoRA from a file (``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a
-    folder or hub repo (``weight_name`` or the usual diffusers LoRA file names), or a state dict."""
-    from .. import hub
-    from ..single_file import read_single_file_raw
-
-    if isinstance(path_or_repo, Mapping):
-        return MotionLoRA.from_state_dict(path_or_repo)
-    patterns = [weight_name] if weight_name else [*_WEIGHT_NAMES, "*.safetensors", "*.ckpt"]
-    root = hub.resolve(path_or_repo, allow_patterns=patterns, revision=revision, token=token)
-    if root.is_dir():
-        names = [weight_name] if weight_name else list(_WEIGHT_NAMES)
-        found = next((root / n for n in names if (root / n).is_file()), None)
-        if found is None and not weight_name:
-            files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
-            found = files[0] if len(files) == 1 else None
-        if found is None:
-            raise ModelNotFoundError(f"{root}: no LoRA weight file (looked for {names}); pass weight_name=")
-        root = found
-    return MotionLoRA.from_state_dict(read_single_file_raw(root), str(root))
-
-
-def fuse_lora(model: UNetMotion, lora: MotionLoRA | str | os.PathLike | Mapping[str, torch.Tensor],
-              scale: float = 1.0) -> MotionLoRA:
+def fuse_lora(model: UNetMotion, lora: MotionLoRA | Mapping[str, torch.Tensor], scale: float = 1.0) -> MotionLoRA:
     """Add ``scale`` times the LoRA's update to ``model``'s weights (in place). Every layer name and shape is
-    checked before any weight changes. Returns the LoRA (loaded, when a path or state dict was given)."""
+    checked before any weight changes. Returns the LoRA (built, when a state dict was given). Files and hub repos:
+    ``vidcore.fuse_lora`` (:func:`vidcore.loading.lora.fuse_lora`) reads them first."""
     if not isinstance(model, UNetMotion):
         raise TypeError(f"fuse_lora needs a vidcore UNetMotion, got {type(model).__name__}")
+    if isinstance(lora, Mapping):
+        lora = MotionLoRA.from_state_dict(lora)
     if not isinstance(lora, MotionLoRA):
-        lora = load_motion_lora(lora)
+        raise TypeError(f"lora must be a MotionLoRA or a state dict, got {type(lora).__name__} (a file or hub repo: "
+                        "vidcore.fuse_lora, or vidcore.load_motion_lora first)")
     params = dict(model.named_parameters())
     deltas = {}
     for name, layer in lora.targets(model).items():

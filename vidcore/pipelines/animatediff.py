@@ -36,7 +36,6 @@ from typing import Any, Callable
 
 import torch
 
-from .. import hub
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
@@ -46,7 +45,12 @@ from ..sampling.combinations import check_combination
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
-from .base import check_callback_inputs, check_negative_inputs, load_text_encoder, load_tokenizer
+from ..loading.loaders import (load_module_argument, load_motion_adapter, load_text_encoder,  # noqa: F401
+                               load_tokenizer, load_unet, load_vidcore_model)
+from ..loading.models import load_unet_motion  # noqa: F401  (its home before vidcore.loading)
+from ..loading.originals import load_sd_single_file
+from ..loading.pipeline import SingleFile
+from .base import check_callback_inputs, check_negative_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
 from .lora import MotionLoRAMixin
@@ -58,8 +62,6 @@ from .sd_video import SDVideoPipeline
 ANIMATEDIFF_SCHEDULER_OVERRIDES = {"clip_sample": False, "timestep_spacing": "linspace", "beta_schedule": "linear",
                                    "steps_offset": 1}
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds")
-COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
-              "feature_extractor")
 # from_single_file: the SD1.5 repo that gives the configs, tokenizer and scheduler (runwayml's, now hosted here)
 DEFAULT_SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # what from_single_file fetches from config_from on the hub: configs, tokenizer and scheduler, no weights
@@ -68,98 +70,6 @@ SINGLE_FILE_CONFIG_PATTERNS = ["model_index.json", "unet/config.json", "vae/conf
 
 
 # ----------------------------------------------------------------------------- loading helpers
-
-
-def load_unet_motion(folder: str | os.PathLike, torch_dtype=None, variant: str | None = None) -> UNetMotion:
-    """A diffusers ``UNetMotionModel`` folder (a saved AnimateDiff pipeline's ``unet/``) -> ``UNetMotion``:
-    its SD tensors go through the UNet2D map, its ``motion_modules`` through the MotionAdapter map."""
-    from ..conversion.maps.diffusers_unet_motion import split_config, split_state_dict
-
-    from ..loading import BY_NAME, _build, _fill
-
-    folder = Path(folder)
-    try:
-        unet_config, adapter_config = split_config(hub.load_config(folder))
-    except ValueError as err:
-        raise ConfigError(f"{folder / 'config.json'}: {err}") from err
-    files = hub.weight_files(folder, variant=variant)
-    unet_state, motion_state = split_state_dict(hub.load_state_dict(files))
-    modules = []
-    for name, config, state in (("unet2d", unet_config, unet_state), ("motion_adapter", adapter_config, motion_state)):
-        arch = BY_NAME[name]
-        module = _build(arch, config)
-        _fill(module, state, arch.keymap(config), files, "forward")
-        modules.append(module.to(hub.parse_dtype(torch_dtype) or torch.float32).eval())
-    return UNetMotion(*modules)
-
-
-def _weights_present(folder: Path, variant: str | None) -> bool:
-    for stem in ("diffusion_pytorch_model", "model"):
-        try:
-            hub.weight_files(folder, variant=variant, stem=stem)
-            return True
-        except ModelNotFoundError:
-            continue
-    return False
-
-
-def _patterns(components, variant: str | None) -> list[str]:
-    """Hub download patterns: configs, tokenizer files and the safetensors weights of ``components`` only
-    (SD repos also hold multi-GB .ckpt / .bin / non-EMA files that are never read)."""
-    out = ["model_index.json", "config.json"]
-    for c in components:
-        prefix = f"{c}/" if c else ""
-        out += [f"{prefix}*.json", f"{prefix}*.txt"]
-        stems = ("diffusion_pytorch_model", "model")
-        if variant:
-            out += [f"{prefix}{s}.{variant}.safetensors" for s in stems] + [f"{prefix}{s}.{variant}-*.safetensors" for s in stems]
-        else:
-            out += [f"{prefix}{s}.safetensors" for s in stems] + [f"{prefix}{s}-*-of-*.safetensors" for s in stems]
-    return out
-
-
-def _resolve(path_or_repo, components, variant, revision=None, token=None) -> Path:
-    """Local path, or the hub snapshot holding just what is loaded (plain weights where a variant is absent)."""
-    root = hub.resolve(path_or_repo, allow_patterns=_patterns(components, variant), revision=revision, token=token)
-    if variant and not Path(os.fspath(path_or_repo)).expanduser().exists():
-        lacking = [c for c in components if (root / c).is_dir() and (root / c / "config.json").is_file()
-                   and not _weights_present(root / c, variant)]
-        if lacking:
-            root = hub.resolve(path_or_repo, allow_patterns=_patterns(lacking, None), revision=revision, token=token)
-    return root
-
-
-def load_module_argument(value, kind: type, arg: str, example: str, torch_dtype=None, variant: str | None = None,
-                         revision: str | None = None, token: str | None = None, config_from=None,
-                         wrong_kind: type[Exception] = ModelNotFoundError):
-    """A model passed to ``from_pretrained`` as ``arg=``: a ``kind`` module (cast to ``torch_dtype`` when given), or
-    anything ``vidcore.load_model`` reads (a folder, a hub repo id, of which only the config and weights are
-    fetched, a vidcore native file, an original checkpoint whose config ``config_from`` gives). A model of another
-    kind raises ``wrong_kind`` naming ``example``, a repo that holds the right one."""
-    from ..loading import load_model
-
-    dtype = hub.parse_dtype(torch_dtype)
-    if isinstance(value, kind):
-        return value.to(dtype) if dtype is not None else value
-    if isinstance(value, torch.nn.Module):
-        raise TypeError(f"{arg} must be a vidcore {kind.__name__} (vidcore.load_model(...)), got {type(value).__name__}")
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{arg} must be a path, a hub repo id or a {kind.__name__}, got {type(value).__name__}")
-    local = Path(os.fspath(value)).expanduser()
-    if not local.exists():
-        local = _resolve(value, [""], variant, revision, token)
-    module = load_model(local, torch_dtype=dtype, variant=variant, config_from=config_from if local.is_file() else None)
-    if not isinstance(module, kind):
-        raise wrong_kind(f"{arg}={os.fspath(value)!r} holds a {type(module).__name__}, not a {kind.__name__} "
-                         f"(e.g. {example})")
-    return module
-
-
-def load_motion_adapter(adapter, torch_dtype=None, variant: str | None = None, token: str | None = None) -> MotionAdapter:
-    """``motion_adapter=`` of ``from_pretrained``: a MotionAdapter module, a diffusers MotionAdapter folder or hub
-    repo id, a vidcore native file, or an original AnimateDiff checkpoint where supported."""
-    return load_module_argument(adapter, MotionAdapter, "motion_adapter", "guoyww/animatediff-motion-adapter-v1-5-2",
-                                torch_dtype, variant, token=token, wrong_kind=ConfigError)
 
 
 def stored_scheduler(config_file: Path):
@@ -182,6 +92,11 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
     names = set(cls.config_class.field_names())
     options = {k: v for k, v in ANIMATEDIFF_SCHEDULER_OVERRIDES.items() if k in names}
     return cls.from_config(read_config(config), **{**options, **overrides})
+
+
+def load_stored_scheduler(folder: Path, torch_dtype=None, variant=None):
+    """Folder loader (:mod:`vidcore.loading.loaders`) of :func:`stored_scheduler`."""
+    return stored_scheduler(Path(folder) / "scheduler_config.json")
 
 
 def check_decode_chunk_size(decode_chunk_size) -> None:
@@ -223,8 +138,6 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
     """
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
-    # what from_pretrained reads from a pipeline folder (subclasses add theirs, see load_extra_component)
-    folder_components = COMPONENTS
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
 
@@ -251,12 +164,34 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
     def motion_adapter(self) -> MotionAdapter:
         return self.unet.adapter
 
-    # -- loading --------------------------------------------------------------------------------
+    # -- loading (vidcore.loading.pipeline does it from these declarations) ---------------------------
+    loaders = {"tokenizer": load_tokenizer, "text_encoder": load_text_encoder, "vae": load_vidcore_model,
+               "unet": load_unet, "motion_adapter": load_motion_adapter, "scheduler": load_stored_scheduler}
+    arguments = {"motion_adapter": load_motion_adapter}
+    accepts = ("image_encoder", "feature_extractor")  # IP-Adapter's (load_ip_adapter brings them)
+    # an original Stable Diffusion 1.x file (CompVis LDM layout, as civitai fine-tunes ship) holds the UNet, the VAE
+    # and the text encoder; config_from gives their configs, the tokenizer and the scheduler
+    single_file = SingleFile(load_sd_single_file, ("unet", "vae", "text_encoder"), tuple(SINGLE_FILE_CONFIG_PATTERNS),
+                             "a Stable Diffusion 1.x pipeline folder or hub repo", DEFAULT_SD15_CONFIG)
+
+    @classmethod
+    def needs(cls, name: str, modules) -> bool:
+        """The motion adapter only for a plain UNet (a saved AnimateDiff pipeline's UNetMotion has its own)."""
+        return name != "motion_adapter" or not isinstance(modules.get("unet"), UNetMotion)
+
+    @classmethod
+    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
+        if name == "motion_adapter":
+            what = (f"{cls.__name__}.from_single_file: an image model's single file has no motion modules" if single_file
+                    else f"{where} is an image model without motion modules")
+            return ModelNotFoundError(f"{what}; pass motion_adapter= (CLI: --motion-adapter), e.g. {cls.example_adapter}")
+        return super().missing_component(name, where, single_file)
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None,
                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **overrides):
-        """Load from a Stable Diffusion 1.x pipeline folder or hub repo (``runwayml/stable-diffusion-v1-5``,
+                        revision: str | None = None, token: str | None = None, **components):
+        """Load from a Stable Diffusion pipeline folder or hub repo (``runwayml/stable-diffusion-v1-5``,
         ``emilianJR/epiCRealism``) plus ``motion_adapter`` (a MotionAdapter, or a folder / hub repo id /
         file ``vidcore.load_model`` reads, e.g. ``guoyww/animatediff-motion-adapter-v1-5-2``), or from a saved
         AnimateDiff pipeline folder (``unet/`` a diffusers UNetMotionModel; its motion modules are used unless
@@ -267,122 +202,29 @@ class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPip
         ``scheduler=animatediff_scheduler(folder + "/scheduler")`` (:func:`animatediff_scheduler`). A stored
         scheduler vidcore does not implement is replaced by that DDIM, with a log message.
         """
-        from ..loading import load_model
-
-        unknown = sorted(set(overrides) - set(cls.folder_components))
-        if unknown:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
-        dtype = hub.parse_dtype(torch_dtype)
-        wanted = [c for c in cls.folder_components
-                  if c not in overrides and not (c == "motion_adapter" and motion_adapter is not None)]
-        root = _resolve(path_or_repo, wanted, variant, revision, token)
-        index_file = root / "model_index.json"
-        if not index_file.is_file():
-            raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is "
-                                     f"missing (looked in {root})")
-        index = hub.load_config(root, "model_index.json")
-
-        def folder(name: str) -> Path:
-            spec = index.get(name)
-            if not isinstance(spec, list) or spec[-1] is None:
-                raise ModelNotFoundError(f"{index_file} has no '{name}' component")
-            if not (root / name).is_dir():
-                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
-            return root / name
-
-        modules = dict(overrides)
-        if "tokenizer" not in modules:
-            modules["tokenizer"] = load_tokenizer(folder("tokenizer"))
-        if "text_encoder" not in modules:
-            modules["text_encoder"] = load_text_encoder(folder("text_encoder"), dtype, variant)
-        if "vae" not in modules:
-            modules["vae"] = load_model(folder("vae"), torch_dtype=dtype, variant=variant)
-        if "unet" not in modules:
-            unet_dir = folder("unet")
-            if hub.load_config(unet_dir).get("_class_name") == "UNetMotionModel":
-                modules["unet"] = load_unet_motion(unet_dir, dtype, variant)
-            else:
-                modules["unet"] = load_model(unet_dir, torch_dtype=dtype, variant=variant)
-        if motion_adapter is not None:
-            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
-        elif "motion_adapter" not in modules and isinstance(modules["unet"], UNet2D):
-            if not isinstance(index.get("motion_adapter"), list) or index["motion_adapter"][-1] is None:
-                raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is an image model without motion modules; "
-                                         "pass motion_adapter= (CLI: --motion-adapter), e.g. "
-                                         f"{cls.example_adapter}")
-            modules["motion_adapter"] = load_motion_adapter(folder("motion_adapter"), dtype, variant)
-        if "scheduler" not in modules:
-            modules["scheduler"] = stored_scheduler(folder("scheduler") / "scheduler_config.json")
-        for name in cls.folder_components:
-            if name not in modules and name not in COMPONENTS:  # a subclass's own (SDXL: tokenizer_2, text_encoder_2)
-                modules[name] = cls.load_extra_component(name, folder(name), dtype, variant)
-        return cls(**modules)
+        return super().from_pretrained(path_or_repo, torch_dtype, variant, revision, token,
+                                       motion_adapter=motion_adapter, **components)
 
     @classmethod
-    def load_extra_component(cls, name: str, folder: Path, torch_dtype, variant: str | None):
-        """A component of ``folder_components`` beyond the SD1.5 ones (none here; the SDXL pipeline's second
-        tokenizer and text encoder)."""
-        raise ModelNotFoundError(f"{cls.__name__} does not know how to load component '{name}'")
-
-    @classmethod
-    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None,
-                         config_from: str | os.PathLike = DEFAULT_SD15_CONFIG,
+    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, config_from: str | os.PathLike | None = None,
                          torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                         revision: str | None = None, token: str | None = None, **overrides):
-        """Load the UNet, VAE and text encoder from an original Stable Diffusion 1.x single file (the CompVis LDM
-        layout civitai fine-tunes ship: ``model.diffusion_model.*``, ``first_stage_model.*``,
-        ``cond_stage_model.transformer.*``; ``.safetensors`` or ``.ckpt``), plus ``motion_adapter`` (as in
-        :meth:`from_pretrained`; required).
+                         revision: str | None = None, token: str | None = None, **components):
+        """Load the UNet, VAE and text encoder(s) from an original single file (``.safetensors`` or ``.ckpt``), plus
+        ``motion_adapter`` (as in :meth:`from_pretrained`; required).
 
-        ``config_from`` is a Stable Diffusion 1.x pipeline folder or hub repo id (default
-        ``stable-diffusion-v1-5/stable-diffusion-v1-5``, the hub's copy of ``runwayml/stable-diffusion-v1-5``): it
-        gives the UNet / VAE / text-encoder configs, the tokenizer and the scheduler. From the hub only those
-        small files are downloaded (:data:`SINGLE_FILE_CONFIG_PATTERNS`), never the repo's weights. The scheduler
-        is chosen as in :meth:`from_pretrained` (the stored one, PNDM for SD1.5); ``scheduler=`` and
-        the other components passed as keyword arguments replace the loaded ones (a component given that way is
-        not read from the file). ``variant`` applies to the motion adapter's weights.
+        ``config_from`` is a pipeline folder or hub repo id (default: ``single_file.default_config_from``,
+        ``stable-diffusion-v1-5/stable-diffusion-v1-5`` here): it gives the configs, the tokenizer(s) and the
+        scheduler; from the hub only those small files are downloaded (``single_file.config_patterns``), never the
+        repo's weights. The scheduler is chosen as in :meth:`from_pretrained`; components passed as keyword arguments
+        replace the loaded ones (a component given that way is not read from the file). ``variant`` applies to the
+        motion adapter's weights.
 
         >>> pipe = AnimateDiffPipeline.from_single_file(
         ...     "realisticVisionV60B1_v51VAE.safetensors", motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
         ...     config_from="stable-diffusion-v1-5/stable-diffusion-v1-5", torch_dtype=torch.float16)
         """
-        from ..loading import load_sd_single_file
-
-        unknown = sorted(set(overrides) - set(COMPONENTS))
-        if unknown:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
-        dtype = hub.parse_dtype(torch_dtype)
-        modules = dict(overrides)
-        if motion_adapter is not None:
-            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
-        elif "motion_adapter" not in modules and not isinstance(modules.get("unet"), UNetMotion):
-            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: a Stable Diffusion single file has no motion "
-                                     "modules; pass motion_adapter= (CLI: --motion-adapter), e.g. "
-                                     "guoyww/animatediff-motion-adapter-v1-5-2")
-        root = hub.resolve(config_from, allow_patterns=SINGLE_FILE_CONFIG_PATTERNS, revision=revision, token=token)
-        if not (root / "model_index.json").is_file():
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be a Stable Diffusion 1.x pipeline "
-                                     f"folder or hub repo (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
-                                     f"scheduler/); looked in {root}")
-
-        def folder(name: str) -> Path:
-            if not (root / name).is_dir():
-                raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
-                                         f"{name}=... instead")
-            return root / name
-
-        from_file = [c for c in ("unet", "vae", "text_encoder") if c not in modules]
-        if from_file:
-            for name in from_file:
-                folder(name)
-            # root is a local folder now: the configs are read from it, nothing more is fetched
-            modules.update(load_sd_single_file(path, config_from=root, torch_dtype=dtype, revision=revision,
-                                               token=token, components=from_file))
-        if "tokenizer" not in modules:
-            modules["tokenizer"] = load_tokenizer(folder("tokenizer"))
-        if "scheduler" not in modules:
-            modules["scheduler"] = stored_scheduler(folder("scheduler") / "scheduler_config.json")
-        return cls(**modules)
+        return super().from_single_file(path, config_from, torch_dtype, variant, revision, token,
+                                        motion_adapter=motion_adapter, **components)
 
     # -- checks ---------------------------------------------------------------------------------
     def check_context(self, num_frames: int, context_length: int | None, context_stride: int | None,

@@ -20,12 +20,12 @@ from typing import Callable
 
 import torch
 
-from .. import hub
 from ..errors import ModelNotFoundError
+from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnets
 from ..models.controlnet import ControlNet, MultiControlNet
 from ..sampling import FreeNoiseMixin
-from .animatediff import AnimateDiffBase, AnimateDiffPipeline, FrameInputs
-from .controlled_video import control_frames_to_tensor, load_controlnet
+from .animatediff import AnimateDiffBase, FrameInputs
+from .controlled_video import control_frames_to_tensor
 
 
 def as_controlnet(controlnet) -> ControlNet | MultiControlNet:
@@ -51,14 +51,6 @@ def _per_net(value, count: int, name: str) -> list:
     return values
 
 
-def with_controlnet(cls, base: AnimateDiffPipeline, controlnet):
-    """``cls`` built from a loaded AnimateDiff pipeline's components plus ``controlnet`` (the ControlNet and
-    SparseCtrl pipelines load the AnimateDiff part exactly as AnimateDiffPipeline does), its IP-Adapter image
-    encoder and processor (when passed to ``from_pretrained``) included."""
-    return cls(base.tokenizer, base.text_encoder, base.unet, base.vae, base.scheduler, controlnet,
-               image_encoder=base.image_encoder, feature_extractor=base.feature_extractor)
-
-
 class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
 
@@ -75,26 +67,28 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     def nets(self) -> list[ControlNet]:
         return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNet) else [self.controlnet]
 
+    # what AnimateDiffPipeline loads, plus the ControlNet(s): controlnet= (a list combines several), else the
+    # folder's own controlnet/ (a saved diffusers AnimateDiffControlNetPipeline); a single file holds none
+    loaders = {**AnimateDiffBase.loaders, "controlnet": load_controlnets}
+    arguments = {**AnimateDiffBase.arguments, "controlnet": load_controlnets}
+
+    @classmethod
+    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
+        if name == "controlnet":
+            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
+                                      f"{EXAMPLE_CONTROLNET}")
+        return super().missing_component(name, where, single_file)
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None, controlnet=None,
                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **overrides):
+                        revision: str | None = None, token: str | None = None, **components):
         """As :meth:`AnimateDiffPipeline.from_pretrained`, plus ``controlnet``: a ControlNet (or a list), or
-        anything :func:`~vidcore.pipelines.controlled_video.load_controlnet` reads (a folder, a hub repo id such
-        as ``lllyasviel/sd-controlnet-openpose``, an original file), or a list of those; without it the folder's
-        own ``controlnet/`` (a saved diffusers AnimateDiffControlNetPipeline) is used."""
-        dtype = hub.parse_dtype(torch_dtype)
-        if controlnet is None:
-            local = hub.resolve(path_or_repo, allow_patterns=["controlnet/*"], revision=revision, token=token)
-            if not (local / "controlnet" / "config.json").is_file():
-                raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' has no controlnet/ folder: pass controlnet= "
-                                         "(CLI: --controlnet), e.g. lllyasviel/sd-controlnet-openpose")
-            controlnet = local / "controlnet"
-        items = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
-        nets = [load_controlnet(c, dtype, variant, None, token) for c in items]
-        base = AnimateDiffPipeline.from_pretrained(path_or_repo, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
-                                                   variant=variant, revision=revision, token=token, **overrides)
-        return with_controlnet(cls, base, nets)
+        anything :func:`~vidcore.loading.loaders.load_controlnet` reads (a folder, a hub repo id such as
+        ``lllyasviel/sd-controlnet-openpose``, an original file), or a list of those; without it the folder's own
+        ``controlnet/`` (a saved diffusers AnimateDiffControlNetPipeline) is used."""
+        return super().from_pretrained(path_or_repo, motion_adapter, torch_dtype, variant, revision, token,
+                                       controlnet=controlnet, **components)
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
@@ -102,15 +96,8 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
                          token: str | None = None, **kwargs):
         """As :meth:`AnimateDiffPipeline.from_single_file` (an original SD1.x file + ``motion_adapter``), plus
         ``controlnet`` (required: a single file holds none), read as in :meth:`from_pretrained`."""
-        if controlnet is None:
-            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: a Stable Diffusion single file has no "
-                                     "ControlNet; pass controlnet= (CLI: --controlnet), e.g. "
-                                     "lllyasviel/sd-controlnet-openpose")
-        items = controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]
-        nets = [load_controlnet(c, hub.parse_dtype(torch_dtype), variant, None, token) for c in items]
-        base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
-                                                    variant=variant, token=token, **kwargs)
-        return with_controlnet(cls, base, nets)
+        return super().from_single_file(path, motion_adapter, torch_dtype=torch_dtype, variant=variant, token=token,
+                                        controlnet=controlnet, **kwargs)
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
@@ -211,4 +198,4 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
         return self.animate_with(locals(), control=control)
 
 
-__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet", "with_controlnet"]
+__all__ = ["AnimateDiffControlNetPipeline", "as_controlnet"]

@@ -47,7 +47,11 @@ from ..errors import ConfigError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..sampling.loop import StepEnd, scheduler_step
 from .animatediff import AnimateDiffBase, check_decode_chunk_size
-from .base import check_callback_inputs, check_negative_inputs, load_tokenizer
+from ..loading.loaders import load_text_encoder_2, load_tokenizer
+from ..loading.originals import (DEFAULT_SDXL_CONFIG, SDXL_CONFIG_PATTERNS,  # noqa: F401  (re-exported)
+                                 SDXL_SINGLE_FILE_COMPONENTS, load_sdxl_single_file)
+from ..loading.pipeline import SingleFile
+from .base import check_callback_inputs, check_negative_inputs
 from .ip_adapter import check_ip_adapter_inputs
 from .text import as_prompt_list
 
@@ -85,84 +89,6 @@ def is_sdxl_model(model: str | os.PathLike, revision: str | None = None, token: 
     return False
 
 
-# from_single_file: the SDXL repo that gives the configs, tokenizers and scheduler (no weights are fetched)
-DEFAULT_SDXL_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
-SDXL_SINGLE_FILE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-SDXL_CONFIG_PATTERNS = ["model_index.json", *(f"{c}/config.json" for c in SDXL_SINGLE_FILE_COMPONENTS),
-                        *(f"{t}/*.{e}" for t in ("tokenizer", "tokenizer_2") for e in ("json", "txt")),
-                        "scheduler/*.json"]
-
-
-def load_sdxl_single_file(path: str | os.PathLike, config_from: str | os.PathLike = DEFAULT_SDXL_CONFIG,
-                          torch_dtype=None, revision: str | None = None, token: str | None = None,
-                          components=SDXL_SINGLE_FILE_COMPONENTS) -> dict:
-    """``unet`` (vidcore UNet2D), ``vae`` (vidcore AutoencoderKL), ``text_encoder`` (transformers CLIPTextModel) and
-    ``text_encoder_2`` (CLIPTextModelWithProjection) of an original SDXL single file (``model.diffusion_model.*``,
-    ``first_stage_model.*``, ``conditioner.embedders.{0,1}.*``; civitai fine-tunes), read once; their configs come
-    from ``config_from``, an SDXL pipeline folder or hub repo id (only its config files are fetched). Every key and
-    shape is checked before a module is filled (:mod:`vidcore.conversion.maps.original_sdxl`)."""
-    import warnings
-
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from ..conversion.engine import ChainedMap
-    from ..conversion.maps import original_sd, original_sdxl
-    from ..errors import CheckpointError
-    from ..loading import BY_NAME, _build, _fill, _load_text_encoder, _load_transformers_tower
-    from ..single_file import read_single_file_raw
-
-    components = (components,) if isinstance(components, str) else tuple(components)
-    unknown = sorted(set(components) - set(SDXL_SINGLE_FILE_COMPONENTS))
-    if unknown:
-        raise ValueError(f"components must be among {list(SDXL_SINGLE_FILE_COMPONENTS)}, got {unknown}")
-    where = hub.resolve(path, revision=revision, token=token)
-    if not where.is_file():
-        raise CheckpointError(f"{where}: not a single file (an SDXL pipeline folder loads with from_pretrained)")
-    raw = read_single_file_raw(where)
-    if not original_sdxl.detect(raw):
-        raise CheckpointError(f"{where}: not an original Stable Diffusion XL file (model.diffusion_model.label_emb.*, "
-                              "conditioner.embedders.1.model.* keys)")
-    extra = original_sdxl.unrecognised(raw)
-    if extra:
-        warnings.warn(f"{where}: ignoring {len(extra)} keys outside the UNet, VAE and text encoders, e.g. {extra[:10]}",
-                      stacklevel=2)
-    root = hub.resolve(config_from, allow_patterns=SDXL_CONFIG_PATTERNS, revision=revision, token=token)
-    parts = original_sdxl.split(raw)
-    dtype = hub.parse_dtype(torch_dtype) or torch.float32
-    out = {}
-    for name in (c for c in SDXL_SINGLE_FILE_COMPONENTS if c in components):
-        if not parts[name]:
-            raise CheckpointError(f"{where}: an SDXL file without the {name} "
-                                  f"(no {original_sdxl.COMPONENT_PREFIXES[name]}* keys)")
-        if not (root / name / "config.json").is_file():
-            raise ConfigError(f"config_from={os.fspath(config_from)!r} has no {name}/config.json (looked in {root})")
-        config = hub.load_config(root / name)
-        if name in ("unet", "vae"):
-            arch = BY_NAME["unet2d" if name == "unet" else "autoencoder_kl"]
-            original = original_sdxl.sdxl_unet_map(config) if name == "unet" else original_sd.sd_vae_map(config)
-            module = _build(arch, config)
-            _fill(module, parts[name], ChainedMap([original, arch.keymap(config)]), [where], "forward")
-        elif name == "text_encoder":
-            module, _ = _load_text_encoder(parts[name], config, [where])
-        else:
-            cfg = CLIPTextConfig.from_dict(config)
-            module, _ = _load_transformers_tower(CLIPTextModelWithProjection, cfg,
-                                                 lambda target: original_sdxl.open_clip_text_map(), parts[name],
-                                                 [where], f"{cfg.num_hidden_layers} layers, width {cfg.hidden_size}")
-        out[name] = module.to(dtype).eval()
-    return out
-
-
-def load_text_encoder_2(folder: Path, torch_dtype=None, variant=None):
-    """SDXL's second text encoder (OpenCLIP ViT-bigG as a transformers ``CLIPTextModelWithProjection``)."""
-    from transformers import CLIPTextModelWithProjection
-
-    kwargs = {"dtype": torch_dtype or torch.float32}
-    if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
-        kwargs["variant"] = variant
-    return CLIPTextModelWithProjection.from_pretrained(str(folder), **kwargs).eval()
-
-
 @torch.no_grad()
 def sdxl_text_embed(tokenizer, text_encoder, prompts: list[str], device, max_length: int,
                     clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -198,10 +124,6 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     """
 
     components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
-    # the SD1.5 pipeline's plus SDXL's second tokenizer and text encoder
-    folder_components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "motion_adapter", "image_encoder",
-                         "feature_extractor", "tokenizer_2", "text_encoder_2")
-    example_adapter = SDXL_ADAPTER
     sdxl = True
     # no parallel sampling (it would split the guidance batch without the SDXL time ids) and no FreeNoise (as
     # diffusers' AnimateDiffSDXLPipeline): the class composes neither
@@ -216,85 +138,20 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             raise ConfigError("AnimateDiffSDXLPipeline needs an SDXL UNet (addition_embed_type='text_time'); this one "
                               "is a Stable Diffusion 1.x/2.x UNet: use AnimateDiffPipeline with an SD1.5 motion adapter")
 
-    # -- loading --------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None,
-                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **overrides):
-        """Load from a Stable Diffusion XL pipeline folder or hub repo (``stabilityai/stable-diffusion-xl-base-1.0``:
-        ``tokenizer{,_2}``, ``text_encoder{,_2}``, ``unet``, ``vae``, ``scheduler``) plus ``motion_adapter`` (a
-        MotionAdapter, or a folder / hub repo id / original file, e.g. ``guoyww/animatediff-motion-adapter-sdxl-beta``
-        or its ``mm_sdxl_v10_beta.ckpt``), or from a saved AnimateDiffSDXLPipeline folder. Components passed as
-        keyword arguments replace the stored ones; the stored scheduler is used as diffusers does (Euler for the
-        SDXL base repo). ``force_zeros_for_empty_prompt`` is read from ``model_index.json``.
-
-        >>> pipe = AnimateDiffSDXLPipeline.from_pretrained(
-        ...     "stabilityai/stable-diffusion-xl-base-1.0", motion_adapter="guoyww/animatediff-motion-adapter-sdxl-beta",
-        ...     torch_dtype=torch.float16, variant="fp16")
-        """
-        pipe = super().from_pretrained(path_or_repo, motion_adapter, torch_dtype, variant, revision, token, **overrides)
-        root = hub.resolve(path_or_repo, allow_patterns=["model_index.json"], revision=revision, token=token)
-        pipe.force_zeros_for_empty_prompt = bool(hub.load_config(root, "model_index.json").get(
-            "force_zeros_for_empty_prompt", True))
-        return pipe
+    # -- loading (vidcore.loading.pipeline does it from these declarations) ---------------------------
+    # the SD1.5 pipeline's plus SDXL's second tokenizer and text encoder; the stored scheduler is used as diffusers
+    # does (Euler for the SDXL base repo)
+    loaders = {**AnimateDiffBase.loaders, "tokenizer_2": load_tokenizer, "text_encoder_2": load_text_encoder_2}
+    example_adapter = SDXL_ADAPTER
+    # an original SDXL file (sd_xl_base_1.0.safetensors layout, as civitai SDXL fine-tunes ship) holds the UNet, the
+    # VAE and both text encoders; config_from gives their configs, both tokenizers and the scheduler
+    single_file = SingleFile(load_sdxl_single_file, SDXL_SINGLE_FILE_COMPONENTS, tuple(SDXL_CONFIG_PATTERNS),
+                             "an SDXL pipeline folder or hub repo", DEFAULT_SDXL_CONFIG)
 
     @classmethod
-    def load_extra_component(cls, name: str, folder: Path, torch_dtype, variant: str | None):
-        if name == "tokenizer_2":
-            return load_tokenizer(folder)
-        if name == "text_encoder_2":
-            return load_text_encoder_2(folder, torch_dtype, variant)
-        return super().load_extra_component(name, folder, torch_dtype, variant)
-
-    @classmethod
-    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None,
-                         config_from: str | os.PathLike = DEFAULT_SDXL_CONFIG,
-                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                         revision: str | None = None, token: str | None = None, **overrides):
-        """Load the UNet, VAE and both text encoders from an original SDXL single file (Stability's
-        ``sd_xl_base_1.0.safetensors`` layout, which civitai SDXL fine-tunes ship; ``.safetensors`` or ``.ckpt``),
-        plus ``motion_adapter`` (required, as in :meth:`from_pretrained`). ``config_from`` (default
-        ``stabilityai/stable-diffusion-xl-base-1.0``; only its config, tokenizer and scheduler files are fetched)
-        gives the configs, both tokenizers and the scheduler; components passed as keyword arguments replace the
-        loaded ones. ``variant`` applies to the motion adapter's weights.
-
-        >>> pipe = AnimateDiffSDXLPipeline.from_single_file(
-        ...     "juggernautXL_v9.safetensors", motion_adapter="guoyww/animatediff-motion-adapter-sdxl-beta",
-        ...     torch_dtype=torch.float16)
-        """
-        from ..errors import ModelNotFoundError
-        from .animatediff import load_motion_adapter, stored_scheduler
-
-        unknown = sorted(set(overrides) - set(cls.folder_components))
-        if unknown:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
-        dtype = hub.parse_dtype(torch_dtype)
-        modules = dict(overrides)
-        if motion_adapter is not None:
-            modules["motion_adapter"] = load_motion_adapter(motion_adapter, dtype, variant, token)
-        elif "motion_adapter" not in modules and not isinstance(modules.get("unet"), UNetMotion):
-            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: an SDXL single file has no motion modules; "
-                                     f"pass motion_adapter= (CLI: --motion-adapter), e.g. {SDXL_ADAPTER}")
-        root = hub.resolve(config_from, allow_patterns=SDXL_CONFIG_PATTERNS, revision=revision, token=token)
-        if not (root / "model_index.json").is_file():
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be an SDXL pipeline folder or hub "
-                                     f"repo (model_index.json, unet/, vae/, text_encoder{{,_2}}/, tokenizer{{,_2}}/, "
-                                     f"scheduler/); looked in {root}")
-        from_file = [c for c in SDXL_SINGLE_FILE_COMPONENTS if c not in modules]
-        if from_file:
-            modules.update(load_sdxl_single_file(path, root, dtype, revision, token, from_file))
-        for name in ("tokenizer", "tokenizer_2"):
-            if name not in modules:
-                if not (root / name).is_dir():
-                    raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
-                                             f"{name}=... instead")
-                modules[name] = load_tokenizer(root / name)
-        if "scheduler" not in modules:
-            modules["scheduler"] = stored_scheduler(root / "scheduler" / "scheduler_config.json")
-        pipe = cls(**modules)
-        pipe.force_zeros_for_empty_prompt = bool(hub.load_config(root, "model_index.json").get(
-            "force_zeros_for_empty_prompt", True))
-        return pipe
+    def index_options(cls, index) -> dict:
+        """``force_zeros_for_empty_prompt`` of ``model_index.json`` (True when absent, as SDXL's)."""
+        return {"force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True))}
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_sdxl_prompt(self, prompt, prompt_2, device, num_videos_per_prompt: int, guidance: bool,

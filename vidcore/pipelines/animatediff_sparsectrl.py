@@ -20,23 +20,11 @@ from typing import Callable
 
 import torch
 
-from .. import hub
 from ..errors import ModelNotFoundError
+from ..loading.loaders import SPARSECTRL_REPOS, load_sparse_controlnet  # noqa: F401  (re-exported)
 from ..models.sparse_controlnet import SparseControlNet
-from .animatediff import AnimateDiffBase, AnimateDiffPipeline, FrameInputs, load_module_argument
-from .animatediff_controlnet import with_controlnet
+from .animatediff import AnimateDiffBase, FrameInputs
 from .controlled_video import control_frames_to_tensor
-
-SPARSECTRL_REPOS = ("guoyww/animatediff-sparsectrl-scribble", "guoyww/animatediff-sparsectrl-rgb")
-
-
-def load_sparse_controlnet(value, torch_dtype=None, variant: str | None = None, token: str | None = None,
-                           config_from=None) -> SparseControlNet:
-    """``controlnet=``: a SparseControlNet, a diffusers folder / hub repo id (``guoyww/animatediff-sparsectrl-rgb``),
-    a vidcore native file, or an original SparseCtrl file (``v3_sd15_sparsectrl_rgb.ckpt``)."""
-    return load_module_argument(value, SparseControlNet, "controlnet", SPARSECTRL_REPOS[0], torch_dtype, variant,
-                                token=token, config_from=config_from)
-
 
 class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + SparseCtrl: text + control images at some frames -> video."""
@@ -53,24 +41,26 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                          feature_extractor, controlnet=controlnet)
         controlnet.check_compatible(self.unet.unet)
 
+    # what AnimateDiffPipeline loads, plus the SparseControlNet: controlnet=, else the folder's own controlnet/
+    loaders = {**AnimateDiffBase.loaders, "controlnet": load_sparse_controlnet}
+    arguments = {**AnimateDiffBase.arguments, "controlnet": load_sparse_controlnet}
+
+    @classmethod
+    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
+        if name == "controlnet":
+            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
+                                      f"{' or '.join(SPARSECTRL_REPOS)}")
+        return super().missing_component(name, where, single_file)
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None, controlnet=None,
                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **overrides):
+                        revision: str | None = None, token: str | None = None, **components):
         """As :meth:`AnimateDiffPipeline.from_pretrained`, plus ``controlnet`` (a SparseControlNet or what
-        :func:`load_sparse_controlnet` reads, e.g. ``guoyww/animatediff-sparsectrl-scribble``); without it the
-        folder's own ``controlnet/`` is used."""
-        dtype = hub.parse_dtype(torch_dtype)
-        if controlnet is None:
-            local = hub.resolve(path_or_repo, allow_patterns=["controlnet/*"], revision=revision, token=token)
-            if not (local / "controlnet" / "config.json").is_file():
-                raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' has no controlnet/ folder: pass controlnet= "
-                                         f"(CLI: --controlnet), e.g. {' or '.join(SPARSECTRL_REPOS)}")
-            controlnet = local / "controlnet"
-        net = load_sparse_controlnet(controlnet, dtype, variant, token)
-        base = AnimateDiffPipeline.from_pretrained(path_or_repo, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
-                                                   variant=variant, revision=revision, token=token, **overrides)
-        return with_controlnet(cls, base, net)
+        :func:`~vidcore.loading.loaders.load_sparse_controlnet` reads, e.g. ``guoyww/animatediff-sparsectrl-scribble``);
+        without it the folder's own ``controlnet/`` is used."""
+        return super().from_pretrained(path_or_repo, motion_adapter, torch_dtype, variant, revision, token,
+                                       controlnet=controlnet, **components)
 
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
@@ -78,13 +68,8 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                          token: str | None = None, **kwargs):
         """An original SD1.x single file + ``motion_adapter`` (as :meth:`AnimateDiffPipeline.from_single_file`)
         + ``controlnet`` (required)."""
-        if controlnet is None:
-            raise ModelNotFoundError(f"{cls.__name__}.from_single_file: pass controlnet= (CLI: --controlnet), e.g. "
-                                     f"{SPARSECTRL_REPOS[0]}")
-        net = load_sparse_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, token)
-        base = AnimateDiffPipeline.from_single_file(path, motion_adapter=motion_adapter, torch_dtype=torch_dtype,
-                                                    variant=variant, token=token, **kwargs)
-        return with_controlnet(cls, base, net)
+        return super().from_single_file(path, motion_adapter, torch_dtype=torch_dtype, variant=variant, token=token,
+                                        controlnet=controlnet, **kwargs)
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def check_context(self, num_frames, context_length, context_stride, context_weighting):

@@ -1,20 +1,21 @@
-"""What every vidcore pipeline shares: loading components from a diffusers-layout folder, device and
-dtype moves, model CPU offload, the progress bar, and the output container."""
+"""What every vidcore pipeline shares: the loading declaration (:mod:`vidcore.loading.pipeline` does the loading),
+device and dtype moves, model CPU offload, the progress bar, and the output container."""
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
-from .. import hub
 from ..errors import ModelNotFoundError, UnsupportedFeatureError
+from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_scheduler,  # noqa: F401  (re-exported)
+                               load_text_encoder, load_tokenizer, load_vidcore_model)
+from ..loading.pipeline import SingleFile, load_pipeline, load_single_file
 from ..sampling import StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from ..sampling.guidance import apply_guidance  # noqa: F401  (re-exported)
@@ -29,66 +30,6 @@ class VideoPipelineOutput:
 
     frames: Any
     cache_stats: dict | None = None  # with a step cache on (enable_deep_cache / enable_block_cache): its counts
-
-
-def load_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(folder))
-
-
-def load_text_encoder(folder: Path, torch_dtype=None, variant=None):
-    """CLIP text encoder in ``torch_dtype``, float32 by default (as every other component)."""
-    from transformers import CLIPTextModel
-
-    kwargs = {"dtype": torch_dtype or torch.float32}
-    if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
-        kwargs["variant"] = variant
-    return CLIPTextModel.from_pretrained(str(folder), **kwargs).eval()
-
-
-def load_image_encoder(folder: Path, torch_dtype=None, variant=None):
-    """CLIP vision encoder with projection (I2VGen-XL, SVD) in ``torch_dtype``, float32 by default."""
-    from transformers import CLIPVisionModelWithProjection
-
-    kwargs = {"dtype": torch_dtype or torch.float32}
-    if variant and any(p.name.endswith(f".{variant}.safetensors") for p in folder.iterdir()):
-        kwargs["variant"] = variant
-    return CLIPVisionModelWithProjection.from_pretrained(str(folder), **kwargs).eval()
-
-
-def load_feature_extractor(folder: Path):
-    """The CLIP image processor (``preprocessor_config.json``). Without torchvision, transformers 5's
-    ``CLIPImageProcessor`` falls back to the PIL backend with a warning; that class is picked directly."""
-    import importlib.util
-
-    import transformers
-
-    name = "CLIPImageProcessor" if importlib.util.find_spec("torchvision") else "CLIPImageProcessorPil"
-    cls = getattr(transformers, name, None) or transformers.CLIPImageProcessor
-    return cls.from_pretrained(str(folder))
-
-
-def load_component(name: str, folder: Path, dtype=None, variant=None, loaders: dict | None = None):
-    """The module in a pipeline's component folder, chosen by the component's name (the CLIP parts through
-    transformers, the scheduler from its config, any other through ``load_model``). ``loaders``:
-    ``name -> fn(folder, dtype, variant)`` for components a pipeline loads its own way."""
-    from ..loading import load_model
-    from ..schedulers import from_config
-
-    if loaders and name in loaders:
-        return loaders[name](folder, dtype, variant)
-    if name == "tokenizer":
-        return load_tokenizer(folder)
-    if name == "text_encoder":
-        return load_text_encoder(folder, dtype, variant)
-    if name == "image_encoder":
-        return load_image_encoder(folder, dtype, variant)
-    if name == "feature_extractor":
-        return load_feature_extractor(folder)
-    if name == "scheduler":
-        return from_config(folder / "scheduler_config.json")
-    return load_model(folder, torch_dtype=dtype, variant=variant)
 
 
 @contextmanager
@@ -112,8 +53,9 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
 
 
 class VideoPipeline(StepCacheMixin):
-    """Base class. Subclasses list their components in ``components`` and implement ``__call__``; the sampling
-    features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
+    """Base class. Subclasses list their components in ``components``, declare how each is loaded in ``loaders``
+    (:mod:`vidcore.loading.pipeline` loads them, from folders, hub ids or single files) and implement ``__call__``;
+    the sampling features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
 
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
@@ -129,36 +71,51 @@ class VideoPipeline(StepCacheMixin):
         self.progress_bar_config: dict = {}
         self._offload_device: torch.device | None = None
 
-    # -- loading --------------------------------------------------------------------------------
+    # -- loading (declared here, done by vidcore.loading.pipeline) ------------------------------------
+    # component -> folder loader (folder, torch_dtype, variant), in loading order: what from_pretrained reads
+    loaders: ClassVar[Mapping[str, Any]] = {}
+    # component -> argument loader (value, torch_dtype, variant, token) for one passed as a path / repo id / file
+    arguments: ClassVar[Mapping[str, Any]] = {}
+    # components taken as keyword arguments but never read from a folder
+    accepts: ClassVar[tuple[str, ...]] = ()
+    # how an original single file is read (None: no from_single_file)
+    single_file: ClassVar[SingleFile | None] = None
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, torch_dtype: torch.dtype | str | None = None,
                         variant: str | None = None, revision: str | None = None, token: str | None = None,
-                        **overrides):
-        """Load every component from a diffusers-layout folder (``model_index.json``) or hub repo id.
+                        **components):
+        """Load every component from a diffusers-layout folder (``model_index.json``) or hub repo id (only the
+        components read are downloaded: configs and safetensors weights, ``variant`` ones when given).
 
         Components passed as keyword arguments (for example ``scheduler=...``) replace the stored ones.
         """
-        dtype = hub.parse_dtype(torch_dtype)
-        root = hub.resolve(path_or_repo, revision=revision, token=token)
-        index_file = root / "model_index.json"
-        if not index_file.is_file():
-            raise ModelNotFoundError(f"'{path_or_repo}' is not a pipeline folder: model_index.json is missing "
-                                     f"(looked in {root})")
-        index = json.loads(index_file.read_text())
-        modules = {}
-        for name in cls.components:
-            if name in overrides:
-                modules[name] = overrides.pop(name)
-                continue
-            if name not in index or index[name] is None or index[name][1] is None:
-                raise ModelNotFoundError(f"{root}/model_index.json has no '{name}' component")
-            sub = root / name
-            if not sub.is_dir():
-                raise ModelNotFoundError(f"component folder '{name}' is missing in {root}")
-            modules[name] = load_component(name, sub, dtype, variant)
-        if overrides:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {sorted(overrides)}")
-        return cls(**modules)
+        return load_pipeline(cls, path_or_repo, torch_dtype, variant, revision, token, **components)
+
+    @classmethod
+    def from_single_file(cls, path, config_from=None, torch_dtype: torch.dtype | str | None = None,
+                         variant: str | None = None, revision: str | None = None, token: str | None = None,
+                         **components):
+        """Load the components an original single file holds (``single_file``) from ``path``, the others from
+        ``config_from`` (a pipeline folder or hub repo id, of which only configs, tokenizers and schedulers are
+        fetched); components passed as keyword arguments replace the loaded ones."""
+        return load_single_file(cls, path, config_from, torch_dtype, variant, revision, token, **components)
+
+    @classmethod
+    def needs(cls, name: str, modules: Mapping[str, Any]) -> bool:
+        """Whether the declared component ``name`` is loaded, given ``modules`` (those loaded so far)."""
+        return True
+
+    @classmethod
+    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
+        """The error when a needed component is neither passed nor found in ``where``."""
+        advice = f"; pass {name}=... instead" if single_file else " (model_index.json lists none, or no such folder)"
+        return ModelNotFoundError(f"component '{name}' is missing in {where}{advice}")
+
+    @classmethod
+    def index_options(cls, index: Mapping[str, Any]) -> dict:
+        """Constructor options read from ``model_index.json`` (none here)."""
+        return {}
 
     def __getattr__(self, name: str):
         """Only for names normal lookup misses: a sampling feature's switch (``enable_free_noise`` ...) on a

@@ -36,7 +36,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .. import hub
+from ..errors import ModelNotFoundError
+from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnet
 from ..models.controlnet import ControlNet
 from ..models.unet2d import UNet2D
 from ..nn.attention import cross_frame_attention as frame_attention
@@ -46,6 +47,7 @@ from .base import apply_guidance, check_callback_inputs
 from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
+from .text2video_zero import SD_LOADERS
 from .video_processing import OUTPUT_TYPES
 
 
@@ -99,20 +101,6 @@ def control_frames_to_tensor(frames, height: int | None = None, width: int | Non
     return x
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def load_controlnet(controlnet, torch_dtype=None, variant: str | None = None, revision: str | None = None,
-                    token: str | None = None, config_from=None) -> ControlNet:
-    """``controlnet=`` of ``from_pretrained``: a ControlNet module, a diffusers ControlNet folder or hub repo id such
-    as ``lllyasviel/sd-controlnet-openpose``, a vidcore native file, or an original ``control_*.pth`` /
-    ``.safetensors`` file, whose config is SD1.5's unless ``config_from`` says."""
-    from .animatediff import load_module_argument
-
-    return load_module_argument(controlnet, ControlNet, "controlnet", "lllyasviel/sd-controlnet-openpose", torch_dtype,
-                                variant, revision, token, config_from)
-
-
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -134,30 +122,31 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, controlnet=controlnet, vae=vae,
                          scheduler=scheduler)
 
+    loaders = {**SD_LOADERS, "controlnet": load_controlnet}
+    arguments = {"controlnet": load_controlnet}
+
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, controlnet=None,
                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
                         revision: str | None = None, token: str | None = None, controlnet_config_from=None,
-                        **overrides):
+                        **components):
         """Load a Stable Diffusion 1.x folder or hub repo (``stable-diffusion-v1-5/stable-diffusion-v1-5``) and
-        ``controlnet`` (a ControlNet, or a folder / hub repo id / file :func:`load_controlnet` reads, e.g.
-        ``lllyasviel/sd-controlnet-openpose`` or ``lllyasviel/sd-controlnet-canny``); without it the folder's own
-        ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used. The stored scheduler is used (PNDM
-        for SD1.5, as diffusers; one vidcore does not implement is replaced as in :func:`~vidcore.pipelines.text2video_zero.sd_scheduler`);
-        ``scheduler=`` and the other components passed as keyword arguments replace the stored ones."""
-        from .text2video_zero import load_sd_components
+        ``controlnet`` (a ControlNet, or a folder / hub repo id / file :func:`~vidcore.loading.loaders.load_controlnet`
+        reads, e.g. ``lllyasviel/sd-controlnet-openpose``; an original file's config is ``controlnet_config_from`` or
+        SD1.5's); without it the folder's own ``controlnet/`` (a saved ``StableDiffusionControlNetPipeline``) is used.
+        The stored scheduler is used as in :class:`~vidcore.pipelines.text2video_zero.TextToVideoZeroPipeline`;
+        components passed as keyword arguments replace the stored ones."""
+        if controlnet is not None and controlnet_config_from is not None:
+            controlnet = load_controlnet(controlnet, torch_dtype, variant, token, config_from=controlnet_config_from)
+        return super().from_pretrained(path_or_repo, torch_dtype, variant, revision, token, controlnet=controlnet,
+                                       **components)
 
-        unknown = sorted(set(overrides) - set(COMPONENTS))
-        if unknown:  # before any download
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
-        modules = dict(overrides)
-        if controlnet is not None:
-            modules["controlnet"] = load_controlnet(controlnet, hub.parse_dtype(torch_dtype), variant, None, token,
-                                                    controlnet_config_from)
-        hint = " (an SD model has none: pass controlnet=, CLI --controlnet, e.g. lllyasviel/sd-controlnet-openpose)"
-        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, modules,
-                                        components=COMPONENTS, loaders={"controlnet": load_controlnet},
-                                        hints={"controlnet": hint}))
+    @classmethod
+    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
+        if name == "controlnet":
+            return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none: pass controlnet=, CLI "
+                                      f"--controlnet, e.g. {EXAMPLE_CONTROLNET})")
+        return super().missing_component(name, where, single_file)
 
     # -- pieces ---------------------------------------------------------------------------------
     def prepare_control(self, conditioning_frames, height, width) -> torch.Tensor:

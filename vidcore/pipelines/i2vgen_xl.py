@@ -24,6 +24,8 @@ import PIL.Image
 import torch
 
 from ..io import load_image
+from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_scheduler, load_text_encoder,
+                               load_tokenizer, load_vidcore_model)
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
 from ..sampling.windows import check_free_noise_windows, plan_windows
@@ -109,6 +111,9 @@ def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> t
 
 class I2VGenXLPipeline(VideoUNetPipeline):
     components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
+    loaders = {"vae": load_vidcore_model, "text_encoder": load_text_encoder, "tokenizer": load_tokenizer,
+               "image_encoder": load_image_encoder, "feature_extractor": load_feature_extractor,
+               "unet": load_vidcore_model, "scheduler": load_scheduler}
     offload_order = ("text_encoder", "image_encoder", "unet", "vae")
 
     # -- pieces ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ import torch
 
 from .. import hub
 from ..errors import ModelNotFoundError
+from ..loading.loaders import load_image_encoder
+from ..loading.originals import load_ip_adapter_file
 from ..models import ip_adapter as ipa
 from ..models.ip_adapter import IPAdapter
 
@@ -99,7 +101,7 @@ class IPAdapterMixin:
                 root = None
             else:
                 root, file = self._ip_adapter_file(source, sub, name, image_encoder_folder, revision, token)
-                adapter = IPAdapter.from_single_file(file)
+                adapter = load_ip_adapter_file(file)
                 if Path(os.fspath(source)).expanduser().is_file():
                     sub = None  # a weight file given directly: the encoder folder is next to it
             ipa.check_fits(self._ip_unet(), adapter, "IP-Adapter state dict" if root is None else f"IP-Adapter {file}")
@@ -138,8 +140,6 @@ class IPAdapterMixin:
 
     @staticmethod
     def _load_image_encoder(root: Path, sub, encoder_folder: str, dtype):
-        from .base import load_image_encoder
-
         folder = root / _encoder_path(sub, encoder_folder)
         if not (folder / "config.json").is_file():
             raise ModelNotFoundError(f"IP-Adapter image encoder folder {folder} is missing (image_encoder_folder="

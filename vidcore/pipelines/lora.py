@@ -29,7 +29,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..models.motion_lora import MotionLoRA, fuse_lora, load_motion_lora, unfuse_lora
+from ..loading.lora import load_motion_lora
+from ..models.motion_lora import MotionLoRA, fuse_lora, unfuse_lora
 
 TEXT_ENCODER = "text_encoder"
 
@@ -78,7 +79,7 @@ class MotionLoRAMixin:
                           adapter_name: str | None = None, weight_name: str | None = None,
                           revision: str | None = None, token: str | None = None) -> None:
         """Load a motion LoRA (hub repo id such as ``guoyww/animatediff-motion-lora-zoom-in``, folder, ``.safetensors``
-        / ``.ckpt`` file or state dict; the layouts of :func:`~vidcore.models.motion_lora.load_motion_lora`) under
+        / ``.ckpt`` file or state dict; the layouts of :func:`~vidcore.loading.lora.load_motion_lora`) under
         ``adapter_name`` (default ``default_{n}``, as diffusers) and make it active at weight 1.0, keeping the
         other active adapters. Every layer name and shape is checked first; a LoRA that does not fit changes
         nothing."""

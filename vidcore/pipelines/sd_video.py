@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..random import randn_tensor
+from ..loading.loaders import load_scheduler, load_text_encoder, load_tokenizer, load_vidcore_model
 from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .features import require
 from .text import clip_embed, encode_prompt
@@ -17,6 +18,8 @@ class SDVideoPipeline(VideoPipeline):
     """Tokenizer + CLIP text encoder + UNet + KL VAE + scheduler. Subclasses give ``__call__``."""
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    loaders = {"tokenizer": load_tokenizer, "text_encoder": load_text_encoder, "unet": load_vidcore_model,
+               "vae": load_vidcore_model, "scheduler": load_scheduler}
 
     @property
     def vae_scale_factor(self) -> int:

@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ..io import load_image
+from ..loading.loaders import load_feature_extractor, load_image_encoder, load_scheduler, load_vidcore_model
+from ..loading.originals import SVD_SINGLE_FILE_COMPONENTS, load_svd_single_file
+from ..loading.pipeline import SingleFile
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling import FreeInitMixin, FreeNoiseMixin
@@ -174,81 +177,31 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
     components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")
 
+    loaders = {"vae": load_vidcore_model, "image_encoder": load_image_encoder, "unet": load_vidcore_model,
+               "scheduler": load_scheduler, "feature_extractor": load_feature_extractor}
+    # an original sgm file (svd_xt.safetensors, svd_xt_1_1.safetensors) holds the UNet, the VAE and the image
+    # encoder (OpenCLIP ViT-H/14, converted to transformers' CLIPVisionModelWithProjection; a file without it takes
+    # config_from's); config_from gives their configs, the scheduler and the feature extractor
+    single_file = SingleFile(load_svd_single_file, SVD_SINGLE_FILE_COMPONENTS,
+                             ("model_index.json", "unet/config.json", "vae/config.json", "scheduler/*",
+                              "feature_extractor/*", "image_encoder/config.json"),
+                             "a Stable Video Diffusion pipeline folder or hub repo")
+
     @classmethod
     def from_single_file(cls, path: str | os.PathLike, config_from: str | os.PathLike,
                          torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                         revision: str | None = None, token: str | None = None, **overrides):
+                         revision: str | None = None, token: str | None = None, **components):
         """Load the UNet, the VAE and the image encoder from an original Stable Video Diffusion file
-        (Stability's sgm layout, e.g. ``svd_xt.safetensors`` / ``svd_xt_1_1.safetensors``), the rest from
-        ``config_from``.
-
-        ``config_from`` is a diffusers pipeline folder or hub repo id (e.g.
-        ``stabilityai/stable-video-diffusion-img2vid-xt``): it gives the UNet / VAE / image-encoder configs,
-        the scheduler and the feature extractor. The image encoder (OpenCLIP ViT-H/14 under
-        ``conditioner.embedders.0.open_clip.model.visual.*``) is converted to transformers'
-        ``CLIPVisionModelWithProjection``; a file without those keys takes ``config_from``'s image encoder
-        weights instead (``variant`` picks their file). From the hub only the needed parts are downloaded,
-        never the repo's UNet / VAE weights. Components passed as keyword arguments replace the loaded ones.
-        Keys of the file that belong to none of these and are not known to be unused (see
-        ``vidcore.conversion.maps.original_svd.SKIPPED_PREFIXES``) are reported in a warning.
+        (Stability's sgm layout), the rest from ``config_from``, a diffusers pipeline folder or hub repo id (e.g.
+        ``stabilityai/stable-video-diffusion-img2vid-xt``; from the hub only the needed parts are downloaded,
+        never the repo's UNet / VAE weights). ``variant`` picks the image encoder's weights when the file has
+        none. Components passed as keyword arguments replace the loaded ones.
 
         >>> pipe = StableVideoDiffusionPipeline.from_single_file(
         ...     "svd_xt_1_1.safetensors", config_from="stabilityai/stable-video-diffusion-img2vid-xt-1-1",
         ...     torch_dtype=torch.float16)
         """
-        import warnings
-
-        from .. import hub
-        from ..errors import CheckpointError, ModelNotFoundError
-        from ..loading import _load_sgm_svd, read_single_file_raw
-        from .base import load_component
-        from ..conversion.maps import original_svd
-
-        dtype = hub.parse_dtype(torch_dtype)
-        unknown = sorted(set(overrides) - set(cls.components))
-        if unknown:
-            raise TypeError(f"unexpected arguments for {cls.__name__}.from_single_file: {unknown}")
-        root = hub.resolve(config_from, revision=revision, token=token,
-                           allow_patterns=["model_index.json", "unet/config.json", "vae/config.json", "scheduler/*",
-                                           "feature_extractor/*", "image_encoder/config.json"])
-        if not root.is_dir():
-            raise ModelNotFoundError(f"config_from={os.fspath(config_from)!r} must be a pipeline folder or hub repo "
-                                     f"(with unet/, vae/, scheduler/, feature_extractor/, image_encoder/), got {root}")
-        where = hub.resolve(path, revision=revision, token=token)
-        modules = {}
-        from_file = [c for c in ("unet", "vae", "image_encoder") if c not in overrides]
-        raw = read_single_file_raw(where) if from_file else {}
-        if from_file:
-            if not original_svd.detect(raw):
-                sample = ", ".join(sorted(raw)[:5]) or "none"
-                raise CheckpointError(f"{where} is not an original Stable Video Diffusion file (sgm layout: "
-                                      f"model.diffusion_model.* with time_stack, first_stage_model.*); found e.g. {sample}")
-            extra = original_svd.unrecognised(raw)
-            if extra:
-                warnings.warn(f"{where}: ignoring {len(extra)} tensors that are not part of Stable Video Diffusion's "
-                              f"UNet, VAE or image encoder, e.g. {', '.join(extra[:5])}", stacklevel=2)
-        encoder_in_file = any(k.startswith(original_svd.IMAGE_ENCODER_PREFIX) for k in raw)
-        for name in from_file:
-            if name == "image_encoder" and not encoder_in_file:
-                continue  # from config_from, below
-            if name == "image_encoder" and not (root / name / "config.json").is_file():
-                raise ModelNotFoundError(f"image_encoder/config.json is missing in {root} (config_from): the image "
-                                         f"encoder in {where.name} needs its config; pass image_encoder=... instead")
-            module = _load_sgm_svd(where, raw, name, root / name if name == "image_encoder" else root, revision,
-                                   token)[2]
-            modules[name] = module.to(dtype or torch.float32).eval()
-        del raw
-        for name in ("image_encoder", "scheduler", "feature_extractor"):
-            if name in overrides or name in modules:
-                continue
-            if name == "image_encoder":  # its weights too: the file has none
-                root = hub.resolve(config_from, revision=revision, token=token, allow_patterns=["image_encoder/*"])
-            sub = root / name
-            if not sub.is_dir():
-                raise ModelNotFoundError(f"component folder '{name}' is missing in {root} (config_from); pass "
-                                         f"{name}=... instead")
-            modules[name] = load_component(name, sub, dtype, variant)
-        return cls(**{**modules, **overrides})
+        return super().from_single_file(path, config_from, torch_dtype, variant, revision, token, **components)
 
     @property
     def vae_scale_factor(self) -> int:

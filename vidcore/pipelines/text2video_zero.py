@@ -19,21 +19,19 @@ jump's noise ``(b (f-1)) 4 h w``, then any DDIM ``eta`` noise), so a seed gives 
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from .. import hub
-from ..errors import ModelNotFoundError
 from ..nn.attention import cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, denoise, scheduler_step
-from .base import VideoPipelineOutput, check_callback_inputs, check_negative_inputs, load_component
+from ..loading.loaders import load_text_encoder, load_tokenizer, load_vidcore_model
+from .base import VideoPipelineOutput, check_callback_inputs, check_negative_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES
@@ -59,33 +57,14 @@ def sd_scheduler(config_file: Path):
     return stored_or_fallback(config_file, closest, " built from its config")
 
 
-def load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides,
-                       components: Sequence[str] = COMPONENTS, loaders: dict | None = None,
-                       hints: dict[str, str] | None = None) -> dict:
-    """Tokenizer, text encoder, UNet2D, VAE and scheduler (or ``components``) of a Stable Diffusion 1.x-layout
-    folder or hub repo (only those components' configs and safetensors are downloaded); ``overrides`` replace
-    stored ones. ``loaders``: ``name -> fn(folder, dtype, variant)`` for components beyond SD's own (a
-    ControlNet); ``hints``: text appended to the error when that component's folder is missing."""
-    from .animatediff import _resolve
+def load_sd_scheduler(folder: Path, torch_dtype=None, variant=None):
+    """Folder loader (:mod:`vidcore.loading.loaders`) of :func:`sd_scheduler`."""
+    return sd_scheduler(Path(folder) / "scheduler_config.json")
 
-    loaders = {"scheduler": lambda folder, dtype, variant: sd_scheduler(folder / "scheduler_config.json"),
-               **(loaders or {})}
-    unknown = sorted(set(overrides) - set(components))
-    if unknown:
-        raise TypeError(f"unexpected arguments for {cls.__name__}.from_pretrained: {unknown}")
-    dtype = hub.parse_dtype(torch_dtype)
-    wanted = [c for c in components if c not in overrides]
-    root = _resolve(path_or_repo, wanted, variant, revision, token)
-    if not (root / "model_index.json").is_file():
-        raise ModelNotFoundError(f"'{os.fspath(path_or_repo)}' is not a pipeline folder: model_index.json is missing "
-                                 f"(looked in {root})")
-    modules = dict(overrides)
-    for name in wanted:
-        sub = root / name
-        if not sub.is_dir():
-            raise ModelNotFoundError(f"component folder '{name}' is missing in {root}{(hints or {}).get(name, '')}")
-        modules[name] = load_component(name, sub, dtype, variant, loaders)
-    return modules
+
+# the Stable Diffusion 1.x components, with the stored scheduler as sd_scheduler picks it
+SD_LOADERS = {"tokenizer": load_tokenizer, "text_encoder": load_text_encoder, "unet": load_vidcore_model,
+              "vae": load_vidcore_model, "scheduler": load_sd_scheduler}
 
 
 def _history_per_frame(scheduler, shape: tuple, frames: int):
@@ -131,16 +110,10 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
     # FreeInit's re-initialisation needs a noise per frame
     components = COMPONENTS
 
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,
-                        variant: str | None = None, revision: str | None = None, token: str | None = None,
-                        **overrides):
-        """Load a Stable Diffusion 1.x folder or hub repo (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``).
-
-        The stored scheduler is used (PNDM for the hub's SD1.5, as diffusers); ``scheduler=`` and any other
-        component passed as a keyword argument replace it (e.g. DDIM, the sampler Text2Video-Zero is described
-        with: ``vidcore.schedulers.DDIMScheduler.from_config(folder + "/scheduler")``)."""
-        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
+    # from_pretrained: a Stable Diffusion 1.x folder or hub repo (stable-diffusion-v1-5/stable-diffusion-v1-5) with its
+    # stored scheduler (PNDM there, as diffusers); scheduler= replaces it (e.g. DDIM, the sampler Text2Video-Zero is
+    # described with: vidcore.schedulers.DDIMScheduler.from_config(folder + "/scheduler"))
+    loaders = SD_LOADERS
 
     def check_zero_inputs(self, video_length, frame_ids, t0, t1, num_inference_steps):
         if not isinstance(video_length, int) or video_length < 1:
@@ -323,4 +296,4 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         return self.finish(latents, output_type, return_dict, decode_chunk_size, TextToVideoZeroOutput)
 
 
-__all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "load_sd_components", "sd_scheduler", "OUTPUT_TYPES"]
+__all__ = ["TextToVideoZeroPipeline", "TextToVideoZeroOutput", "SD_LOADERS", "load_sd_scheduler", "sd_scheduler", "OUTPUT_TYPES"]

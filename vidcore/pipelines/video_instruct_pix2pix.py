@@ -20,7 +20,7 @@ import torch
 from ..nn.attention import cross_frame_attention as frame_attention
 from ..sampling.loop import StepEnd, scheduler_step
 from .base import check_callback_inputs, check_negative_inputs
-from .text2video_zero import COMPONENTS, load_sd_components
+from .text2video_zero import COMPONENTS, SD_LOADERS
 from .sd_video import SDVideoPipeline
 from .video_processing import preprocess_video
 
@@ -32,13 +32,9 @@ class VideoInstructPix2PixPipeline(SDVideoPipeline):
     # no FreeInit: an edit follows its input video frame by frame, where FreeInit's re-initialisation has no role
     components = COMPONENTS
 
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | str | None = None,
-                        variant: str | None = None, revision: str | None = None, token: str | None = None,
-                        **overrides):
-        """Load an InstructPix2Pix folder or hub repo (``timbrooks/instruct-pix2pix``) with its stored scheduler
-        (Euler ancestral there, as in diffusers); pass ``scheduler=`` to choose another (e.g. DDIM or Euler)."""
-        return cls(**load_sd_components(cls, path_or_repo, torch_dtype, variant, revision, token, overrides))
+    # from_pretrained: an InstructPix2Pix folder or hub repo (timbrooks/instruct-pix2pix) with its stored scheduler
+    # (Euler ancestral there, as in diffusers); scheduler= chooses another (e.g. DDIM or Euler)
+    loaders = SD_LOADERS
 
     def encode_frames(self, video: torch.Tensor, dtype, device) -> torch.Tensor:
         """``b 3 f H W`` in [-1, 1] -> ``(b f) 4 h w`` VAE latents: the distribution's mode, not scaled by the
