@@ -108,7 +108,7 @@ def test_round_trip_is_bit_exact(tmp_path, case, suffix):
 
 
 def test_unet_motion_from_single_file_matches_diffusers(tmp_path):
-    """vidcore.loading.load_motion_adapter_file -> UNetMotion equals diffusers' UNetMotionModel.from_unet2d(unet,
+    """MotionAdapter.from_single_file (= vidcore.loading.load_motion_adapter_file) -> UNetMotion equals diffusers' UNetMotionModel.from_unet2d(unet,
     MotionAdapter.from_single_file(...)) on the same file."""
     from diffusers import MotionAdapter as RefAdapter
     from diffusers import UNet2DConditionModel, UNetMotionModel
@@ -123,7 +123,9 @@ def test_unet_motion_from_single_file_matches_diffusers(tmp_path):
     theirs = RefAdapter.from_single_file(str(tmp_path / "mm_sd_v15_v2.ckpt"), config=str(tmp_path / "adapter"),
                                          local_files_only=True)
     ref = UNetMotionModel.from_unet2d(unet, theirs).eval()
-    adapter = load_motion_adapter_file(tmp_path / "mm_sd_v15_v2.ckpt", config_from=tmp_path / "adapter")
+    adapter = MotionAdapter.from_single_file(tmp_path / "mm_sd_v15_v2.ckpt", config_from=tmp_path / "adapter")
+    same = load_motion_adapter_file(tmp_path / "mm_sd_v15_v2.ckpt", config_from=tmp_path / "adapter")
+    assert all(torch.equal(a, b) for a, b in zip(adapter.state_dict().values(), same.state_dict().values()))
     model = vidcore.UNetMotion(vidcore.load_model(tmp_path / "unet"), adapter)
     x, ctx = video_inputs(4, frames=5, height=6, width=7)
     with torch.no_grad():

@@ -241,13 +241,13 @@ V11_OPENPOSE = {**original_controlnet.SD15_CONTROLNET_CONFIG, "_diffusers_versio
 def test_real_config_every_key_and_shape_converts(config):
     from diffusers import ControlNetModel
 
-    from vidcore.loading import BY_DIFFUSERS, ORIGINAL_FORMATS, _build, original_keymap
+    from vidcore.loading import BY_DIFFUSERS, ORIGINAL_FORMATS, build, original_keymap
 
     with torch.device("meta"):
         ref = ControlNetModel.from_config(config)
     full = dict(ref.config)  # every key diffusers writes
     arch = BY_DIFFUSERS["ControlNetModel"]
-    ours = _build(arch, full)
+    ours = build(arch, full)
     source = ref.state_dict()
     target = {k: v.shape for k, v in ours.state_dict().items()}
     converted, _ = arch.keymap(full).convert(source, target)

@@ -40,12 +40,12 @@ def meta_model(cls, config):
 def test_real_config_every_key_and_shape_converts(which):
     from diffusers import AutoencoderKL, UNet3DConditionModel
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     cls, config, keymap = {"unet": (UNet3DConditionModel, MODELSCOPE_UNET, UNET3D_MAP),
                            "vae": (AutoencoderKL, SD21_VAE, VAE_MAP)}[which]
     ref = meta_model(cls, config)
-    ours = _build(BY_DIFFUSERS[config["_class_name"]], config)
+    ours = build(BY_DIFFUSERS[config["_class_name"]], config)
     source = ref.state_dict()
     target = {k: v.shape for k, v in ours.state_dict().items()}
     converted, report = keymap.convert(source, target)  # strict: raises on any unconsumed/missing/mismatch

@@ -49,7 +49,7 @@ def test_real_config_every_key_and_shape_converts():
     from diffusers import I2VGenXLUNet
 
     from vidcore.conversion.maps.diffusers_i2vgen import I2VGEN_MAP
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     # ali-vilab/i2vgen-xl unet/config.json
     config = {"_class_name": "I2VGenXLUNet", "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280],
@@ -58,7 +58,7 @@ def test_real_config_every_key_and_shape_converts():
               "out_channels": 4, "sample_size": 32, "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3}
     with torch.device("meta"):
         ref = I2VGenXLUNet.from_config(config)
-    ours = _build(BY_DIFFUSERS["I2VGenXLUNet"], config)
+    ours = build(BY_DIFFUSERS["I2VGenXLUNet"], config)
     source = ref.state_dict()
     converted, _ = I2VGEN_MAP.convert(source, {k: v.shape for k, v in ours.state_dict().items()})
     assert len(converted) == len(source) == 1511

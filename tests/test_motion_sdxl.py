@@ -62,14 +62,14 @@ def test_real_sdxl_unet_and_beta_adapter_on_meta():
     from diffusers import MotionAdapter as RefAdapter
     from diffusers import UNet2DConditionModel
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     built = {}
     for cls, config in (("UNet2DConditionModel", SDXL_UNET_CONFIG), ("MotionAdapter", SDXL_BETA_ADAPTER_CONFIG)):
         with torch.device("meta"):
             ref = (UNet2DConditionModel if cls == "UNet2DConditionModel" else RefAdapter).from_config(config)
         arch = BY_DIFFUSERS[cls]
-        built[cls] = ours = _build(arch, dict(ref.config))
+        built[cls] = ours = build(arch, dict(ref.config))
         converted, _ = arch.keymap(dict(ref.config)).convert(
             ref.state_dict(), {k: v.shape for k, v in ours.state_dict().items()})
         assert len(converted) == len(ref.state_dict()) == len(ours.state_dict())
@@ -80,14 +80,14 @@ def test_real_sdxl_unet_and_beta_adapter_on_meta():
 
 
 def test_sd15_and_sdxl_mixups_are_one_line_errors():
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
     from test_motion import ADAPTER_V15_2_CONFIG
 
     with torch.device("meta"):
-        sd15 = _build(BY_DIFFUSERS["UNet2DConditionModel"], SD15_UNET_CONFIG)
-        sdxl = _build(BY_DIFFUSERS["UNet2DConditionModel"], SDXL_UNET_CONFIG)
-        sdxl_adapter = _build(BY_DIFFUSERS["MotionAdapter"], SDXL_BETA_ADAPTER_CONFIG)
-        sd15_adapter = _build(BY_DIFFUSERS["MotionAdapter"], ADAPTER_V15_2_CONFIG)
+        sd15 = build(BY_DIFFUSERS["UNet2DConditionModel"], SD15_UNET_CONFIG)
+        sdxl = build(BY_DIFFUSERS["UNet2DConditionModel"], SDXL_UNET_CONFIG)
+        sdxl_adapter = build(BY_DIFFUSERS["MotionAdapter"], SDXL_BETA_ADAPTER_CONFIG)
+        sd15_adapter = build(BY_DIFFUSERS["MotionAdapter"], ADAPTER_V15_2_CONFIG)
     with pytest.raises(ValueError, match=r"an SDXL motion adapter cannot animate an SD1.5 UNet") as err:
         UNetMotion(sd15, sdxl_adapter)
     assert "\n" not in str(err.value)

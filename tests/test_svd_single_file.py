@@ -35,7 +35,7 @@ from vidcore.conversion.maps.original_svd import (
 )
 from vidcore.errors import CheckpointError, ConversionError
 from vidcore.hub import load_state_dict
-from vidcore.loading import BY_NAME, _build, load_model_with_info, original_keymap, original_state_dict, save_original
+from vidcore.loading import BY_NAME, build, load_model_with_info, original_keymap, original_state_dict, save_original
 
 SCRIPT = "scripts/convert_svd_to_diffusers.py"
 MIRROR = "/work/.mirror/huggingface+diffusers/repo"
@@ -154,7 +154,7 @@ def test_real_config_every_key_is_consumed():
             ref = cls.from_config(config)
         original, _ = keymap.convert(ref.state_dict(), None, direction="reverse")
         assert len(original) == count
-        ours = _build(BY_NAME[name], config)
+        ours = build(BY_NAME[name], config)
         target = {k: v.shape for k, v in ours.state_dict().items()}
         out, report = original_keymap(BY_NAME[name], config).convert(original, target)
         assert sorted(out) == sorted(target) and len(report.mapping) == count

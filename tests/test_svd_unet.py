@@ -64,7 +64,7 @@ def test_real_config_every_key_and_shape_converts():
     from diffusers import UNetSpatioTemporalConditionModel
 
     from vidcore.conversion.maps.diffusers_svd import SVD_UNET_MAP
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     # stabilityai/stable-video-diffusion-img2vid-xt unet/config.json
     config = {"_class_name": "UNetSpatioTemporalConditionModel", "addition_time_embed_dim": 256,
@@ -76,7 +76,7 @@ def test_real_config_every_key_and_shape_converts():
               "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3}
     with torch.device("meta"):
         ref = UNetSpatioTemporalConditionModel.from_config(config)
-    ours = _build(BY_DIFFUSERS["UNetSpatioTemporalConditionModel"], config)
+    ours = build(BY_DIFFUSERS["UNetSpatioTemporalConditionModel"], config)
     source = ref.state_dict()
     converted, _ = SVD_UNET_MAP.convert(source, {k: v.shape for k, v in ours.state_dict().items()})
     assert len(converted) == len(source) == 1428

@@ -86,7 +86,7 @@ def test_real_config_every_key_and_shape_converts():
     from diffusers import AutoencoderKLTemporalDecoder as Ref
 
     from vidcore.conversion.maps.diffusers_svd_vae import SVD_VAE_MAP
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     # stabilityai/stable-video-diffusion-img2vid-xt vae/config.json
     config = {"_class_name": "AutoencoderKLTemporalDecoder", "block_out_channels": [128, 256, 512, 512],
@@ -95,7 +95,7 @@ def test_real_config_every_key_and_shape_converts():
               "scaling_factor": 0.18215}
     with torch.device("meta"):
         ref = Ref.from_config(config)
-    ours = _build(BY_DIFFUSERS["AutoencoderKLTemporalDecoder"], config)
+    ours = build(BY_DIFFUSERS["AutoencoderKLTemporalDecoder"], config)
     assert ours.config == AutoencoderKLTemporalDecoderConfig()  # dataclass defaults = the released model
     source = ref.state_dict()
     converted, _ = SVD_VAE_MAP.convert(source, {k: v.shape for k, v in ours.state_dict().items()})

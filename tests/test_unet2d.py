@@ -171,13 +171,13 @@ SD21_UNET_CONFIG = {  # stabilityai/stable-diffusion-2-1 unet/config.json (the k
 def test_real_config_every_key_and_shape_converts(config, tensors, millions):
     from diffusers import UNet2DConditionModel
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     with torch.device("meta"):
         ref = UNet2DConditionModel.from_config(config)
     arch = BY_DIFFUSERS["UNet2DConditionModel"]
     config = dict(ref.config)  # every key diffusers writes (newer hub files carry them all)
-    ours = _build(arch, config)
+    ours = build(arch, config)
     source = ref.state_dict()
     target = {k: v.shape for k, v in ours.state_dict().items()}
     converted, _ = arch.keymap(config).convert(source, target)

@@ -70,13 +70,13 @@ SDXL_UNET_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.jso
 def test_real_sdxl_config_every_key_and_shape_converts():
     from diffusers import UNet2DConditionModel
 
-    from vidcore.loading import BY_DIFFUSERS, _build
+    from vidcore.loading import BY_DIFFUSERS, build
 
     with torch.device("meta"):
         ref = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
     arch = BY_DIFFUSERS["UNet2DConditionModel"]
     config = dict(ref.config)
-    ours = _build(arch, config)
+    ours = build(arch, config)
     source = ref.state_dict()
     target = {k: v.shape for k, v in ours.state_dict().items()}
     converted, _ = arch.keymap(config).convert(source, target)

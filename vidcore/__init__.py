@@ -57,11 +57,13 @@ _LAZY = {
     "MotionAdapter": "vidcore.models.motion",
     "MotionAdapterConfig": "vidcore.models.motion",
     "UNetMotion": "vidcore.models.motion",
-    "MotionLoRA": "vidcore.models.motion_lora",
-    "load_motion_lora": "vidcore.loading.lora",
-    "fuse_lora": "vidcore.loading.lora",  # also reads files (models.motion_lora: loaded LoRAs)
-    "unfuse_lora": "vidcore.models.motion_lora",
-    "fused_loras": "vidcore.models.motion_lora",
+    "LoRA": "vidcore.models.lora",
+    "MotionLoRA": "vidcore.models.motion_lora",  # old name of LoRA
+    "load_lora": "vidcore.loading.lora",
+    "load_motion_lora": "vidcore.loading.lora",  # old name of load_lora
+    "fuse_lora": "vidcore.loading.lora",  # also reads files (models.lora: loaded LoRAs)
+    "unfuse_lora": "vidcore.models.lora",
+    "fused_loras": "vidcore.models.lora",
     "AutoencoderKL": "vidcore.models.vae",
     "AutoencoderKLConfig": "vidcore.models.vae",
     "export_to_video": "vidcore.io",
@@ -71,6 +73,9 @@ _LAZY = {
     "set_attention_backend": "vidcore.nn.attention",
     "attention_backend": "vidcore.nn.attention",
 }
+
+# old public names -> the names they were given (the same objects; their __name__ is the new name)
+ALIASES = {"MotionLoRA": "LoRA", "load_motion_lora": "load_lora"}
 
 __all__ = sorted(_LAZY)
 

@@ -23,18 +23,17 @@ from .architectures import (ARCHITECTURES, BY_DIFFUSERS, BY_NAME, LDM_SD_COMPONE
                             SGM_SVD_COMPONENTS, Architecture, OriginalFormat, architecture_for, architecture_of, build,
                             build_on_meta, fill, original_keymap)
 from .files import read_single_file, read_single_file_raw, strip_prefixes
-from .lora import load_motion_lora
+from .lora import load_lora, load_motion_lora
 from .models import LoadedInfo, load_model, load_model_with_info, load_unet_motion, read_native
 from .originals import (load_ip_adapter_file, load_motion_adapter_file, load_sd_single_file, load_sdxl_single_file,
                         load_svd_single_file)
 from .save import original_state_dict, save_diffusers, save_native, save_original
 
-_build = build  # the old private name, which tests written before the package use
 
 __all__ = ["ARCHITECTURES", "BY_DIFFUSERS", "BY_NAME", "LDM_SD_COMPONENTS", "NATIVE_WEIGHTS", "ORIGINAL_FORMATS",
            "SGM_SVD_COMPONENTS", "Architecture", "LoadedInfo", "OriginalFormat", "architecture_for", "architecture_of",
            "build", "build_on_meta", "fill", "load_ip_adapter_file", "load_model", "load_model_with_info",
-           "load_motion_adapter_file", "load_motion_lora", "load_sd_single_file", "load_sdxl_single_file",
+           "load_motion_adapter_file", "load_lora", "load_motion_lora", "load_sd_single_file", "load_sdxl_single_file",
            "load_svd_single_file", "load_unet_motion", "original_keymap", "original_state_dict", "read_native",
            "read_single_file", "read_single_file_raw", "save_diffusers", "save_native", "save_original",
            "strip_prefixes"]

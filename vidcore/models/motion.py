@@ -27,6 +27,7 @@ from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
+from .pretrained import PretrainedMixin
 from .unet2d import UNet2D
 
 MOTION_ORIGINAL_DESCRIPTION = "AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)"
@@ -69,13 +70,15 @@ def motion_module(channels: int, heads: int, layers: int, cfg: MotionAdapterConf
                                max_positions=cfg.motion_max_seq_length)
 
 
-class MotionAdapter(nn.Module):
+class MotionAdapter(PretrainedMixin, nn.Module):
     """The motion modules of an AnimateDiff checkpoint, grouped like the UNet levels they plug into.
 
     ``down_blocks[i][j]``: after layer ``j`` of down level ``i``; ``up_blocks[i][j]``: after layer ``j`` of
     up block ``i`` (deepest first, as the UNet's ``up_blocks``); ``mid_block[0]``: after the mid block's
     transformer (None for v1/v3 adapters); ``conv_in``: PIA's input convolution (or None).
     """
+
+    single_file_component = "motion_adapter"  # from_single_file: an original motion-module file
 
     def __init__(self, config: MotionAdapterConfig):
         super().__init__()

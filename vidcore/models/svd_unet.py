@@ -24,6 +24,7 @@ from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
 from .config_utils import DiffusersConfig
 from .options import ForwardChunkingMixin
+from .pretrained import PretrainedMixin
 from .unet_layout import unet_levels, walk
 
 DOWN_TYPES = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
@@ -96,7 +97,7 @@ class MidSTBlock(nn.Module):
         return self.resnets[1](x, temb, num_frames)
 
 
-class SVDUNet(ForwardChunkingMixin, nn.Module):
+class SVDUNet(PretrainedMixin, ForwardChunkingMixin, nn.Module):
     """``forward(sample b f c h w, timestep, encoder_hidden_states b m d, added_time_ids b 3) -> b f c_out h w``."""
 
     def __init__(self, config: SVDUNetConfig):

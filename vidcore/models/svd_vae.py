@@ -30,6 +30,7 @@ from torch import nn
 from ..nn.attention import SpatialSelfAttention
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Upsample
+from .pretrained import PretrainedMixin
 from .vae import AutoencoderKLConfig, DiagonalGaussian, Encoder, tiled_apply
 
 # diffusers' AutoencoderKLTemporalDecoder.__init__ defaults: what a config.json without a key means.
@@ -159,7 +160,7 @@ class TemporalDecoder(nn.Module):
         return rearrange(video, "b c f h w -> (b f) c h w")
 
 
-class AutoencoderKLTemporalDecoder(nn.Module):
+class AutoencoderKLTemporalDecoder(PretrainedMixin, nn.Module):
     """SVD's VAE: ``encode(x (n 3 H W)) -> DiagonalGaussian``; ``decode(z ((b f) L h w), num_frames)``
     -> ``(b f) 3 H W`` (latents already divided by ``scaling_factor``)."""
 

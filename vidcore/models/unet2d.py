@@ -33,6 +33,7 @@ from .config_utils import DiffusersConfig
 from .freeu import FreeU
 from .ip_adapter import image_prompt_context
 from .options import UNetOptionsMixin
+from .pretrained import PretrainedMixin
 from .unet_layout import Mixer, unet_levels, walk
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -187,7 +188,7 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class UNet2D(UNetOptionsMixin, nn.Module):
+class UNet2D(PretrainedMixin, UNetOptionsMixin, nn.Module):
     """SD / SDXL UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):

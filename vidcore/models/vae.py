@@ -16,6 +16,7 @@ from torch import nn
 from ..nn.attention import SpatialSelfAttention
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
+from .pretrained import PretrainedMixin
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     return b
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(PretrainedMixin, nn.Module):
     """KL autoencoder with ``encode`` -> :class:`DiagonalGaussian` and ``decode`` -> images in [-1, 1]."""
 
     def __init__(self, config: AutoencoderKLConfig):

@@ -53,7 +53,7 @@ from ..loading.pipeline import SingleFile
 from .base import check_callback_inputs, check_negative_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
-from .lora import MotionLoRAMixin
+from .lora import LoRAMixin
 from .sd_video import SDVideoPipeline
 
 
@@ -122,7 +122,7 @@ class FrameInputs:
 # ----------------------------------------------------------------------------- pipeline
 
 
-class AnimateDiffBase(IPAdapterMixin, MotionLoRAMixin, FreeInitMixin, SDVideoPipeline):
+class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline):
     """What the AnimateDiff pipelines share (text-, video-, ControlNet-, SparseCtrl-to-video and SDXL): loading,
     the motion-module UNet, the windowed guided prediction and the call body :meth:`animate`. Each leaf composes
     the further sampling features it has.

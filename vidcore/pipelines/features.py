@@ -22,7 +22,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin, StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from .ip_adapter import IPAdapterMixin
-from .lora import MotionLoRAMixin
+from .lora import LoRAMixin
 
 
 def _mixin(mixin: type) -> Callable[[type], bool]:
@@ -52,7 +52,7 @@ PRESENT: dict[str, Callable[[type], bool]] = {
     "step_cache": _mixin(StepCacheMixin),
     "parallel": _mixin(ParallelPipelineMixin),
     "ip_adapter": _mixin(IPAdapterMixin),
-    "lora": _mixin(MotionLoRAMixin),
+    "lora": _mixin(LoRAMixin),
     "motion_scale": _argument("motion_scale"),
     "keyframes": _argument("last_image"),
 }

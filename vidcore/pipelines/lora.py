@@ -1,5 +1,5 @@
 """Pipeline-level motion LoRA: diffusers' LoRA method names (``load_lora_weights``, ``set_adapters``,
-``fuse_lora``, ``unfuse_lora``, ``unload_lora_weights`` ...) on top of :mod:`vidcore.models.motion_lora`.
+``fuse_lora``, ``unfuse_lora``, ``unload_lora_weights`` ...) on top of :mod:`vidcore.models.lora`.
 
 >>> pipe.load_lora_weights("guoyww/animatediff-motion-lora-zoom-in", adapter_name="zoom-in")   # active, scale 1
 >>> pipe.fuse_lora(lora_scale=0.8)      # the active LoRAs at 0.8
@@ -18,7 +18,7 @@ in diffusers the LoRA stays active on unmerged layers (the output keeps it), her
 weights (the output is the original one) until ``fuse_lora`` or ``set_adapters`` puts it back.
 
 These methods own every LoRA fused into ``pipe.unet``: do not mix them with
-:func:`vidcore.models.motion_lora.fuse_lora` on the same UNet (they would undo its fusions).
+:func:`vidcore.models.lora.fuse_lora` on the same UNet (they would undo its fusions).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..loading.lora import load_motion_lora
-from ..models.motion_lora import MotionLoRA, fuse_lora, unfuse_lora
+from ..loading.lora import load_lora
+from ..models.lora import LoRA, fuse_lora, unfuse_lora
 
 TEXT_ENCODER = "text_encoder"
 
 
 @dataclass
 class _Adapters:
-    loras: dict[str, MotionLoRA] = field(default_factory=dict)  # adapter name -> LoRA, in load order
+    loras: dict[str, LoRA] = field(default_factory=dict)  # adapter name -> LoRA, in load order
     weights: dict[str, float] = field(default_factory=dict)  # adapter name -> set_adapters weight
     active: list[str] = field(default_factory=list)
     fuse_scale: dict[str, float] = field(default_factory=dict)  # adapter name -> fuse_lora's lora_scale
@@ -51,7 +51,7 @@ def _names(adapter_names: str | Sequence[str]) -> list[str]:
     return names
 
 
-class MotionLoRAMixin:
+class LoRAMixin:
     """LoRA methods for a pipeline whose ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (see the
     module docstring for how they map onto diffusers')."""
 
@@ -79,7 +79,7 @@ class MotionLoRAMixin:
                           adapter_name: str | None = None, weight_name: str | None = None,
                           revision: str | None = None, token: str | None = None) -> None:
         """Load a motion LoRA (hub repo id such as ``guoyww/animatediff-motion-lora-zoom-in``, folder, ``.safetensors``
-        / ``.ckpt`` file or state dict; the layouts of :func:`~vidcore.loading.lora.load_motion_lora`) under
+        / ``.ckpt`` file or state dict; the layouts of :func:`~vidcore.loading.lora.load_lora`) under
         ``adapter_name`` (default ``default_{n}``, as diffusers) and make it active at weight 1.0, keeping the
         other active adapters. Every layer name and shape is checked first; a LoRA that does not fit changes
         nothing."""
@@ -88,7 +88,7 @@ class MotionLoRAMixin:
         if name in state.loras:
             raise ValueError(f"adapter name {name!r} is already in use; pass another adapter_name= (loaded: "
                              f"{list(state.loras)})")
-        lora = load_motion_lora(pretrained_model_name_or_path_or_dict, weight_name=weight_name, revision=revision,
+        lora = load_lora(pretrained_model_name_or_path_or_dict, weight_name=weight_name, revision=revision,
                                 token=token)
         lora.targets(self.unet)  # names checked before the weights are touched (shapes: by fuse_lora)
         previous = (state.active.copy(), state.enabled)
@@ -186,3 +186,6 @@ class MotionLoRAMixin:
         """Take every LoRA out of the UNet's weights (bit for bit) and forget them."""
         self.__dict__.pop("_motion_lora_adapters", None)
         unfuse_lora(self.unet)
+
+
+MotionLoRAMixin = LoRAMixin  # the old name, kept
