@@ -43,14 +43,14 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
 from ..sampling.guidance import guided
-from ..sampling.loop import StepEnd, scheduler_step
+from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from ..loading.loaders import (load_module_argument, load_motion_adapter, load_text_encoder,  # noqa: F401
                                load_tokenizer, load_unet, load_vidcore_model)
 from ..loading.models import load_unet_motion  # noqa: F401  (its home before vidcore.loading)
 from ..loading.originals import load_sd_single_file
 from ..loading.pipeline import SingleFile
-from .base import check_callback_inputs, check_negative_inputs
+from .base import check_negative_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
 from .lora import LoRAMixin
@@ -139,6 +139,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
 
     components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
+    example_controlnet: str | None = None  # the leaves with a controlnet component name one in their errors
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, motion_adapter: MotionAdapter | None = None,
@@ -185,6 +186,9 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
             what = (f"{cls.__name__}.from_single_file: an image model's single file has no motion modules" if single_file
                     else f"{where} is an image model without motion modules")
             return ModelNotFoundError(f"{what}; pass motion_adapter= (CLI: --motion-adapter), e.g. {cls.example_adapter}")
+        if name == "controlnet":
+            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
+                                      f"{cls.example_controlnet}")
         return super().missing_component(name, where, single_file)
 
     @classmethod

@@ -15,12 +15,10 @@ control images in frame order (diffusers interleaves copies of each frame).
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
 
-from ..errors import ModelNotFoundError
 from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnets
 from ..models.controlnet import ControlNet, MultiControlNet
 from ..sampling import FreeNoiseMixin
@@ -67,37 +65,13 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     def nets(self) -> list[ControlNet]:
         return list(self.controlnet.nets) if isinstance(self.controlnet, MultiControlNet) else [self.controlnet]
 
-    # what AnimateDiffPipeline loads, plus the ControlNet(s): controlnet= (a list combines several), else the
-    # folder's own controlnet/ (a saved diffusers AnimateDiffControlNetPipeline); a single file holds none
+    # what AnimateDiffPipeline loads, plus the ControlNet(s): from_pretrained / from_single_file take controlnet= (a
+    # ControlNet, a folder, a hub repo id such as lllyasviel/sd-controlnet-openpose, an original file, or a list of
+    # those, combined), else the folder's own controlnet/ (a saved diffusers AnimateDiffControlNetPipeline); a
+    # single file holds none
     loaders = {**AnimateDiffBase.loaders, "controlnet": load_controlnets}
     arguments = {**AnimateDiffBase.arguments, "controlnet": load_controlnets}
-
-    @classmethod
-    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
-        if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
-                                      f"{EXAMPLE_CONTROLNET}")
-        return super().missing_component(name, where, single_file)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None, controlnet=None,
-                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **components):
-        """As :meth:`AnimateDiffPipeline.from_pretrained`, plus ``controlnet``: a ControlNet (or a list), or
-        anything :func:`~vidcore.loading.loaders.load_controlnet` reads (a folder, a hub repo id such as
-        ``lllyasviel/sd-controlnet-openpose``, an original file), or a list of those; without it the folder's own
-        ``controlnet/`` (a saved diffusers AnimateDiffControlNetPipeline) is used."""
-        return super().from_pretrained(path_or_repo, motion_adapter, torch_dtype, variant, revision, token,
-                                       controlnet=controlnet, **components)
-
-    @classmethod
-    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
-                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                         token: str | None = None, **kwargs):
-        """As :meth:`AnimateDiffPipeline.from_single_file` (an original SD1.x file + ``motion_adapter``), plus
-        ``controlnet`` (required: a single file holds none), read as in :meth:`from_pretrained`."""
-        return super().from_single_file(path, motion_adapter, torch_dtype=torch_dtype, variant=variant, token=token,
-                                        controlnet=controlnet, **kwargs)
+    example_controlnet = EXAMPLE_CONTROLNET
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,

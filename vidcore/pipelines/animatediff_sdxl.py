@@ -44,14 +44,14 @@ import torch
 
 from .. import hub
 from ..errors import ConfigError
-from ..models.motion import MotionAdapter, UNetMotion
-from ..sampling.loop import StepEnd, scheduler_step
+from ..models.motion import MotionAdapter
+from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from .animatediff import AnimateDiffBase, check_decode_chunk_size
 from ..loading.loaders import load_text_encoder_2, load_tokenizer
 from ..loading.originals import (DEFAULT_SDXL_CONFIG, SDXL_CONFIG_PATTERNS,  # noqa: F401  (re-exported)
                                  SDXL_SINGLE_FILE_COMPONENTS, load_sdxl_single_file)
 from ..loading.pipeline import SingleFile
-from .base import check_callback_inputs, check_negative_inputs
+from .base import check_negative_inputs
 from .ip_adapter import check_ip_adapter_inputs
 from .text import as_prompt_list
 

@@ -15,12 +15,10 @@ the UNet residuals of half the batch there and fails).
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
 
-from ..errors import ModelNotFoundError
 from ..loading.loaders import SPARSECTRL_REPOS, load_sparse_controlnet  # noqa: F401  (re-exported)
 from ..models.sparse_controlnet import SparseControlNet
 from .animatediff import AnimateDiffBase, FrameInputs
@@ -44,32 +42,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
     # what AnimateDiffPipeline loads, plus the SparseControlNet: controlnet=, else the folder's own controlnet/
     loaders = {**AnimateDiffBase.loaders, "controlnet": load_sparse_controlnet}
     arguments = {**AnimateDiffBase.arguments, "controlnet": load_sparse_controlnet}
-
-    @classmethod
-    def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
-        if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
-                                      f"{' or '.join(SPARSECTRL_REPOS)}")
-        return super().missing_component(name, where, single_file)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, motion_adapter=None, controlnet=None,
-                        torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                        revision: str | None = None, token: str | None = None, **components):
-        """As :meth:`AnimateDiffPipeline.from_pretrained`, plus ``controlnet`` (a SparseControlNet or what
-        :func:`~vidcore.loading.loaders.load_sparse_controlnet` reads, e.g. ``guoyww/animatediff-sparsectrl-scribble``);
-        without it the folder's own ``controlnet/`` is used."""
-        return super().from_pretrained(path_or_repo, motion_adapter, torch_dtype, variant, revision, token,
-                                       controlnet=controlnet, **components)
-
-    @classmethod
-    def from_single_file(cls, path: str | os.PathLike, motion_adapter=None, controlnet=None,
-                         torch_dtype: torch.dtype | str | None = None, variant: str | None = None,
-                         token: str | None = None, **kwargs):
-        """An original SD1.x single file + ``motion_adapter`` (as :meth:`AnimateDiffPipeline.from_single_file`)
-        + ``controlnet`` (required)."""
-        return super().from_single_file(path, motion_adapter, torch_dtype=torch_dtype, variant=variant, token=token,
-                                        controlnet=controlnet, **kwargs)
+    example_controlnet = " or ".join(SPARSECTRL_REPOS)
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
     def check_context(self, num_frames, context_length, context_stride, context_weighting):

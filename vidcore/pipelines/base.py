@@ -18,8 +18,7 @@ from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_
 from ..loading.pipeline import SingleFile, load_pipeline, load_single_file
 from ..sampling import StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
-from ..sampling.guidance import apply_guidance  # noqa: F401  (re-exported)
-from ..sampling.loop import Progress, check_callback_inputs, denoise  # noqa: F401  (check_callback_inputs: re-exported)
+from ..sampling.loop import Progress, denoise
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,8 @@ from ..models.unet2d import UNet2D
 from ..nn.attention import cross_frame_attention as frame_attention
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd, scheduler_step
-from .base import apply_guidance, check_callback_inputs
+from ..sampling.guidance import apply_guidance
+from ..sampling.loop import check_callback_inputs
 from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline

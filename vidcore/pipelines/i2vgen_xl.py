@@ -28,7 +28,6 @@ from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_
                                load_tokenizer, load_vidcore_model)
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
-from ..sampling.windows import check_free_noise_windows, plan_windows
 from .base import check_negative_inputs
 from .video_unet import VideoUNetPipeline
 
@@ -189,8 +188,7 @@ class I2VGenXLPipeline(VideoUNetPipeline):
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         if target_fps is None or target_fps <= 0:
             raise ValueError(f"target_fps must be a positive number, got {target_fps!r}")
-        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
-        check_free_noise_windows(self, windows)
+        windows = self.plan_context(num_frames, context_length, context_stride, context_weighting)
         device = self.device
         guidance = guidance_scale > 1.0
         videos, text = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance, negative_prompt,

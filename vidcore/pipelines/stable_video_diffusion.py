@@ -44,10 +44,11 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
+from ..sampling.guidance import apply_guidance
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
-from .base import VideoPipeline, VideoPipelineOutput, apply_guidance, upcast_vae
+from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .svd_keyframes import keyframe_step
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video

@@ -29,9 +29,9 @@ from ..nn.attention import cross_frame_attention
 from ..nn.warp import warp_latents
 from ..random import randn_tensor
 from ..sampling.guidance import guided
-from ..sampling.loop import StepEnd, denoise, scheduler_step
+from ..sampling.loop import StepEnd, check_callback_inputs, denoise, scheduler_step
 from ..loading.loaders import load_text_encoder, load_tokenizer, load_vidcore_model
-from .base import VideoPipelineOutput, check_callback_inputs, check_negative_inputs
+from .base import VideoPipelineOutput, check_negative_inputs
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES

@@ -11,7 +11,6 @@ from typing import Callable
 import torch
 
 from ..sampling.loop import StepEnd
-from ..sampling.windows import check_free_noise_windows, plan_windows
 from .video_unet import VideoUNetPipeline
 
 
@@ -40,8 +39,7 @@ class TextToVideoPipeline(VideoUNetPipeline):
         height, width = self.default_size(height, width, 32)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
-        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
-        check_free_noise_windows(self, windows)
+        windows = self.plan_context(num_frames, context_length, context_stride, context_weighting)
         device = self.device
         videos, embeds = self.encode_text(prompt, num_frames, device, num_videos_per_prompt, guidance_scale > 1.0,
                                           negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..nn.attention import cross_frame_attention as frame_attention
-from ..sampling.loop import StepEnd, scheduler_step
-from .base import check_callback_inputs, check_negative_inputs
+from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
+from .base import check_negative_inputs
 from .text2video_zero import COMPONENTS, SD_LOADERS
 from .sd_video import SDVideoPipeline
 from .video_processing import preprocess_video

@@ -12,7 +12,6 @@ import torch
 
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd
-from ..sampling.windows import check_free_noise_windows, plan_windows
 from .video_unet import VideoUNetPipeline
 from .video_processing import preprocess_video
 
@@ -84,8 +83,7 @@ class VideoToVideoPipeline(VideoUNetPipeline):
         px = 1 if c != 4 else self.vae_scale_factor  # latents given instead of pixels
         self.check_inputs(prompt, h * px, w * px, f, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)
-        windows = plan_windows(f, context_length, context_stride, context_weighting)
-        check_free_noise_windows(self, windows)
+        windows = self.plan_context(f, context_length, context_stride, context_weighting)
         device = self.device
         batch, embeds = self.encode_text(prompt, f, device, num_videos_per_prompt, guidance_scale > 1.0,
                                          negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip)

@@ -10,7 +10,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, frames_in_batch, scheduler_step
-from ..sampling.windows import blend_windows, check_parallel_windows
+from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .sd_video import SDVideoPipeline
 
 
@@ -43,6 +43,13 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
     # -- pieces ---------------------------------------------------------------------------------
+    def plan_context(self, num_frames: int, context_length, context_stride, context_weighting: str):
+        """The call's context windows (:func:`vidcore.sampling.windows.plan_windows`; None: the whole video at
+        once), refused with FreeNoise on, whose own windows they would duplicate."""
+        windows = plan_windows(num_frames, context_length, context_stride, context_weighting)
+        check_free_noise_windows(self, windows)
+        return windows
+
     def encode_text(self, prompt, num_frames: int, device, num_videos_per_prompt: int, guidance: bool, negative_prompt,
                     prompt_embeds, negative_prompt_embeds, clip_skip, negative_clip_skip=None):
         """(videos, the UNet's text batch with the negatives first): one row per video for text prompts, one per
