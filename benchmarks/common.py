@@ -164,3 +164,72 @@ def table(rows: list[tuple], header: tuple[str, ...]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- whole pipelines
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_pipeline_args(ap, frames: int = 8, height: int = 64, width: int = 64, steps: int = 10,
+                      repeats: int = 7, budget: float = 120.0) -> None:
+    """The arguments every whole-pipeline script takes: --frames --height --width --steps --dtype and the
+    timing ones (--repeats --warmup --budget --threads)."""
+    ap.add_argument("--frames", type=int, default=frames)
+    ap.add_argument("--height", type=int, default=height)
+    ap.add_argument("--width", type=int, default=width)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                    help="both pipelines are cast to this dtype (pipe.to) after loading; float32 requires frames "
+                         "within 1e-3 relative error, bfloat16 only loosely (mean |difference| < 0.02, no NaN)")
+    add_timing_args(ap, repeats=repeats, budget=budget, unit="rounds")
+
+
+def frames_array(out) -> np.ndarray:
+    """``output_type="np"`` frames of either library as float64 numpy."""
+    if isinstance(out, torch.Tensor):
+        out = out.float().cpu().numpy()
+    return np.asarray(out, dtype=np.float64)
+
+
+def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable[[], object], args) -> dict:
+    """Check that the two pipeline calls agree, then time them alternately; print and return the results.
+
+    ``run_ref`` / ``run_ours`` make one full call each (same seed) and return the ``output_type="np"`` frames.
+    Speed = diffusers time / vidcore time (> 1: vidcore faster); the paired speed is the median over rounds of
+    the per-round ratio.
+    """
+    import diffusers
+
+    with torch.inference_mode():
+        a, b = frames_array(run_ref()), frames_array(run_ours())
+        err, mean_diff = rel_err(a, b), float(np.abs(a - b).mean())
+        nan = bool(np.isnan(a).any() or np.isnan(b).any())
+        print(f"frames {a.shape}: vidcore vs diffusers relative error (max) {err:.2e}, mean |difference| "
+              f"{mean_diff:.2e}, NaN: {nan}")
+        if nan or (args.dtype == "bfloat16" and mean_diff > 0.02) or (args.dtype == "float32" and err > 1e-3):
+            raise SystemExit(f"outputs disagree (relative error {err:.2e}, mean |difference| {mean_diff:.2e}, NaN {nan})")
+        la_before = loadavg()
+        print(f"\ntiming 2 pipelines x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
+              f"load average before: {la_before} ...", flush=True)
+        times = interleaved({"diffusers": run_ref, "vidcore": run_ours}, args.repeats, args.warmup, args.budget)
+        la_after = loadavg()
+        print(f"load average after: {la_after}")
+    speeds = [d / v for d, v in zip(times.wall["diffusers"], times.wall["vidcore"])]
+    paired = statistics.median(speeds)
+    rows = []
+    for name in ("diffusers", "vidcore"):
+        m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
+        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", f"{median_ms(times.cpu[name]):.0f}", len(ts),
+                     f"{median_ms(times.wall['diffusers']) / m:.2f}",
+                     f"{paired if name == 'vidcore' else 1.0:.2f}",
+                     f"{median_ms(times.cpu['diffusers']) / median_ms(times.cpu[name]):.2f}"))
+    print(f"\n## {title}, {args.frames} frames {args.height}x{args.width}, {args.steps} steps, {args.dtype}, "
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, diffusers {diffusers.__version__}\n")
+    print(table(rows, ("pipeline", "median ms", "min-max ms", "median CPU ms", "n", "speed (ratio of medians)",
+                       "speed (median paired)", "speed (CPU time)")))
+    print("\nspeed = diffusers time / vidcore time (> 1: vidcore faster); paired: per round, median over rounds; "
+          f"per-round speeds {' '.join(f'{s:.2f}' for s in speeds)}")
+    print(f"RESULT {title} | {args.frames}x{args.height}x{args.width} | {args.steps} | {args.dtype} | "
+          f"{paired:.2f} | {len(speeds)} | {la_before} / {la_after} | {err:.1e} / {mean_diff:.1e}")
+    return dict(paired=paired, n=len(speeds), err=err, mean_diff=mean_diff, load=(la_before, la_after))
