@@ -183,6 +183,30 @@ def add_pipeline_args(ap, frames: int = 8, height: int = 64, width: int = 64, st
                     help="both pipelines are cast to this dtype (pipe.to) after loading; float32 requires frames "
                          "within 1e-3 relative error, bfloat16 only loosely (mean |difference| < 0.02, no NaN)")
     add_timing_args(ap, repeats=repeats, budget=budget, unit="rounds")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead of timing: profile one call of each pipeline (torch.profiler, after the parity "
+                         "call) and print the N most expensive ops of each side by side (self CPU ms, calls)")
+
+
+def profile_pipelines(run_ref: Callable[[], object], run_ours: Callable[[], object], top: int) -> None:
+    """One profiled call of each pipeline; the ``top`` ops by self CPU time of either, side by side."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stats = {}
+    for name, fn in (("diffusers", run_ref), ("vidcore", run_ours)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        stats[name] = {e.key: (e.self_cpu_time_total / 1000, e.count) for e in prof.key_averages()}
+    keys = sorted(set(stats["diffusers"]) | set(stats["vidcore"]),
+                  key=lambda k: -max(stats["diffusers"].get(k, (0, 0))[0], stats["vidcore"].get(k, (0, 0))[0]))
+    rows = []
+    for k in keys[:top]:
+        d, v = stats["diffusers"].get(k, (0.0, 0)), stats["vidcore"].get(k, (0.0, 0))
+        rows.append((k, f"{d[0]:.0f}", d[1], f"{v[0]:.0f}", v[1], f"{v[0] - d[0]:+.0f}"))
+    total = {n: sum(ms for ms, _ in st.values()) for n, st in stats.items()}
+    rows.append(("(all ops)", f"{total['diffusers']:.0f}", "", f"{total['vidcore']:.0f}", "",
+                 f"{total['vidcore'] - total['diffusers']:+.0f}"))
+    print(table(rows, ("op", "diffusers self ms", "calls", "vidcore self ms", "calls", "vidcore - diffusers ms")))
 
 
 def frames_array(out) -> np.ndarray:
@@ -209,6 +233,8 @@ def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable
               f"{mean_diff:.2e}, NaN: {nan}")
         if nan or (args.dtype == "bfloat16" and mean_diff > 0.02) or (args.dtype == "float32" and err > 1e-3):
             raise SystemExit(f"outputs disagree (relative error {err:.2e}, mean |difference| {mean_diff:.2e}, NaN {nan})")
+        if getattr(args, "profile", 0):
+            return profile_pipelines(run_ref, run_ours, args.profile)
         la_before = loadavg()
         print(f"\ntiming 2 pipelines x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
               f"load average before: {la_before} ...", flush=True)
