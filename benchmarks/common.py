@@ -231,11 +231,12 @@ def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable
     count_parity = getattr(args, "count_parity", False)
     with torch.inference_mode():
         if count_parity:  # vidcore first: any one-time cost shared by both falls on vidcore
-            w0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             b = frames_array(run_ours())
-            w1 = time.perf_counter()
+            w1, c1 = time.perf_counter(), time.process_time()
             a = frames_array(run_ref())
             parity_round = (time.perf_counter() - w1, w1 - w0)  # diffusers, vidcore
+            parity_cpu = (time.process_time() - c1, c1 - c0)
         else:
             a, b = frames_array(run_ref()), frames_array(run_ours())
         err, mean_diff = rel_err(a, b), float(np.abs(a - b).mean())
@@ -256,8 +257,12 @@ def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable
         print(f"parity round counted: diffusers {parity_round[0]:.1f} s, vidcore {parity_round[1]:.1f} s (wall)")
         times.wall["diffusers"].insert(0, parity_round[0])
         times.wall["vidcore"].insert(0, parity_round[1])
+        times.cpu["diffusers"].insert(0, parity_cpu[0])
+        times.cpu["vidcore"].insert(0, parity_cpu[1])
+    # CPU-time speed: process time (one torch thread: excludes time descheduled by other load), paired per round
     speeds = [d / v for d, v in zip(times.wall["diffusers"], times.wall["vidcore"])]
     paired = statistics.median(speeds)
+    cpu_paired = statistics.median(d / v for d, v in zip(times.cpu["diffusers"], times.cpu["vidcore"]))
     rows = []
     for name in ("diffusers", "vidcore"):
         m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
@@ -272,5 +277,6 @@ def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable
     print("\nspeed = diffusers time / vidcore time (> 1: vidcore faster); paired: per round, median over rounds; "
           f"per-round speeds {' '.join(f'{s:.2f}' for s in speeds)}")
     print(f"RESULT {title} | {args.frames}x{args.height}x{args.width} | {args.steps} | {args.dtype} | "
-          f"{paired:.2f} | {len(speeds)} | {la_before} / {la_after} | {err:.1e} / {mean_diff:.1e}")
-    return dict(paired=paired, n=len(speeds), err=err, mean_diff=mean_diff, load=(la_before, la_after))
+          f"{paired:.2f} | {len(speeds)} | {la_before} / {la_after} | {err:.1e} / {mean_diff:.1e} | {cpu_paired:.2f}")
+    return dict(paired=paired, cpu_paired=cpu_paired, n=len(speeds), err=err, mean_diff=mean_diff,
+                load=(la_before, la_after))
