@@ -28,6 +28,7 @@ from ..conversion.engine import ChainedMap
 from ..conversion.maps import original_motion
 from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..errors import CheckpointError, ModelNotFoundError
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from ..single_file import build_on_meta, config_from_source, fill, read_single_file
@@ -282,6 +283,7 @@ class UNetMotion(nn.Module):
             scale = scale[frame_start(f): frame_start(f) + f]  # frame parallel: this rank's frames of the window
         return scale.repeat(b).view(b * f, 1, 1, 1)
 
+    @fp32_compute
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
