@@ -73,7 +73,7 @@ def fp32_compute(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if getattr(_state, "active", False) or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or getattr(_state, "active", False):
             return method(self, *args, **kwargs)
         p = next(self.parameters(), None)
         if p is None or p.dtype != torch.bfloat16 or p.device.type != "cpu" or not emulated_bf16():
