@@ -1,7 +1,17 @@
 """Stable Video Diffusion on CPU: vidcore vs diffusers, same saved random weights.
 
+    .venv/bin/python benchmarks/bench_svd_cpu.py pipeline  # whole pipeline, 8 frames 64x64, 10 steps, float32
+    .venv/bin/python benchmarks/bench_svd_cpu.py pipeline --frames 16 --height 128 --width 128 --dtype bfloat16
     /work/venv/bin/python benchmarks/bench_svd_cpu.py unet     # UNet forward, fp32 + bf16, interleaved
     /work/venv/bin/python benchmarks/bench_svd_cpu.py vae      # temporal-VAE decode: time + peak RSS per chunk size
+
+pipeline: builds a random StableVideoDiffusionPipeline with ``tests/tiny.py`` at larger-than-test sizes (UNet
+32/64/128/128, heads 2/4/8/8, cross_attention_dim 64; temporal VAE 32/32/64/64, spatial factor 8; CLIP vision
+encoder width 32), loads ``vidcore.StableVideoDiffusionPipeline.from_pretrained`` from the saved folder, casts
+both to ``--dtype`` (float32 | bfloat16), checks the frames agree (seed 0, the same 128x128 random image), then
+times full calls (CLIP image encoding, VAE encoding of the image, Euler loop with per-frame CFG, temporal-VAE
+decode of all frames at once, ``output_type="np"``) alternately in one process. Flags: --frames --height --width
+--steps --dtype --repeats --warmup --budget --threads. Speed = diffusers time / vidcore time (> 1: vidcore faster).
 
 unet: builds diffusers' UNetSpatioTemporalConditionModel from a reduced SVD config (every parameter
 randomized), saves it, loads it with ``vidcore.load_model``, prints the parity, then times one CFG
@@ -36,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from common import add_repo_paths, interleaved, loadavg, median_ms, print_machine, rel_err, table
+from common import (DTYPES, add_pipeline_args, add_repo_paths, apply_threads, interleaved, loadavg, median_ms,
+                    print_machine, rel_err, table, time_pipelines)
 
 add_repo_paths()
 
@@ -238,9 +249,71 @@ def bench_vae(args) -> None:
                        "peak vs diffusers default", "decode ms (median)", "time vs diffusers default", "runs")))
 
 
+# --------------------------------------------------------------------------- whole pipeline
+
+PIPE_UNET = dict(  # SVD's layout at a tenth of the width (as bench_t2v_pipeline_cpu.py's UNet)
+    block_out_channels=(32, 64, 128, 128),
+    down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+    up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+    num_attention_heads=(2, 4, 8, 8),
+    cross_attention_dim=64,
+    layers_per_block=2,
+    addition_time_embed_dim=32,
+    projection_class_embeddings_input_dim=96,
+    num_frames=14,
+)
+PIPE_VAE = dict(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                layers_per_block=1)
+
+
+def bench_pipeline(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    import tiny
+    import vidcore
+
+    print(f"UNet overrides: {PIPE_UNET}\nVAE overrides: {PIPE_VAE}")
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        ref = tiny.build_tiny_svd_pipeline(folder, unet_overrides=PIPE_UNET, vae_overrides=PIPE_VAE)
+        t1 = time.perf_counter()
+        ours = vidcore.StableVideoDiffusionPipeline.from_pretrained(folder)
+        t2 = time.perf_counter()
+    ref.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
+    ref.to(DTYPES[args.dtype])
+    ours.to(dtype=DTYPES[args.dtype])
+    print(f"built + saved diffusers pipeline in {t1 - t0:.1f} s; vidcore from_pretrained {t2 - t1:.2f} s")
+    print(f"UNet parameters: {sum(p.numel() for p in ref.unet.parameters()) / 1e6:.2f} M, "
+          f"VAE {sum(p.numel() for p in ref.vae.parameters()) / 1e6:.2f} M")
+    pixels = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    kwargs = dict(height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=args.steps,
+                  output_type="np")
+
+    def run_ref():
+        return ref(image, generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    def run_ours():
+        return ours(image, generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    time_pipelines("SVD pipeline", run_ref, run_ours, args)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "pipeline":
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("what", choices=("pipeline",))
+        add_pipeline_args(ap)
+        args = ap.parse_args()
+        apply_threads(args)
+        print("## Machine")
+        print_machine()
+        print(f"- command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+        return bench_pipeline(args)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("unet", "vae", "vae-child"))
+    ap.add_argument("what", choices=("pipeline", "unet", "vae", "vae-child"))
     ap.add_argument("--frames", type=int, default=14)
     ap.add_argument("--size", type=int, default=16, help="latent height = width")
     ap.add_argument("--batch", type=int, default=2, help="UNet batch (2 = one video with CFG)")

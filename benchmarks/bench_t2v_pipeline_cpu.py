@@ -5,8 +5,13 @@ larger-than-test sizes, saves it, loads ``vidcore.TextToVideoPipeline.from_pretr
 same folder, runs both with the same seed and arguments, checks the frames agree, then times full
 calls (text encoding, denoising loop with CFG, VAE decode, postprocessing) alternately in one process.
 
-    /work/venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py
-    /work/venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py --frames 8 --height 64 --width 64 --steps 10 --repeats 7
+    .venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py
+    .venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py --frames 16 --height 128 --width 128 --steps 10 --repeats 5
+    .venv/bin/python benchmarks/bench_t2v_pipeline_cpu.py --dtype bfloat16
+
+--dtype float32|bfloat16: both pipelines are cast with ``pipe.to(dtype)`` after loading (bfloat16: the frames
+must agree loosely, mean |difference| < 0.02, and hold no NaN; float32: relative error < 1e-3). The table's speed columns are diffusers time /
+vidcore time (> 1: vidcore faster); the line starting with RESULT is the one RESULTS.md records.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import time
 
 import torch
 
-from common import (add_repo_paths, add_timing_args, apply_threads, interleaved, loadavg, median_ms, print_machine,
-                    rel_err, table)
+from common import (DTYPES, add_pipeline_args, add_repo_paths, apply_threads, interleaved, median_ms, print_machine,
+                    rel_err, table, time_pipelines)
 
 add_repo_paths()
 
@@ -37,12 +42,8 @@ VAE = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_gro
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=64)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
+    add_pipeline_args(ap, repeats=15, budget=120.0)
     ap.add_argument("--guidance-scale", type=float, default=9.0)
-    add_timing_args(ap, repeats=15, budget=120.0, unit="rounds")
     ap.add_argument("--components", action="store_true",
                     help="also time the parts separately: one CFG UNet forward at the pipeline's latent shape and "
                          "one VAE decode of all frames (diffusers/vidcore interleaved)")
@@ -66,6 +67,8 @@ def main() -> None:
         t2 = time.perf_counter()
     ref.set_progress_bar_config(disable=True)
     ours.set_progress_bar_config(disable=True)
+    ref.to(DTYPES[args.dtype])
+    ours.to(dtype=DTYPES[args.dtype])
     print(f"built + saved diffusers pipeline in {t1 - t0:.1f} s; vidcore from_pretrained {t2 - t1:.2f} s")
     print(f"UNet parameters: {sum(p.numel() for p in ref.unet.parameters()) / 1e6:.2f} M, "
           f"VAE {sum(p.numel() for p in ref.vae.parameters()) / 1e6:.2f} M")
@@ -80,25 +83,7 @@ def main() -> None:
     def run_ours():
         return ours(generator=torch.Generator().manual_seed(0), **kwargs).frames
 
-    with torch.inference_mode():
-        a, b = run_ref(), run_ours()
-        print(f"frames {tuple(a.shape)}: relative error vidcore vs diffusers {rel_err(a, b):.2e}")
-        print(f"\ntiming 2 pipelines x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
-              f"load average before: {loadavg()} ...", flush=True)
-        times = interleaved({"diffusers": run_ref, "vidcore": run_ours}, args.repeats, args.warmup, args.budget)
-        print(f"load average after: {loadavg()}")
-
-    rows = []
-    for name in ("diffusers", "vidcore"):
-        m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
-        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", f"{median_ms(times.cpu[name]):.0f}", len(ts),
-                     f"{m / median_ms(times.wall['diffusers']):.2f}", f"{times.paired_ratio(name, 'diffusers'):.2f}",
-                     f"{median_ms(times.cpu[name]) / median_ms(times.cpu['diffusers']):.2f}"))
-    print(f"\n## Text-to-video pipeline, {args.frames} frames {args.height}x{args.width}, {args.steps} steps, CFG, fp32, "
-          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, diffusers {diffusers.__version__}\n")
-    print(table(rows, ("pipeline", "median ms", "min-max ms", "median CPU ms", "n", "ratio of medians",
-                       "median paired ratio", "CPU-time ratio")))
-    print("\nratio < 1: faster than diffusers. Paired ratio: per-round vidcore/diffusers wall time, median over rounds.")
+    time_pipelines("Text-to-video pipeline", run_ref, run_ours, args)
 
     if args.components:
         time_components(ref, ours, args)
@@ -108,9 +93,10 @@ def time_components(ref, ours, args) -> None:
     s = 2 ** (len(ref.vae.config.block_out_channels) - 1)
     h, w = args.height // s, args.width // s
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, ref.unet.config.in_channels, args.frames, h, w, generator=g)
-    ctx = torch.randn(2, 77, ref.unet.config.cross_attention_dim, generator=g)
-    z = torch.randn(args.frames, ref.vae.config.latent_channels, h, w, generator=g)
+    dt = DTYPES[args.dtype]
+    x = torch.randn(2, ref.unet.config.in_channels, args.frames, h, w, generator=g).to(dt)
+    ctx = torch.randn(2, 77, ref.unet.config.cross_attention_dim, generator=g).to(dt)
+    z = torch.randn(args.frames, ref.vae.config.latent_channels, h, w, generator=g).to(dt)
     t = torch.tensor(501)
     with torch.inference_mode():
         print(f"\ncomponents: UNet relative error "

@@ -164,3 +164,119 @@ def table(rows: list[tuple], header: tuple[str, ...]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- whole pipelines
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_pipeline_args(ap, frames: int = 8, height: int = 64, width: int = 64, steps: int = 10,
+                      repeats: int = 7, budget: float = 120.0) -> None:
+    """The arguments every whole-pipeline script takes: --frames --height --width --steps --dtype and the
+    timing ones (--repeats --warmup --budget --threads)."""
+    ap.add_argument("--frames", type=int, default=frames)
+    ap.add_argument("--height", type=int, default=height)
+    ap.add_argument("--width", type=int, default=width)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                    help="both pipelines are cast to this dtype (pipe.to) after loading; float32 requires frames "
+                         "within 1e-3 relative error, bfloat16 only loosely (mean |difference| < 0.02, no NaN)")
+    add_timing_args(ap, repeats=repeats, budget=budget, unit="rounds")
+    ap.add_argument("--count-parity", action="store_true",
+                    help="time the parity calls (vidcore first, then diffusers) and count them as the first round "
+                         "(wall time only): for runs whose calls take minutes (bf16 on CPUs without native bf16)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead of timing: profile one call of each pipeline (torch.profiler, after the parity "
+                         "call) and print the N most expensive ops of each side by side (self CPU ms, calls)")
+
+
+def profile_pipelines(run_ref: Callable[[], object], run_ours: Callable[[], object], top: int) -> None:
+    """One profiled call of each pipeline; the ``top`` ops by self CPU time of either, side by side."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stats = {}
+    for name, fn in (("diffusers", run_ref), ("vidcore", run_ours)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        stats[name] = {e.key: (e.self_cpu_time_total / 1000, e.count) for e in prof.key_averages()}
+    keys = sorted(set(stats["diffusers"]) | set(stats["vidcore"]),
+                  key=lambda k: -max(stats["diffusers"].get(k, (0, 0))[0], stats["vidcore"].get(k, (0, 0))[0]))
+    rows = []
+    for k in keys[:top]:
+        d, v = stats["diffusers"].get(k, (0.0, 0)), stats["vidcore"].get(k, (0.0, 0))
+        rows.append((k, f"{d[0]:.0f}", d[1], f"{v[0]:.0f}", v[1], f"{v[0] - d[0]:+.0f}"))
+    total = {n: sum(ms for ms, _ in st.values()) for n, st in stats.items()}
+    rows.append(("(all ops)", f"{total['diffusers']:.0f}", "", f"{total['vidcore']:.0f}", "",
+                 f"{total['vidcore'] - total['diffusers']:+.0f}"))
+    print(table(rows, ("op", "diffusers self ms", "calls", "vidcore self ms", "calls", "vidcore - diffusers ms")))
+
+
+def frames_array(out) -> np.ndarray:
+    """``output_type="np"`` frames of either library as float64 numpy."""
+    if isinstance(out, torch.Tensor):
+        out = out.float().cpu().numpy()
+    return np.asarray(out, dtype=np.float64)
+
+
+def time_pipelines(title: str, run_ref: Callable[[], object], run_ours: Callable[[], object], args) -> dict:
+    """Check that the two pipeline calls agree, then time them alternately; print and return the results.
+
+    ``run_ref`` / ``run_ours`` make one full call each (same seed) and return the ``output_type="np"`` frames.
+    Speed = diffusers time / vidcore time (> 1: vidcore faster); the paired speed is the median over rounds of
+    the per-round ratio.
+    """
+    import diffusers
+
+    count_parity = getattr(args, "count_parity", False)
+    with torch.inference_mode():
+        if count_parity:  # vidcore first: any one-time cost shared by both falls on vidcore
+            w0, c0 = time.perf_counter(), time.process_time()
+            b = frames_array(run_ours())
+            w1, c1 = time.perf_counter(), time.process_time()
+            a = frames_array(run_ref())
+            parity_round = (time.perf_counter() - w1, w1 - w0)  # diffusers, vidcore
+            parity_cpu = (time.process_time() - c1, c1 - c0)
+        else:
+            a, b = frames_array(run_ref()), frames_array(run_ours())
+        err, mean_diff = rel_err(a, b), float(np.abs(a - b).mean())
+        nan = bool(np.isnan(a).any() or np.isnan(b).any())
+        print(f"frames {a.shape}: vidcore vs diffusers relative error (max) {err:.2e}, mean |difference| "
+              f"{mean_diff:.2e}, NaN: {nan}")
+        if nan or (args.dtype == "bfloat16" and mean_diff > 0.02) or (args.dtype == "float32" and err > 1e-3):
+            raise SystemExit(f"outputs disagree (relative error {err:.2e}, mean |difference| {mean_diff:.2e}, NaN {nan})")
+        if getattr(args, "profile", 0):
+            return profile_pipelines(run_ref, run_ours, args.profile)
+        la_before = loadavg()
+        print(f"\ntiming 2 pipelines x {args.repeats} rounds (interleaved, {args.warmup} warmup), "
+              f"load average before: {la_before} ...", flush=True)
+        times = interleaved({"diffusers": run_ref, "vidcore": run_ours}, args.repeats, args.warmup, args.budget)
+        la_after = loadavg()
+        print(f"load average after: {la_after}")
+    if count_parity:
+        print(f"parity round counted: diffusers {parity_round[0]:.1f} s, vidcore {parity_round[1]:.1f} s (wall)")
+        times.wall["diffusers"].insert(0, parity_round[0])
+        times.wall["vidcore"].insert(0, parity_round[1])
+        times.cpu["diffusers"].insert(0, parity_cpu[0])
+        times.cpu["vidcore"].insert(0, parity_cpu[1])
+    # CPU-time speed: process time (one torch thread: excludes time descheduled by other load), paired per round
+    speeds = [d / v for d, v in zip(times.wall["diffusers"], times.wall["vidcore"])]
+    paired = statistics.median(speeds)
+    cpu_paired = statistics.median(d / v for d, v in zip(times.cpu["diffusers"], times.cpu["vidcore"]))
+    rows = []
+    for name in ("diffusers", "vidcore"):
+        m, ts = median_ms(times.wall[name]), sorted(1000 * x for x in times.wall[name])
+        rows.append((name, f"{m:.0f}", f"{ts[0]:.0f}-{ts[-1]:.0f}", f"{median_ms(times.cpu[name]):.0f}", len(ts),
+                     f"{median_ms(times.wall['diffusers']) / m:.2f}",
+                     f"{paired if name == 'vidcore' else 1.0:.2f}",
+                     f"{median_ms(times.cpu['diffusers']) / median_ms(times.cpu[name]):.2f}"))
+    print(f"\n## {title}, {args.frames} frames {args.height}x{args.width}, {args.steps} steps, {args.dtype}, "
+          f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, diffusers {diffusers.__version__}\n")
+    print(table(rows, ("pipeline", "median ms", "min-max ms", "median CPU ms", "n", "speed (ratio of medians)",
+                       "speed (median paired)", "speed (CPU time)")))
+    print("\nspeed = diffusers time / vidcore time (> 1: vidcore faster); paired: per round, median over rounds; "
+          f"per-round speeds {' '.join(f'{s:.2f}' for s in speeds)}")
+    print(f"RESULT {title} | {args.frames}x{args.height}x{args.width} | {args.steps} | {args.dtype} | "
+          f"{paired:.2f} | {len(speeds)} | {la_before} / {la_after} | {err:.1e} / {mean_diff:.1e} | {cpu_paired:.2f}")
+    return dict(paired=paired, cpu_paired=cpu_paired, n=len(speeds), err=err, mean_diff=mean_diff,
+                load=(la_before, la_after))

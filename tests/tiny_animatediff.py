@@ -47,7 +47,8 @@ def recommended_ddim(sd_folder):
 
 
 def build_tiny_animatediff(root, seed: int = 0, adapter_overrides: dict | None = None,
-                           unet_overrides: dict | None = None, variant_fp16: bool = False) -> TinyAnimateDiff:
+                           unet_overrides: dict | None = None, variant_fp16: bool = False,
+                           vae_overrides: dict | None = None) -> TinyAnimateDiff:
     from diffusers import (AnimateDiffPipeline, AutoencoderKL, MotionAdapter, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
 
@@ -58,7 +59,7 @@ def build_tiny_animatediff(root, seed: int = 0, adapter_overrides: dict | None =
     text_encoder = tiny.make_tiny_text_encoder(hidden=unet_config["cross_attention_dim"], seed=seed + 1,
                                                tokenizer=tokenizer)
     unet = tiny.randomize_(UNet2DConditionModel(**unet_config), seed + 2).eval()
-    vae = tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config()), seed + 3).eval()
+    vae = tiny.randomize_(AutoencoderKL(**tiny.tiny_vae_config(**(vae_overrides or {}))), seed + 3).eval()
     adapter = tiny.randomize_(MotionAdapter(**tiny.tiny_motion_adapter_config(**(adapter_overrides or {}))),
                               seed + 4).eval()
     scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
@@ -249,6 +250,7 @@ class UNetMotion(nn.Module):
             scale = scale[frame_start(f): frame_start(f) + f]  # frame parallel: this rank's frames of the window
         return scale.repeat(b).view(b * f, 1, 1, 1)
 
+    @fp32_compute
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Downsample, Upsample
@@ -133,6 +134,7 @@ class SVDUNet(PretrainedMixin, ForwardChunkingMixin, nn.Module):
         self.conv_norm_out = nn.GroupNorm(32, ch[0], eps=1e-5)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
+    @fp32_compute
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor) -> torch.Tensor:
         # sample: b f c h w ; encoder_hidden_states: b m d ; added_time_ids: b k

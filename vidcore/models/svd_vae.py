@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Upsample
 from .pretrained import PretrainedMixin
@@ -197,10 +198,12 @@ class AutoencoderKLTemporalDecoder(PretrainedMixin, nn.Module):
         self.use_tiling = False
 
     # -- encode / decode ------------------------------------------------------------------------
+    @fp32_compute
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         # x: n 3 H W in [-1, 1], each image encoded on its own
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))
 
+    @fp32_compute
     def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         # z: (b f) L h w -> (b f) 3 H W
         if not isinstance(num_frames, int) or num_frames < 1 or z.shape[0] % num_frames:
@@ -215,6 +218,7 @@ class AutoencoderKLTemporalDecoder(PretrainedMixin, nn.Module):
                                cover_end=True)
         return decode(z)
 
+    @fp32_compute
     def forward(self, x: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None,
                 num_frames: int = 1) -> torch.Tensor:
         posterior = self.encode(x)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
@@ -282,6 +283,7 @@ class UNet2D(PretrainedMixin, UNetOptionsMixin, nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
     # -- forward ------------------------------------------------------------------------------
+    @fp32_compute
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,

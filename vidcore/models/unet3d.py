@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.resnet import ResBlock2D, TemporalConv
 from ..nn.resample import Downsample, Upsample
@@ -170,6 +171,7 @@ class UNet3D(PretrainedMixin, UNetOptionsMixin, nn.Module):
     def time_embed(self, timestep, batch: int, device, cond=None) -> torch.Tensor:
         return self.time_embedding(self.time_features(timestep, batch, device), cond)
 
+    @fp32_compute
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
+from ..nn.cpu_bf16 import fp32_compute
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
 from .pretrained import PretrainedMixin
@@ -222,6 +223,7 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
             return self._tiled(x, self._encode_one, self.tile_sample_min_size, self.tile_latent_min_size)
         return self._encode_one(x)
 
+    @fp32_compute
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         # x: n 3 H W in [-1, 1]
         if self.use_slicing and x.shape[0] > 1:
@@ -239,12 +241,14 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
             return self._tiled(z, self._decode_one, self.tile_latent_min_size, self.tile_sample_min_size)
         return self._decode_one(z)
 
+    @fp32_compute
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         # z: n L h w (already divided by scaling_factor) -> n 3 8h 8w
         if self.use_slicing and z.shape[0] > 1:
             return torch.cat([self._decode(part) for part in z.split(1)])
         return self._decode(z)
 
+    @fp32_compute
     def forward(self, x: torch.Tensor, sample_posterior: bool = False, generator=None) -> torch.Tensor:
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator) if sample_posterior else posterior.mode())
