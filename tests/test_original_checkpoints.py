@@ -30,7 +30,7 @@ from vidcore.conversion.maps.original_modelscope import (
 )
 from vidcore.errors import CheckpointError, ConfigError, ConversionError
 from vidcore.hub import load_state_dict
-from vidcore.loading import BY_NAME, build, load_model_with_info, original_keymap, save_original
+from vidcore.loading import BY_NAME, build as build_module, load_model_with_info, original_keymap, save_original
 
 SCRIPTS = {"unet3d": "scripts/convert_ms_text_to_video_to_diffusers.py",
            "i2vgen_xl_unet": "scripts/convert_i2vgen_to_diffusers.py"}
@@ -203,7 +203,7 @@ def test_real_config_every_original_key_is_consumed():
             {k: v.shape for k, v in default.state_dict().items()}
         arch = BY_NAME[name]
         keymap = original_keymap(arch, config)
-        ours = build(arch, config)
+        ours = build_module(arch, config)
         own = ours.state_dict()
         original, _ = keymap.convert(own, None, direction="reverse")
         # one fused to_qkv for three diffusers tensors (I2VGen's image-latent temporal encoder)

@@ -28,7 +28,7 @@ from vidcore.conversion.maps.original_sd import (
 )
 from vidcore.errors import CheckpointError, ConversionError
 from vidcore.hub import load_state_dict
-from vidcore.loading import BY_NAME, build, load_model_with_info, load_sd_single_file, original_keymap, \
+from vidcore.loading import BY_NAME, build as build_module, load_model_with_info, load_sd_single_file, original_keymap, \
     original_state_dict, save_original
 
 UNETS = {
@@ -187,7 +187,7 @@ def test_real_sd15_configs_on_meta():
         ("vae", "autoencoder_kl", ref_vae, lambda sd: convert_ldm_vae_checkpoint(sd, dict(ref_vae.config))),
     ]:
         arch = BY_NAME[arch_name]
-        ours = build(arch, dict(ref.config))
+        ours = build_module(arch, dict(ref.config))
         original = original_state_dict(ours, dict(ref.config))
         counts[name] = len(original)
         converted = convert(dict(original))
