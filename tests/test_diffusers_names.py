@@ -89,6 +89,23 @@ def test_saved_animatediff_folder(animatediff, tmp_path):
     assert isinstance(unet, vidcore.UNetMotion) and unet.config.in_channels == 4
 
 
+def test_i2vgen_xl_folder(tmp_path):
+    folder = tmp_path / "i2vgen"
+    tiny.build_tiny_i2vgen_pipeline(folder)
+    assert type(vidcore.DiffusionPipeline.from_pretrained(folder)) is vidcore.I2VGenXLPipeline
+
+
+def test_text2video_zero_folder(tmp_path):
+    """A saved TextToVideoZeroPipeline names itself in model_index.json (an SD folder with another _class_name)."""
+    import tiny_zero
+
+    folder = tmp_path / "zero"
+    tiny_zero.build_tiny_sd(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "TextToVideoZeroPipeline"}))
+    assert type(vidcore.DiffusionPipeline.from_pretrained(folder)) is vidcore.TextToVideoZeroPipeline
+
+
 @pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "StableDiffusionPipeline"])
 def test_unknown_class_name_names_the_supported_ones(tmp_path, class_name):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
