@@ -18,7 +18,8 @@ above):
 
 ``vidcore/__init__.py`` only names what it re-exports lazily (strings), so it is not a layer. One import goes up,
 by design, and is listed in UPWARD: the model classes' ``from_pretrained`` / ``from_single_file``
-(``vidcore/models/pretrained.py``) call ``vidcore.loading.models.load_model`` inside the classmethods.
+(``vidcore/models/pretrained.py``) call ``vidcore.loading.models.load_model`` inside the classmethods, and the
+schedulers' ``from_pretrained`` (``vidcore/schedulers/common.py``) reads its file through ``vidcore.hub`` the same way.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ LAYERS = [
     {"__main__"},
 ]
 # (importing module, imported module): the imports against the order that are the design, not a leak
-UPWARD = {("vidcore.models.pretrained", "vidcore.loading.models")}
+UPWARD = {("vidcore.models.pretrained", "vidcore.loading.models"),
+          ("vidcore.models.pretrained", "vidcore.hub"),  # UNetMotion.from_pretrained: a folder or hub id's subfolder
+          # Scheduler.from_pretrained (diffusers' DDIMScheduler.from_pretrained(repo, subfolder="scheduler")) reads
+          # scheduler_config.json from a folder or hub id through vidcore.hub, imported inside the classmethod
+          ("vidcore.schedulers.common", "vidcore.hub")}
 # vidcore.hub and vidcore.single_file are the loading package's older homes, part of that layer
 PART = {"hub": "loading", "single_file": "loading"}
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}

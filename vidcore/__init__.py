@@ -72,17 +72,41 @@ _LAZY = {
     "load_video": "vidcore.io",
     "set_attention_backend": "vidcore.nn.attention",
     "attention_backend": "vidcore.nn.attention",
+    # diffusers' names (DESIGN.md principle 14): moving from diffusers is changing the import
+    "DiffusionPipeline": "vidcore.pipelines.auto",
+    "TextToVideoSDPipeline": "vidcore.pipelines.text_to_video",
+    "VideoToVideoSDPipeline": "vidcore.pipelines.video_to_video",
+    "DDIMScheduler": "vidcore.schedulers",
+    "DDPMScheduler": "vidcore.schedulers",
+    "PNDMScheduler": "vidcore.schedulers",
+    "EulerDiscreteScheduler": "vidcore.schedulers",
+    "EulerAncestralDiscreteScheduler": "vidcore.schedulers",
+    "DPMSolverMultistepScheduler": "vidcore.schedulers",
+    "LCMScheduler": "vidcore.schedulers",
+    "TCDScheduler": "vidcore.schedulers",
+    "UNet3DConditionModel": "vidcore.models.unet3d",
+    "UNet2DConditionModel": "vidcore.models.unet2d",
+    "UNetSpatioTemporalConditionModel": "vidcore.models.svd_unet",
+    "I2VGenXLUNet": "vidcore.models.i2vgen_unet",
+    "ControlNetModel": "vidcore.models.controlnet",
+    "AutoencoderKLTemporalDecoder": "vidcore.models.svd_vae",
+    "UNetMotionModel": "vidcore.models.motion",
 }
 
-# old public names -> the names they were given (the same objects; their __name__ is the new name)
-ALIASES = {"MotionLoRA": "LoRA", "load_motion_lora": "load_lora"}
+# old public names, and diffusers' names, -> the names they were given (the same objects; their __name__ is the new
+# name): vidcore.TextToVideoSDPipeline is vidcore.TextToVideoPipeline, vidcore.ControlNetModel is vidcore.ControlNet
+ALIASES = {"MotionLoRA": "LoRA", "load_motion_lora": "load_lora",
+           "TextToVideoSDPipeline": "TextToVideoPipeline", "VideoToVideoSDPipeline": "VideoToVideoPipeline",
+           "UNet3DConditionModel": "UNet3D", "UNet2DConditionModel": "UNet2D",
+           "UNetSpatioTemporalConditionModel": "SVDUNet", "ControlNetModel": "ControlNet",
+           "UNetMotionModel": "UNetMotion"}
 
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), ALIASES.get(name, name))
     raise AttributeError(f"module 'vidcore' has no attribute {name!r}")
 
 

@@ -28,7 +28,7 @@ from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
-from .pretrained import PretrainedMixin
+from .pretrained import PretrainedMixin, UNetMotionPretrainedMixin
 from .unet2d import UNet2D
 
 MOTION_ORIGINAL_DESCRIPTION = "AnimateDiff motion module (guoyww/AnimateDiff mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt)"
@@ -164,7 +164,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
                              f"got {u.conv_in_kernel}")
 
 
-class UNetMotion(nn.Module):
+class UNetMotion(UNetMotionPretrainedMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.

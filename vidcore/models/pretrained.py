@@ -40,3 +40,17 @@ class PretrainedMixin:
             raise TypeError(f"{os.fspath(source)} holds a {type(model).__name__}; {cls.__name__}.from_pretrained / "
                             f"from_single_file load a {cls.__name__} (vidcore.load_model loads any model)")
         return model
+
+
+class UNetMotionPretrainedMixin:
+    """``UNetMotion.from_pretrained``: a saved diffusers ``UNetMotionModel`` folder (an AnimateDiff pipeline's
+    ``unet/``: SD UNet and motion modules in one file), read by :func:`vidcore.loading.models.load_unet_motion`."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, subfolder: str | None = None, torch_dtype=None,
+                        variant: str | None = None, revision: str | None = None, token: str | None = None):
+        from .. import hub  # the loading layer, called from here as above
+        from ..loading.models import load_unet_motion
+
+        folder = hub.resolve(path_or_repo, subfolder=subfolder, revision=revision, token=token)
+        return load_unet_motion(folder, torch_dtype=torch_dtype, variant=variant)

@@ -184,6 +184,9 @@ class SchedulerConfig:
     """
 
     defaulted: frozenset = dataclasses.field(default=frozenset(), repr=False, compare=False)
+    # keys of the source file this class has no field for, written back by to_diffusers_config (as diffusers keeps
+    # them): SD1.5's PNDM config says clip_sample=False, which matters once moved to DDIM (``from_config(config)``)
+    extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # keys diffusers knows for this class that we do not implement -> their only accepted value
     unsupported: ClassVar[dict[str, Any]] = {}
@@ -192,7 +195,7 @@ class SchedulerConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name != "defaulted"]
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("defaulted", "extra")]
 
     @classmethod
     def from_diffusers_config(cls, config: dict, **overrides):
@@ -223,6 +226,7 @@ class SchedulerConfig:
             out[name] = list(value) if isinstance(value, tuple) else value
         if self.defaulted:
             out["_use_default_values"] = sorted(self.defaulted)
+        out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 
 
@@ -287,9 +291,6 @@ class Scheduler:
         elif options:
             config = dataclasses.replace(config, **options)
         self.config = config
-        # keys of the source file this class has no field for, written back by to_diffusers_config (as
-        # diffusers keeps them): SD1.5's PNDM config says clip_sample=False, which matters once moved to DDIM
-        self.extra_config: dict[str, Any] = {}
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
         self.betas = make_betas(config)
@@ -303,14 +304,31 @@ class Scheduler:
         if isinstance(config, SchedulerConfig):
             config = config.to_diffusers_config(cls.diffusers_name)
         config = read_config(config)
-        scheduler = cls(cls.config_class.from_diffusers_config(config, **overrides))
         names = set(cls.config_class.field_names()) | set(cls.config_class.unsupported)
-        scheduler.extra_config = {k: v for k, v in config.items() if k not in names and not k.startswith("_")}
-        return scheduler
+        extra = {k: v for k, v in config.items() if k not in names and not k.startswith("_")}
+        return cls(dataclasses.replace(cls.config_class.from_diffusers_config(config, **overrides), extra=extra))
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, subfolder: str | None = None, revision: str | None = None,
+                        token: str | None = None, **overrides):
+        """``scheduler_config.json`` of a folder or hub repo id (``subfolder="scheduler"`` for a pipeline), as
+        diffusers' ``DDIMScheduler.from_pretrained(repo, subfolder="scheduler", beta_schedule="linear")``;
+        keyword overrides replace config values, and ``_class_name`` is ignored (as in :meth:`from_config`)."""
+        # files and hub ids are the loading layer's (vidcore.hub), above this one: imported when called, as the
+        # model classes' from_pretrained does (tests/test_layers.py UPWARD)
+        from .. import hub
+
+        folder = hub.resolve(path_or_repo, subfolder=subfolder, allow_patterns=["scheduler_config.json"],
+                             revision=revision, token=token)
+        return cls.from_config(hub.load_config(folder, "scheduler_config.json"), **overrides)
+
+    @property
+    def extra_config(self) -> dict[str, Any]:
+        """The source file's keys this class has no field for (``config.extra``)."""
+        return self.config.extra
 
     def to_diffusers_config(self) -> dict:
-        out = self.config.to_diffusers_config(self.diffusers_name)
-        return {**out, **{k: v for k, v in self.extra_config.items() if k not in out}}
+        return self.config.to_diffusers_config(self.diffusers_name)
 
     @property
     def num_train_timesteps(self) -> int:
