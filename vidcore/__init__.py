@@ -72,6 +72,8 @@ _LAZY = {
     "load_video": "vidcore.io",
     "set_attention_backend": "vidcore.nn.attention",
     "attention_backend": "vidcore.nn.attention",
+    "AttnProcessor": "vidcore.nn.processors",
+    "CrossFrameAttnProcessor": "vidcore.nn.processors",
     # diffusers' names (DESIGN.md principle 14): moving from diffusers is changing the import
     "DiffusionPipeline": "vidcore.pipelines.auto",
     "TextToVideoSDPipeline": "vidcore.pipelines.text_to_video",

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
+from ..nn.processors import AttentionProcessorMixin
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
@@ -164,7 +165,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
                              f"got {u.conv_in_kernel}")
 
 
-class UNetMotion(UNetMotionPretrainedMixin, nn.Module):
+class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.

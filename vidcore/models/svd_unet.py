@@ -20,6 +20,7 @@ from torch import nn
 
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
+from ..nn.processors import AttentionProcessorMixin
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
@@ -98,7 +99,7 @@ class MidSTBlock(nn.Module):
         return self.resnets[1](x, temb, num_frames)
 
 
-class SVDUNet(PretrainedMixin, ForwardChunkingMixin, nn.Module):
+class SVDUNet(PretrainedMixin, ForwardChunkingMixin, AttentionProcessorMixin, nn.Module):
     """``forward(sample b f c h w, timestep, encoder_hidden_states b m d, added_time_ids b 3) -> b f c_out h w``."""
 
     def __init__(self, config: SVDUNetConfig):

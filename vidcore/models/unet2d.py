@@ -27,6 +27,7 @@ from torch import nn
 
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
+from ..nn.processors import AttentionProcessorMixin
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer
@@ -189,7 +190,7 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class UNet2D(PretrainedMixin, UNetOptionsMixin, nn.Module):
+class UNet2D(PretrainedMixin, UNetOptionsMixin, AttentionProcessorMixin, nn.Module):
     """SD / SDXL UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):

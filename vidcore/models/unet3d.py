@@ -19,6 +19,7 @@ from torch import nn
 
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, timestep_features
+from ..nn.processors import AttentionProcessorMixin
 from ..nn.resnet import ResBlock2D, TemporalConv
 from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer, TemporalTransformer
@@ -131,7 +132,7 @@ class MidBlock3D(nn.Module):
         return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
 
 
-class UNet3D(PretrainedMixin, UNetOptionsMixin, nn.Module):
+class UNet3D(PretrainedMixin, UNetOptionsMixin, AttentionProcessorMixin, nn.Module):
     """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
 
     def __init__(self, config: UNet3DConfig, conv_in_channels: int | None = None):

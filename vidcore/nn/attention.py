@@ -147,6 +147,9 @@ class Attention(nn.Module):
         self.backend: str | None = None
         # Cross-frame mode (Text2Video-Zero): (frames per video, source frame) or None.
         self.cross_frame: tuple[int, int] | None = None
+        # The user's processor (vidcore.nn.processors, set by a model's set_attn_processor): where a spatial
+        # self-attention takes its keys and values from; None is the default (ordinary self-attention).
+        self.processor = None
         # Image-prompt branches (IP-Adapter, vidcore.models.ip_adapter): one (to_k_ip, to_v_ip) pair per loaded
         # adapter and its scale. The linears are owned (registered) by the adapter modules, not by this attention.
         self.image_branches: list[tuple[nn.Linear, nn.Linear]] = []
@@ -161,8 +164,11 @@ class Attention(nn.Module):
         attention runs over frames instead: x is ``(b f) n c`` and each pixel attends over its frames."""
         if isinstance(context, ImagePromptContext):
             return self._forward_with_images(x, context)
-        if context is None and num_frames is None and self.cross_frame is not None:
-            context = self._source_frame_tokens(x)
+        if context is None and num_frames is None:
+            if self.cross_frame is not None:
+                context = self._source_frame_tokens(x)
+            elif self.processor is not None:
+                context = self.processor.self_attention_source(x)
         if context is not None and context.shape[1] == 1 and num_frames is None:
             # One key: softmax weights are exactly 1, so every query gets that token's value
             # (SVD's image-embedding cross-attention). Skips q, k and the score computation.
@@ -235,16 +241,21 @@ def set_cross_frame_attention(module: nn.Module, num_frames: int | None, source_
 @contextmanager
 def cross_frame_attention(modules: nn.Module | Sequence[nn.Module], num_frames: int | None, source_frame: int = 0):
     """:func:`set_cross_frame_attention` on ``modules`` for the ``with`` block only: every attention's previous
-    mode is restored on exit, error or not (how a pipeline call turns it on without leaving it set)."""
+    mode is restored on exit, error or not (how a pipeline call turns it on without leaving it set). Inside the block
+    the pipeline owns the attentions' mode: a processor the user set (``set_attn_processor``) is set aside, and back
+    after it."""
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
-    saved = [(m, m.cross_frame) for module in modules for m in module.modules() if isinstance(m, Attention)]
+    saved = [(m, m.cross_frame, m.processor) for module in modules for m in module.modules()
+             if isinstance(m, Attention)]
     try:
+        for m, _, _ in saved:
+            m.processor = None
         for module in modules:
             set_cross_frame_attention(module, num_frames, source_frame)
         yield
     finally:
-        for m, value in saved:
-            m.cross_frame = value
+        for m, value, processor in saved:
+            m.cross_frame, m.processor = value, processor
 
 
 class SpatialSelfAttention(nn.Module):
