@@ -106,7 +106,7 @@ def test_text2video_zero_folder(tmp_path):
     assert type(vidcore.DiffusionPipeline.from_pretrained(folder)) is vidcore.TextToVideoZeroPipeline
 
 
-@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "StableDiffusionPipeline"])
+@pytest.mark.parametrize("class_name", ["StableDiffusionXLPipeline", "StableDiffusionImg2ImgPipeline"])
 def test_unknown_class_name_names_the_supported_ones(tmp_path, class_name):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
     with pytest.raises(ValueError, match=class_name) as err:

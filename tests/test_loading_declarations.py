@@ -15,11 +15,11 @@ import vidcore
 from vidcore.errors import ModelNotFoundError
 from vidcore.loading import loaders as L
 from vidcore.loading.pipeline import declared
-from vidcore.pipelines.features import PIPELINES, pipeline_class
+from vidcore.pipelines.features import IMAGE_PIPELINES, PIPELINES, pipeline_class
 from vidcore.pipelines.text_to_video import TextToVideoPipeline
 
 
-@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("name", sorted({**PIPELINES, **IMAGE_PIPELINES}))
 def test_every_pipeline_declares_a_loader_per_component(name):
     cls = pipeline_class(name)
     assert set(cls.components) <= set(cls.loaders), sorted(set(cls.components) - set(cls.loaders))

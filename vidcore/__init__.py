@@ -40,6 +40,11 @@ _LAZY = {
     "TextToVideoZeroPipeline": "vidcore.pipelines.text2video_zero",
     "VideoInstructPix2PixPipeline": "vidcore.pipelines.video_instruct_pix2pix",
     "VideoPipelineOutput": "vidcore.pipelines.base",
+    # diffusers' Stable Diffusion image pipelines (Text2Video-Zero's recipes run them on frames)
+    "StableDiffusionPipeline": "vidcore.pipelines.stable_diffusion",
+    "StableDiffusionControlNetPipeline": "vidcore.pipelines.stable_diffusion_controlnet",
+    "StableDiffusionInstructPix2PixPipeline": "vidcore.pipelines.stable_diffusion_instruct_pix2pix",
+    "ImagePipelineOutput": "vidcore.pipelines.sd_image",
     "load_model": "vidcore.loading",
     "save_native": "vidcore.loading",
     "save_diffusers": "vidcore.loading",

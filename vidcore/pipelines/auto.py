@@ -32,6 +32,11 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "TextToVideoZeroPipeline": ("vidcore.pipelines.text2video_zero", "TextToVideoZeroPipeline"),
     "ControlledVideoPipeline": ("vidcore.pipelines.controlled_video", "ControlledVideoPipeline"),
     "VideoInstructPix2PixPipeline": ("vidcore.pipelines.video_instruct_pix2pix", "VideoInstructPix2PixPipeline"),
+    "StableDiffusionPipeline": ("vidcore.pipelines.stable_diffusion", "StableDiffusionPipeline"),
+    "StableDiffusionControlNetPipeline": ("vidcore.pipelines.stable_diffusion_controlnet",
+                                          "StableDiffusionControlNetPipeline"),
+    "StableDiffusionInstructPix2PixPipeline": ("vidcore.pipelines.stable_diffusion_instruct_pix2pix",
+                                               "StableDiffusionInstructPix2PixPipeline"),
 }
 
 

@@ -45,6 +45,7 @@ from ..random import randn_tensor
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.guidance import apply_guidance
 from ..sampling.loop import check_callback_inputs
+from .control_residuals import controlnet_residuals, in_control_window
 from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
@@ -262,18 +263,10 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
             embeds = torch.cat([uncond.repeat_interleave(frames, dim=0), text]) if guidance else text
             model_in = torch.cat([latents] * 2) if guidance else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            outside = (i / len(timesteps) < control_guidance_start
-                       or (i + 1) / len(timesteps) > control_guidance_end)
             residuals = {}
-            if not outside:  # outside the control window the residuals would be zeros
-                only_cond = guess_mode and guidance  # ControlNet on the conditional frames only
-                c_in = self.scheduler.scale_model_input(latents, t) if only_cond else model_in
-                down, mid = controlnet(c_in, t, text if only_cond else embeds, control,
-                                       conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode)
-                if only_cond:
-                    down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-                    mid = torch.cat([torch.zeros_like(mid), mid])
-                residuals = dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+            if in_control_window(i, len(timesteps), control_guidance_start, control_guidance_end):
+                residuals = controlnet_residuals(controlnet, self.scheduler, latents, model_in, t, embeds, control,
+                                                 controlnet_conditioning_scale, guess_mode, guidance)
             noise = unet(model_in, t, embeds, image_embeds=image_embeds, **residuals)
             return apply_guidance(noise, guidance_scale) if guidance else noise
 

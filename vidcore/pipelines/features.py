@@ -69,9 +69,17 @@ PIPELINES: dict[str, str] = {
     "VideoInstructPix2PixPipeline": "video_instruct_pix2pix",
 }
 
+# diffusers' Stable Diffusion image pipelines: loaded like the others, not rows of the video feature table
+IMAGE_PIPELINES: dict[str, str] = {
+    "StableDiffusionPipeline": "stable_diffusion", "StableDiffusionControlNetPipeline": "stable_diffusion_controlnet",
+    "StableDiffusionInstructPix2PixPipeline": "stable_diffusion_instruct_pix2pix",
+}
+
 
 def pipeline_class(name: str) -> type:
-    return getattr(importlib.import_module(f"vidcore.pipelines.{PIPELINES[name]}"), name)
+    """The class of a video pipeline (:data:`PIPELINES`) or an image pipeline (:data:`IMAGE_PIPELINES`)."""
+    module = PIPELINES[name] if name in PIPELINES else IMAGE_PIPELINES[name]
+    return getattr(importlib.import_module(f"vidcore.pipelines.{module}"), name)
 
 
 def supports(pipeline, feature: str) -> bool:
@@ -103,5 +111,5 @@ def markdown_table() -> str:
     return "\n".join([header, rule, *rows])
 
 
-__all__ = ["FEATURES", "PIPELINES", "SWITCHES", "Feature", "capability_table", "markdown_table", "pipeline_class",
+__all__ = ["FEATURES", "IMAGE_PIPELINES", "PIPELINES", "SWITCHES", "Feature", "capability_table", "markdown_table", "pipeline_class",
            "require", "supports"]

@@ -27,6 +27,14 @@ from .video_processing import preprocess_video
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "image_latents")
 
 
+def image_latents(vae, images: torch.Tensor, dtype, device) -> torch.Tensor:
+    """``n 3 H W`` in [-1, 1] -> ``n 4 h w``: the VAE posterior's mode, not scaled by the VAE scaling factor
+    (InstructPix2Pix's image conditioning); ``n 4 h w`` input is taken as latents already."""
+    if images.shape[1] == 4:
+        return images.to(device=device, dtype=dtype)
+    return vae.encode(images.to(device=device, dtype=vae.dtype)).mode().to(dtype)
+
+
 class VideoInstructPix2PixPipeline(SDVideoPipeline):
     """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
     # no FreeInit: an edit follows its input video frame by frame, where FreeInit's re-initialisation has no role
@@ -37,14 +45,10 @@ class VideoInstructPix2PixPipeline(SDVideoPipeline):
     loaders = SD_LOADERS
 
     def encode_frames(self, video: torch.Tensor, dtype, device) -> torch.Tensor:
-        """``b 3 f H W`` in [-1, 1] -> ``(b f) 4 h w`` VAE latents: the distribution's mode, not scaled by the
-        VAE scaling factor (InstructPix2Pix's conditioning)."""
+        """``b 3 f H W`` in [-1, 1] -> ``(b f) 4 h w`` VAE latents (:func:`image_latents`)."""
         b, c, f, h, w = video.shape
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        if c == 4:
-            return frames.to(device=device, dtype=dtype)
-        vae = self._run_on_device("vae")
-        return vae.encode(frames.to(device=device, dtype=vae.dtype)).mode().to(dtype)
+        return image_latents(self._run_on_device("vae") if c != 4 else self.vae, frames, dtype, device)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, video=None, num_inference_steps: int = 100,
