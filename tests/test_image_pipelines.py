@@ -134,6 +134,26 @@ def test_sd_without_guidance_and_prompt_embeds(sd):
     check(expected, got)
 
 
+def test_sd_callback_on_step_end_sees_and_replaces_diffusers_tensors(sd):
+    """``prompt_embeds`` in the callback is the guidance batch the UNet reads, as in diffusers; replacing it counts
+    from the next step."""
+    ref, ours, _ = sd
+    seen = {}
+
+    def callback(pipe, i, t, tensors):
+        seen.setdefault(type(pipe).__module__.split(".")[0], []).append(tensors["latents"].clone())
+        return {"prompt_embeds": tensors["prompt_embeds"] * 0.5} if i == 0 else {}
+
+    expected, got = both(ref, ours, prompt=PROMPTS[:2], height=H, width=W, num_inference_steps=3, output_type="np",
+                         callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    check(expected, got)
+    assert len(seen["diffusers"]) == len(seen["vidcore"]) == len(ref.scheduler.timesteps)  # PNDM: 4 for 3 steps
+    for a, b in zip(seen["diffusers"], seen["vidcore"]):
+        check(a, b)
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        ours(prompt="x", callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["image"])
+
+
 # -- StableDiffusionControlNetPipeline ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("guess_mode", [False, True], ids=["plain", "guess_mode"])
