@@ -48,13 +48,15 @@ def save_native(module: nn.Module, path: str | os.PathLike, diffusers_config: di
     return path
 
 
-def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
-    """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
+def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_config: dict | None = None,
+                   variant: str | None = None) -> Path:
+    """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model[.variant].safetensors)."""
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     state, _ = arch.keymap(config).convert(module.state_dict(), None, direction="reverse")
     folder = Path(folder)
-    _atomic_save(state, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
+    weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+    _atomic_save(state, folder / weights, {"format": "pt"})
     fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)

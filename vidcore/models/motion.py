@@ -28,6 +28,7 @@ from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
+from .options import FusedQKVMixin
 from .pretrained import PretrainedMixin, UNetMotionPretrainedMixin
 from .unet2d import UNet2D
 
@@ -71,7 +72,7 @@ def motion_module(channels: int, heads: int, layers: int, cfg: MotionAdapterConf
                                max_positions=cfg.motion_max_seq_length)
 
 
-class MotionAdapter(PretrainedMixin, nn.Module):
+class MotionAdapter(PretrainedMixin, FusedQKVMixin, nn.Module):
     """The motion modules of an AnimateDiff checkpoint, grouped like the UNet levels they plug into.
 
     ``down_blocks[i][j]``: after layer ``j`` of down level ``i``; ``up_blocks[i][j]``: after layer ``j`` of
@@ -164,7 +165,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
                              f"got {u.conv_in_kernel}")
 
 
-class UNetMotion(UNetMotionPretrainedMixin, nn.Module):
+class UNetMotion(UNetMotionPretrainedMixin, FusedQKVMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.

@@ -137,7 +137,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
     optional.
     """
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     example_controlnet: str | None = None  # the leaves with a controlnet component name one in their errors
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids

@@ -52,7 +52,7 @@ def _per_net(value, count: int, name: str) -> list:
 class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None,
                  image_encoder=None, feature_extractor=None):

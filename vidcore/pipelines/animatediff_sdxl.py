@@ -123,7 +123,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     Optional ``image_encoder`` / ``feature_extractor`` for IP-Adapter image prompts (``load_ip_adapter`` brings them).
     """
 
-    components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
     sdxl = True
     # no parallel sampling (it would split the guidance batch without the SDXL time ids) and no FreeNoise (as
     # diffusers' AnimateDiffSDXLPipeline): the class composes neither
@@ -152,6 +152,9 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     def index_options(cls, index) -> dict:
         """``force_zeros_for_empty_prompt`` of ``model_index.json`` (True when absent, as SDXL's)."""
         return {"force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True))}
+
+    def saved_index_options(self) -> dict:
+        return {"force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt}
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_sdxl_prompt(self, prompt, prompt_2, device, num_videos_per_prompt: int, guidance: bool,

@@ -27,7 +27,7 @@ from .controlled_video import control_frames_to_tensor
 class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + SparseCtrl: text + control images at some frames -> video."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
     # no FreeNoise: diffusers' SparseCtrl pipeline has none, and the SparseControlNet's own motion modules would
     # need their own windows
 

@@ -109,7 +109,7 @@ def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> t
 
 
 class I2VGenXLPipeline(VideoUNetPipeline):
-    components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
+    component_names = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
     loaders = {"vae": load_vidcore_model, "text_encoder": load_text_encoder, "tokenizer": load_tokenizer,
                "image_encoder": load_image_encoder, "feature_extractor": load_feature_extractor,
                "unet": load_vidcore_model, "scheduler": load_scheduler}

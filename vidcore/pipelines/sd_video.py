@@ -17,7 +17,7 @@ from .video_processing import OUTPUT_TYPES, postprocess_video
 class SDVideoPipeline(VideoPipeline):
     """Tokenizer + CLIP text encoder + UNet + KL VAE + scheduler. Subclasses give ``__call__``."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     loaders = {"tokenizer": load_tokenizer, "text_encoder": load_text_encoder, "unet": load_vidcore_model,
                "vae": load_vidcore_model, "scheduler": load_scheduler}
 

@@ -1,0 +1,284 @@
+"""The pipeline methods diffusers users reach for (vidcore.pipelines.methods): ``components``, ``from_pipe``,
+``save_pretrained`` round-tripping through diffusers' own ``from_pretrained``, VAE slicing / tiling, FreeU and fused
+QKV against diffusers' same setting, the LoRA ``scale`` of ``cross_attention_kwargs`` and
+``load_textual_inversion`` against diffusers'."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import tiny
+import tiny_animatediff as ta
+import tiny_zero
+import vidcore
+from vidcore.pipelines.features import PIPELINES, pipeline_class
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOL = 1e-4  # max abs difference of np frames in [0, 1]
+
+
+def frames_of(pipe, seed=0, global_rng=False, **kwargs):
+    """The frames of one call as np; ``global_rng``: the generator is torch's global one, seeded (diffusers'
+    I2VGen-XL draws its image latents' noise from it)."""
+    kwargs.setdefault("output_type", "np")
+    out = pipe(generator=torch.manual_seed(seed) if global_rng else torch.Generator().manual_seed(seed), **kwargs)
+    got = out.frames if hasattr(out, "frames") else out.images
+    return np.asarray(got[0] if isinstance(got, list) and isinstance(got[0], np.ndarray) and got[0].ndim == 4 else got)
+
+
+def close(expected, got, tol=TOL):
+    expected, got = np.asarray(expected), np.asarray(got)
+    assert expected.shape == got.shape, (expected.shape, got.shape)
+    err = np.abs(expected - got).max()
+    assert err < tol, f"max abs error {err}"
+
+
+def quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# -- fixtures: tiny pipelines built with diffusers, loaded with vidcore ---------------------------------------
+
+@pytest.fixture(scope="module")
+def t2v(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t2v") / "pipe"
+    tiny.build_tiny_t2v_pipeline(folder)
+    return quiet(vidcore.TextToVideoPipeline.from_pretrained(folder))
+
+
+@pytest.fixture(scope="module")
+def animatediff(tmp_path_factory):
+    setup = ta.build_tiny_animatediff(tmp_path_factory.mktemp("animatediff"))
+    from vidcore.pipelines.animatediff import animatediff_scheduler
+
+    scheduler = animatediff_scheduler(setup.sd / "scheduler" / "scheduler_config.json")
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter, scheduler=scheduler)
+    return setup, quiet(pipe)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd")
+    tiny_zero.build_tiny_sd(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zero(sd):
+    return quiet(vidcore.TextToVideoZeroPipeline.from_pretrained(
+        sd, scheduler=vidcore.schedulers.DDIMScheduler.from_config(sd)))
+
+
+def video(n=3, h=16, w=24, seed=0):
+    rng = np.random.RandomState(seed)
+    return [PIL.Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def image(seed=0):
+    return PIL.Image.fromarray(np.random.RandomState(seed).randint(0, 256, (40, 52, 3), dtype=np.uint8))
+
+
+# -- components / from_pipe ---------------------------------------------------------------------------------
+
+def test_components_is_the_name_module_dict_and_old_spellings_work(t2v):
+    comps = t2v.components
+    assert list(comps) == list(vidcore.TextToVideoPipeline.component_names)
+    assert all(comps[name] is getattr(t2v, name) for name in comps)
+    # on the class, the names (what loading reads), as before
+    assert vidcore.TextToVideoPipeline.components == vidcore.TextToVideoPipeline.component_names
+    rebuilt = vidcore.TextToVideoPipeline(**t2v.components)
+    assert all(getattr(rebuilt, n) is m for n, m in comps.items())
+
+    class Old(vidcore.TextToVideoPipeline):  # a subclass declaring its names the old way
+        components = (*vidcore.TextToVideoPipeline.component_names, "refiner")
+
+    assert Old.component_names[-1] == "refiner" and Old.components == Old.component_names
+    assert Old(**t2v.components, refiner=torch.nn.Identity()).components["refiner"].__class__ is torch.nn.Identity
+    with pytest.raises(TypeError, match=r"needs components \['refiner'\]"):
+        Old(**t2v.components)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_pipeline_has_the_methods(name):
+    cls = pipeline_class(name)
+    for method in ("from_pipe", "save_pretrained", "enable_vae_slicing", "disable_vae_slicing", "enable_vae_tiling",
+                   "disable_vae_tiling", "enable_freeu", "disable_freeu", "fuse_qkv_projections",
+                   "unfuse_qkv_projections"):
+        assert callable(getattr(cls, method)), method
+    assert isinstance(cls.components, tuple) and cls.components == cls.component_names
+
+
+def test_from_pipe_shares_modules(animatediff, zero):
+    _, ad = animatediff
+    v2v = vidcore.AnimateDiffVideoToVideoPipeline.from_pipe(ad)
+    assert v2v.unet is ad.unet and v2v.vae is ad.vae and v2v.text_encoder is ad.text_encoder
+    assert v2v.motion_adapter is ad.motion_adapter
+    # an SD pipeline + a motion adapter -> AnimateDiff, the SD UNet shared (not copied)
+    made = vidcore.AnimateDiffPipeline.from_pipe(zero, motion_adapter=ad.motion_adapter)
+    assert made.unet.unet is zero.unet and made.motion_adapter is ad.motion_adapter and made.vae is zero.vae
+    new_scheduler = vidcore.DDIMScheduler.from_config(zero.scheduler.config)
+    assert vidcore.TextToVideoZeroPipeline.from_pipe(zero, scheduler=new_scheduler).scheduler is new_scheduler
+    with pytest.raises(TypeError, match=r"ControlledVideoPipeline.from_pipe: TextToVideoZeroPipeline has no "
+                                        r"\['controlnet'\]; pass them as keyword arguments \(controlnet=...\)"):
+        vidcore.ControlledVideoPipeline.from_pipe(zero)
+
+
+# -- save_pretrained round trips through diffusers ----------------------------------------------------------
+
+def diffusers_load(folder, expected_class, **kwargs):
+    import diffusers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == expected_class
+    pipe = getattr(diffusers, expected_class).from_pretrained(folder, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, index
+
+
+def test_save_pretrained_text_to_video_round_trips(t2v, tmp_path):
+    t2v.save_pretrained(tmp_path / "out")
+    ref, index = diffusers_load(tmp_path / "out", "TextToVideoSDPipeline")
+    assert index["unet"] == ["diffusers", "UNet3DConditionModel"] and index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    kwargs = dict(prompt="a cat", negative_prompt="blurry", num_frames=3, height=16, width=24, num_inference_steps=2)
+    close(frames_of(ref, **kwargs), frames_of(t2v, **kwargs))
+    # vidcore reads its own folder back, and the DiffusionPipeline entry point picks the class
+    again = quiet(vidcore.DiffusionPipeline.from_pretrained(tmp_path / "out"))
+    assert type(again) is vidcore.TextToVideoPipeline
+    close(frames_of(t2v, **kwargs), frames_of(again, **kwargs), tol=1e-6)
+    # video-to-video from the same modules
+    v2v = vidcore.VideoToVideoPipeline.from_pipe(t2v)
+    v2v.save_pretrained(tmp_path / "v2v")
+    ref, _ = diffusers_load(tmp_path / "v2v", "VideoToVideoSDPipeline")
+    kwargs = dict(prompt="a cat", video=video(), strength=0.7, num_inference_steps=2)
+    close(frames_of(ref, **kwargs), frames_of(v2v, **kwargs))
+
+
+def test_save_pretrained_variant_and_errors(t2v, tmp_path):
+    out = tmp_path / "out"
+    t2v.save_pretrained(out)
+    t2v.save_pretrained(out, variant="fp16")  # beside the float32 files, as diffusers
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert (out / "text_encoder" / "model.fp16.safetensors").is_file()
+    loaded = vidcore.TextToVideoPipeline.from_pretrained(out, variant="fp16")
+    assert torch.equal(loaded.unet.conv_in.weight, t2v.unet.conv_in.weight)
+    with pytest.raises(ValueError, match="safe_serialization=False is not supported"):
+        t2v.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled").exists()
+
+
+def test_save_pretrained_leaves_nothing_on_error(t2v, tmp_path, monkeypatch):
+    from vidcore.loading import save_pipeline as sp
+
+    def broken(module, folder, variant):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sp, "_write_component", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        t2v.save_pretrained(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pretrained_animatediff_splits_unet_and_motion_adapter(animatediff, tmp_path):
+    _, ours = animatediff
+    ours.save_pretrained(tmp_path / "out")
+    ref, index = diffusers_load(tmp_path / "out", "AnimateDiffPipeline")
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["motion_adapter"] == ["diffusers", "MotionAdapter"]
+    assert index["image_encoder"] == [None, None]
+    kwargs = dict(prompt="a cat walking", negative_prompt="blurry", num_frames=4, height=16, width=24,
+                  num_inference_steps=2)
+    close(frames_of(ref, **kwargs), frames_of(ours, **kwargs))
+    # and vidcore reads the folder back (a plain UNet + the folder's motion_adapter/)
+    again = quiet(vidcore.AnimateDiffPipeline.from_pretrained(tmp_path / "out"))
+    close(frames_of(ours, **kwargs), frames_of(again, **kwargs), tol=1e-6)
+    v2v = vidcore.AnimateDiffVideoToVideoPipeline.from_pipe(ours)
+    v2v.save_pretrained(tmp_path / "v2v")
+    ref, _ = diffusers_load(tmp_path / "v2v", "AnimateDiffVideoToVideoPipeline")
+    kwargs = dict(prompt="a cat", video=video(4), strength=0.6, num_inference_steps=2)
+    close(frames_of(ref, **kwargs), frames_of(v2v, **kwargs))
+
+
+def test_save_pretrained_i2vgen_round_trips(tmp_path):
+    tiny.build_tiny_i2vgen_pipeline(tmp_path / "src")
+    ours = quiet(vidcore.I2VGenXLPipeline.from_pretrained(tmp_path / "src"))
+    ours.save_pretrained(tmp_path / "out")
+    ref, _ = diffusers_load(tmp_path / "out", "I2VGenXLPipeline")
+    kwargs = dict(prompt="a red circle", image=image(), negative_prompt="blurry", clip_skip=None, num_frames=2,
+                  height=16, width=24, num_inference_steps=2, global_rng=True)
+    close(frames_of(ref, **kwargs), frames_of(ours, **kwargs))
+
+
+def test_save_pretrained_svd_round_trips(tmp_path):
+    tiny.build_tiny_svd_pipeline(tmp_path / "src")
+    ours = quiet(vidcore.StableVideoDiffusionPipeline.from_pretrained(tmp_path / "src"))
+    ours.save_pretrained(tmp_path / "out")
+    ref, index = diffusers_load(tmp_path / "out", "StableVideoDiffusionPipeline")
+    assert index["feature_extractor"][0] == "transformers"
+    kwargs = dict(image=image(), num_frames=3, height=16, width=24, num_inference_steps=2, decode_chunk_size=2)
+    close(frames_of(ref, **kwargs), frames_of(ours, **kwargs))
+
+
+def test_save_pretrained_text2video_zero_round_trips(zero, tmp_path):
+    zero.save_pretrained(tmp_path / "out")
+    # diffusers' class has no optional components: a folder without a safety checker needs them passed as None
+    # (as a diffusers-saved one does)
+    ref, index = diffusers_load(tmp_path / "out", "TextToVideoZeroPipeline", safety_checker=None,
+                                feature_extractor=None)
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    kwargs = dict(prompt="a bear", video_length=3, height=16, width=24, num_inference_steps=4, t0=1, t1=2)
+    expected = ref(generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images
+    got = zero(generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).frames[0]
+    close(expected, got)
+
+
+def test_vidcore_only_pipelines_write_components_diffusers_models_load(sd, tmp_path):
+    import diffusers
+    import transformers
+
+    from vidcore.loading.save_pipeline import expand
+
+    pix = tiny_zero.build_tiny_pix2pix(tmp_path / "pix")
+    ours = vidcore.VideoInstructPix2PixPipeline.from_pretrained(tmp_path / "pix")
+    zero = vidcore.TextToVideoZeroPipeline.from_pretrained(sd)
+    net = vidcore.load_model(tiny_controlnet_folder(zero, tmp_path))
+    controlled = vidcore.ControlledVideoPipeline.from_pipe(zero, controlnet=net)
+    for pipe, name in ((ours, "VideoInstructPix2PixPipeline"), (controlled, "ControlledVideoPipeline")):
+        out = tmp_path / name
+        pipe.save_pretrained(out)
+        index = json.loads((out / "model_index.json").read_text())
+        assert index["_class_name"] == name  # no diffusers pipeline of that name: vidcore's
+        assert type(vidcore.DiffusionPipeline.from_pretrained(out)) is type(pipe)
+        for component, module in expand(pipe.components).items():
+            library, cls = index[component]
+            loaded = getattr(diffusers if library == "diffusers" else transformers, cls).from_pretrained(out / component)
+            if isinstance(module, torch.nn.Module):  # the same tensors under diffusers' names
+                mine = vidcore.load_model(out / component) if library == "diffusers" else module
+                expected = loaded.state_dict()
+                if library == "diffusers":
+                    from vidcore.loading.architectures import architecture_of
+
+                    arch = architecture_of(mine)
+                    reverse, _ = arch.keymap(mine.config.to_diffusers_config()).convert(
+                        module.state_dict(), None, direction="reverse")
+                else:
+                    reverse = module.state_dict()
+                assert sorted(reverse) == sorted(expected)
+                assert all(torch.equal(reverse[k], expected[k]) for k in expected)
+    assert pix is not None
+
+
+def tiny_controlnet_folder(zero, tmp_path):
+    import diffusers
+    import tiny_controlnet
+
+    net = tiny.randomize_(diffusers.ControlNetModel(**tiny_controlnet.tiny_controlnet_config()), 7).eval()
+    net.save_pretrained(tmp_path / "controlnet")
+    return tmp_path / "controlnet"
