@@ -47,10 +47,15 @@ def quiet(pipe):
 # -- fixtures: tiny pipelines built with diffusers, loaded with vidcore ---------------------------------------
 
 @pytest.fixture(scope="module")
-def t2v(tmp_path_factory):
+def t2v_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("t2v") / "pipe"
     tiny.build_tiny_t2v_pipeline(folder)
-    return quiet(vidcore.TextToVideoPipeline.from_pretrained(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def t2v(t2v_folder):
+    return quiet(vidcore.TextToVideoPipeline.from_pretrained(t2v_folder))
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +287,72 @@ def tiny_controlnet_folder(zero, tmp_path):
     net = tiny.randomize_(diffusers.ControlNetModel(**tiny_controlnet.tiny_controlnet_config()), 7).eval()
     net.save_pretrained(tmp_path / "controlnet")
     return tmp_path / "controlnet"
+
+
+# -- settings: VAE slicing / tiling, FreeU, fused QKV ---------------------------------------------------------
+
+def test_settings_equal_diffusers_and_disable_restores_exact_outputs(t2v_folder):
+    import diffusers
+
+    ours = quiet(vidcore.TextToVideoPipeline.from_pretrained(t2v_folder))
+    ref = quiet(diffusers.TextToVideoSDPipeline.from_pretrained(t2v_folder))
+    # 40 x 48 pixels = 20 x 24 latents: over the tiny VAE's 16-latent tile, so tiling cuts
+    kwargs = dict(prompt="a cat", negative_prompt="blurry", num_frames=2, height=40, width=48, num_inference_steps=2)
+    plain = frames_of(ours, **kwargs)
+    close(frames_of(ref, **kwargs), plain)
+    settings = [
+        ("slicing", lambda: ours.enable_vae_slicing(), lambda: ref.vae.enable_slicing(),
+         lambda: ours.disable_vae_slicing(), lambda: ref.vae.disable_slicing(), False),
+        ("tiling", lambda: ours.enable_vae_tiling(), lambda: ref.vae.enable_tiling(),
+         lambda: ours.disable_vae_tiling(), lambda: ref.vae.disable_tiling(), True),
+        ("freeu", lambda: ours.enable_freeu(0.9, 0.2, 1.2, 1.4), lambda: ref.enable_freeu(0.9, 0.2, 1.2, 1.4),
+         lambda: ours.disable_freeu(), lambda: ref.disable_freeu(), True),
+        ("fused qkv", lambda: ours.fuse_qkv_projections(), lambda: ref.fuse_qkv_projections(),
+         lambda: ours.unfuse_qkv_projections(), lambda: ref.unfuse_qkv_projections(), False),
+    ]
+    for name, on, ref_on, off, ref_off, changes in settings:
+        on()
+        ref_on()
+        got = frames_of(ours, **kwargs)
+        close(frames_of(ref, **kwargs), got)
+        if changes:  # the setting does something here
+            assert np.abs(got - plain).max() > 1e-3, name
+        off()
+        ref_off()
+        assert np.array_equal(frames_of(ours, **kwargs), plain), name  # exactly the default again
+
+
+def test_fused_qkv_on_temporal_and_cross_frame_attention(animatediff, zero):
+    setup, ours = animatediff
+    kwargs = dict(prompt="a cat walking", num_frames=4, height=16, width=24, num_inference_steps=2)
+    plain = frames_of(ours, **kwargs)
+    ours.fuse_qkv_projections()
+    from vidcore.nn.fused_qkv import is_fused
+
+    assert any(is_fused(m) for m in ours.motion_adapter.modules())  # the motion modules' temporal attentions too
+    fused = frames_of(ours, **kwargs)
+    ours.unfuse_qkv_projections()
+    close(plain, fused, tol=1e-5)
+    assert np.array_equal(frames_of(ours, **kwargs), plain)
+    assert "fused_qkv_weight" not in "".join(ours.unet.state_dict())  # saving sees the separate projections
+    zkw = dict(prompt="a bear", video_length=3, height=16, width=24, num_inference_steps=4, t0=1, t1=2)
+    plain = frames_of(zero, **zkw)
+    zero.unet.fuse_qkv_projections()  # the model-level switch; cross-frame attention takes k/v from frame 0
+    fused = frames_of(zero, **zkw)
+    zero.unet.unfuse_qkv_projections()
+    close(plain, fused, tol=1e-5)
+    assert np.array_equal(frames_of(zero, **zkw), plain)
+
+
+def test_settings_a_model_lacks_raise():
+    from vidcore.errors import UnsupportedFeatureError
+
+    class Bare:  # an SVD-like VAE with no slicing
+        pass
+
+    pipe = vidcore.TextToVideoPipeline.__new__(vidcore.TextToVideoPipeline)
+    pipe.vae, pipe.unet = Bare(), Bare()
+    with pytest.raises(UnsupportedFeatureError, match="has no slicing"):
+        pipe.enable_vae_slicing()
+    with pytest.raises(UnsupportedFeatureError, match="has no FreeU"):
+        pipe.enable_freeu(0.9, 0.2, 1.2, 1.4)
