@@ -356,3 +356,46 @@ def test_settings_a_model_lacks_raise():
         pipe.enable_vae_slicing()
     with pytest.raises(UnsupportedFeatureError, match="has no FreeU"):
         pipe.enable_freeu(0.9, 0.2, 1.2, 1.4)
+
+
+# -- cross_attention_kwargs: the LoRA scale ------------------------------------------------------------------
+
+def test_cross_attention_kwargs_scale_equals_diffusers(animatediff, tmp_path):
+    pytest.importorskip("peft", reason="diffusers' LoRA loading (the reference) needs peft")
+    from safetensors.torch import save_file
+
+    setup, ours = animatediff
+    ref = setup.pipe
+    path = tmp_path / "motion-lora.safetensors"
+    save_file(ta.motion_lora(ref.unet, seed=1), str(path))
+    kwargs = dict(prompt="a boat", negative_prompt="blurry", num_frames=3, height=8, width=16, num_inference_steps=2)
+    plain = frames_of(ours, **kwargs)
+    ref.load_lora_weights(str(path), adapter_name="zoom")
+    ours.load_lora_weights(path, adapter_name="zoom")
+    try:
+        full = frames_of(ours, **kwargs)
+        for scale in (0.4, 1.7):
+            got = frames_of(ours, cross_attention_kwargs={"scale": scale}, **kwargs)
+            close(frames_of(ref, cross_attention_kwargs={"scale": scale}, **kwargs), got)
+            assert np.abs(got - full).max() > 1e-3
+        assert np.array_equal(frames_of(ours, cross_attention_kwargs={"scale": 0.0}, **kwargs), plain)
+        assert np.array_equal(frames_of(ours, **kwargs), full)  # the scale lasted one call
+        # a LoRA fused by fuse_lora keeps its scale, as diffusers' merged layers do
+        ref.fuse_lora(lora_scale=0.6)
+        ours.fuse_lora(lora_scale=0.6)
+        close(frames_of(ref, cross_attention_kwargs={"scale": 0.3}, **kwargs),
+              frames_of(ours, cross_attention_kwargs={"scale": 0.3}, **kwargs))
+    finally:
+        ref.unfuse_lora()
+        ref.unload_lora_weights()
+        ours.unload_lora_weights()
+    assert np.array_equal(frames_of(ours, **kwargs), plain)
+
+
+def test_cross_attention_kwargs_checked_and_neutral_without_lora(t2v):
+    kwargs = dict(prompt="a cat", num_frames=2, height=16, width=24, num_inference_steps=2)
+    assert np.array_equal(frames_of(t2v, cross_attention_kwargs={"scale": 0.5}, **kwargs), frames_of(t2v, **kwargs))
+    with pytest.raises(ValueError, match=r"cross_attention_kwargs keys must be among \['scale'\]"):
+        t2v(cross_attention_kwargs={"scael": 0.5}, **kwargs)
+    with pytest.raises(TypeError, match=r"cross_attention_kwargs\['scale'\] must be a number"):
+        t2v(cross_attention_kwargs={"scale": "0.5"}, **kwargs)

@@ -28,7 +28,8 @@ Differences from diffusers (0.42.1):
   with the ViT-bigG encoder of ``sdxl_models/image_encoder``, or ``ip-adapter-plus_sdxl_vit-h.safetensors`` with the
   ViT-H encoder of ``models/image_encoder``: ``image_encoder_folder="models/image_encoder"``), then
   ``ip_adapter_image`` / ``ip_adapter_image_embeds`` as in the SD1.5 pipeline; equal to diffusers.
-* Not supported: ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` (diffusers has them); FreeNoise
+* ``cross_attention_kwargs``: only ``{"scale": s}`` (the LoRA scale, :mod:`vidcore.pipelines.lora`).
+* Not supported: ``timesteps=`` / ``sigmas=`` (diffusers has them); FreeNoise
   (diffusers' SDXL pipeline has none either) and ``motion_scale``.
 """
 
@@ -53,6 +54,7 @@ from ..loading.originals import (DEFAULT_SDXL_CONFIG, SDXL_CONFIG_PATTERNS,  # n
 from ..loading.pipeline import SingleFile
 from .base import check_negative_inputs
 from .ip_adapter import check_ip_adapter_inputs
+from .lora import takes_cross_attention_kwargs
 from .text import as_prompt_list
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None,
                  num_frames: int = 16, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 50, denoising_end: float | None = None, guidance_scale: float = 5.0,
@@ -236,7 +239,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = None, context_length: int | None = None,
-                 context_stride: int | None = None, context_weighting: str = "pyramid"):
+                 context_stride: int | None = None, context_weighting: str = "pyramid",
+                 cross_attention_kwargs: dict | None = None):
         """Generate videos from text with SDXL. Argument names and defaults follow diffusers'
         AnimateDiffSDXLPipeline (height/width default to the UNet's sample size x 8: 1024 for SDXL);
         ``decode_chunk_size`` (default: all frames in one VAE call, as diffusers) and the context-window
