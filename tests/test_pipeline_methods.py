@@ -6,6 +6,7 @@ QKV against diffusers' same setting, the LoRA ``scale`` of ``cross_attention_kwa
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import PIL.Image
@@ -399,3 +400,57 @@ def test_cross_attention_kwargs_checked_and_neutral_without_lora(t2v):
         t2v(cross_attention_kwargs={"scael": 0.5}, **kwargs)
     with pytest.raises(TypeError, match=r"cross_attention_kwargs\['scale'\] must be a number"):
         t2v(cross_attention_kwargs={"scale": "0.5"}, **kwargs)
+
+
+# -- load_textual_inversion -----------------------------------------------------------------------------------
+
+def test_load_textual_inversion_equals_diffusers(t2v_folder, tmp_path):
+    import diffusers
+    from safetensors.torch import save_file
+
+    ours = quiet(vidcore.TextToVideoPipeline.from_pretrained(t2v_folder))
+    ref = quiet(diffusers.TextToVideoSDPipeline.from_pretrained(t2v_folder))
+    width = ours.text_encoder.get_input_embeddings().weight.shape[-1]
+    g = torch.Generator().manual_seed(5)
+    # diffusers' layout (a folder with learned_embeds.safetensors, one vector)
+    (tmp_path / "cat-toy").mkdir()
+    save_file({"<cat-toy>": torch.randn(width, generator=g)}, str(tmp_path / "cat-toy" / "learned_embeds.safetensors"))
+    # Automatic1111's .pt (three vectors: <style>, <style>_1, <style>_2)
+    torch.save({"name": "<style>", "string_to_param": {"*": torch.randn(3, width, generator=g)}, "step": 100},
+               tmp_path / "style.pt")
+    # Automatic1111's .safetensors (emb_params), named by token=
+    save_file({"emb_params": torch.randn(2, width, generator=g)}, str(tmp_path / "bad-hands.safetensors"))
+    kwargs = dict(num_frames=2, height=16, width=24, num_inference_steps=2)
+    plain = frames_of(ours, prompt="a cat walking", **kwargs)
+    for pipe in (ours, ref):
+        pipe.load_textual_inversion(str(tmp_path / "cat-toy"))
+        pipe.load_textual_inversion(str(tmp_path / "style.pt"))
+        pipe.load_textual_inversion(str(tmp_path / "bad-hands.safetensors"), token="<bad-hands>")
+    assert ours.tokenizer.get_vocab()["<style>_2"] == len(ours.tokenizer) - 3
+    assert np.array_equal(frames_of(ours, prompt="a cat walking", **kwargs), plain)  # other prompts unchanged
+    for prompt, negative in (("a <cat-toy> walking", None), ("a cat in <style> style", "<bad-hands>, blurry")):
+        got = frames_of(ours, prompt=prompt, negative_prompt=negative, **kwargs)
+        close(frames_of(ref, prompt=prompt, negative_prompt=negative, **kwargs), got)
+        assert np.abs(got - plain).max() > 1e-3
+    embeds = ours.text_encoder.get_input_embeddings().weight
+    assert torch.equal(embeds[ours.tokenizer.convert_tokens_to_ids("<cat-toy>")],
+                       ref.text_encoder.get_input_embeddings().weight[ref.tokenizer.convert_tokens_to_ids("<cat-toy>")])
+
+
+def test_load_textual_inversion_errors_change_nothing(t2v_folder, tmp_path):
+    ours = vidcore.TextToVideoPipeline.from_pretrained(t2v_folder)
+    width = ours.text_encoder.get_input_embeddings().weight.shape[-1]
+    size, rows = len(ours.tokenizer), ours.text_encoder.get_input_embeddings().weight.shape[0]
+    with pytest.raises(ValueError, match="bare tensor: pass token="):
+        ours.load_textual_inversion(torch.zeros(width))
+    with pytest.raises(ValueError, match=f"the embedding is {width + 1} wide, the text encoder's tokens are {width}"):
+        ours.load_textual_inversion({"<wide>": torch.zeros(width + 1)})
+    with pytest.raises(ValueError, match=re.escape("'<|endoftext|>' is already in the tokenizer's vocabulary")):
+        ours.load_textual_inversion({"<|endoftext|>": torch.zeros(width)})
+    torch.save({"weights": torch.zeros(width), "other": torch.zeros(width)}, tmp_path / "two.pt")
+    with pytest.raises(vidcore.errors.CheckpointError, match="not a textual-inversion embedding"):
+        ours.load_textual_inversion(str(tmp_path / "two.pt"))
+    assert len(ours.tokenizer) == size and ours.text_encoder.get_input_embeddings().weight.shape[0] == rows
+    assert all(hasattr(pipeline_class(n), "load_textual_inversion") for n in
+               ("TextToVideoPipeline", "VideoToVideoPipeline", "AnimateDiffPipeline", "AnimateDiffSDXLPipeline",
+                "TextToVideoZeroPipeline"))

@@ -55,7 +55,7 @@ from ..loading.pipeline import SingleFile
 from .base import check_negative_inputs
 from .ip_adapter import check_ip_adapter_inputs
 from .lora import takes_cross_attention_kwargs
-from .text import as_prompt_list
+from .text import as_prompt_list, expand_multi_vector_tokens
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def sdxl_text_embed(tokenizer, text_encoder, prompts: list[str], device, max_len
     """(hidden states n L d, pooled n d or None) of one SDXL text encoder: the hidden states ``clip_skip + 2``
     from the end (penultimate layer by default, no final norm); ``pooled`` is the encoder's first output when
     it is 2-D (the projected text embedding of a ``CLIPTextModelWithProjection``)."""
+    prompts = [expand_multi_vector_tokens(p, tokenizer) for p in prompts]
     ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                     return_tensors="pt").input_ids
     longest = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
