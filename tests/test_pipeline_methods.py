@@ -212,6 +212,50 @@ def test_save_pretrained_animatediff_splits_unet_and_motion_adapter(animatediff,
     close(frames_of(ref, **kwargs), frames_of(v2v, **kwargs))
 
 
+def test_save_pretrained_animatediff_controlnets_round_trip(animatediff, tmp_path):
+    import diffusers
+    import tiny_controlnet as tc
+
+    _, ours = animatediff
+    net = tiny.randomize_(diffusers.ControlNetModel(**tc.tiny_controlnet_config()), 10).eval()
+    net.save_pretrained(tmp_path / "controlnet")
+    controlled = quiet(vidcore.AnimateDiffControlNetPipeline.from_pipe(ours, controlnet=vidcore.load_model(
+        tmp_path / "controlnet")))
+    controlled.save_pretrained(tmp_path / "out")
+    ref, index = diffusers_load(tmp_path / "out", "AnimateDiffControlNetPipeline")
+    assert index["controlnet"] == ["diffusers", "ControlNetModel"]
+    kwargs = dict(prompt="a cat walking", negative_prompt="blurry", num_frames=3, height=16, width=24,
+                  num_inference_steps=2, conditioning_frames=tc.random_control_frames(3, 16, 24, seed=3))
+    close(frames_of(ref, **kwargs), frames_of(controlled, **kwargs))
+
+    sparse = tiny.randomize_(diffusers.SparseControlNetModel(**tc.tiny_sparse_config("scribble")), 20).eval()
+    sparse.save_pretrained(tmp_path / "sparse")
+    sparsectrl = quiet(vidcore.AnimateDiffSparseControlNetPipeline.from_pipe(ours, controlnet=vidcore.load_model(
+        tmp_path / "sparse")))
+    sparsectrl.save_pretrained(tmp_path / "out-sparse")
+    ref, index = diffusers_load(tmp_path / "out-sparse", "AnimateDiffSparseControlNetPipeline")
+    assert index["controlnet"] == ["diffusers", "SparseControlNetModel"]
+    kwargs = dict(prompt="a cat walking", num_frames=4, height=16, width=24, num_inference_steps=2,
+                  conditioning_frames=tc.random_control_frames(2, 16, 24, seed=3), controlnet_frame_indices=[0, 3])
+    close(frames_of(ref, **kwargs), frames_of(sparsectrl, **kwargs))
+
+
+def test_save_pretrained_animatediff_sdxl_round_trips(tmp_path):
+    import tiny_sdxl
+
+    setup = tiny_sdxl.build_tiny_animatediff_sdxl(tmp_path / "src")
+    ours = quiet(vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter))
+    ours.save_pretrained(tmp_path / "out")
+    ref, index = diffusers_load(tmp_path / "out", "AnimateDiffSDXLPipeline")
+    # written whole: diffusers' UNetMotionModel.from_unet2d would leave the SDXL add_embedding random
+    assert index["unet"] == ["diffusers", "UNetMotionModel"] and index["text_encoder_2"][0] == "transformers"
+    assert index["force_zeros_for_empty_prompt"] is ours.force_zeros_for_empty_prompt
+    kwargs = dict(prompt="a cat", negative_prompt="blurry", num_frames=3, height=16, width=24, num_inference_steps=2)
+    close(frames_of(ref, **kwargs), frames_of(ours, **kwargs))
+    again = quiet(vidcore.AnimateDiffSDXLPipeline.from_pretrained(tmp_path / "out"))
+    close(frames_of(ours, **kwargs), frames_of(again, **kwargs), tol=1e-6)
+
+
 def test_save_pretrained_i2vgen_round_trips(tmp_path):
     tiny.build_tiny_i2vgen_pipeline(tmp_path / "src")
     ours = quiet(vidcore.I2VGenXLPipeline.from_pretrained(tmp_path / "src"))

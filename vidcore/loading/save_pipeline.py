@@ -5,8 +5,9 @@ and vidcore's load.
 models are written through their key maps (:func:`vidcore.loading.save.save_diffusers`: ``config.json`` +
 ``diffusion_pytorch_model[.variant].safetensors``); an AnimateDiff ``UNetMotion`` is split back into the SD
 ``unet`` (``UNet2DConditionModel``) and the ``motion_adapter`` (``MotionAdapter``), as a diffusers AnimateDiff
-folder made from an SD repo and an adapter is; schedulers write ``scheduler_config.json``; the CLIP parts go
-through transformers' ``save_pretrained``. Everything is written into a temp folder beside the target first, so
+folder made from an SD repo and an adapter is (an SDXL one is written whole as a ``UNetMotionModel``, since
+diffusers rebuilding it from the parts drops the UNet's ``add_embedding``); schedulers write
+``scheduler_config.json``; the CLIP parts go through transformers' ``save_pretrained``. Everything is written into a temp folder beside the target first, so
 an error leaves the target untouched; the files are then moved in one by one (an existing folder is updated, so
 ``variant="fp16"`` files can be added beside the float32 ones, as with diffusers). Weights are safetensors only.
 """
@@ -25,13 +26,15 @@ from torch import nn
 from ..models.controlnet import MultiControlNet
 from ..models.motion import UNetMotion
 from .architectures import ARCHITECTURES, architecture_of
-from .save import save_diffusers
+from .save import save_diffusers, save_diffusers_unet_motion
 
 DIFFUSERS_VERSION = "0.33.1"  # written as _diffusers_version (the last release with every video pipeline)
 
 
 def _library(module: Any) -> tuple[str, str]:
     """(library, class name) of one component, as ``model_index.json`` lists it."""
+    if isinstance(module, UNetMotion):
+        return "diffusers", "UNetMotionModel"
     if isinstance(module, nn.Module) and any(type(module) is a.module for a in ARCHITECTURES):
         return "diffusers", architecture_of(module).diffusers_class
     if hasattr(module, "to_diffusers_config") and hasattr(module, "diffusers_name"):  # a vidcore scheduler
@@ -45,7 +48,9 @@ def _library(module: Any) -> tuple[str, str]:
 
 def _write_component(module: Any, folder: Path, variant: str | None) -> None:
     folder.mkdir(parents=True)
-    if isinstance(module, nn.Module) and any(type(module) is a.module for a in ARCHITECTURES):
+    if isinstance(module, UNetMotion):
+        save_diffusers_unet_motion(module, folder, variant)
+    elif isinstance(module, nn.Module) and any(type(module) is a.module for a in ARCHITECTURES):
         save_diffusers(module, folder, variant=variant)
     elif hasattr(module, "to_diffusers_config"):
         (folder / "scheduler_config.json").write_text(json.dumps(module.to_diffusers_config(), indent=2,
@@ -61,7 +66,11 @@ def expand(components: Mapping[str, Any]) -> dict[str, Any]:
     ``motion_adapter``."""
     out = {}
     for name, module in components.items():
-        if isinstance(module, UNetMotion):
+        if isinstance(module, UNetMotion) and module.unet.add_embedding is not None:
+            # SDXL: diffusers' UNetMotionModel.from_unet2d drops the UNet's add_embedding (left random), so the
+            # motion UNet is written whole, as a diffusers-saved AnimateDiffSDXLPipeline's unet/ is
+            out[name], out["motion_adapter"] = module, module.adapter
+        elif isinstance(module, UNetMotion):
             out[name], out["motion_adapter"] = module.unet, module.adapter
         elif name == "motion_adapter" and name in out:
             continue
