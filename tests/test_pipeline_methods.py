@@ -428,8 +428,15 @@ def test_cross_attention_kwargs_scale_equals_diffusers(animatediff, tmp_path):
         # a LoRA fused by fuse_lora keeps its scale, as diffusers' merged layers do
         ref.fuse_lora(lora_scale=0.6)
         ours.fuse_lora(lora_scale=0.6)
-        close(frames_of(ref, cross_attention_kwargs={"scale": 0.3}, **kwargs),
-              frames_of(ours, cross_attention_kwargs={"scale": 0.3}, **kwargs))
+        expected = frames_of(ref, cross_attention_kwargs={"scale": 0.3}, **kwargs)
+        close(expected, frames_of(ours, cross_attention_kwargs={"scale": 0.3}, **kwargs))
+        # fused q/k/v projections follow LoRA changes made after fusing them
+        ours.fuse_qkv_projections()
+        ours.unfuse_lora()
+        close(plain, frames_of(ours, **kwargs), tol=1e-5)
+        ours.fuse_lora(lora_scale=0.6)
+        close(expected, frames_of(ours, **kwargs))
+        ours.unfuse_qkv_projections()
     finally:
         ref.unfuse_lora()
         ref.unload_lora_weights()

@@ -5,7 +5,7 @@ concatenated weights as non-persistent buffers (they follow ``.to()`` and never 
 and conversion see the separate projections): q, k and v for a self-attention, k and v for a cross-attention.
 :func:`project_qkv` is what the attentions call; it uses the fused weights when present. :func:`unfuse_qkv`
 drops the buffers: the separate projections run again, bit for bit as before. Weights edited after fusing
-(a LoRA fused later) need a new :func:`fuse_qkv`.
+need :func:`refresh_fused_qkv` (the pipelines' LoRA methods call it).
 """
 
 from __future__ import annotations
@@ -42,6 +42,14 @@ def fuse_qkv(model: nn.Module) -> None:
         module.register_buffer(_BIAS, bias, persistent=False)
 
 
+def refresh_fused_qkv(model: nn.Module) -> None:
+    """Recompute the fused weights of the attentions of ``model`` that are fused (after their projections changed,
+    e.g. a LoRA fused into them)."""
+    fused = [m for m in model.modules() if is_fused(m)]
+    for module in fused:
+        fuse_qkv(module)
+
+
 def unfuse_qkv(model: nn.Module) -> None:
     """Back to the separate projections (the fused buffers are dropped)."""
     for module in model.modules():
@@ -72,4 +80,4 @@ def project_qkv(module: nn.Module, x: torch.Tensor, context: torch.Tensor) -> tu
     return module.to_q(x), k, v
 
 
-__all__ = ["fuse_qkv", "is_fused", "project_qkv", "unfuse_qkv"]
+__all__ = ["fuse_qkv", "is_fused", "project_qkv", "refresh_fused_qkv", "unfuse_qkv"]

@@ -39,6 +39,7 @@ import torch
 
 from ..loading.lora import load_lora
 from ..models.lora import LoRA, fuse_lora, unfuse_lora
+from ..nn.fused_qkv import refresh_fused_qkv
 
 TEXT_ENCODER = "text_encoder"
 
@@ -121,14 +122,14 @@ class LoRAMixin:
         """The UNet's weights = originals + the active LoRAs at their effective scales."""
         state = self._adapters
         unfuse_lora(self.unet)
-        if not state.enabled:
-            return
-        for name in state.active:
-            # a LoRA fused by fuse_lora keeps its scale; the others follow the call's cross_attention_kwargs scale
-            # (as diffusers: merged layers ignore it, unmerged ones are scaled)
-            scale = state.weights[name] * state.fuse_scale.get(name, state.call_scale)
-            if scale != 0.0:
-                fuse_lora(self.unet, state.loras[name], scale)
+        if state.enabled:
+            for name in state.active:
+                # a LoRA fused by fuse_lora keeps its scale; the others follow the call's cross_attention_kwargs
+                # scale (as diffusers: merged layers ignore it, unmerged ones are scaled)
+                scale = state.weights[name] * state.fuse_scale.get(name, state.call_scale)
+                if scale != 0.0:
+                    fuse_lora(self.unet, state.loras[name], scale)
+        refresh_fused_qkv(self.unet)  # fused q/k/v projections (fuse_qkv_projections) follow the new weights
 
     def _check_known(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self._adapters.loras]
@@ -246,6 +247,7 @@ class LoRAMixin:
         """Take every LoRA out of the UNet's weights (bit for bit) and forget them."""
         self.__dict__.pop("_motion_lora_adapters", None)
         unfuse_lora(self.unet)
+        refresh_fused_qkv(self.unet)
 
 
 MotionLoRAMixin = LoRAMixin  # the old name, kept
