@@ -29,8 +29,7 @@ def frames_of(pipe, seed=0, global_rng=False, **kwargs):
     I2VGen-XL draws its image latents' noise from it)."""
     kwargs.setdefault("output_type", "np")
     out = pipe(generator=torch.manual_seed(seed) if global_rng else torch.Generator().manual_seed(seed), **kwargs)
-    got = out.frames if hasattr(out, "frames") else out.images
-    return np.asarray(got[0] if isinstance(got, list) and isinstance(got[0], np.ndarray) and got[0].ndim == 4 else got)
+    return np.asarray(out.frames)
 
 
 def close(expected, got, tol=TOL):
@@ -293,14 +292,15 @@ def test_vidcore_only_pipelines_write_components_diffusers_models_load(sd, tmp_p
     import diffusers
     import transformers
 
+    from vidcore.loading.architectures import architecture_of
     from vidcore.loading.save_pipeline import expand
 
-    pix = tiny_zero.build_tiny_pix2pix(tmp_path / "pix")
-    ours = vidcore.VideoInstructPix2PixPipeline.from_pretrained(tmp_path / "pix")
+    tiny_zero.build_tiny_pix2pix(tmp_path / "pix")
+    pix2pix = vidcore.VideoInstructPix2PixPipeline.from_pretrained(tmp_path / "pix")
     zero = vidcore.TextToVideoZeroPipeline.from_pretrained(sd)
     net = vidcore.load_model(tiny_controlnet_folder(zero, tmp_path))
     controlled = vidcore.ControlledVideoPipeline.from_pipe(zero, controlnet=net)
-    for pipe, name in ((ours, "VideoInstructPix2PixPipeline"), (controlled, "ControlledVideoPipeline")):
+    for pipe, name in ((pix2pix, "VideoInstructPix2PixPipeline"), (controlled, "ControlledVideoPipeline")):
         out = tmp_path / name
         pipe.save_pretrained(out)
         index = json.loads((out / "model_index.json").read_text())
@@ -309,20 +309,14 @@ def test_vidcore_only_pipelines_write_components_diffusers_models_load(sd, tmp_p
         for component, module in expand(pipe.components).items():
             library, cls = index[component]
             loaded = getattr(diffusers if library == "diffusers" else transformers, cls).from_pretrained(out / component)
-            if isinstance(module, torch.nn.Module):  # the same tensors under diffusers' names
-                mine = vidcore.load_model(out / component) if library == "diffusers" else module
+            if isinstance(module, torch.nn.Module):  # the same tensors, under diffusers' names for vidcore models
                 expected = loaded.state_dict()
+                mine = module.state_dict()
                 if library == "diffusers":
-                    from vidcore.loading.architectures import architecture_of
-
-                    arch = architecture_of(mine)
-                    reverse, _ = arch.keymap(mine.config.to_diffusers_config()).convert(
-                        module.state_dict(), None, direction="reverse")
-                else:
-                    reverse = module.state_dict()
-                assert sorted(reverse) == sorted(expected)
-                assert all(torch.equal(reverse[k], expected[k]) for k in expected)
-    assert pix is not None
+                    keymap = architecture_of(module).keymap(module.config.to_diffusers_config())
+                    mine, _ = keymap.convert(mine, None, direction="reverse")
+                assert sorted(mine) == sorted(expected)
+                assert all(torch.equal(mine[k], expected[k]) for k in expected)
 
 
 def tiny_controlnet_folder(zero, tmp_path):

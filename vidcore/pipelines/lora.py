@@ -77,7 +77,8 @@ def lora_call_scale(pipe, cross_attention_kwargs):
     argument (a scale without a LoRA changes nothing, as in diffusers)."""
     scale = check_cross_attention_kwargs(cross_attention_kwargs)
     state = pipe.__dict__.get("_motion_lora_adapters")
-    if scale == 1.0 or state is None or not state.enabled or not state.active:
+    unfused = state is not None and state.enabled and any(n not in state.fuse_scale for n in state.active)
+    if scale == 1.0 or not unfused:  # nothing the scale acts on
         yield
         return
     state.call_scale = scale
