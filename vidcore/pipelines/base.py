@@ -59,6 +59,8 @@ class VideoPipeline(StepCacheMixin):
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
     components: tuple[str, ...] = ()
+    # the names callback_on_step_end_tensor_inputs may list (what the call hands its step callback)
+    callback_tensor_inputs: tuple[str, ...] = ("latents",)
     offload_order: tuple[str, ...] = ()
 
     def __init__(self, **modules):

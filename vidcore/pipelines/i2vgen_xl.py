@@ -29,6 +29,7 @@ from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
 from .base import check_negative_inputs
+from .checks import check_call
 from .video_unet import VideoUNetPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
@@ -180,6 +181,7 @@ class I2VGenXLPipeline(VideoUNetPipeline):
         :meth:`TextToVideoPipeline.__call__` (default: none), with the image conditioning of
         :func:`window_image_latents` in each window.
         """
+        check_call(self, locals())
         images = images_to_pil(image)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
