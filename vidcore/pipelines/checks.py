@@ -37,7 +37,7 @@ class Rule:
     """``allowed``: the words after "must be" (or ``(pipe, args) -> words`` where they depend on the call);
     ``kind(value)``: the type test (failing: ArgumentTypeError); ``fits(value, pipe, args)``: the value test
     (failing: ArgumentError); ``none``: None is allowed; ``required``: None gets "is required"; ``template``: the
-    message, formatted with name, allowed and value."""
+    message, formatted with name, allowed, value and args (the call's arguments)."""
 
     allowed: str | Callable[[Any, Args], str]
     kind: Callable[[Any], bool]
@@ -54,9 +54,9 @@ class Rule:
         if value is None and self.required:
             raise ArgumentError(f"{name} is required: {allowed}")
         if not self.kind(value):
-            raise ArgumentTypeError(self.template.format(name=name, allowed=allowed, value=show(value)))
+            raise ArgumentTypeError(self.template.format(name=name, allowed=allowed, value=show(value), args=args))
         if not self.fits(value, pipe, args):
-            raise ArgumentError(self.template.format(name=name, allowed=allowed, value=show(value)))
+            raise ArgumentError(self.template.format(name=name, allowed=allowed, value=show(value), args=args))
 
 
 def show(value) -> str:
@@ -80,6 +80,17 @@ def is_number(v) -> bool:
 
 def is_list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, (list, tuple)) and all(test(x) for x in v)
+
+
+def is_numbers(integers: bool = False) -> Callable[[Any], bool]:
+    """A list or tuple of numbers (integers), or a 1-D numpy array or tensor of them."""
+    def test(v):
+        if isinstance(v, (np.ndarray, torch.Tensor)):
+            kind = v.dtype.kind if isinstance(v, np.ndarray) else ("i" if not v.is_floating_point() else "f")
+            return v.ndim == 1 and kind in ("iu" if integers else "iuf") and kind != "b" and v.dtype != torch.bool
+        return isinstance(v, (list, tuple, range)) and all(is_int(x) if integers else is_number(x) for x in v)
+
+    return test
 
 
 def is_media(v) -> bool:
@@ -142,12 +153,12 @@ FLAG = of_type("True or False", lambda v: isinstance(v, (bool, np.bool_)), none=
 TENSOR = of_type("a torch.Tensor", lambda v: isinstance(v, torch.Tensor))
 FUNCTION = of_type("a callable", callable)
 TEXT = of_type("a string, a list of strings or a {frame_index: prompt} dict", is_text)
-MEDIA = ("a PIL image, a file path, a numpy array or a torch tensor (or a list of them)")
-SIZE = Rule("positive multiples of 8 (or None: the model's default size)", is_int, lambda v, p, a: v > 0 and v % 8 == 0,
-            none=True, template="height and width must be {allowed}, got {name}={value}")
+MEDIA = "a PIL image, a file path, a numpy array or a torch tensor (or a list of them)"
+SIZE = Rule("positive multiples of 8", is_int, lambda v, p, a: v > 0 and v % 8 == 0, none=True,
+            template="height and width must be {allowed}, got height={args[height]!r}, width={args[width]!r} "
+                     "(or None: the model's default size)")
 NUMBERS = Rule("a number or a list of one number per frame",
-               lambda v: is_number(v) or is_list_of(is_number)(v)
-               or (isinstance(v, torch.Tensor) and v.is_floating_point()))
+               lambda v: is_number(v) or is_numbers()(v) or (isinstance(v, torch.Tensor) and v.is_floating_point()))
 
 
 def is_scales(v) -> bool:
@@ -171,6 +182,21 @@ def control_end_fits(v, pipe, args) -> bool:
     return all(s < e for s, e in zip(starts, ends))
 
 
+def steps_words(pipe, args) -> str:
+    custom = [name for name in ("sigmas", "timesteps") if name in args]
+    return "a positive integer" + (f", or None with {' or '.join(custom)} given" if custom else "")
+
+
+def is_steps(v) -> bool:
+    return is_int(v) or v is None  # None: only with a custom schedule (steps_fit)
+
+
+def steps_fit(v, pipe, args) -> bool:
+    if v is None:
+        return args.get("sigmas") is not None or args.get("timesteps") is not None
+    return v >= 1
+
+
 def stride_words(pipe, args) -> str:
     length = args.get("context_length")
     return (f"between 1 and context_length={length} (an integer), or None" if is_int(length)
@@ -178,22 +204,22 @@ def stride_words(pipe, args) -> str:
 
 
 def callback_words(pipe, args) -> str:
-    return f"a list or tuple of names among {tuple(type(pipe).callback_tensor_inputs)}"
+    return f"among {tuple(type(pipe).callback_tensor_inputs)} (a list or tuple of names)"
 
 
-def steps_words(pipe, args) -> str:
+def zero_words(pipe, args) -> str:
     return (f"integers with 0 <= t0 < t1 < num_inference_steps={args.get('num_inference_steps')!r} "
             f"(t0={args.get('t0')!r}, t1={args.get('t1')!r}; the defaults 44 and 47 need at least 48 steps)")
 
 
-def steps_fit(v, pipe, args) -> bool:
+def zero_fit(v, pipe, args) -> bool:
     """Text2Video-Zero's ``0 <= t0 < t1 < num_inference_steps`` (where the others are integers)."""
     t0, t1, n = (args.get(k) for k in ("t0", "t1", "num_inference_steps"))
     return (v >= 0 and (not (is_int(t0) and is_int(t1)) or t0 < t1)
             and (not (is_int(t1) and is_int(n)) or t1 < n))
 
 
-STEP_PAIR = Rule(steps_words, is_int, steps_fit, template="t0 and t1 must be {allowed}, got {name}={value}")
+STEP_PAIR = Rule(zero_words, is_int, zero_fit, template="t0 and t1 must be {allowed}, got {name}={value}")
 
 
 def pair(words: str, low: int, none: bool = True) -> Rule:
@@ -221,9 +247,9 @@ ARGUMENTS: dict[str, Rule] = {
     "height": SIZE, "width": SIZE, "num_frames": integer(1, none=True), "video_length": integer(1, none=True),
     "num_videos_per_prompt": integer(1), "num_images_per_prompt": integer(1),
     # the schedule
-    "num_inference_steps": integer(1),
-    "timesteps": of_type("a list of integer timesteps", is_list_of(is_int)),
-    "sigmas": of_type("a list of numbers (the steps' sigmas, then the final one)", is_list_of(is_number)),
+    "num_inference_steps": Rule(steps_words, is_steps, steps_fit),
+    "timesteps": of_type("a list of integer timesteps", is_numbers(integers=True)),
+    "sigmas": of_type("a list of numbers (the steps' sigmas, then the final one)", is_numbers()),
     "eta": number(0), "denoising_end": number(0, 1, open_low=True, open_high=True, none=True),
     "generator": of_type("a torch.Generator or a list of them (one per video)", is_generator),
     "latents": TENSOR,
@@ -231,7 +257,7 @@ ARGUMENTS: dict[str, Rule] = {
     "guidance_scale": number(), "image_guidance_scale": number(), "guidance_rescale": number(0),
     "min_guidance_scale": number(), "max_guidance_scale": number(),
     "guidance_schedule": Rule(f"one of {GUIDANCE_SCHEDULES} or a list of one number per frame",
-                              lambda v: isinstance(v, str) or is_list_of(is_number)(v),
+                              lambda v: isinstance(v, str) or is_numbers()(v),
                               lambda v, p, a: not isinstance(v, str) or v in GUIDANCE_SCHEDULES),
     "cross_attention_kwargs": of_type("a dict (e.g. {'scale': 0.5})", lambda v: isinstance(v, dict)),
     # micro-conditioning
@@ -249,12 +275,12 @@ ARGUMENTS: dict[str, Rule] = {
     "control_guidance_end": Rule("a number in [0, 1] above control_guidance_start, or a list of them (one per "
                                  "ControlNet)", is_scales, control_end_fits),
     "guess_mode": FLAG,
-    "controlnet_frame_indices": Rule("a list of frame indices (integers >= 0)", is_list_of(is_int),
+    "controlnet_frame_indices": Rule("a list of frame indices (integers >= 0)", is_numbers(integers=True),
                                      lambda v, p, a: all(i >= 0 for i in v)),
     # Text2Video-Zero
     "motion_field_strength_x": number(), "motion_field_strength_y": number(),
     "t0": STEP_PAIR, "t1": STEP_PAIR,
-    "frame_ids": of_type("a list of frame indices (integers)", lambda v: isinstance(v, range) or is_list_of(is_int)(v)),
+    "frame_ids": of_type("a list of frame indices (integers)", is_numbers(integers=True)),
     "cross_frame_attention": FLAG,
     # context windows
     "context_length": integer(1, none=True, words="an integer between 1 and the frames the model sees at once "
