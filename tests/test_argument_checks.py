@@ -102,7 +102,8 @@ def pipeline_classes() -> dict[str, type]:
     modules = [importlib.import_module(f"vidcore.pipelines.{m.name}")
                for m in pkgutil.iter_modules(vidcore.pipelines.__path__)]
     candidates = [obj for module in modules for obj in vars(module).values() if isinstance(obj, type)]
-    candidates += [getattr(vidcore, name) for name in vidcore.__all__ if re.fullmatch(r"StableDiffusion\w*Pipeline", name)]
+    candidates += [getattr(vidcore, name) for name in vidcore.__all__
+                   if re.fullmatch(r"StableDiffusion\w*Pipeline", name)]
     for cls in candidates:
         own_call = any("__call__" in vars(k) for k in cls.__mro__ if k is not object)
         if (cls.__name__.endswith("Pipeline") and not cls.__name__.startswith("_") and own_call

@@ -54,19 +54,22 @@ class Rule:
         if value is None and self.required:
             raise ArgumentError(f"{name} is required: {allowed}")
         if not self.kind(value):
-            raise ArgumentTypeError(self.template.format(name=name, allowed=allowed, value=show(value), args=args))
+            raise ArgumentTypeError(self.template.format(name=name, allowed=allowed, value=show(value, typed=True),
+                                                         args=args))
         if not self.fits(value, pipe, args):
             raise ArgumentError(self.template.format(name=name, allowed=allowed, value=show(value), args=args))
 
 
-def show(value) -> str:
-    """A short description of a value for a message (a tensor by its shape, long reprs cut)."""
+def show(value, typed: bool = False) -> str:
+    """A short description of a value for a message (a tensor by its shape, long reprs cut; ``typed``: the type's
+    name first, for a value of the wrong type)."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"a {type(value).__name__} of shape {tuple(value.shape)}"
     if isinstance(value, PIL.Image.Image):
         return f"a PIL image of size {value.size}"
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{type(value).__name__} {text}" if typed and value is not None else text
 
 
 # -- type tests ---------------------------------------------------------------------------------
@@ -85,9 +88,11 @@ def is_list_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
 def is_numbers(integers: bool = False) -> Callable[[Any], bool]:
     """A list or tuple of numbers (integers), or a 1-D numpy array or tensor of them."""
     def test(v):
-        if isinstance(v, (np.ndarray, torch.Tensor)):
-            kind = v.dtype.kind if isinstance(v, np.ndarray) else ("i" if not v.is_floating_point() else "f")
-            return v.ndim == 1 and kind in ("iu" if integers else "iuf") and kind != "b" and v.dtype != torch.bool
+        if isinstance(v, torch.Tensor):
+            real = v.dtype != torch.bool and not v.is_complex()
+            return v.ndim == 1 and real and not (integers and v.is_floating_point())
+        if isinstance(v, np.ndarray):
+            return v.ndim == 1 and v.dtype.kind in ("iu" if integers else "iuf")
         return isinstance(v, (list, tuple, range)) and all(is_int(x) if integers else is_number(x) for x in v)
 
     return test
@@ -203,8 +208,13 @@ def stride_words(pipe, args) -> str:
             else "a positive integer or None")
 
 
+def callback_names(pipe) -> tuple[str, ...]:
+    """What ``pipe`` hands its step callback (``callback_tensor_inputs``; the latents where a class says nothing)."""
+    return tuple(getattr(type(pipe), "callback_tensor_inputs", ("latents",)))
+
+
 def callback_words(pipe, args) -> str:
-    return f"among {tuple(type(pipe).callback_tensor_inputs)} (a list or tuple of names)"
+    return f"among {callback_names(pipe)} (a list or tuple of names)"
 
 
 def zero_words(pipe, args) -> str:
@@ -295,7 +305,7 @@ ARGUMENTS: dict[str, Rule] = {
     "callback": FUNCTION, "callback_steps": integer(1, none=True), "callback_on_step_end": FUNCTION,
     "callback_on_step_end_tensor_inputs": Rule(
         callback_words, lambda v: isinstance(v, (list, tuple)) and all(isinstance(k, str) for k in v),
-        lambda v, pipe, a: all(k in type(pipe).callback_tensor_inputs for k in v), none=True),
+        lambda v, pipe, a: all(k in callback_names(pipe) for k in v), none=True),
     # vidcore's switches
     "fix_batch_quirks": FLAG, "image_latents_from_generator": FLAG,
 }
