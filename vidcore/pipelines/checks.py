@@ -106,10 +106,9 @@ def is_media(v) -> bool:
 
 
 def is_text(v) -> bool:
-    """A prompt: a string, a list of strings, or a ``{frame_index: prompt}`` schedule."""
-    if isinstance(v, dict):
-        return all(is_int(k) and isinstance(p, str) for k, p in v.items())
-    return isinstance(v, str) or is_list_of(lambda p: isinstance(p, str))(v)
+    """A prompt: a string, a list of strings, or a ``{frame_index: prompt}`` schedule (whose keys and values the
+    prompt-travel code checks, with the video's length at hand)."""
+    return isinstance(v, dict) or isinstance(v, str) or is_list_of(lambda p: isinstance(p, str))(v)
 
 
 def is_generator(v) -> bool:
