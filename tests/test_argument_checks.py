@@ -26,6 +26,7 @@ import vidcore
 import vidcore.pipelines
 from vidcore.errors import ArgumentError, ArgumentTypeError
 from vidcore.pipelines.base import VideoPipeline
+from vidcore.pipelines.checks import check_call
 from vidcore.pipelines.features import PIPELINES, pipeline_class
 
 V, T = ArgumentError, ArgumentTypeError  # out of range / wrong type
@@ -115,10 +116,11 @@ def pipeline_classes() -> dict[str, type]:
 CLASSES = pipeline_classes()
 
 
-def parameters(cls) -> list[inspect.Parameter]:
-    """``__call__``'s named parameters (``*args`` / ``**kwargs`` have no name a rule could check)."""
-    return [p for p in list(inspect.signature(cls.__call__).parameters.values())[1:]
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+def parameters(cls, named: bool = False) -> list[inspect.Parameter]:
+    """``__call__``'s parameters after ``self``; ``named``: without ``*args`` / ``**kwargs`` (which no bad value can
+    be passed to by name: they need an exemption)."""
+    params = list(inspect.signature(cls.__call__).parameters.values())[1:]
+    return [p for p in params if not named or p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def bare(cls):
@@ -143,7 +145,7 @@ def test_every_argument_has_bad_values_or_an_exemption(name):
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_bad_values_are_refused_up_front(name):
     cls = CLASSES[name]
-    params = parameters(cls)
+    params = parameters(cls, named=True)
     required = {p.name: VALID[p.name] for p in params if p.name in VALID}  # (I2VGen-XL's image defaults to None)
     missing = [p.name for p in params if p.default is p.empty and p.name not in VALID]
     assert not missing, f"{name}: required arguments without a valid value in VALID: {missing}"
@@ -161,6 +163,26 @@ def test_bad_values_are_refused_up_front(name):
             else:
                 failures.append(f"{p.name}={value!r}: accepted")
     assert not failures, f"{name}:\n" + "\n".join(failures)
+
+
+def test_rules_that_read_their_neighbours():
+    """A rule may read the call's other arguments; valid combinations pass, the others name both."""
+    zero, svd = bare(CLASSES["TextToVideoZeroPipeline"]), bare(CLASSES["StableVideoDiffusionPipeline"])
+    check_call(zero, dict(num_inference_steps=3, t0=0, t1=2))
+    with pytest.raises(ArgumentError, match=r"t0 and t1 must be integers with 0 <= t0 < t1 < num_inference_steps=3"):
+        check_call(zero, dict(num_inference_steps=3, t0=1, t1=3))
+    check_call(svd, dict(num_inference_steps=None, sigmas=[80.0, 0.4, 0.0]))  # a custom schedule: no count needed
+    with pytest.raises(ArgumentError, match=r"num_inference_steps must be a positive integer, or None with sigmas"):
+        check_call(svd, dict(num_inference_steps=None, sigmas=None))
+    check_call(svd, dict(context_length=8, context_stride=8))
+    with pytest.raises(ArgumentError, match=r"context_stride must be between 1 and context_length=8 .* got 9"):
+        check_call(svd, dict(context_length=8, context_stride=9))
+    check_call(zero, dict(control_guidance_start=[0.0, 0.5], control_guidance_end=[0.4, 1.0]))
+    check_call(zero, dict(control_guidance_start=[0.0, 0.5], control_guidance_end=0.8))
+    with pytest.raises(ArgumentError, match=r"control_guidance_end must be a number in \[0, 1\] above "
+                                            r"control_guidance_start"):
+        check_call(zero, dict(control_guidance_start=[0.0, 0.5], control_guidance_end=[0.4, 0.5]))
+    check_call(svd, dict(sigmas=np.array([1.0, 0.0]), guidance_schedule=torch.tensor([1.0, 2.0]), height=None))
 
 
 def test_errors_are_value_and_type_errors():
