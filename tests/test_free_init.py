@@ -129,7 +129,7 @@ def _family_runs(tmp_path):
     tiny.build_tiny_t2v_pipeline(tmp_path / "t2v")
     t2v = vidcore.TextToVideoPipeline.from_pretrained(tmp_path / "t2v")
     runs.append(("t2v", t2v, dict(prompt="a cat", num_frames=4, height=16, width=24, num_inference_steps=3)))
-    v2v = vidcore.VideoToVideoPipeline(**{name: getattr(t2v, name) for name in t2v.components})
+    v2v = vidcore.VideoToVideoPipeline(**{name: getattr(t2v, name) for name in t2v.component_names})
     runs.append(("v2v", v2v, dict(prompt="a cat", video=_video(), strength=0.7, num_inference_steps=4)))
     tiny.build_tiny_i2vgen_pipeline(tmp_path / "i2vgen")
     i2v = vidcore.I2VGenXLPipeline.from_pretrained(tmp_path / "i2vgen")

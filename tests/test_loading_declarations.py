@@ -22,7 +22,7 @@ from vidcore.pipelines.text_to_video import TextToVideoPipeline
 @pytest.mark.parametrize("name", sorted({**PIPELINES, **IMAGE_PIPELINES}))
 def test_every_pipeline_declares_a_loader_per_component(name):
     cls = pipeline_class(name)
-    assert set(cls.components) <= set(cls.loaders), sorted(set(cls.components) - set(cls.loaders))
+    assert set(cls.component_names) <= set(cls.loaders), sorted(set(cls.component_names) - set(cls.loaders))
     for component, loader in cls.loaders.items():  # one signature: (folder, torch_dtype, variant)
         params = list(inspect.signature(loader).parameters)
         assert params[1:3] == ["torch_dtype", "variant"], (component, params)
@@ -62,7 +62,7 @@ def test_an_extra_declared_component_loads_through_the_same_code(t2v, tmp_path):
         return L.load_vidcore_model(folder, torch_dtype, variant)
 
     class RefinedTextToVideo(TextToVideoPipeline):
-        components = (*TextToVideoPipeline.components, "refiner")
+        component_names = (*TextToVideoPipeline.component_names, "refiner")
         loaders = {**TextToVideoPipeline.loaders, "refiner": load_refiner}
 
     folder = with_extra(t2v, tmp_path)

@@ -367,7 +367,7 @@ def check_video_to_video(rank, world, res):
     from vidcore.pipelines.video_to_video import VideoToVideoPipeline
 
     t2v = tiny_pipeline()
-    pipe = VideoToVideoPipeline(**{name: getattr(t2v, name) for name in VideoToVideoPipeline.components})
+    pipe = VideoToVideoPipeline(**{name: getattr(t2v, name) for name in VideoToVideoPipeline.component_names})
     pipe.set_progress_bar_config(disable=True)
     video = torch.rand(2 * world, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # f 3 h w in [0, 1]
     gen = torch.Generator().manual_seed(7)

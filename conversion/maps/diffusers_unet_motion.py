@@ -1,10 +1,11 @@
-"""diffusers ``UNetMotionModel`` (a saved AnimateDiff pipeline's ``unet/``) -> vidcore ``UNet2D`` + ``MotionAdapter``.
+"""diffusers ``UNetMotionModel`` (a saved AnimateDiff pipeline's ``unet/``) <-> vidcore ``UNet2D`` + ``MotionAdapter``.
 
 A ``UNetMotionModel`` checkpoint is a Stable Diffusion UNet's tensors under their ``UNet2DConditionModel``
 names plus, at every level, a ``motion_modules.{j}`` container named exactly as in a ``MotionAdapter``
 checkpoint. So no new key rules are needed: :func:`split_state_dict` routes each tensor to one of the two
 existing maps (``unet2d_map`` / ``MOTION_ADAPTER_MAP``), and :func:`split_config` derives the two configs
-from the one ``config.json``.
+from the one ``config.json``; :func:`merge_config` goes back (writing a UNetMotionModel folder: the two maps'
+reverse outputs side by side, under this config).
 """
 
 from __future__ import annotations
@@ -80,3 +81,23 @@ def split_state_dict(state: Mapping) -> tuple[dict, dict]:
     unet = {k: v for k, v in state.items() if MOTION_KEY not in k}
     motion = {k: v for k, v in state.items() if MOTION_KEY in k}
     return unet, motion
+
+
+def merge_config(unet: Mapping, adapter: Mapping) -> dict:
+    """(UNet2DConditionModel config, MotionAdapter config) -> the UNetMotionModel config diffusers builds from them
+    (``UNetMotionModel.from_unet2d``'s choices: motion block types, the adapter's layer and head counts)."""
+    config = {k: unet[k] for k in UNET2D_KEYS if k in unet}
+    motion = {v: k for k, v in BLOCK_TYPES.items()}
+    config.update(
+        _class_name="UNetMotionModel",
+        down_block_types=[motion[t] for t in unet["down_block_types"]],
+        up_block_types=[motion[t] for t in unet["up_block_types"]],
+        num_attention_heads=unet.get("num_attention_heads") or unet.get("attention_head_dim", 8),
+        layers_per_block=adapter["motion_layers_per_block"],
+        temporal_transformer_layers_per_block=adapter["motion_transformer_layers_per_block"],
+        temporal_transformer_layers_per_mid_block=adapter["motion_transformer_layers_per_mid_block"],
+        motion_num_attention_heads=adapter["motion_num_attention_heads"],
+        motion_max_seq_length=adapter["motion_max_seq_length"],
+        use_motion_mid_block=adapter["use_motion_mid_block"],
+    )
+    return config

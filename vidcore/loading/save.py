@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..conversion.maps import original_sd, original_svd
+from ..conversion.maps.diffusers_unet_motion import merge_config
+from ..models.motion import UNetMotion
 from .architectures import ORIGINAL_FORMATS, architecture_of, is_image_encoder, is_text_encoder, original_keymap
 
 
@@ -48,16 +50,36 @@ def save_native(module: nn.Module, path: str | os.PathLike, diffusers_config: di
     return path
 
 
-def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
-    """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
+def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_config: dict | None = None,
+                   variant: str | None = None) -> Path:
+    """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model[.variant].safetensors)."""
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     state, _ = arch.keymap(config).convert(module.state_dict(), None, direction="reverse")
     folder = Path(folder)
-    _atomic_save(state, folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
+    weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+    _atomic_save(state, folder / weights, {"format": "pt"})
     fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+    os.replace(tmp, folder / "config.json")
+    return folder
+
+
+def save_diffusers_unet_motion(model: UNetMotion, folder: str | os.PathLike, variant: str | None = None) -> Path:
+    """Write a ``UNetMotion`` as one diffusers ``UNetMotionModel`` folder (the SD UNet's and the motion modules'
+    tensors under their diffusers names, the merged config), as a saved diffusers AnimateDiff pipeline's ``unet/``."""
+    configs = [model.unet.config.to_diffusers_config(), model.adapter.config.to_diffusers_config()]
+    state = {}
+    for module, config in zip((model.unet, model.adapter), configs):
+        part, _ = architecture_of(module).keymap(config).convert(module.state_dict(), None, direction="reverse")
+        state.update(part)
+    folder = Path(folder)
+    weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+    _atomic_save(state, folder / weights, {"format": "pt"})
+    fd, tmp = _temp_file(folder, "config.json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(merge_config(*configs), f, indent=2, sort_keys=True)
     os.replace(tmp, folder / "config.json")
     return folder
 

@@ -1,14 +1,27 @@
-"""Inference options shared by the UNets: FreeU and feed-forward chunking (one implementation)."""
+"""Inference options shared by the models: FreeU, feed-forward chunking and fused QKV projections (one
+implementation each)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..nn.fused_qkv import fuse_qkv, unfuse_qkv
 from .freeu import FreeU
 
 
-class ForwardChunkingMixin:
+class FusedQKVMixin:
+    """``fuse_qkv_projections``: one matmul for every attention's q/k/v (:mod:`vidcore.nn.fused_qkv`; equal within
+    float rounding); ``unfuse_qkv_projections`` restores the separate projections bit for bit."""
+
+    def fuse_qkv_projections(self: nn.Module) -> None:
+        fuse_qkv(self)
+
+    def unfuse_qkv_projections(self: nn.Module) -> None:
+        unfuse_qkv(self)
+
+
+class ForwardChunkingMixin(FusedQKVMixin):
     """``enable_forward_chunking``: every feed-forward (modules with a ``chunk_size`` attribute, see
     ``nn.transformer.FeedForward``) runs in chunks, which lowers peak memory and is exact."""
 

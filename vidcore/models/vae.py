@@ -17,6 +17,7 @@ from ..nn.attention import SpatialSelfAttention
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
+from .options import FusedQKVMixin
 from .pretrained import PretrainedMixin
 
 
@@ -173,7 +174,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     return b
 
 
-class AutoencoderKL(PretrainedMixin, nn.Module):
+class AutoencoderKL(PretrainedMixin, FusedQKVMixin, nn.Module):
     """KL autoencoder with ``encode`` -> :class:`DiagonalGaussian` and ``decode`` -> images in [-1, 1]."""
 
     def __init__(self, config: AutoencoderKLConfig):

@@ -25,6 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from .frame_hooks import frame_handler
+from .fused_qkv import project_qkv
 
 BACKEND_NAMES = ("auto", "sdpa", "triton", "math")
 _GLOBAL_BACKEND = "auto"
@@ -179,7 +180,7 @@ class Attention(nn.Module):
                 out = out.repeat_interleave(x.shape[0] // out.shape[0], dim=0)
             return out.expand(x.shape[0], x.shape[1], -1)
         context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = project_qkv(self, x, context)  # one matmul after fuse_qkv_projections
         if num_frames is not None:
             return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend))
         return self.to_out(self._cross(q, k, v))
@@ -276,7 +277,7 @@ class SpatialSelfAttention(nn.Module):
         # x: b c h w
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # b (h w) c
-        q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (t.unsqueeze(1) for t in project_qkv(self, tokens, tokens))
         out = attend(q, k, v).squeeze(1)
         out = self.to_out(out).transpose(1, 2).reshape(b, c, h, w)
         # out first: the sum inherits its channels-last strides, which makes the following convs

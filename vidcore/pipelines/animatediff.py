@@ -54,7 +54,7 @@ from .base import check_negative_inputs
 from .checks import check_call
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
-from .lora import LoRAMixin
+from .lora import LoRAMixin, takes_cross_attention_kwargs
 from .sd_video import SDVideoPipeline
 
 
@@ -139,7 +139,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
     """
 
     callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     example_controlnet: str | None = None  # the leaves with a controlnet component name one in their errors
     sdxl = False  # whether the pipeline conditions on SDXL's pooled text and time ids
@@ -387,6 +387,7 @@ class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase
     :class:`AnimateDiffBase` for components and loading. Adds FreeNoise and parallel sampling."""
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1, eta: float = 0.0,
@@ -397,7 +398,8 @@ class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = 16, context_length: int | None = None, context_stride: int | None = None,
                  context_weighting: str = "pyramid", ip_adapter_image=None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0,
+                 cross_attention_kwargs: dict | None = None):
         """Generate videos from text. Argument names and defaults follow diffusers' AnimateDiffPipeline.
 
         Differences: ``num_videos_per_prompt`` works (diffusers resets it to 1); ``num_frames`` may exceed the
@@ -413,8 +415,8 @@ class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase
         ``negative_prompt`` may be ``{frame_index: prompt}`` dicts (prompt travel; the embeddings handed to the
         callback are then per frame, ``(b f) m d``; not with an image prompt yet). ``motion_scale`` (an addition, as
         AnimateDiff-Evolved's): a number or one number per frame that multiplies the motion modules' residuals; 1 is
-        the plain model, 0 the SD model on each frame alone, above 1 more motion. ``cross_attention_kwargs`` is not
-        supported.
+        the plain model, 0 the SD model on each frame alone, above 1 more motion. ``cross_attention_kwargs``: only
+        ``{"scale": s}``, the LoRA scale of the loaded, unfused LoRAs for this call (:mod:`vidcore.pipelines.lora`).
 
         Few-step sampling (AnimateLCM): an :class:`~vidcore.schedulers.LCMScheduler` or
         :class:`~vidcore.schedulers.TCDScheduler` as ``pipe.scheduler``, 4-8 steps, ``guidance_scale`` 1-2 (TCD's

@@ -25,6 +25,7 @@ from ..sampling import FreeNoiseMixin
 from .animatediff import AnimateDiffBase, FrameInputs
 from .checks import check_call
 from .controlled_video import control_frames_to_tensor
+from .lora import takes_cross_attention_kwargs
 
 
 def as_controlnet(controlnet) -> ControlNet | MultiControlNet:
@@ -53,7 +54,7 @@ def _per_net(value, count: int, name: str) -> list:
 class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + ControlNet(s): text + per-frame control images -> video."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler, controlnet, motion_adapter=None,
                  image_encoder=None, feature_extractor=None):
@@ -137,6 +138,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
         return out
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, conditioning_frames=None, controlnet_conditioning_scale=1.0,
                  guess_mode: bool = False, control_guidance_start=0.0, control_guidance_end=1.0,
@@ -148,7 +150,8 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = 16, context_length: int | None = None,
                  context_stride: int | None = None, context_weighting: str = "pyramid", ip_adapter_image=None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0,
+                 cross_attention_kwargs: dict | None = None):
         """Generate a video whose frame ``i`` follows ``conditioning_frames[i]`` (with several ControlNets: a list
         of such videos, one per ControlNet). ``controlnet_conditioning_scale``, ``control_guidance_start`` /
         ``control_guidance_end`` (fractions of the steps where the ControlNet acts) take one value or one per

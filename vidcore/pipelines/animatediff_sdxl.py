@@ -28,7 +28,8 @@ Differences from diffusers (0.42.1):
   with the ViT-bigG encoder of ``sdxl_models/image_encoder``, or ``ip-adapter-plus_sdxl_vit-h.safetensors`` with the
   ViT-H encoder of ``models/image_encoder``: ``image_encoder_folder="models/image_encoder"``), then
   ``ip_adapter_image`` / ``ip_adapter_image_embeds`` as in the SD1.5 pipeline; equal to diffusers.
-* Not supported: ``timesteps=`` / ``sigmas=`` and ``cross_attention_kwargs`` (diffusers has them); FreeNoise
+* ``cross_attention_kwargs``: only ``{"scale": s}`` (the LoRA scale, :mod:`vidcore.pipelines.lora`).
+* Not supported: ``timesteps=`` / ``sigmas=`` (diffusers has them); FreeNoise
   (diffusers' SDXL pipeline has none either) and ``motion_scale``.
 """
 
@@ -54,7 +55,8 @@ from ..loading.pipeline import SingleFile
 from .base import check_negative_inputs
 from .checks import check_call
 from .ip_adapter import check_ip_adapter_inputs
-from .text import as_prompt_list
+from .lora import takes_cross_attention_kwargs
+from .text import as_prompt_list, expand_multi_vector_tokens
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ def sdxl_text_embed(tokenizer, text_encoder, prompts: list[str], device, max_len
     """(hidden states n L d, pooled n d or None) of one SDXL text encoder: the hidden states ``clip_skip + 2``
     from the end (penultimate layer by default, no final norm); ``pooled`` is the encoder's first output when
     it is 2-D (the projected text embedding of a ``CLIPTextModelWithProjection``)."""
+    prompts = [expand_multi_vector_tokens(p, tokenizer) for p in prompts]
     ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                     return_tensors="pt").input_ids
     longest = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
@@ -124,7 +127,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     Optional ``image_encoder`` / ``feature_extractor`` for IP-Adapter image prompts (``load_ip_adapter`` brings them).
     """
 
-    components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")
     sdxl = True
     # no parallel sampling (it would split the guidance batch without the SDXL time ids) and no FreeNoise (as
     # diffusers' AnimateDiffSDXLPipeline): the class composes neither
@@ -153,6 +156,9 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     def index_options(cls, index) -> dict:
         """``force_zeros_for_empty_prompt`` of ``model_index.json`` (True when absent, as SDXL's)."""
         return {"force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True))}
+
+    def saved_index_options(self) -> dict:
+        return {"force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt}
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode_sdxl_prompt(self, prompt, prompt_2, device, num_videos_per_prompt: int, guidance: bool,
@@ -218,6 +224,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
     callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None,
                  num_frames: int = 16, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 50, denoising_end: float | None = None, guidance_scale: float = 5.0,
@@ -236,7 +243,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = None, context_length: int | None = None,
-                 context_stride: int | None = None, context_weighting: str = "pyramid"):
+                 context_stride: int | None = None, context_weighting: str = "pyramid",
+                 cross_attention_kwargs: dict | None = None):
         """Generate videos from text with SDXL. Argument names and defaults follow diffusers'
         AnimateDiffSDXLPipeline (height/width default to the UNet's sample size x 8: 1024 for SDXL);
         ``decode_chunk_size`` (default: all frames in one VAE call, as diffusers) and the context-window

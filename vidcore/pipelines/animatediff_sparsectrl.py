@@ -24,11 +24,12 @@ from ..models.sparse_controlnet import SparseControlNet
 from .animatediff import AnimateDiffBase, FrameInputs
 from .checks import check_call
 from .controlled_video import control_frames_to_tensor
+from .lora import takes_cross_attention_kwargs
 
 class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
     """Stable Diffusion 1.5 + motion adapter + SparseCtrl: text + control images at some frames -> video."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler", "controlnet")
     # no FreeNoise: diffusers' SparseCtrl pipeline has none, and the SparseControlNet's own motion modules would
     # need their own windows
 
@@ -106,6 +107,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
         return cond, mask
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, num_frames: int = 16, height: int | None = None,
                  width: int | None = None, conditioning_frames=None, controlnet_conditioning_scale: float = 1.0,
                  controlnet_frame_indices=(0,), guess_mode: bool = False, guidance_scale: float = 7.5,
@@ -118,7 +120,8 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  decode_chunk_size: int | None = 16, context_length: int | None = None,
                  context_stride: int | None = None, context_weighting: str = "pyramid", ip_adapter_image=None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0,
+                 cross_attention_kwargs: dict | None = None):
         """Generate a video whose frames ``controlnet_frame_indices`` follow ``conditioning_frames`` (one image
         per index, PIL or arrays; scribbles or RGB keyframes by the SparseControlNet's kind). Other arguments as
         :meth:`AnimateDiffPipeline.__call__`."""

@@ -19,6 +19,7 @@ from ..sampling import FreeNoiseMixin
 from .animatediff import AnimateDiffBase
 from .base import upcast_vae
 from .checks import check_call
+from .lora import takes_cross_attention_kwargs
 from .video_processing import preprocess_video
 from .video_to_video import strength_timesteps
 
@@ -60,6 +61,7 @@ class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
         return self.scheduler.add_noise(init, noise, steps).permute(0, 2, 1, 3, 4)  # b c f h w
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, video=None, prompt: str | list[str] | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  strength: float = 0.8, negative_prompt: str | list[str] | None = None, num_videos_per_prompt: int = 1,
@@ -70,7 +72,8 @@ class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
                  callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
                  context_length: int | None = None, context_stride: int | None = None,
                  context_weighting: str = "pyramid", ip_adapter_image=None,
-                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0):
+                 ip_adapter_image_embeds: list[torch.Tensor] | None = None, motion_scale: float | list[float] = 1.0,
+                 cross_attention_kwargs: dict | None = None):
         """Re-render ``video`` (a list of PIL frames, an ``f h w 3`` array, an ``f 3 h w`` tensor, or a batch of
         those, one per prompt x ``num_videos_per_prompt``, or one for all) to follow ``prompt``. Other arguments
         as :meth:`AnimateDiffPipeline.__call__` (``context_length`` windows, callbacks, ``output_type`` ...).

@@ -19,6 +19,7 @@ from ..loading.pipeline import SingleFile, load_pipeline, load_single_file
 from ..sampling import StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from ..sampling.loop import Progress, denoise
+from .methods import PipelineMethodsMixin
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,21 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
         raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
 
 
-class VideoPipeline(StepCacheMixin):
-    """Base class. Subclasses list their components in ``components``, declare how each is loaded in ``loaders``
+class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
+    """Base class. Subclasses list their components in ``component_names`` (``pipe.components`` is then the
+    ``{name: module}`` dict, :mod:`vidcore.pipelines.methods`), declare how each is loaded in ``loaders``
     (:mod:`vidcore.loading.pipeline` loads them, from folders, hub ids or single files) and implement ``__call__``;
     the sampling features they have come from the mixins they compose (:mod:`vidcore.pipelines.features`)."""
 
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
-    components: tuple[str, ...] = ()
     # the names callback_on_step_end_tensor_inputs may list (what the call hands its step callback)
     callback_tensor_inputs: tuple[str, ...] = ("latents",)
+    component_names: tuple[str, ...] = ()
     offload_order: tuple[str, ...] = ()
 
     def __init__(self, **modules):
-        missing = [name for name in self.components if name not in modules]
+        missing = [name for name in self.component_names if name not in modules]
         if missing:
             raise TypeError(f"{type(self).__name__} needs components {missing}")
         for name, module in modules.items():
@@ -129,7 +131,7 @@ class VideoPipeline(StepCacheMixin):
 
     # -- devices --------------------------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {n: getattr(self, n) for n in self.components if isinstance(getattr(self, n), torch.nn.Module)}
+        return {n: getattr(self, n) for n in self.component_names if isinstance(getattr(self, n), torch.nn.Module)}
 
     def to(self, device=None, dtype: torch.dtype | None = None):
         for module in self._modules().values():

@@ -113,7 +113,7 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
     :class:`~vidcore.pipelines.text2video_zero.TextToVideoZeroPipeline` (the ControlNet sees the text only, as in
     diffusers' ControlNet pipelines)."""
     # no FreeInit: every frame starts from one shared noise (Text2Video-Zero), which FreeInit would replace
-    components = COMPONENTS
+    component_names = COMPONENTS
 
     def __init__(self, tokenizer, text_encoder, unet, controlnet, vae, scheduler):
         if not isinstance(unet, UNet2D):

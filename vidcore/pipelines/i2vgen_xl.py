@@ -30,6 +30,7 @@ from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
 from .base import check_negative_inputs
 from .checks import check_call
+from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 
 IMAGE_TYPES = ("a PIL image, a file path or URL, a (h, w, 3) or (b, h, w, 3) numpy array (uint8, or floats in [0, 1]), "
@@ -110,7 +111,7 @@ def window_image_latents(image_latents: torch.Tensor, start: int, end: int) -> t
 
 
 class I2VGenXLPipeline(VideoUNetPipeline):
-    components = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
+    component_names = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet", "scheduler")
     loaders = {"vae": load_vidcore_model, "text_encoder": load_text_encoder, "tokenizer": load_tokenizer,
                "image_encoder": load_image_encoder, "feature_extractor": load_feature_extractor,
                "unet": load_vidcore_model, "scheduler": load_scheduler}
@@ -160,6 +161,7 @@ class I2VGenXLPipeline(VideoUNetPipeline):
 
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, image=None, height: int | None = 704,
                  width: int | None = 1280, target_fps: int = 16, num_frames: int = 16, num_inference_steps: int = 50,
                  guidance_scale: float = 9.0, negative_prompt: str | list[str] | None = None, eta: float = 0.0,
@@ -170,7 +172,8 @@ class I2VGenXLPipeline(VideoUNetPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
                  image_latents_from_generator: bool = False, context_length: int | None = None,
-                 context_stride: int | None = None, context_weighting: str = "pyramid"):
+                 context_stride: int | None = None, context_weighting: str = "pyramid",
+                 cross_attention_kwargs: dict | None = None):
         """Animate ``image`` following ``prompt``. Argument names and defaults follow diffusers'
         I2VGenXLPipeline. Additions: ``callback_on_step_end(pipe, step, t, tensors) -> dict``, numpy and
         path images, one image shared by several prompts, and ``image_latents_from_generator``: draw

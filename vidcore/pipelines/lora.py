@@ -17,13 +17,21 @@ adapter in order, ``adapter_weight * lora_scale * update``. Outputs therefore eq
 in diffusers the LoRA stays active on unmerged layers (the output keeps it), here it is taken out of the
 weights (the output is the original one) until ``fuse_lora`` or ``set_adapters`` puts it back.
 
+``cross_attention_kwargs={"scale": s}`` in a call scales the active LoRAs not fused by ``fuse_lora`` by ``s`` for that
+call only (:func:`lora_call_scale`: the weights are rewritten at ``s`` and back after the call, error or not), as
+diffusers scales its unmerged LoRA layers; the pipelines without LoRAs accept the argument and check it (a scale
+without a LoRA changes nothing, as in diffusers).
+
 These methods own every LoRA fused into ``pipe.unet``: do not mix them with
 :func:`vidcore.models.lora.fuse_lora` on the same UNet (they would undo its fusions).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -31,6 +39,7 @@ import torch
 
 from ..loading.lora import load_lora
 from ..models.lora import LoRA, fuse_lora, unfuse_lora
+from ..nn.fused_qkv import refresh_fused_qkv
 
 TEXT_ENCODER = "text_encoder"
 
@@ -42,6 +51,57 @@ class _Adapters:
     active: list[str] = field(default_factory=list)
     fuse_scale: dict[str, float] = field(default_factory=dict)  # adapter name -> fuse_lora's lora_scale
     enabled: bool = True  # False after unfuse_lora
+    call_scale: float = 1.0  # cross_attention_kwargs["scale"] during one call (1 between calls)
+
+
+def check_cross_attention_kwargs(cross_attention_kwargs) -> float:
+    """The LoRA scale of ``cross_attention_kwargs`` (1.0 when absent); the only key vidcore reads is ``scale``."""
+    if cross_attention_kwargs is None:
+        return 1.0
+    if not isinstance(cross_attention_kwargs, Mapping):
+        raise TypeError(f"cross_attention_kwargs must be a dict such as {{'scale': 0.5}}, got "
+                        f"{type(cross_attention_kwargs).__name__}")
+    unknown = sorted(set(cross_attention_kwargs) - {"scale"})
+    if unknown:
+        raise ValueError(f"cross_attention_kwargs keys must be among ['scale'] (the LoRA scale), got {unknown}")
+    scale = cross_attention_kwargs.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"cross_attention_kwargs['scale'] must be a number, got {scale!r}")
+    return float(scale)
+
+
+@contextmanager
+def lora_call_scale(pipe, cross_attention_kwargs):
+    """For one call: the active, unfused LoRAs of ``pipe`` at ``cross_attention_kwargs["scale"]`` times their
+    adapter weights; their weights as before on exit, error or not. A pipeline without LoRAs only checks the
+    argument (a scale without a LoRA changes nothing, as in diffusers)."""
+    scale = check_cross_attention_kwargs(cross_attention_kwargs)
+    state = pipe.__dict__.get("_motion_lora_adapters")
+    unfused = state is not None and state.enabled and any(n not in state.fuse_scale for n in state.active)
+    if scale == 1.0 or not unfused:  # nothing the scale acts on
+        yield
+        return
+    state.call_scale = scale
+    try:
+        pipe._apply_loras()
+        yield
+    finally:
+        state.call_scale = 1.0
+        pipe._apply_loras()
+
+
+def takes_cross_attention_kwargs(call):
+    """Decorates a pipeline's ``__call__`` that has a ``cross_attention_kwargs`` parameter: the call runs inside
+    :func:`lora_call_scale` (its body never reads the argument)."""
+    signature = inspect.signature(call)
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        value = signature.bind(self, *args, **kwargs).arguments.get("cross_attention_kwargs")
+        with lora_call_scale(self, value):
+            return call(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _names(adapter_names: str | Sequence[str]) -> list[str]:
@@ -63,12 +123,14 @@ class LoRAMixin:
         """The UNet's weights = originals + the active LoRAs at their effective scales."""
         state = self._adapters
         unfuse_lora(self.unet)
-        if not state.enabled:
-            return
-        for name in state.active:
-            scale = state.weights[name] * state.fuse_scale.get(name, 1.0)
-            if scale != 0.0:
-                fuse_lora(self.unet, state.loras[name], scale)
+        if state.enabled:
+            for name in state.active:
+                # a LoRA fused by fuse_lora keeps its scale; the others follow the call's cross_attention_kwargs
+                # scale (as diffusers: merged layers ignore it, unmerged ones are scaled)
+                scale = state.weights[name] * state.fuse_scale.get(name, state.call_scale)
+                if scale != 0.0:
+                    fuse_lora(self.unet, state.loras[name], scale)
+        refresh_fused_qkv(self.unet)  # fused q/k/v projections (fuse_qkv_projections) follow the new weights
 
     def _check_known(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self._adapters.loras]
@@ -186,6 +248,7 @@ class LoRAMixin:
         """Take every LoRA out of the UNet's weights (bit for bit) and forget them."""
         self.__dict__.pop("_motion_lora_adapters", None)
         unfuse_lora(self.unet)
+        refresh_fused_qkv(self.unet)
 
 
 MotionLoRAMixin = LoRAMixin  # the old name, kept

@@ -43,7 +43,7 @@ class SDImagePipeline(SDVideoPipeline):
     """Tokenizer + CLIP text encoder + UNet2D + KL VAE + scheduler (the stored one, as
     :func:`~vidcore.pipelines.text2video_zero.sd_scheduler` reads it). Subclasses give ``__call__``."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     loaders = SD_LOADERS
     accepts = ("safety_checker", "feature_extractor", "image_encoder")  # taken, never read (see module docstring)
     callback_tensor_inputs = CALLBACK_TENSOR_INPUTS

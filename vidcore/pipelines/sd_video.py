@@ -11,13 +11,15 @@ from ..loading.loaders import load_scheduler, load_text_encoder, load_tokenizer,
 from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .features import require
 from .text import clip_embed, encode_prompt
+from .textual_inversion import TextualInversionMixin
 from .video_processing import OUTPUT_TYPES, postprocess_video
 
 
-class SDVideoPipeline(VideoPipeline):
-    """Tokenizer + CLIP text encoder + UNet + KL VAE + scheduler. Subclasses give ``__call__``."""
+class SDVideoPipeline(TextualInversionMixin, VideoPipeline):
+    """Tokenizer + CLIP text encoder + UNet + KL VAE + scheduler (+ ``load_textual_inversion``). Subclasses give
+    ``__call__``."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     loaders = {"tokenizer": load_tokenizer, "text_encoder": load_text_encoder, "unet": load_vidcore_model,
                "vae": load_vidcore_model, "scheduler": load_scheduler}
 

@@ -34,7 +34,7 @@ def _one(value, name: str) -> float:
 class StableDiffusionControlNetPipeline(SDImagePipeline):
     """Text + control image -> images; same images as diffusers' pipeline for the same seed."""
 
-    components = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
     loaders = {**SDImagePipeline.loaders, "controlnet": load_controlnet}
     arguments = {"controlnet": load_controlnet}
 

@@ -176,7 +176,7 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, VideoPipeline):
     """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
     free_noise_frame_dim = 1  # FreeNoise reschedules the frames second in SVD's b f c h w noise
-    components = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
+    component_names = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")
 
     loaders = {"vae": load_vidcore_model, "image_encoder": load_image_encoder, "unet": load_vidcore_model,

@@ -17,9 +17,26 @@ def as_prompt_list(prompt, name: str) -> list[str]:
     raise TypeError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
 
 
+def expand_multi_vector_tokens(prompt: str, tokenizer) -> str:
+    """A textual-inversion word of ``n`` vectors (added tokens ``word``, ``word_1`` ...) spelled out as all its tokens
+    (:mod:`vidcore.pipelines.textual_inversion`), as diffusers' ``maybe_convert_prompt``; other prompts unchanged."""
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    multi = {t for t in added if f"{t}_1" in added}
+    if not multi:
+        return prompt
+    for word in set(tokenizer.tokenize(prompt)) & multi:
+        parts, i = [word], 1
+        while f"{word}_{i}" in added:
+            parts.append(f"{word}_{i}")
+            i += 1
+        prompt = prompt.replace(word, " ".join(parts))
+    return prompt
+
+
 @torch.no_grad()
 def clip_embed(tokenizer, text_encoder, prompts: list[str], device, clip_skip: int | None = None) -> torch.Tensor:
     """Prompts -> (n, 77, d) hidden states; ``clip_skip=k`` takes the k-th-from-last layer, final-normed."""
+    prompts = [expand_multi_vector_tokens(p, tokenizer) for p in prompts]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids

@@ -109,12 +109,16 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
     (:mod:`vidcore.pipelines.ip_adapter`; an addition, diffusers' pipeline has none)."""
     # no FreeInit: Text2Video-Zero starts from one frame's noise and makes the others by warping at T1, where
     # FreeInit's re-initialisation needs a noise per frame
-    components = COMPONENTS
+    component_names = COMPONENTS
 
     # from_pretrained: a Stable Diffusion 1.x folder or hub repo (stable-diffusion-v1-5/stable-diffusion-v1-5) with its
     # stored scheduler (PNDM there, as diffusers); scheduler= replaces it (e.g. DDIM, the sampler Text2Video-Zero is
     # described with: vidcore.schedulers.DDIMScheduler.from_config(folder + "/scheduler"))
     loaders = SD_LOADERS
+
+    def saved_index_options(self) -> dict:
+        """diffusers' TextToVideoZeroPipeline also lists a safety checker and its feature extractor (none here)."""
+        return {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
 
     def check_zero_inputs(self, video_length, frame_ids, t0, t1, num_inference_steps):
         if not isinstance(video_length, int) or video_length < 1:

@@ -12,12 +12,14 @@ import torch
 
 from ..sampling.loop import StepEnd
 from .checks import check_call
+from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 
 
 class TextToVideoPipeline(VideoUNetPipeline):
     # -- call -----------------------------------------------------------------------------------
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, height: int | None = None, width: int | None = None,
                  num_frames: int = 16, num_inference_steps: int = 50, guidance_scale: float = 9.0,
                  negative_prompt: str | list[str] | None = None, eta: float = 0.0,
@@ -29,7 +31,7 @@ class TextToVideoPipeline(VideoUNetPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
                  context_length: int | None = None, context_stride: int | None = None,
-                 context_weighting: str = "pyramid"):
+                 context_weighting: str = "pyramid", cross_attention_kwargs: dict | None = None):
         """Generate videos from text. Argument names and defaults follow diffusers' TextToVideoSDPipeline;
         ``num_videos_per_prompt``, ``decode_chunk_size`` and ``callback_on_step_end`` are additions, and so are
         FreeNoise (``enable_free_noise``; then ``prompt`` / ``negative_prompt`` may be ``{frame: prompt}``

@@ -39,7 +39,7 @@ def image_latents(vae, images: torch.Tensor, dtype, device) -> torch.Tensor:
 class VideoInstructPix2PixPipeline(SDVideoPipeline):
     """InstructPix2Pix (8-channel ``UNet2D``) + cross-frame attention -> edited video."""
     # no FreeInit: an edit follows its input video frame by frame, where FreeInit's re-initialisation has no role
-    components = COMPONENTS
+    component_names = COMPONENTS
 
     # from_pretrained: an InstructPix2Pix folder or hub repo (timbrooks/instruct-pix2pix) with its stored scheduler
     # (Euler ancestral there, as in diffusers); scheduler= chooses another (e.g. DDIM or Euler)

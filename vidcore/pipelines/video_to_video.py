@@ -13,6 +13,7 @@ import torch
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd
 from .checks import check_call
+from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 from .video_processing import preprocess_video
 
@@ -54,6 +55,7 @@ class VideoToVideoPipeline(VideoUNetPipeline):
         return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
+    @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, video=None, strength: float = 0.6,
                  num_inference_steps: int = 50, guidance_scale: float = 15.0,
                  negative_prompt: str | list[str] | None = None, eta: float = 0.0,
@@ -65,7 +67,7 @@ class VideoToVideoPipeline(VideoUNetPipeline):
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
                  context_length: int | None = None, context_stride: int | None = None,
-                 context_weighting: str = "pyramid"):
+                 context_weighting: str = "pyramid", cross_attention_kwargs: dict | None = None):
         """Re-render ``video`` (list of PIL frames, ``f h w 3`` array, ``f 3 h w`` tensor, or a batch) to
         follow ``prompt``. Output size is the input size cut down to a multiple of 8.
 

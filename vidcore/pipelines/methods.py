@@ -1,0 +1,156 @@
+"""The pipeline methods diffusers users reach for, written once for every vidcore pipeline: ``components`` (name ->
+module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV), each a
+plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design principle 13).
+
+``save_pretrained`` is :mod:`vidcore.loading.save_pipeline`; the LoRA ``scale`` of ``cross_attention_kwargs``
+is :mod:`vidcore.pipelines.lora`; ``load_textual_inversion`` is :mod:`vidcore.pipelines.textual_inversion`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from torch import nn
+
+from ..errors import UnsupportedFeatureError
+from ..loading.pipeline import declared
+from ..loading.save_pipeline import save_pipeline
+from .auto import PIPELINES
+
+
+def diffusers_pipeline_name(cls: type) -> str:
+    """diffusers' class name for a vidcore pipeline class (``TextToVideoPipeline`` -> ``TextToVideoSDPipeline``;
+    its own name where the names agree or diffusers has no such pipeline)."""
+    target = (cls.__module__, cls.__name__)
+    for name, where in PIPELINES.items():
+        if where == target and name != cls.__name__:
+            return name
+    return cls.__name__
+
+
+class Components:
+    """``Pipe.components`` (on the class): the component names, in declaration order (what loading reads);
+    ``pipe.components`` (on an instance): ``{name: module}`` in that order, as diffusers, so
+    ``OtherPipe(**pipe.components)`` works. Iterating the dict yields the names, as the old tuple did."""
+
+    def __get__(self, pipe, cls):
+        if pipe is None:
+            return cls.component_names
+        return pipe.components_dict()
+
+
+class PipelineMethodsMixin:
+    """Mixed into :class:`~vidcore.pipelines.base.VideoPipeline`; see the module docstring."""
+
+    component_names: tuple[str, ...] = ()
+    components = Components()
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that still declares ``components = (names...)`` (the old spelling) gets them as
+        ``component_names``."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("components")
+        if isinstance(own, (tuple, list)):
+            cls.component_names = tuple(own)
+            cls.components = Components()
+
+    def components_dict(self) -> dict:
+        """``{name: module}``: the declared components, then the optional ones this pipeline has (AnimateDiff's
+        ``motion_adapter``, ``image_encoder``, ``feature_extractor``; None when not loaded)."""
+        names = [*self.component_names, *declared(type(self))]
+        return {n: getattr(self, n, None) for n in dict.fromkeys(names) if hasattr(self, n)}
+
+    @classmethod
+    def from_pipe(cls, pipeline, **overrides):
+        """This pipeline class built from ``pipeline``'s modules (the same objects, not copies: no memory is
+        added), ``overrides`` replacing or adding components (``AnimateDiffPipeline.from_pipe(sd_pipe,
+        motion_adapter=adapter)``)."""
+        source = pipeline.components if isinstance(getattr(pipeline, "components", None), dict) else None
+        if source is None:
+            raise TypeError(f"from_pipe needs a pipeline with a components dict, got {type(pipeline).__name__}")
+        params = inspect.signature(cls.__init__).parameters
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        wanted = [*cls.component_names, *declared(cls)]
+        if not open_ended:
+            wanted = [n for n in wanted if n in params]
+        modules = {n: source[n] for n in dict.fromkeys(wanted) if n in source and n not in overrides}
+        modules.update(overrides)
+        missing = [n for n in cls.component_names if modules.get(n) is None and n not in overrides]
+        if missing:
+            raise TypeError(f"{cls.__name__}.from_pipe: {type(pipeline).__name__} has no {missing}; pass them as "
+                            f"keyword arguments ({', '.join(f'{n}=...' for n in missing)})")
+        pipe = cls(**modules)
+        pipe.set_progress_bar_config(**getattr(pipeline, "progress_bar_config", {}))
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None,
+                        safe_serialization: bool = True) -> None:
+        """Write a diffusers-layout pipeline folder (``model_index.json`` naming diffusers' pipeline class + one
+        subfolder per component, ``variant`` weight files when given) that diffusers' ``from_pretrained`` and
+        vidcore's load (:mod:`vidcore.loading.save_pipeline`). A pipeline diffusers has no class for (vidcore's
+        ControlledVideoPipeline, VideoInstructPix2PixPipeline) keeps its vidcore name; its components load in
+        diffusers' model classes. ``safe_serialization=False`` is refused (safetensors only)."""
+        save_pipeline(self.components, save_directory, diffusers_pipeline_name(type(self)), variant,
+                      safe_serialization, self.saved_index_options())
+
+    def saved_index_options(self) -> dict:
+        """Entries ``save_pretrained`` adds to ``model_index.json`` besides the components (none here)."""
+        return {}
+
+    # -- VAE ------------------------------------------------------------------------------------
+    def _vae_switch(self, method: str, *args) -> None:
+        switch = getattr(self.vae, method, None)
+        if switch is None:
+            raise UnsupportedFeatureError(f"{type(self).__name__}'s VAE ({type(self.vae).__name__}) has no "
+                                          f"{method.split('_', 1)[1]} (pipe.vae.{method})"
+                                          + ("; decode_chunk_size= bounds its memory" if "slicing" in method else ""))
+        switch(*args)
+
+    def enable_vae_slicing(self) -> None:
+        """Encode / decode one image at a time (lower peak memory; exact)."""
+        self._vae_switch("enable_slicing")
+
+    def disable_vae_slicing(self) -> None:
+        self._vae_switch("disable_slicing")
+
+    def enable_vae_tiling(self) -> None:
+        """Encode / decode large images in overlapping tiles, blended at the seams (as diffusers)."""
+        self._vae_switch("enable_tiling")
+
+    def disable_vae_tiling(self) -> None:
+        self._vae_switch("disable_tiling")
+
+    # -- UNet -----------------------------------------------------------------------------------
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU on the UNet (:meth:`vidcore.models.options.UNetOptionsMixin.enable_freeu`); ``disable_freeu``
+        restores the exact outputs."""
+        if not hasattr(self.unet, "enable_freeu"):
+            raise UnsupportedFeatureError(f"{type(self).__name__}'s UNet ({type(self.unet).__name__}) has no FreeU")
+        self.unet.enable_freeu(s1, s2, b1, b2)
+
+    def disable_freeu(self) -> None:
+        if hasattr(self.unet, "disable_freeu"):
+            self.unet.disable_freeu()
+
+    def _qkv_models(self, unet: bool, vae: bool) -> list[nn.Module]:
+        return [m for m, on in ((getattr(self, "unet", None), unet), (getattr(self, "vae", None), vae))
+                if on and isinstance(m, nn.Module)]
+
+    def fuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        """One matmul for the query/key/value projections of every attention in the UNet and the VAE (self
+        attention: q, k and v; cross attention: k and v); equal outputs within float rounding.
+        :meth:`unfuse_qkv_projections` restores the separate projections, bit-exact."""
+        from ..nn.fused_qkv import fuse_qkv
+
+        for model in self._qkv_models(unet, vae):
+            fuse_qkv(model)
+
+    def unfuse_qkv_projections(self, unet: bool = True, vae: bool = True) -> None:
+        from ..nn.fused_qkv import unfuse_qkv
+
+        for model in self._qkv_models(unet, vae):
+            unfuse_qkv(model)
+
+
+__all__ = ["Components", "PipelineMethodsMixin"]
