@@ -40,3 +40,12 @@ class UnsupportedFeatureError(VidcoreError, ValueError, NotImplementedError, Att
     (:mod:`vidcore.pipelines.features` lists which pipeline has which). A ValueError and a NotImplementedError,
     as the refusals it replaces were, and an AttributeError, so ``hasattr(pipe, "enable_free_noise")`` is False
     where the feature is missing."""
+
+
+class ArgumentError(VidcoreError, ValueError):
+    """A pipeline call's argument outside its allowed values (:mod:`vidcore.pipelines.checks`); the message names
+    the argument, what it may be and what it got."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A pipeline call's argument of the wrong type: a TypeError, and a ValueError as the checks it replaced were."""

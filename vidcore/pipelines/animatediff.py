@@ -51,6 +51,7 @@ from ..loading.models import load_unet_motion  # noqa: F401  (its home before vi
 from ..loading.originals import load_sd_single_file
 from ..loading.pipeline import SingleFile
 from .base import check_negative_inputs
+from .checks import check_call
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .features import require
 from .lora import LoRAMixin, takes_cross_attention_kwargs
@@ -137,6 +138,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
     optional.
     """
 
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
     component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     example_adapter = "guoyww/animatediff-motion-adapter-v1-5-2"
     example_controlnet: str | None = None  # the leaves with a controlnet component name one in their errors
@@ -422,4 +424,5 @@ class AnimateDiffPipeline(ParallelPipelineMixin, FreeNoiseMixin, AnimateDiffBase
         guidance and no ``timestep_cond`` reaches the UNet, even one with ``time_cond_proj_dim`` (an
         LCM-distilled base model); its guidance embedding stays unused.
         """
+        check_call(self, locals())
         return self.animate_with(locals())

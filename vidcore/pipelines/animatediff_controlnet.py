@@ -23,6 +23,7 @@ from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnets
 from ..models.controlnet import ControlNet, MultiControlNet
 from ..sampling import FreeNoiseMixin
 from .animatediff import AnimateDiffBase, FrameInputs
+from .checks import check_call
 from .controlled_video import control_frames_to_tensor
 from .lora import takes_cross_attention_kwargs
 
@@ -155,6 +156,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
         of such videos, one per ControlNet). ``controlnet_conditioning_scale``, ``control_guidance_start`` /
         ``control_guidance_end`` (fractions of the steps where the ControlNet acts) take one value or one per
         ControlNet; ``guess_mode`` as in diffusers. Other arguments as :meth:`AnimateDiffPipeline.__call__`."""
+        check_call(self, locals())
         count = len(self.nets)
         scales = [float(s) for s in _per_net(controlnet_conditioning_scale, count, "controlnet_conditioning_scale")]
         starts = _per_net(control_guidance_start, count, "control_guidance_start")

@@ -53,6 +53,7 @@ from ..loading.originals import (DEFAULT_SDXL_CONFIG, SDXL_CONFIG_PATTERNS,  # n
                                  SDXL_SINGLE_FILE_COMPONENTS, load_sdxl_single_file)
 from ..loading.pipeline import SingleFile
 from .base import check_negative_inputs
+from .checks import check_call
 from .ip_adapter import check_ip_adapter_inputs
 from .lora import takes_cross_attention_kwargs
 from .text import as_prompt_list, expand_multi_vector_tokens
@@ -220,6 +221,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
         return torch.tensor([values], dtype=dtype, device=device).repeat(rows, 1)
 
     # -- call -----------------------------------------------------------------------------------
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
     @torch.no_grad()
     @takes_cross_attention_kwargs
     def __call__(self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None,
@@ -247,6 +250,7 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
         ``decode_chunk_size`` (default: all frames in one VAE call, as diffusers) and the context-window
         arguments are vidcore's (see :class:`~vidcore.pipelines.animatediff.AnimateDiffPipeline`). See the module
         docstring for the differences from diffusers."""
+        check_call(self, locals())
         height, width = self.default_size(height, width, 128)
         original_size = original_size or (height, width)
         target_size = target_size or (height, width)

@@ -22,6 +22,7 @@ import torch
 from ..loading.loaders import SPARSECTRL_REPOS, load_sparse_controlnet  # noqa: F401  (re-exported)
 from ..models.sparse_controlnet import SparseControlNet
 from .animatediff import AnimateDiffBase, FrameInputs
+from .checks import check_call
 from .controlled_video import control_frames_to_tensor
 from .lora import takes_cross_attention_kwargs
 
@@ -124,6 +125,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
         """Generate a video whose frames ``controlnet_frame_indices`` follow ``conditioning_frames`` (one image
         per index, PIL or arrays; scribbles or RGB keyframes by the SparseControlNet's kind). Other arguments as
         :meth:`AnimateDiffPipeline.__call__`."""
+        check_call(self, locals())
         height, width = self.default_size(height, width, 64)
         cond, mask = self.prepare_sparse_condition(conditioning_frames, controlnet_frame_indices, num_frames, height,
                                                    width)

@@ -18,6 +18,7 @@ from ..random import randn_tensor
 from ..sampling import FreeNoiseMixin
 from .animatediff import AnimateDiffBase
 from .base import upcast_vae
+from .checks import check_call
 from .lora import takes_cross_attention_kwargs
 from .video_processing import preprocess_video
 from .video_to_video import strength_timesteps
@@ -81,6 +82,7 @@ class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
         raises); ``latents``, if given, are the starting latents at the first timestep (as diffusers). With
         ``enable_free_noise`` the noise added to the video is not rescheduled (as diffusers' video-to-video).
         """
+        check_call(self, locals())
         if video is None and latents is None:
             raise ValueError("video is required for video-to-video (or latents at the first timestep)")
         if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:

@@ -60,6 +60,8 @@ class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
 
     parallel = None  # the runner of enable_parallel, on pipelines that compose ParallelPipelineMixin
 
+    # the names callback_on_step_end_tensor_inputs may list (what the call hands its step callback)
+    callback_tensor_inputs: tuple[str, ...] = ("latents",)
     component_names: tuple[str, ...] = ()
     offload_order: tuple[str, ...] = ()
 

@@ -45,6 +45,7 @@ from ..random import randn_tensor
 from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.guidance import apply_guidance
 from ..sampling.loop import check_callback_inputs
+from .checks import check_call
 from .control_residuals import controlnet_residuals, in_control_window
 from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
@@ -180,6 +181,8 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
         return latents * self.scheduler.init_noise_sigma
 
     # -- call -----------------------------------------------------------------------------------
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
     @torch.no_grad()
     def __call__(self, prompt: str | None = None, conditioning_frames=None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -203,6 +206,7 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
         ``ip_adapter_image`` / ``ip_adapter_image_embeds``: an image prompt (after ``load_ip_adapter``) for every frame.
         Returns ``.frames`` (np ``b f H W 3``, pt ``b f 3 H W``, ``[[PIL]]`` or latents ``b 4 f h w``).
         """
+        check_call(self, locals())
         if conditioning_frames is None:
             raise ValueError("conditioning_frames is required: one control image (pose, edges ...) per frame")
         if (prompt is None) == (prompt_embeds is None):

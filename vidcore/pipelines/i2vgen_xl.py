@@ -29,6 +29,7 @@ from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd
 from .base import check_negative_inputs
+from .checks import check_call
 from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 
@@ -183,6 +184,7 @@ class I2VGenXLPipeline(VideoUNetPipeline):
         :meth:`TextToVideoPipeline.__call__` (default: none), with the image conditioning of
         :func:`window_image_latents` in each window.
         """
+        check_call(self, locals())
         images = images_to_pil(image)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor

@@ -43,9 +43,10 @@ class SDImagePipeline(SDVideoPipeline):
     """Tokenizer + CLIP text encoder + UNet2D + KL VAE + scheduler (the stored one, as
     :func:`~vidcore.pipelines.text2video_zero.sd_scheduler` reads it). Subclasses give ``__call__``."""
 
-    components = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
     loaders = SD_LOADERS
     accepts = ("safety_checker", "feature_extractor", "image_encoder")  # taken, never read (see module docstring)
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
 
     def __init__(self, vae=None, text_encoder=None, tokenizer=None, unet=None, scheduler=None, safety_checker=None,
                  feature_extractor=None, image_encoder=None, requires_safety_checker: bool = False, **modules):

@@ -9,6 +9,7 @@ import torch
 
 from ..sampling.guidance import apply_guidance
 from .animatediff_sdxl import rescale_guidance
+from .checks import check_call
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
 
 
@@ -28,6 +29,7 @@ class StableDiffusionPipeline(SDImagePipeline):
         ``latents``: the initial noise ``(n, 4, h, w)``, n = prompts x ``num_images_per_prompt``). Returns
         ``.images``. ``callback_on_step_end`` sees diffusers' tensors: ``prompt_embeds`` is the guidance batch
         (negatives first) that the UNet reads, and may be replaced."""
+        check_call(self, locals())
         height, width = self.default_size(height, width, 64)
         self.check_image_inputs(prompt, height, width, prompt_embeds, negative_prompt, negative_prompt_embeds,
                                 output_type, num_images_per_prompt, callback_on_step_end_tensor_inputs,

@@ -16,6 +16,7 @@ from ..errors import ModelNotFoundError
 from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnet
 from ..models.controlnet import ControlNet
 from ..sampling.guidance import apply_guidance
+from .checks import check_call
 from .control_residuals import controlnet_residuals, in_control_window
 from .controlled_video import control_frames_to_tensor
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
@@ -33,7 +34,7 @@ def _one(value, name: str) -> float:
 class StableDiffusionControlNetPipeline(SDImagePipeline):
     """Text + control image -> images; same images as diffusers' pipeline for the same seed."""
 
-    components = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
+    component_names = ("tokenizer", "text_encoder", "unet", "controlnet", "vae", "scheduler")
     loaders = {**SDImagePipeline.loaders, "controlnet": load_controlnet}
     arguments = {"controlnet": load_controlnet}
 
@@ -72,6 +73,8 @@ class StableDiffusionControlNetPipeline(SDImagePipeline):
                              "prompt")
         return x.repeat_interleave(batch * num_images_per_prompt if x.shape[0] == 1 else num_images_per_prompt, 0)
 
+    callback_tensor_inputs = (*CALLBACK_TENSOR_INPUTS, "image")
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, image=None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -87,6 +90,7 @@ class StableDiffusionControlNetPipeline(SDImagePipeline):
         every prompt or one per prompt (PIL images, an ``n H W c`` array or ``n c H W`` tensor in [0, 1]); the size
         defaults to the control image's. ``guess_mode``: the ControlNet sees the conditional half only, its
         residuals growing from 0.1 to 1 with depth. ``callback_on_step_end`` may read and replace ``image`` too."""
+        check_call(self, locals())
         scale = _one(controlnet_conditioning_scale, "controlnet_conditioning_scale")
         start, end = _one(control_guidance_start, "control_guidance_start"), _one(control_guidance_end,
                                                                                  "control_guidance_end")

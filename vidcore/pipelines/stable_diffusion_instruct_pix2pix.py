@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .checks import check_call
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
 from .video_instruct_pix2pix import image_latents
 from .video_processing import preprocess_video
@@ -34,6 +35,8 @@ class StableDiffusionInstructPix2PixPipeline(SDImagePipeline):
                              "num_images_per_prompt): give one image, or one per prompt")
         return latents.repeat(total // latents.shape[0], 1, 1, 1)
 
+    callback_tensor_inputs = (*CALLBACK_TENSOR_INPUTS, "image_latents")
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, image=None, num_inference_steps: int = 100,
                  guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
@@ -46,6 +49,7 @@ class StableDiffusionInstructPix2PixPipeline(SDImagePipeline):
         prompt; its size, cut to a multiple of the VAE factor, is the output's), guidance when ``guidance_scale > 1``
         and ``image_guidance_scale >= 1`` (branches: instruction + image, image only, neither).
         ``callback_on_step_end`` may read and replace ``image_latents`` (the three branches' image latents)."""
+        check_call(self, locals())
         allowed = (*CALLBACK_TENSOR_INPUTS, "image_latents")
         self.check_image_inputs(prompt, 8, 8, prompt_embeds, negative_prompt, negative_prompt_embeds, output_type,
                                 num_images_per_prompt, callback_on_step_end_tensor_inputs, allowed)

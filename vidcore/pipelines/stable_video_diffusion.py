@@ -49,6 +49,7 @@ from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
+from .checks import check_call
 from .svd_keyframes import keyframe_step
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -363,6 +364,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         return frames.reshape(b, f, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
     # -- call -----------------------------------------------------------------------------------
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
     @torch.no_grad()
     def __call__(self, image, height: int | None = 576, width: int | None = 1024, num_frames: int | None = None,
                  num_inference_steps: int = 25, sigmas: list[float] | None = None, min_guidance_scale: float = 1.0,
@@ -408,6 +411,7 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
             windows of ``context_length`` frames (None: the whole video, no windows), starts
             ``context_stride`` apart (default ``context_length // 4``), blended "pyramid" | "flat".
         """
+        check_call(self, locals())
         sample = self.unet.config.sample_size or 96
         height = height or sample * self.vae_scale_factor
         width = width or sample * self.vae_scale_factor

@@ -32,6 +32,7 @@ from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, check_callback_inputs, denoise, scheduler_step
 from ..loading.loaders import load_text_encoder, load_tokenizer, load_vidcore_model
 from .base import VideoPipelineOutput, check_negative_inputs
+from .checks import check_call
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
 from .video_processing import OUTPUT_TYPES
@@ -190,6 +191,8 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         videos = lambda x: None if x is None else x.repeat(num_videos_per_prompt, 1, 1)  # noqa: E731  (b f) m d
         return (first(cond), first(uncond)), (videos(cond), videos(uncond))
 
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, video_length: int = 8, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -222,6 +225,7 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         each); ``callback_on_step_end(pipe, step, t, tensors)`` may replace ``latents`` (``n 4 h w``, the
         phase's batch), ``prompt_embeds`` / ``negative_prompt_embeds`` (one row per video).
         """
+        check_call(self, locals())
         if output_type == "tensor":
             output_type = "np"
         travel = None

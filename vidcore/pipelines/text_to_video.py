@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from ..sampling.loop import StepEnd
+from .checks import check_call
 from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 
@@ -38,6 +39,7 @@ class TextToVideoPipeline(VideoUNetPipeline):
         (:mod:`vidcore.sampling.windows`): ``context_length`` frames per window (None: the whole video, no
         windows), starts ``context_stride`` apart (default ``context_length // 4``), blended with
         ``context_weighting`` "pyramid" | "flat"; the two exclude each other."""
+        check_call(self, locals())
         height, width = self.default_size(height, width, 32)
         self.check_inputs(prompt, height, width, num_frames, prompt_embeds, negative_prompt_embeds, output_type,
                           num_videos_per_prompt, callback_steps)

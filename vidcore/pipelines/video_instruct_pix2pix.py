@@ -20,6 +20,7 @@ import torch
 from ..nn.attention import cross_frame_attention as frame_attention
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from .base import check_negative_inputs
+from .checks import check_call
 from .text2video_zero import COMPONENTS, SD_LOADERS
 from .sd_video import SDVideoPipeline
 from .video_processing import preprocess_video
@@ -50,6 +51,8 @@ class VideoInstructPix2PixPipeline(SDVideoPipeline):
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         return image_latents(self._run_on_device("vae") if c != 4 else self.vae, frames, dtype, device)
 
+    callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, video=None, num_inference_steps: int = 100,
                  guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
@@ -70,6 +73,7 @@ class VideoInstructPix2PixPipeline(SDVideoPipeline):
         ``(b f) 4 h w``, one sample per frame, as diffusers draws one per image). ``cross_frame_attention=False``
         edits each frame independently (plain InstructPix2Pix). Returns ``.frames`` as the other video pipelines.
         """
+        check_call(self, locals())
         if video is None:
             raise ValueError("video is required: a file path, a list of PIL frames, an array or a tensor")
         if isinstance(video, (str, os.PathLike)):

@@ -12,6 +12,7 @@ import torch
 
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd
+from .checks import check_call
 from .lora import takes_cross_attention_kwargs
 from .video_unet import VideoUNetPipeline
 from .video_processing import preprocess_video
@@ -76,6 +77,7 @@ class VideoToVideoPipeline(VideoUNetPipeline):
         ``context_length`` / ``context_stride`` / ``context_weighting``: sliding context windows over the frames,
         as in :meth:`TextToVideoPipeline.__call__` (default: the whole video at once).
         """
+        check_call(self, locals())
         if video is None:
             raise ValueError("video is required for video-to-video")
         if not 0.0 <= strength <= 1.0:

@@ -19,6 +19,8 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
     :class:`~vidcore.pipelines.video_to_video.VideoToVideoPipeline` and
     :class:`~vidcore.pipelines.i2vgen_xl.I2VGenXLPipeline` before and after their ``__call__``."""
 
+    callback_tensor_inputs = ("latents", "prompt_embeds")
+
     # -- prediction (with enable_parallel: CFG halves / frame slices on the ranks) --------------------
     def predict_noise(self, unet, latents, t, prompt_embeds, guidance_scale, window=None, conditions=None):
         """Guided noise prediction for b c f h w latents at step ``t`` (negatives first in the embeds).

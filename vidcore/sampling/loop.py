@@ -62,9 +62,10 @@ class StepEnd:
     True for the rest of the call, so later runs (FreeInit rounds, Text2Video-Zero's phases) do not start."""
 
     def __init__(self, pipe: Any = None, callback_on_step_end: Callable | None = None,
-                 tensor_inputs: Sequence[str] = ("latents",), tensors: dict | None = None,
+                 tensor_inputs: Sequence[str] | None = ("latents",), tensors: dict | None = None,
                  callback: Callable | None = None, callback_steps: int | None = 1):
         self.tensors = dict(tensors or {})
+        tensor_inputs = tuple(tensor_inputs or ())  # None: the callback gets no tensors
         check_callback_inputs(tensor_inputs, ("latents", *self.tensors))
         self.pipe, self.on_step_end, self.tensor_inputs = pipe, callback_on_step_end, tuple(tensor_inputs)
         self.callback, self.callback_steps = callback, callback_steps or 1
