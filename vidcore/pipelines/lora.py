@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..errors import ArgumentError, ArgumentTypeError
 from ..loading.lora import load_lora
 from ..models.lora import LoRA, fuse_lora, unfuse_lora
 from ..nn.fused_qkv import refresh_fused_qkv
@@ -59,14 +60,14 @@ def check_cross_attention_kwargs(cross_attention_kwargs) -> float:
     if cross_attention_kwargs is None:
         return 1.0
     if not isinstance(cross_attention_kwargs, Mapping):
-        raise TypeError(f"cross_attention_kwargs must be a dict such as {{'scale': 0.5}}, got "
-                        f"{type(cross_attention_kwargs).__name__}")
+        raise ArgumentTypeError(f"cross_attention_kwargs must be a dict such as {{'scale': 0.5}}, got "
+                                f"{type(cross_attention_kwargs).__name__}")
     unknown = sorted(set(cross_attention_kwargs) - {"scale"})
     if unknown:
-        raise ValueError(f"cross_attention_kwargs keys must be among ['scale'] (the LoRA scale), got {unknown}")
+        raise ArgumentError(f"cross_attention_kwargs keys must be among ['scale'] (the LoRA scale), got {unknown}")
     scale = cross_attention_kwargs.get("scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"cross_attention_kwargs['scale'] must be a number, got {scale!r}")
+        raise ArgumentTypeError(f"cross_attention_kwargs['scale'] must be a number, got {scale!r}")
     return float(scale)
 
 
