@@ -86,7 +86,9 @@ class OffloadGroup:
     onloads: int = 0
     offloads: int = 0
     host: dict = field(default_factory=dict, repr=False)  # id(tensor) -> its host tensor while onloaded
-    pending: set = field(default_factory=set, repr=False)  # ids of members yet to run since the onload
+    active: int = 0  # its modules running now (between their pre-hook and hook)
+    last: int | None = None  # id of its module that finished last in its first run: the offload point
+    learned: bool = False  # ``last`` is final (a searched module's forward ended after the group ran)
 
     def tensors(self) -> list[torch.Tensor]:
         found = {}
@@ -175,10 +177,10 @@ class GroupOffload:
                 host = t.data.to(config.offload_device)
                 t.data = host.pin_memory() if config.use_stream else host
         self._handles = []
-        for group in self.groups:
-            for m in group.modules:
-                self._handles.append(m.register_forward_pre_hook(lambda m, args, g=group: self.onload(g)))
-                self._handles.append(m.register_forward_hook(lambda m, args, out, g=group: self._ran(g, m),
+        for group in self.groups:  # every module of a group is hooked: models may call a block's layers directly
+            for m in group.covered():
+                self._handles.append(m.register_forward_pre_hook(lambda m, args, g=group: self._enter(g)))
+                self._handles.append(m.register_forward_hook(lambda m, args, out, g=group: self._exit(g, m),
                                                              always_call=True))
         for i, group in enumerate(self.groups):
             for m in group.covered():
@@ -206,6 +208,9 @@ class GroupOffload:
         """Make ``group`` usable on the onload device (no-op when it is); with streams, start copying the next."""
         if group in self.onloaded:
             return
+        for other in list(self.onloaded):  # before its offload point is known, a group waits for the next one
+            if not other.learned and not other.active:
+                self.offload(other)
         event = self.prefetched.pop(group, None)
         if event is None:
             self._copy_in(group)
@@ -215,7 +220,6 @@ class GroupOffload:
             for t in group.tensors():
                 t.data.record_stream(current)
         self.onloaded.append(group)
-        group.pending = {id(m) for m in group.modules}
         group.onloads += 1
         if self._seen is not None:
             self._seen[group] = None
@@ -241,9 +245,17 @@ class GroupOffload:
         self.prefetched[following] = self._stream.record_event()
 
     # -- hooks ----------------------------------------------------------------------------------
-    def _ran(self, group: OffloadGroup, module: nn.Module) -> None:
-        group.pending.discard(id(module))
-        if not group.pending:
+    def _enter(self, group: OffloadGroup) -> None:
+        group.active += 1
+        self.onload(group)
+
+    def _exit(self, group: OffloadGroup, module: nn.Module) -> None:
+        group.active -= 1
+        if group.modules == (module,):  # the group's one top module returned: the group is done
+            group.last, group.learned = id(module), True
+        if not group.learned:
+            group.last = id(module)
+        elif group.last == id(module) and not group.active:
             self.offload(group)
 
     def _sweep(self, groups: list[OffloadGroup], model_done: bool) -> None:
@@ -253,6 +265,7 @@ class GroupOffload:
             self.offload(group)
             if self.prefetched.pop(group, None) is not None:
                 self._copy_out(group)
+            group.learned = group.learned or group.last is not None
         if model_done and self._seen is not None:
             self.order = [*self._seen, *(g for g in self.groups if g not in self._seen)]
             self._seen = None
