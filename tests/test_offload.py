@@ -6,6 +6,8 @@ the outputs equal those without offload. The CUDA test (skipped without a GPU) m
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -154,6 +156,41 @@ def test_group_offload_runs_every_group_onloaded_and_matches(name, setting):
     assert hook_counts(model) == {n: (0, c[1]) for n, c in before.items()}
     with torch.no_grad():
         assert same(run(model), plain)
+
+
+class FakeStream:
+    """A CUDA stream stand-in: the side-stream "copies" are the CPU's plain ``.to``, events are tokens."""
+
+    def record_event(self):
+        return object()
+
+    def wait_event(self, event):
+        pass
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("name", ["unet3d", "unet_motion", "vae"])
+def test_stream_prefetch_bookkeeping(name, setting, monkeypatch):
+    """use_stream's prefetch without a GPU: after the first forward (which learns the order) at most one group is
+    prefetched beside those running, every prefetch is used or dropped by the end of the call, outputs unchanged."""
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda tensor, stream: None, raising=False)
+    model, run = MODELS[name]()
+    tiny.randomize_(model, seed=3).eval()
+    with torch.no_grad():
+        plain = run(model)
+        model.enable_group_offload("cpu", **SETTINGS[setting])
+        hooks = model.group_offload
+        hooks._stream = FakeStream()
+        assert same(run(model), plain)
+        counts = watch(model)
+        prefetches = []
+        hooks._prefetch_after = lambda group, go=hooks._prefetch_after: (go(group), prefetches.append(group))
+        assert same(run(model), plain) and same(run(model), plain)
+    assert not hooks.onloaded and not hooks.prefetched
+    assert prefetches and max(counts) <= MOST_ONLOADED[setting] + 1
+    model.disable_group_offload()
 
 
 def test_block_groups_and_run_order():

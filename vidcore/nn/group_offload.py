@@ -13,6 +13,11 @@ The groups:
   group onloaded for its forward. Nothing stays behind on the offload device.
 * ``leaf_level``: every module with parameters or buffers of its own is a group (sequential CPU offload).
 
+Every module of a group is hooked, since models may call a block's layers without calling the block. A group is
+onloaded when the first of them starts and offloaded when the one that returned last in its first use returns
+again (a group of one called module: when it returns); until that first use is over (the forward of the module
+it was found in returns), it is offloaded when another group is onloaded.
+
 Onloading copies a tensor to the onload device and keeps the host tensor; offloading puts the host tensor back,
 so nothing is copied back to the host (this is for inference: weights edited while onloaded are not kept). With
 ``use_stream`` (CUDA) the host tensors are pinned and a side stream copies the group that runs next (in the order
@@ -169,7 +174,7 @@ class GroupOffload:
         self.groups, containers = planned
         self.onloaded: list[OffloadGroup] = []
         self.prefetched: dict[OffloadGroup, torch.cuda.Event] = {}
-        self.order = list(self.groups)
+        self._follow(list(self.groups))
         self._seen: dict[OffloadGroup, None] | None = {}  # first onloads until the model's first forward ends
         self._stream = torch.cuda.Stream(config.onload_device) if config.use_stream else None
         for group in self.groups:
@@ -185,9 +190,12 @@ class GroupOffload:
         for i, group in enumerate(self.groups):
             for m in group.covered():
                 _OWNERS[m] = (weakref.ref(self), i)
+        self._calls: list[dict] = []  # the groups of each searched module whose forward is running, outermost first
         for container in containers:
             inside = {id(m) for m in container.modules()}
-            mine = [g for g in self.groups if id(g.modules[0]) in inside]
+            mine = {g: None for g in self.groups if id(g.modules[0]) in inside}
+            self._handles.append(container.register_forward_pre_hook(
+                lambda m, args, mine=mine: self._calls.append(mine)))
             self._handles.append(container.register_forward_hook(
                 lambda m, args, out, mine=mine: self._sweep(mine, m is model), always_call=True))
 
@@ -233,12 +241,17 @@ class GroupOffload:
             self._copy_out(group)
             group.offloads += 1
 
+    def _follow(self, order: list[OffloadGroup]) -> None:
+        self.order = order
+        self._next = dict(zip(order, order[1:]))
+
     def _prefetch_after(self, group: OffloadGroup) -> None:
-        i = self.order.index(group) + 1
-        if i == len(self.order):
+        """One group at a time, and only one of the outermost module running now (a prefetch never outlives the
+        call)."""
+        following = self._next.get(group)
+        if following is None or self.prefetched or following in self.onloaded:
             return
-        following = self.order[i]
-        if following in self.onloaded or following in self.prefetched:
+        if not self._calls or following not in self._calls[0]:
             return
         with torch.cuda.stream(self._stream):
             self._copy_in(following)
@@ -258,16 +271,18 @@ class GroupOffload:
         elif group.last == id(module) and not group.active:
             self.offload(group)
 
-    def _sweep(self, groups: list[OffloadGroup], model_done: bool) -> None:
+    def _sweep(self, groups, model_done: bool) -> None:
         """After a searched module's forward nothing of it stays on the onload device (members that did not run,
         a prefetch that will not be used); after the model's first forward the run order is known."""
+        if self._calls and self._calls[-1] is groups:
+            self._calls.pop()
         for group in groups:
             self.offload(group)
             if self.prefetched.pop(group, None) is not None:
                 self._copy_out(group)
             group.learned = group.learned or group.last is not None
         if model_done and self._seen is not None:
-            self.order = [*self._seen, *(g for g in self.groups if g not in self._seen)]
+            self._follow([*self._seen, *(g for g in self.groups if g not in self._seen)])
             self._seen = None
 
     def remove(self) -> None:
@@ -275,6 +290,7 @@ class GroupOffload:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._calls = []
         self._sweep(self.groups, False)
         for group in self.groups:
             for m in group.covered():
