@@ -1,4 +1,5 @@
-"""Group offload (vidcore.nn.group_offload) on the models and the pipelines' offload switches (vidcore.pipelines.offload).
+"""Group offload (vidcore.nn.group_offload) on the models, and the pipelines' offload switches
+(vidcore.pipelines.offload).
 
 On a CPU the onload and offload devices are the same, so the moves are checked through the hooks' bookkeeping: every
 layer runs while its group is onloaded, every group is onloaded and offloaded, few groups are onloaded at once, and
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 import tiny
+import tiny_animatediff
 import tiny_controlnet
 import vidcore
 from vidcore.errors import UnsupportedFeatureError
@@ -42,6 +44,11 @@ def randn(*shape, seed=0):
 def build_unet3d():
     unet = UNet3D(UNet3DConfig.from_diffusers_config(tiny.tiny_unet3d_config()))
     return unet, lambda m: m(randn(1, 4, 3, 8, 8), torch.tensor([10]), randn(1, 5, 32, seed=1))
+
+
+def build_unet2d():
+    unet = UNet2D(UNet2DConfig.from_diffusers_config(tiny.tiny_unet2d_config()))
+    return unet, lambda m: m(randn(2, 4, 8, 8), torch.tensor([10]), randn(2, 5, 24, seed=1))
 
 
 def build_unet_motion():
@@ -74,7 +81,7 @@ def build_svd_vae():
     return vae, lambda m: m.decode(m.encode(randn(3, 3, 16, 16)).mode(), num_frames=3)
 
 
-MODELS = {"unet3d": build_unet3d, "unet_motion": build_unet_motion, "svd_unet": build_svd_unet,
+MODELS = {"unet3d": build_unet3d, "unet2d": build_unet2d, "unet_motion": build_unet_motion, "svd_unet": build_svd_unet,
           "controlnet": build_controlnet, "vae": build_vae, "svd_vae": build_svd_vae}
 
 
@@ -272,6 +279,22 @@ def test_pipeline_offload_matches_and_hooks_every_model(t2v, how):
     assert torch.equal(call(t2v), plain)
 
 
+def test_animatediff_pipeline_hooks_the_motion_adapter_once(tmp_path):
+    """The motion adapter is a component and also inside the UNetMotion: it is hooked once, with the UNet."""
+    setup = tiny_animatediff.build_tiny_animatediff(tmp_path)
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+    pipe.set_progress_bar_config(disable=True)
+    plain = call(pipe)
+    pipe.enable_group_offload("cpu")
+    try:
+        assert getattr(pipe.motion_adapter, "group_offload", None) is None and pipe.unet.group_offload is not None
+        assert torch.equal(call(pipe), plain)
+        assert all(g.offloads == g.onloads for g in pipe.unet.group_offload.groups)
+    finally:
+        pipe.disable_group_offload()
+    assert torch.equal(call(pipe), plain)
+
+
 def test_one_offload_kind_at_a_time(t2v):
     t2v.enable_group_offload("cpu")
     try:
@@ -298,8 +321,8 @@ def test_one_offload_kind_at_a_time(t2v):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("use_stream", [False, True])
 def test_cuda_only_onloaded_groups_are_resident(use_stream):
-    """leaf_level on a GPU: during the forward at most the layers of two groups (+ one prefetched) are on the GPU,
-    nothing after it, and the output is the no-offload one."""
+    """leaf_level on a GPU: during the forward about one layer is on the GPU (+ one prefetched, + one whose memory
+    waits for the compute stream), nothing after it, and the output is the no-offload one."""
     unet = UNet3D(UNet3DConfig.from_diffusers_config(tiny.tiny_unet3d_config(block_out_channels=(64, 128))))
     tiny.randomize_(unet, seed=3).eval()
     inputs = (randn(1, 4, 2, 8, 8), torch.tensor([10]), randn(1, 5, 32, seed=1))
@@ -310,10 +333,15 @@ def test_cuda_only_onloaded_groups_are_resident(use_stream):
         baseline = torch.cuda.memory_allocated()
         unet.enable_group_offload("cuda", offload_type="leaf_level", use_stream=use_stream)
         sizes = sorted(sum(t.numel() * t.element_size() for t in g.tensors()) for g in unet.group_offload.groups)
-        allowed = sum(sizes[-3:]) + (4 << 20)  # three largest layers + room for the tiny activations
+        allowed = sum(sizes[-(2 + use_stream):]) + (4 << 20)  # the largest layers + room for the tiny activations
         peaks = []
+
+        def measure(module, args):
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.memory_allocated() - baseline)
+
         for m in unet.modules():
-            m.register_forward_pre_hook(lambda m, a: peaks.append(torch.cuda.memory_allocated() - baseline))
+            m.register_forward_pre_hook(measure)
         cuda_inputs = tuple(x.cuda() for x in inputs)
         for _ in range(2):  # the second forward prefetches in the learned order
             got = unet(*cuda_inputs)
