@@ -23,22 +23,23 @@ class FusedQKVMixin:
 
 
 class GroupOffloadMixin:
-    """diffusers' ``enable_group_offload``: weights on ``offload_device``, each group of modules copied to
-    ``onload_device`` only while it runs (:mod:`vidcore.nn.group_offload` says what a group is);
-    ``disable_group_offload`` removes the hooks (exact outputs again) and leaves the weights on the offload device.
-    ``group_offload`` holds the hooks while on (their groups, which are onloaded)."""
+    """diffusers' ``enable_group_offload`` (its argument order; ``num_blocks_per_group`` defaults to 1): weights
+    on ``offload_device``, each group of modules copied to ``onload_device`` only while it runs
+    (:mod:`vidcore.nn.group_offload` says what a group is); ``disable_group_offload`` removes the hooks (exact
+    outputs again) and leaves the weights on the offload device. ``group_offload`` holds the hooks while on (their
+    groups, which are onloaded)."""
 
     group_offload: GroupOffload | None = None
 
     def enable_group_offload(self: nn.Module, onload_device: torch.device | str,
                              offload_device: torch.device | str = "cpu", offload_type: str = "block_level",
-                             num_blocks_per_group: int = 1, use_stream: bool = False,
-                             non_blocking: bool = False) -> None:
+                             num_blocks_per_group: int = 1, non_blocking: bool = False,
+                             use_stream: bool = False) -> None:
         """``offload_type``: "block_level" (groups of ``num_blocks_per_group`` blocks) or "leaf_level" (each
         layer); ``use_stream`` (CUDA only): pinned host weights, the next group copied while the current one
         runs."""
         enable_group_offload(self, GroupOffloadConfig(onload_device, offload_device, offload_type,
-                                                      num_blocks_per_group, use_stream, non_blocking))
+                                                      num_blocks_per_group, non_blocking, use_stream))
 
     def disable_group_offload(self: nn.Module) -> None:
         disable_group_offload(self)

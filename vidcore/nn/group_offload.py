@@ -55,8 +55,8 @@ class GroupOffloadConfig:
     offload_device: torch.device | str = "cpu"
     offload_type: str = "block_level"
     num_blocks_per_group: int = 1
-    use_stream: bool = False
     non_blocking: bool = False
+    use_stream: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "onload_device", torch.device(self.onload_device))
@@ -86,14 +86,14 @@ class OffloadGroup:
     children are other groups). ``onloads`` / ``offloads`` count the moves."""
 
     name: str
-    modules: tuple[nn.Module, ...]
+    modules: tuple[nn.Module, ...] = field(repr=False)
     own_only: bool = False
     onloads: int = 0
     offloads: int = 0
     host: dict = field(default_factory=dict, repr=False)  # id(tensor) -> its host tensor while onloaded
-    active: int = 0  # its modules running now (between their pre-hook and hook)
-    last: int | None = None  # id of its module that finished last in its first run: the offload point
-    learned: bool = False  # ``last`` is final (a searched module's forward ended after the group ran)
+    active: int = field(default=0, repr=False)  # its modules running now (between their pre-hook and hook)
+    last: int | None = field(default=None, repr=False)  # id of the module that returned last in its first use
+    learned: bool = False  # ``last`` is final: the forward of the module the group was found in has returned
 
     def tensors(self) -> list[torch.Tensor]:
         found = {}
@@ -103,7 +103,7 @@ class OffloadGroup:
         return list(found.values())
 
     def covered(self) -> list[nn.Module]:
-        """The modules whose tensors this group moves (for :func:`onloaded`)."""
+        """The modules whose tensors this group moves (each is hooked)."""
         return list(self.modules) if self.own_only else [m for top in self.modules for m in top.modules()]
 
 

@@ -85,12 +85,12 @@ class OffloadMixin:
     # -- hooks ----------------------------------------------------------------------------------
     def enable_group_offload(self, onload_device: str | torch.device, offload_device: str | torch.device = "cpu",
                              offload_type: str = "block_level", num_blocks_per_group: int = 1,
-                             use_stream: bool = False, non_blocking: bool = False) -> None:
+                             non_blocking: bool = False, use_stream: bool = False) -> None:
         """Group offload on every model of the pipeline, text and image encoders too (the arguments of
         :meth:`vidcore.models.options.GroupOffloadMixin.enable_group_offload`); ``disable_group_offload``
         takes the hooks off."""
         self._hook("group", GroupOffloadConfig(onload_device, offload_device, offload_type, num_blocks_per_group,
-                                               use_stream, non_blocking))
+                                               non_blocking, use_stream))
 
     def disable_group_offload(self, device: str | torch.device | None = None) -> None:
         """Hooks off; the weights stay on the offload device, or move to ``device`` when given."""
