@@ -295,6 +295,31 @@ def test_animatediff_pipeline_hooks_the_motion_adapter_once(tmp_path):
     assert torch.equal(call(pipe), plain)
 
 
+def test_controlled_video_pipeline_offloads_its_controlnet(tmp_path):
+    """The ControlNet runs beside the UNet: under the hooks the pipeline leaves it to them."""
+    from vidcore.pipelines.controlled_video import ControlledVideoPipeline
+
+    setup = tiny_controlnet.build_tiny_controlled(tmp_path)
+    pipe = ControlledVideoPipeline.from_pretrained(setup.sd, controlnet=setup.controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    frames = tiny_controlnet.random_control_frames(3, 16, 16, seed=2)
+
+    def run():
+        return pipe("a robot", frames, num_inference_steps=2, output_type="pt",
+                    generator=torch.Generator().manual_seed(1)).frames
+
+    plain = run()
+    pipe.enable_sequential_cpu_offload("cpu")
+    try:
+        assert torch.equal(run(), plain)
+        groups = pipe.controlnet.group_offload.groups
+        assert all(g.onloads for g in groups if g.name.startswith("controlnet_down_blocks"))
+        assert all(g.offloads == g.onloads for g in groups)
+    finally:
+        pipe.disable_sequential_cpu_offload()
+    assert torch.equal(run(), plain)
+
+
 def test_one_offload_kind_at_a_time(t2v):
     t2v.enable_group_offload("cpu")
     try:
