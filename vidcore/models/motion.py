@@ -25,11 +25,12 @@ from torch import nn
 
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
+from ..nn.group_offload import onloaded
 from ..nn.processors import AttentionProcessorMixin
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
-from .options import FusedQKVMixin
+from .options import FusedQKVMixin, GroupOffloadMixin
 from .pretrained import PretrainedMixin, UNetMotionPretrainedMixin
 from .unet2d import UNet2D
 
@@ -166,7 +167,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
                              f"got {u.conv_in_kernel}")
 
 
-class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, FusedQKVMixin, nn.Module):
+class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.
@@ -227,7 +228,8 @@ class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, FusedQKVMix
         if self.adapter.conv_in is None:
             return self.unet.conv_in(x)
         c = self.unet.config.in_channels
-        extra = F.conv2d(x[:, c:], self.adapter.conv_in.weight[:, c:], None, padding=1)
+        with onloaded(self.adapter.conv_in):  # its weights are read, not called
+            extra = F.conv2d(x[:, c:], self.adapter.conv_in.weight[:, c:], None, padding=1)
         return self.unet.conv_in(x[:, :c]) + extra
 
     @staticmethod

@@ -1,5 +1,5 @@
-"""Inference options shared by the models: FreeU, feed-forward chunking and fused QKV projections (one
-implementation each)."""
+"""Inference options shared by the models: FreeU, feed-forward chunking, fused QKV projections and group offload
+(one implementation each)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..nn.fused_qkv import fuse_qkv, unfuse_qkv
+from ..nn.group_offload import GroupOffload, GroupOffloadConfig, disable_group_offload, enable_group_offload
 from .freeu import FreeU
 
 
@@ -19,6 +20,29 @@ class FusedQKVMixin:
 
     def unfuse_qkv_projections(self: nn.Module) -> None:
         unfuse_qkv(self)
+
+
+class GroupOffloadMixin:
+    """diffusers' ``enable_group_offload`` (its argument order; ``num_blocks_per_group`` defaults to 1): weights
+    on ``offload_device``, each group of modules copied to ``onload_device`` only while it runs
+    (:mod:`vidcore.nn.group_offload` says what a group is); ``disable_group_offload`` removes the hooks (exact
+    outputs again) and leaves the weights on the offload device. ``group_offload`` holds the hooks while on (their
+    groups, which are onloaded)."""
+
+    group_offload: GroupOffload | None = None
+
+    def enable_group_offload(self: nn.Module, onload_device: torch.device | str,
+                             offload_device: torch.device | str = "cpu", offload_type: str = "block_level",
+                             num_blocks_per_group: int = 1, non_blocking: bool = False,
+                             use_stream: bool = False) -> None:
+        """``offload_type``: "block_level" (groups of ``num_blocks_per_group`` blocks) or "leaf_level" (each
+        layer); ``use_stream`` (CUDA only): pinned host weights, the next group copied while the current one
+        runs."""
+        enable_group_offload(self, GroupOffloadConfig(onload_device, offload_device, offload_type,
+                                                      num_blocks_per_group, non_blocking, use_stream))
+
+    def disable_group_offload(self: nn.Module) -> None:
+        disable_group_offload(self)
 
 
 class ForwardChunkingMixin(FusedQKVMixin):

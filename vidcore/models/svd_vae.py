@@ -31,7 +31,7 @@ from ..nn.attention import SpatialSelfAttention
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Upsample
-from .options import FusedQKVMixin
+from .options import FusedQKVMixin, GroupOffloadMixin
 from .pretrained import PretrainedMixin
 from .vae import AutoencoderKLConfig, DiagonalGaussian, Encoder, tiled_apply
 
@@ -162,7 +162,7 @@ class TemporalDecoder(nn.Module):
         return rearrange(video, "b c f h w -> (b f) c h w")
 
 
-class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, nn.Module):
+class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
     """SVD's VAE: ``encode(x (n 3 H W)) -> DiagonalGaussian``; ``decode(z ((b f) L h w), num_frames)``
     -> ``(b f) 3 H W`` (latents already divided by ``scaling_factor``)."""
 

@@ -17,7 +17,7 @@ from ..nn.attention import SpatialSelfAttention
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
-from .options import FusedQKVMixin
+from .options import FusedQKVMixin, GroupOffloadMixin
 from .pretrained import PretrainedMixin
 
 
@@ -174,7 +174,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     return b
 
 
-class AutoencoderKL(PretrainedMixin, FusedQKVMixin, nn.Module):
+class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
     """KL autoencoder with ``encode`` -> :class:`DiagonalGaussian` and ``decode`` -> images in [-1, 1]."""
 
     def __init__(self, config: AutoencoderKLConfig):

@@ -8,6 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from .frame_hooks import frame_handler
+from .group_offload import onloaded
 from .row_chunks import in_row_chunks
 
 
@@ -47,10 +48,11 @@ def frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     Under frame parallelism (``nn.frame_hooks``) the neighbouring processes' edge frames are used.
     """
     handler = frame_handler()
-    if handler is not None:
-        return handler.frame_conv(conv, x)
-    b, _, f, h, w = x.shape
-    out = F.conv2d(x.reshape(b, x.shape[1], f, h * w), conv.weight.squeeze(-1), conv.bias, padding=(1, 0))
+    with onloaded(conv):  # the conv's weights are read, not called: under group offload, onload them here
+        if handler is not None:
+            return handler.frame_conv(conv, x)
+        b, _, f, h, w = x.shape
+        out = F.conv2d(x.reshape(b, x.shape[1], f, h * w), conv.weight.squeeze(-1), conv.bias, padding=(1, 0))
     return out.view(b, -1, f, h, w)
 
 
@@ -58,7 +60,10 @@ def video_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """GroupNorm on ``b c f h w``: statistics span all frames of each video (all processes' frames
     under frame parallelism)."""
     handler = frame_handler()
-    return norm(x) if handler is None else handler.group_norm(norm, x)
+    if handler is None:
+        return norm(x)
+    with onloaded(norm):  # the handler reads the norm's weights
+        return handler.group_norm(norm, x)
 
 
 class TemporalConvLayer(nn.Module):

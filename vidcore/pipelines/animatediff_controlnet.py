@@ -95,8 +95,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
         x = x.transpose(1, 2).reshape(b * frames, *x.shape[1:2], *x.shape[3:])  # (b f) c h w
         if text.shape[0] != b * frames:  # per-frame text already with a prompt schedule (FreeNoise prompt travel)
             text = text.repeat_interleave(frames, dim=0)  # (b f) m d
-        if self._offload_device is not None:
-            self.controlnet.to(self._offload_device)
+        self._run_beside("controlnet")
         down, mid = None, None
         for k in active:
             cond = c["frames"][k][:, start:end].flatten(0, 1)  # (b f) C H W

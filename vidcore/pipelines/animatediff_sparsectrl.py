@@ -63,8 +63,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
         only_cond = c["guess_mode"] and c["guidance"]
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
         text = embeds.chunk(2)[1] if only_cond else embeds  # b m d
-        if self._offload_device is not None:
-            self.controlnet.to(self._offload_device)
+        self._run_beside("controlnet")
         down, mid = self.controlnet(x, t, text, c["cond"][:, :, start:end], c["mask"][:, :, start:end],
                                     conditioning_scale=c["scale"], guess_mode=c["guess_mode"])
         if only_cond:

@@ -1,5 +1,6 @@
 """What every vidcore pipeline shares: the loading declaration (:mod:`vidcore.loading.pipeline` does the loading),
-device and dtype moves, model CPU offload, the progress bar, and the output container."""
+device and dtype moves (the offloads are :mod:`vidcore.pipelines.offload`), the progress bar, and the output
+container."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..sampling import StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from ..sampling.loop import Progress, denoise
 from .methods import PipelineMethodsMixin
+from .offload import OffloadMixin
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
         raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
 
 
-class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
+class VideoPipeline(PipelineMethodsMixin, OffloadMixin, StepCacheMixin):
     """Base class. Subclasses list their components in ``component_names`` (``pipe.components`` is then the
     ``{name: module}`` dict, :mod:`vidcore.pipelines.methods`), declare how each is loaded in ``loaders``
     (:mod:`vidcore.loading.pipeline` loads them, from folders, hub ids or single files) and implement ``__call__``;
@@ -72,7 +74,8 @@ class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
         for name, module in modules.items():
             setattr(self, name, module)
         self.progress_bar_config: dict = {}
-        self._offload_device: torch.device | None = None
+        self._offload_device: torch.device | None = None  # offload's GPU (vidcore.pipelines.offload)
+        self._offload_hooks: str | None = None
 
     # -- loading (declared here, done by vidcore.loading.pipeline) ------------------------------------
     # component -> folder loader (folder, torch_dtype, variant), in loading order: what from_pretrained reads
@@ -134,6 +137,7 @@ class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
         return {n: getattr(self, n) for n in self.component_names if isinstance(getattr(self, n), torch.nn.Module)}
 
     def to(self, device=None, dtype: torch.dtype | None = None):
+        self._check_move(device)
         for module in self._modules().values():
             module.to(device=device, dtype=dtype)
         return self
@@ -150,31 +154,6 @@ class VideoPipeline(PipelineMethodsMixin, StepCacheMixin):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
-
-    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
-        """Keep models on the CPU and move each to ``device`` only while it runs (one at a time)."""
-        self._offload_device = torch.device(device)
-        for module in self._modules().values():
-            module.to("cpu")
-
-    def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
-        """Offload off: every model on ``device`` (default: the offload device) from now on; without offload on
-        and without ``device`` nothing moves."""
-        if self._offload_device is None and device is None:
-            return
-        device = device or self._offload_device
-        self._offload_device = None
-        self.to(device)
-
-    def _run_on_device(self, name: str) -> torch.nn.Module:
-        """With offload on, move ``name`` to the accelerator and every other model back to the CPU."""
-        module = getattr(self, name)
-        if self._offload_device is not None:
-            for other, m in self._modules().items():
-                if other != name:
-                    m.to("cpu")
-            module.to(self._offload_device)
-        return module
 
     # -- progress -------------------------------------------------------------------------------
     def schedule(self, num_inference_steps: int) -> torch.Tensor:

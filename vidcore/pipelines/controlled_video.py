@@ -257,7 +257,7 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
         if guidance and not guess_mode:
             control = torch.cat([control] * 2)
 
-        unet, controlnet = self._run_on_device("unet"), self.controlnet.to(device)
+        unet, controlnet = self._run_on_device("unet"), self._run_beside("controlnet")
         step_end = StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
                            {"prompt_embeds": cond, "negative_prompt_embeds": uncond})
 

@@ -123,7 +123,7 @@ class StableDiffusionControlNetPipeline(SDImagePipeline):
         x = self.prepare_latents(shape, cond.dtype, device, generator, latents)
         step_end = self.step_end(callback_on_step_end, callback_on_step_end_tensor_inputs,
                                  {"prompt_embeds": embeds, "negative_prompt_embeds": uncond, "image": control})
-        unet, controlnet = self._run_on_device("unet"), self.controlnet.to(device)
+        unet, controlnet = self._run_on_device("unet"), self._run_beside("controlnet")
 
         def predict(latents, t, i):
             embeds = step_end.tensors["prompt_embeds"]
