@@ -78,17 +78,18 @@ MOTION_ADAPTER = dict(block_out_channels=(32, 64, 128, 128), motion_norm_num_gro
 class Family:
     name: str
     title: str
+    unet: dict  # the UNet's config overrides (its widths are printed in the header)
     recipe: str  # diffusers' documented low-memory recipe for it, as the "diffusers-recipe" row runs it
     decode_chunk: int | None  # the recipe's decode_chunk_size (None: VAE slicing, the pipeline takes no chunk size)
 
 
 FAMILIES = {
-    "svd": Family("svd", "Stable Video Diffusion", "unet.enable_forward_chunking() + decode_chunk_size=2 (svd.md)", 2),
-    "animatediff": Family("animatediff", "AnimateDiff",
+    "svd": Family("svd", "Stable Video Diffusion", SVD_UNET, "unet.enable_forward_chunking() + decode_chunk_size=2 (svd.md)", 2),
+    "animatediff": Family("animatediff", "AnimateDiff", MOTION_UNET,
                           "unet.enable_forward_chunking() + decode_chunk_size=2", 2),
-    "t2v": Family("t2v", "ModelScope text-to-video",
+    "t2v": Family("t2v", "ModelScope text-to-video", T2V_UNET,
                   "unet.enable_forward_chunking() + vae.enable_slicing() (text_to_video.md)", None),
-    "i2vgen": Family("i2vgen", "I2VGen-XL", "unet.enable_forward_chunking() + decode_chunk_size=1 (its default)", 1),
+    "i2vgen": Family("i2vgen", "I2VGen-XL", I2VGEN_UNET, "unet.enable_forward_chunking() + decode_chunk_size=1 (its default)", 1),
 }
 
 
@@ -344,6 +345,8 @@ def child(args) -> None:
         meter.enter("encode")
         frames = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
         meter.enter(None)
+    if set(meter.results) != set(StageMeter.ORDER):
+        raise RuntimeError(f"the stage hooks saw only {sorted(meter.results)} (UNet / VAE decoder not called as modules?)")
     frames = np.asarray(frames.float().cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
     np.save(args.out, frames)
     print(json.dumps(dict(stages=meter.results, resident_mib=resident / 2**20, note=note)))
@@ -405,7 +408,7 @@ def run_family(name: str, args, tmp: Path, server: ForkServer) -> None:
     params = sum(p.numel() for p in vid.unet.parameters()) / 1e6
     frames, h, w = SIZES[args.size]
     print(f"\n## {family.title}: {frames} frames {h}x{w}, {args.steps} steps, {args.dtype}, {args.device}, "
-          f"UNet {params:.2f} M parameters (built + saved in {time.perf_counter() - t0:.1f} s)\n")
+          f"UNet widths {family.unet['block_out_channels']}, {params:.2f} M parameters (built + saved in {time.perf_counter() - t0:.1f} s)\n")
     print(f"diffusers' recipe here: {family.recipe}\n")
     header = ("setting", "what runs", "resident MiB", "encode MiB", "denoise MiB", "decode MiB",
               "denoise peak vs diffusers default", "call peak vs diffusers default", "encode s", "denoise s",
