@@ -162,7 +162,7 @@ class Setting:
 
 SETTINGS = {
     "diffusers-default": Setting("diffusers", "diffusers default"),
-    "diffusers-recipe": Setting("diffusers", "diffusers' documented low-memory recipe (+ model CPU offload on CUDA)"),
+    "diffusers-recipe": Setting("diffusers", "diffusers' low-memory recipe (+ model CPU offload on CUDA)"),
     "diffusers-fp8": Setting("diffusers", "diffusers unet.enable_layerwise_casting(float8_e4m3fn, bf16)", fp8=True),
     "default": Setting("vidcore", "vidcore default"),
     "recipe": Setting("vidcore", "diffusers' recipe, in vidcore"),
@@ -410,6 +410,9 @@ def run_family(name: str, args, tmp: Path, server: ForkServer) -> None:
     print(f"\n## {family.title}: {frames} frames {h}x{w}, {args.steps} steps, {args.dtype}, {args.device}, "
           f"UNet widths {family.unet['block_out_channels']}, {params:.2f} M parameters (built + saved in {time.perf_counter() - t0:.1f} s)\n")
     print(f"diffusers' recipe here: {family.recipe}\n")
+    if args.size == "tiny":
+        print("(tiny: a stage's growth of a few MiB is near what page-level noise allows; judge ratios at --size small "
+              "or larger)\n")
     header = ("setting", "what runs", "resident MiB", "encode MiB", "denoise MiB", "decode MiB",
               "denoise peak vs diffusers default", "call peak vs diffusers default", "encode s", "denoise s",
               "decode s", "PSNR vs own default")
@@ -447,7 +450,8 @@ def row(sname: str, setting: Setting, result: dict, run: FamilyRun, tmp: Path, f
     own_default = "diffusers-default" if setting.lib == "diffusers" else "default"
     ref = tmp / f"{family}-{own_default}.npy"
     drift = psnr(np.load(ref), np.load(tmp / f"{family}-{sname}.npy")) if ref.exists() else "n/a"
-    label = setting.label + (f" [{result['note']}]" if result.get("note") else "")
+    label = setting.label + (f": {FAMILIES[family].recipe}" if sname in ("diffusers-recipe", "recipe") else "")
+    label += f" [{result['note']}]" if result.get("note") else ""
     return (sname, label, f"{result['resident_mib']:.0f}", *(f"{st[s]['mib']:.1f}" for s in StageMeter.ORDER),
             denoise_ratio, call_ratio, *(f"{st[s]['s']:.2f}" for s in StageMeter.ORDER), drift)
 
