@@ -8,14 +8,15 @@ vidcore side by side at equal settings, for SVD, AnimateDiff, ModelScope text-to
 Each family's random diffusers pipeline (the layouts of the bench_*_cpu.py whole-pipeline scripts; I2VGen-XL's at
 the same width) is saved once; every (library, setting) then runs in a fresh process that loads it, applies the
 setting, makes one warm-up call (1 step, same shapes) and one measured call (``--steps``; peaks do not depend on
-the step count). The processes are forked from one server that has imported diffusers, transformers and vidcore and
-done no tensor work, so each starts from the same imports (and in a second, not the ~10 s of a new interpreter). Stage boundaries come from forward pre-hooks: the call starts in "encode" (text / image
-encoders, the image's VAE encode), the UNet's first forward starts "denoise", the VAE decoder's first forward
-starts "decode" (which holds the postprocessing to numpy as well). At each boundary:
-  - CPU: the subprocess runs with MALLOC_MMAP_THRESHOLD_=65536 (large buffers mmapped, returned on free); the peak
+the step count). The processes are forked from one server that has imported diffusers, transformers and vidcore
+and done no tensor work, so each starts from the same imports (in a second, not the ~10 s of a new interpreter).
+Stage boundaries come from forward pre-hooks: the call starts in "encode" (text / image encoders, the image's VAE
+encode), the UNet's first forward starts "denoise", the VAE decoder's first forward starts "decode" (which holds
+the postprocessing to numpy as well). At each boundary:
+  - CPU: the processes run with MALLOC_MMAP_THRESHOLD_=65536 (large buffers mmapped, returned on free); the peak
     RSS is reset (``5 > /proc/self/clear_refs``: VmHWM := VmRSS) and the stage's value is VmHWM at its end minus
     VmRSS at its start: the memory the stage adds to what is resident (weights, earlier results). "resident" is
-    the RSS before the measured call minus the RSS after the imports (weights and caches).
+    the RSS before the measured call minus the RSS at the fork (weights and caches, not the imports).
   - CUDA: ``torch.cuda.reset_peak_memory_stats`` at the start, ``torch.cuda.max_memory_allocated`` at the end:
     everything allocated on the GPU during the stage, resident weights included (what a small GPU must hold);
     "resident" is ``memory_allocated`` before the call.
@@ -57,7 +58,8 @@ SIZES = {  # frames, height, width
 VAE_2D = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8)
 T2V_UNET = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention_head_dim=16, norm_num_groups=16,
                 cross_attention_dim=64)
-I2VGEN_UNET = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=16, cross_attention_dim=64,
+I2VGEN_UNET = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=16,
+                   cross_attention_dim=64,
                    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
                    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3, attention_head_dim=16,
                    num_attention_heads=None)
@@ -67,7 +69,8 @@ SVD_UNET = dict(block_out_channels=(32, 64, 128, 128),
                 num_attention_heads=(2, 4, 8, 8), cross_attention_dim=64, layers_per_block=2,
                 addition_time_embed_dim=32, projection_class_embeddings_input_dim=96, num_frames=14)
 SVD_VAE = dict(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=1)
-MOTION_UNET = dict(block_out_channels=(32, 64, 128, 128), down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+MOTION_UNET = dict(block_out_channels=(32, 64, 128, 128),
+                   down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=(2, 4, 8, 8),
                    norm_num_groups=16, cross_attention_dim=64)
 MOTION_ADAPTER = dict(block_out_channels=(32, 64, 128, 128), motion_norm_num_groups=16,
@@ -84,12 +87,14 @@ class Family:
 
 
 FAMILIES = {
-    "svd": Family("svd", "Stable Video Diffusion", SVD_UNET, "unet.enable_forward_chunking() + decode_chunk_size=2 (svd.md)", 2),
+    "svd": Family("svd", "Stable Video Diffusion", SVD_UNET,
+                  "unet.enable_forward_chunking() + decode_chunk_size=2 (svd.md)", 2),
     "animatediff": Family("animatediff", "AnimateDiff", MOTION_UNET,
                           "unet.enable_forward_chunking() + decode_chunk_size=2", 2),
     "t2v": Family("t2v", "ModelScope text-to-video", T2V_UNET,
                   "unet.enable_forward_chunking() + vae.enable_slicing() (text_to_video.md)", None),
-    "i2vgen": Family("i2vgen", "I2VGen-XL", I2VGEN_UNET, "unet.enable_forward_chunking() + decode_chunk_size=1 (its default)", 1),
+    "i2vgen": Family("i2vgen", "I2VGen-XL", I2VGEN_UNET,
+                     "unet.enable_forward_chunking() + decode_chunk_size=1 (its default)", 1),
 }
 
 
@@ -346,7 +351,8 @@ def child(args) -> None:
         frames = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
         meter.enter(None)
     if set(meter.results) != set(StageMeter.ORDER):
-        raise RuntimeError(f"the stage hooks saw only {sorted(meter.results)} (UNet / VAE decoder not called as modules?)")
+        raise RuntimeError(f"the stage hooks saw only {sorted(meter.results)} (UNet / VAE decoder not called as "
+                           "modules?)")
     frames = np.asarray(frames.float().cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
     np.save(args.out, frames)
     print(json.dumps(dict(stages=meter.results, resident_mib=resident / 2**20, note=note)))
@@ -408,7 +414,8 @@ def run_family(name: str, args, tmp: Path, server: ForkServer) -> None:
     params = sum(p.numel() for p in vid.unet.parameters()) / 1e6
     frames, h, w = SIZES[args.size]
     print(f"\n## {family.title}: {frames} frames {h}x{w}, {args.steps} steps, {args.dtype}, {args.device}, "
-          f"UNet widths {family.unet['block_out_channels']}, {params:.2f} M parameters (built + saved in {time.perf_counter() - t0:.1f} s)\n")
+          f"UNet widths {family.unet['block_out_channels']}, {params:.2f} M parameters (built + saved in "
+          f"{time.perf_counter() - t0:.1f} s)\n")
     print(f"diffusers' recipe here: {family.recipe}\n")
     if args.size == "tiny":
         print("(tiny: a stage's growth of a few MiB is near what page-level noise allows; judge ratios at --size small "
@@ -493,7 +500,8 @@ def main() -> None:
     print("## Machine")
     print_machine()
     print(f"- command: {' '.join([Path(sys.executable).name] + sys.argv)}")
-    print(f"- peaks: {'torch.cuda.max_memory_allocated per stage' if args.device != 'cpu' else 'VmHWM growth per stage'}"
+    peaks = "torch.cuda.max_memory_allocated per stage" if args.device != "cpu" else "VmHWM growth per stage"
+    print(f"- peaks: {peaks}"
           "; ratios against diffusers default at the same size and dtype")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

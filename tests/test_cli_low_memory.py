@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 def test_low_memory_flag_prints_its_choice_and_keeps_the_video(capsys, tmp_path, monkeypatch):
     written = []
-    monkeypatch.setattr(vidcore.cli.generate, "write_video", lambda frames, path, fps: written.append(frames) or str(path))
+    monkeypatch.setattr(vidcore.cli.generate, "write_video",
+                        lambda frames, path, fps: written.append(frames) or str(path))
     base = ["generate", "text-to-video", "--prompt", "a red circle moving right", "--steps", "2", "--device", "cpu",
             "--no-progress", "-o", str(tmp_path / "v.mp4")]
     assert main(base) == 0
