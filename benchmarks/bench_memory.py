@@ -469,7 +469,7 @@ def summary(name: str, run: FamilyRun) -> None:
     if not base or not ours:
         return
     r = ours["stages"]["denoise"]["mib"] / base["stages"]["denoise"]["mib"]
-    print(f"\n{FAMILIES[name].title}: low-memory denoise peak {r:.2f}x diffusers default (issue #29 target <= 0.5x: "
+    print(f"\n{FAMILIES[name].title}: low-memory denoise peak {r:.3f}x diffusers default (issue #29 target <= 0.5x: "
           f"{'met' if r <= 0.5 else 'not met'})", flush=True)
 
 
