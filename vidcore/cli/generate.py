@@ -16,6 +16,7 @@ from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name
                      positive_int, resolve_device, torch_dtype)
 from .outputs import (BATCH_FORMATS, MANIFEST, OUTPUT_SUFFIXES, batch_jobs, load_input_image, load_input_video,
                       output_paths, rank_and_world_size, write_manifest, write_video)
+from ..pipelines.low_memory import apply_low_memory
 from ..sampling.free_init import FILTER_METHODS
 from .tasks import PARALLEL_MODES, TASKS, Inputs, Task
 
@@ -69,6 +70,10 @@ def _add_options(o: Options, task: Task) -> None:
     o.add("--device", type=device_name, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     o.add("--variant", default=None, help="weight file variant to load, e.g. fp16")
     o.add("--cpu-offload", action="store_true", help="keep models on the CPU and move each to the GPU only while it runs")
+    o.add("--low-memory", action="store_true",
+          help="every setting that lowers peak memory on the device (vidcore.pipelines.low_memory; CUDA: fp8 "
+               "storage, offload, split guidance, chunking; CPU: split guidance, chunking, slicing); prints "
+               "what it turned on")
     svd = not task.text  # the temporal decoder decodes in frame chunks (--decode-chunk-size) instead of slices
     if not svd:
         o.add("--vae-slicing", action="store_true", help="decode one image at a time")
@@ -123,7 +128,9 @@ def _quiet_library_progress() -> None:
         pass
 
 
-def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
+def _configure_pipeline(pipe, args, task: Task, device: str) -> dict:
+    """Apply the setting flags and place the pipeline on ``device``; returns the call arguments the settings add
+    (``--low-memory``'s decode chunks)."""
     if getattr(args, "scheduler", None) is not None:
         from ..schedulers import from_config
 
@@ -142,11 +149,19 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> None:
     _enable_free_init(pipe, args)
     if task.supports("free_noise"):
         free_noise.enable(pipe, args)
-    if args.cpu_offload:
-        pipe.enable_model_cpu_offload(device)
-    else:
-        pipe.to(device)
+    call = {}
+    placed = False
+    if args.low_memory:
+        preset = apply_low_memory(pipe, device)
+        print(preset)
+        call, placed = preset.call_kwargs, preset.placed
+    if not placed:  # else the preset's offload owns the placement
+        if args.cpu_offload:
+            pipe.enable_model_cpu_offload(device)
+        else:
+            pipe.to(device)
     pipe.set_progress_bar_config(disable=args.no_progress)
+    return call
 
 
 def _enable_step_cache(pipe, args) -> None:
@@ -253,9 +268,9 @@ def run(args) -> int:
         pipe = task.load(cls, model, args, dtype)
     else:
         pipe = cls.from_pretrained(model, torch_dtype=torch_dtype(dtype), variant=args.variant)
-    _configure_pipeline(pipe, args, task, device)
+    preset_call = _configure_pipeline(pipe, args, task, device)
     call = dict(num_inference_steps=args.steps, output_type="np", num_videos_per_prompt=args.num_videos,
-                decode_chunk_size=args.decode_chunk_size)
+                decode_chunk_size=args.decode_chunk_size or preset_call.get("decode_chunk_size"))
     if task.text:
         call.update(negative_prompt=args.negative_prompt, guidance_scale=args.guidance, eta=args.eta)
     task_call, fps = task.call(args, inputs)
