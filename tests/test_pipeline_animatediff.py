@@ -358,7 +358,7 @@ def test_motion_scale_with_windows_and_bad_values(setup):
     with pytest.raises(ValueError, match=r"motion_scale must be a number or a list of one number per frame "
                                          r"\(num_frames=10\), got 3 values"):
         ours(motion_scale=[1.0, 1.0, 1.0], **kw)
-    with pytest.raises(ValueError, match="motion_scale must be a number or a list of one number per frame, got 'x'"):
+    with pytest.raises(ValueError, match="motion_scale must be a number or a list of one number per frame, got str 'x'"):
         ours(motion_scale="x", **kw)
     with pytest.raises(ValueError, match="motion_scale values must be finite"):
         ours(motion_scale=float("nan"), **kw)
