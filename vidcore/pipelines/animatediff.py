@@ -275,17 +275,22 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         return unet(model_in, t, embeds, **inputs.motion_kwargs(start, end))
 
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str,
-                      inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1)) -> torch.Tensor:
+                      inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1),
+                      image_embeds=None) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
-        (:func:`vidcore.sampling.windows.blend_windows`)."""
+        (:func:`vidcore.sampling.windows.blend_windows`). ``image_embeds``: the IP-Adapter inputs (one tensor per
+        adapter, batched as ``embeds``), None without an image prompt."""
+        image = {} if image_embeds is None else {"image_embeds": image_embeds}
+
         def window_noise(start: int, end: int) -> torch.Tensor:
-            def model(model_in, embeds):
-                return self.unet_forward(unet, self.scheduler.scale_model_input(model_in, t), t, embeds, start, end,
-                                         inputs, step)
+            def model(model_in, embeds, **image):
+                return self.unet_forward(partial(unet, **image), self.scheduler.scale_model_input(model_in, t), t,
+                                         embeds, start, end, inputs, step)
 
             if self.parallel is not None:  # CFG halves / frame slices (b c f h w) of this window on the ranks
                 model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-            return guided(model, latents[:, :, start:end], guidance_scale, embeds=embeds)
+            return guided(model, latents[:, :, start:end], guidance_scale, self.guidance_batches(), embeds=embeds,
+                          **image)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
@@ -336,6 +341,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                                     prompt_embeds, negative_prompt_embeds, clip_skip)
         batch = num_videos_per_prompt if travel else cond.shape[0]
+        image_embeds = None
         if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
             image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
                                                                 batch, guidance)
@@ -354,8 +360,6 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
 
         # loop
         unet = self._run_on_device("unet")
-        if image_prompt:
-            unet = partial(unet, image_embeds=image_embeds)
         if self.parallel is not None:
             check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(num_frames)
@@ -372,7 +376,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
                 embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
                 return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
-                                          (i, len(timesteps)))
+                                          (i, len(timesteps)), image_embeds)
 
             return self.sample(latents, timesteps, predict, step, step_end)
 

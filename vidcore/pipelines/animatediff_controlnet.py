@@ -76,6 +76,9 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     example_controlnet = EXAMPLE_CONTROLNET
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
+    def guidance_batches(self):
+        return self.joint_guidance_batches("its ControlNet residuals are computed inside the UNet call")
+
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
                      step: tuple[int, int]) -> torch.Tensor:
         """The UNet with the ControlNet residuals of frames ``start:end`` (zero outside the guidance window)."""

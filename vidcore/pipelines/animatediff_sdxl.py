@@ -299,6 +299,8 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             "prompt_embeds": cond, "negative_prompt_embeds": uncond, "add_text_embeds": pooled,
             "negative_pooled_prompt_embeds": uncond_pooled, "add_time_ids": ids, "negative_add_time_ids": uncond_ids})
 
+        self.joint_guidance_batches("the SDXL time ids and pooled embeddings go with the whole batch")
+
         def predict(latents, t, i):
             state = step_end.tensors
             parts = ("prompt_embeds", "add_text_embeds", "add_time_ids")

@@ -56,6 +56,9 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                              f"{self.controlnet.max_frames}")
         return super().check_context(num_frames, context_length, context_stride, context_weighting)
 
+    def guidance_batches(self):
+        return self.joint_guidance_batches("its SparseControlNet residuals are computed inside the UNet call")
+
     def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
                      step: tuple[int, int]) -> torch.Tensor:
         """The UNet with the SparseControlNet residuals of frames ``start:end``."""

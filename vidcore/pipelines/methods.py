@@ -1,6 +1,8 @@
 """The pipeline methods diffusers users reach for, written once for every vidcore pipeline: ``components`` (name ->
-module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV), each a
-plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design principle 13).
+module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV, attention
+slicing), each a plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design
+principle 13), and the pipeline's own activation settings (guidance batching, the memory budget: plain fields with a
+setter, read by each call).
 
 ``save_pretrained`` is :mod:`vidcore.loading.save_pipeline`; the LoRA ``scale`` of ``cross_attention_kwargs``
 is :mod:`vidcore.pipelines.lora`; ``load_textual_inversion`` is :mod:`vidcore.pipelines.textual_inversion`.
@@ -16,6 +18,8 @@ from torch import nn
 from ..errors import UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
+from ..sampling.guidance import BATCHING_MODES, JOINT, GuidanceBatching
+from ..sampling.memory import available_bytes, parse_bytes, unet_activation_bytes
 from .auto import PIPELINES
 
 
@@ -45,6 +49,8 @@ class PipelineMethodsMixin:
 
     component_names: tuple[str, ...] = ()
     components = Components()
+    guidance_batching: str = "joint"  # set_guidance_batching
+    max_memory: int | None = None  # set_max_memory, in bytes
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that still declares ``components = (names...)`` (the old spelling) gets them as
@@ -97,6 +103,49 @@ class PipelineMethodsMixin:
     def saved_index_options(self) -> dict:
         """Entries ``save_pretrained`` adds to ``model_index.json`` besides the components (none here)."""
         return {}
+
+    # -- activations --------------------------------------------------------------------------
+    def set_guidance_batching(self, mode: str = "joint") -> None:
+        """How classifier-free guidance runs its branches: ``"joint"`` (default, as diffusers) one UNet call on the
+        ``[uncond; cond]`` batch (InstructPix2Pix: its three branches), ``"split"`` one call per branch in turn
+        (the same result within float rounding at half the activation peak, a little slower), ``"auto"`` split
+        when the estimated joint peak exceeds the memory budget (:meth:`set_max_memory`; joint when it is
+        unknown). With CFG-parallel on, each rank already runs one branch: the call is joint there."""
+        if mode not in BATCHING_MODES:
+            raise ValueError(f"guidance batching must be one of {BATCHING_MODES}, got {mode!r}")
+        self.guidance_batching = mode
+
+    def set_max_memory(self, max_memory: int | str | None) -> None:
+        """The activation budget of ``set_guidance_batching("auto")`` and ``decode_chunk_size="auto"``: bytes, or a
+        string such as ``"2GB"`` / ``"512MiB"``; None: the free memory of a CUDA device, unknown on the CPU."""
+        self.max_memory = parse_bytes(max_memory)
+
+    def memory_budget(self) -> int | None:
+        """The bytes "auto" settings may use now (:func:`vidcore.sampling.memory.available_bytes`)."""
+        return available_bytes(self.max_memory, self.device)
+
+    def guidance_batches(self) -> GuidanceBatching:
+        """This call's :class:`~vidcore.sampling.guidance.GuidanceBatching` (for ``guided`` / ``guidance_batch``):
+        the mode, and for "auto" the budget and the UNet's activation estimate."""
+        parallel = getattr(self, "parallel", None)
+        if parallel is not None and parallel.config.cfg_size == 2:
+            return JOINT  # CFG-parallel: each rank's call is already one branch
+        if self.guidance_batching != "auto":
+            return GuidanceBatching(self.guidance_batching)
+        config = self.unet.config
+
+        def estimate(latents):
+            return unet_activation_bytes(latents, config.out_channels, config.block_out_channels[0])
+
+        return GuidanceBatching("auto", self.memory_budget(), estimate)
+
+    def joint_guidance_batches(self, why: str) -> GuidanceBatching:
+        """:meth:`guidance_batches` for a pipeline whose model call needs the whole guidance batch (``why``):
+        "split" is refused, "auto" runs joint."""
+        if self.guidance_batching == "split":
+            raise UnsupportedFeatureError(f"{type(self).__name__} runs classifier-free guidance as one batch ({why}); "
+                                          "set_guidance_batching('split') is not available here, use 'joint' or 'auto'")
+        return JOINT
 
     # -- VAE ------------------------------------------------------------------------------------
     def _vae_switch(self, method: str, *args) -> None:

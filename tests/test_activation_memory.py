@@ -1,0 +1,231 @@
+"""Activation memory settings: guidance batching (``set_guidance_batching``), the memory budget
+(``set_max_memory``), ``decode_chunk_size="auto"`` and attention slicing. Each lowers a peak without changing the
+result: the split guidance batch equals the joint one within float rounding (float32), "auto" decode chunks equal
+the fixed chunk size they pick, sliced attention equals the whole."""
+
+from __future__ import annotations
+
+import PIL.Image
+import numpy as np
+import pytest
+import torch
+
+import vidcore
+from vidcore.errors import UnsupportedFeatureError
+from vidcore.sampling.guidance import GuidanceBatching, guidance_batch
+
+import tiny
+import tiny_animatediff as ta
+import tiny_controlnet as tc
+import tiny_zero
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# A UNet on half the batch rounds differently from the whole batch (CPU kernels block by batch size): one guided
+# batch differs by under 1e-6 relative (7e-7 measured on the tiny UNet3D); a few sampling steps amplify it.
+PREDICTION_RTOL = 1e-6
+RTOL = 2e-5
+
+
+def relative_error(a, b) -> float:
+    """``|a - b| / |b|`` (Frobenius norms, float64)."""
+    a, b = torch.as_tensor(np.asarray(a)).double(), torch.as_tensor(np.asarray(b)).double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def joint_and_split(pipe, run):
+    """``run()``'s output with the joint guidance batch and with the split one (the pipeline back to joint)."""
+    pipe.set_guidance_batching("joint")
+    joint = run()
+    pipe.set_guidance_batching("split")
+    try:
+        split = run()
+    finally:
+        pipe.set_guidance_batching("joint")
+    return joint, split
+
+
+def image(seed=0, size=(40, 52)):
+    return PIL.Image.fromarray(np.random.RandomState(seed).randint(0, 256, (*size, 3), dtype=np.uint8))
+
+
+# -- the mechanism ------------------------------------------------------------------------------------
+
+def test_split_guidance_batch_runs_one_call_per_branch_with_its_conditions():
+    seen = []
+
+    def model(x, embeds, extra):
+        seen.append((x.shape[0], embeds[:, 0].tolist(), [e[:, 0].tolist() for e in extra]))
+        return x * embeds[:, :1] + extra[0][:, :1]
+
+    latents = torch.randn(2, 3)
+    embeds = torch.tensor([[1.0, 0], [2, 0], [3, 0], [4, 0]])  # [uncond; cond], 2 rows each
+    extra = [torch.tensor([[10.0], [20], [30], [40]])]
+    joint = guidance_batch(model, latents, 2, GuidanceBatching("joint"), embeds=embeds, extra=extra)
+    split = guidance_batch(model, latents, 2, GuidanceBatching("split"), embeds=embeds, extra=extra)
+    assert torch.equal(joint, split)
+    assert seen[1:] == [(2, [1.0, 2.0], [[10.0, 20.0]]), (2, [3.0, 4.0], [[30.0, 40.0]])]
+
+
+def test_auto_splits_only_when_the_estimate_exceeds_the_budget():
+    latents = torch.zeros(1, 4, 2, 8, 8)
+    per_branch = lambda x: 1000  # noqa: E731
+    assert not GuidanceBatching("auto", None, per_branch).splits(latents, 2)  # unknown budget: joint
+    assert not GuidanceBatching("auto", 2000, per_branch).splits(latents, 2)
+    assert GuidanceBatching("auto", 1999, per_branch).splits(latents, 2)
+    assert GuidanceBatching("auto", 2999, per_branch).splits(latents, 3)
+
+
+# -- the pipelines ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def modelscope(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("modelscope")
+    tiny.build_tiny_t2v_pipeline(folder)
+    pipe = vidcore.TextToVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_modelscope_split_batch_equals_joint(modelscope):
+    """The UNet's ``[uncond; cond]`` prediction, one call vs one per branch."""
+    unet, latents = modelscope.unet, torch.randn(1, 4, 3, 8, 8, generator=torch.manual_seed(0))
+    embeds = torch.randn(2, 5, unet.config.cross_attention_dim, generator=torch.manual_seed(1))
+
+    def model(x, prompt_embeds):
+        return unet(x, torch.tensor(500), prompt_embeds)
+
+    with torch.no_grad():
+        joint, split = (guidance_batch(model, latents, 2, GuidanceBatching(mode), prompt_embeds=embeds)
+                        for mode in ("joint", "split"))
+    assert relative_error(split, joint) < PREDICTION_RTOL
+
+
+def test_modelscope_split_equals_joint(modelscope):
+    def run():
+        return modelscope("a cat", negative_prompt="blurry", num_frames=3, height=16, width=16, num_inference_steps=2,
+                          generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint, split = joint_and_split(modelscope, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_modelscope_auto_follows_the_budget(modelscope):
+    """"auto" with a budget below the estimate splits, above it runs joint; both give the joint result."""
+    def run():
+        return modelscope("a cat", num_frames=2, height=16, width=16, num_inference_steps=1,
+                          generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint = run()
+    modelscope.set_guidance_batching("auto")
+    try:
+        for budget in ("1KiB", 10**12):
+            modelscope.set_max_memory(budget)
+            assert relative_error(run(), joint) < RTOL
+        modelscope.set_max_memory(1024)
+        assert modelscope.guidance_batches().splits(torch.zeros(1, 4, 2, 8, 8), 2)
+        modelscope.set_max_memory("1TB")
+        assert not modelscope.guidance_batches().splits(torch.zeros(1, 4, 2, 8, 8), 2)
+    finally:
+        modelscope.set_guidance_batching("joint")
+        modelscope.set_max_memory(None)
+
+
+def test_animatediff_split_equals_joint(tmp_path_factory):
+    setup = ta.build_tiny_animatediff(tmp_path_factory.mktemp("animatediff"))
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe("a cat", negative_prompt="blurry", num_frames=3, height=16, width=16, num_inference_steps=2,
+                    generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_svd_split_equals_joint_with_per_frame_scales(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("svd") / "tiny-svd"
+    tiny.build_tiny_svd_pipeline(folder)
+    pipe = vidcore.StableVideoDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(image(), height=16, width=16, num_frames=3, num_inference_steps=2, min_guidance_scale=1.5,
+                    max_guidance_scale=3.0, generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_i2vgen_split_equals_joint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("i2vgen") / "tiny-i2vgen"
+    tiny.build_tiny_i2vgen_pipeline(folder)
+    pipe = vidcore.I2VGenXLPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe("a cat", image(), negative_prompt="blurry", height=16, width=16, num_frames=3,
+                    num_inference_steps=2, generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd")
+    tiny_zero.build_tiny_sd(folder)
+    return folder
+
+
+def test_text2video_zero_split_equals_joint(sd_folder):
+    pipe = vidcore.TextToVideoZeroPipeline.from_pretrained(sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe("a cat", negative_prompt="blurry", video_length=3, height=16, width=16, num_inference_steps=3,
+                    t0=1, t1=2, generator=torch.manual_seed(0), output_type="np").images
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_controlled_video_split_equals_joint(tmp_path_factory):
+    setup = tc.build_tiny_controlled(tmp_path_factory.mktemp("controlled"))
+    pipe = vidcore.ControlledVideoPipeline.from_pretrained(setup.sd, controlnet=setup.controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    frames = tc.random_control_frames(3, 16, 24, seed=1)
+
+    def run():
+        return pipe("a cat", frames, negative_prompt="blurry", num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_instruct_pix2pix_splits_its_three_branches(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pix2pix")
+    tiny_zero.build_tiny_pix2pix(folder)
+    pipe = vidcore.VideoInstructPix2PixPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    frames = tiny_zero.random_frames(2, 16, 24)
+
+    def run():
+        return pipe(prompt="make it snowy", video=frames, num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_bad_mode_and_budget_are_refused(modelscope):
+    with pytest.raises(ValueError, match="joint"):
+        modelscope.set_guidance_batching("half")
+    with pytest.raises(ValueError, match="GB"):
+        modelscope.set_max_memory("lots")
+    with pytest.raises(ValueError, match="positive"):
+        modelscope.set_max_memory(0)
+    modelscope.set_max_memory("1.5 GiB")
+    assert modelscope.max_memory == int(1.5 * 2**30)
+    modelscope.set_max_memory(None)
