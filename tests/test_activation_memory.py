@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import vidcore
-from vidcore.errors import UnsupportedFeatureError
 from vidcore.sampling.guidance import GuidanceBatching, guidance_batch
+from vidcore.sampling.memory import VAE_COPIES, decoded_frame_bytes
 
 import tiny
 import tiny_animatediff as ta
@@ -229,3 +229,62 @@ def test_bad_mode_and_budget_are_refused(modelscope):
     modelscope.set_max_memory("1.5 GiB")
     assert modelscope.max_memory == int(1.5 * 2**30)
     modelscope.set_max_memory(None)
+
+
+# -- decode_chunk_size="auto" ---------------------------------------------------------------------------
+
+def budget_for(pipe, latent_size, k):
+    """A budget between k and k + 1 frames of the decode estimate."""
+    vae = pipe.vae
+    per_frame = decoded_frame_bytes(*latent_size, pipe.vae_scale_factor, vae.config.block_out_channels,
+                                    vae.dtype.itemsize)
+    assert per_frame == VAE_COPIES * (latent_size[0] * pipe.vae_scale_factor) * (
+        latent_size[1] * pipe.vae_scale_factor) * max(vae.config.block_out_channels[:2]) * 4
+    return per_frame * k + per_frame // 2
+
+
+def test_modelscope_auto_decode_chunk_equals_the_fixed_chunk_it_picks(modelscope, monkeypatch):
+    sizes = []
+    decode = modelscope.vae.decode
+    monkeypatch.setattr(modelscope.vae, "decode", lambda z: sizes.append(z.shape[0]) or decode(z))
+    latents = torch.randn(1, 4, 5, 8, 8, generator=torch.manual_seed(0))
+
+    def run(chunk):
+        sizes.clear()
+        return modelscope("a cat", latents=latents, num_frames=5, height=16, width=16, num_inference_steps=1,
+                          decode_chunk_size=chunk, output_type="pt").frames
+
+    assert modelscope.auto_decode_chunk(8, 8, 5) == 5  # CPU, no budget: all frames at once
+    whole = run("auto")
+    assert sizes == [5] and torch.equal(whole, run(None))
+    modelscope.set_max_memory(budget_for(modelscope, (8, 8), 2))
+    try:
+        assert modelscope.auto_decode_chunk(8, 8, 5) == 2
+        auto = run("auto")
+        assert sizes == [2, 2, 1]
+        assert torch.equal(auto, run(2))
+        modelscope.set_max_memory(1)  # less than a frame: one at a time
+        assert modelscope.auto_decode_chunk(8, 8, 5) == 1
+    finally:
+        modelscope.set_max_memory(None)
+
+
+def test_svd_auto_decode_chunk_equals_the_fixed_chunk_it_picks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("svd") / "tiny-svd"
+    tiny.build_tiny_svd_pipeline(folder)
+    pipe = vidcore.StableVideoDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(chunk):
+        return pipe(image(), height=16, width=16, num_frames=5, num_inference_steps=1, decode_chunk_size=chunk,
+                    generator=torch.manual_seed(0), output_type="pt").frames
+
+    s = pipe.vae_scale_factor
+    pipe.set_max_memory(budget_for(pipe, (16 // s, 16 // s), 3))
+    try:
+        assert pipe.auto_decode_chunk(16 // s, 16 // s, 5) == 3
+        auto = run("auto")
+    finally:
+        pipe.set_max_memory(None)
+    assert torch.equal(auto, run(3))
+    assert not torch.equal(auto, run(5))  # the temporal decoder sees the chunk: the choice shows

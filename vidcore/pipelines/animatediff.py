@@ -101,8 +101,10 @@ def load_stored_scheduler(folder: Path, torch_dtype=None, variant=None):
 
 
 def check_decode_chunk_size(decode_chunk_size) -> None:
-    if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-        raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
+    if decode_chunk_size in (None, "auto"):
+        return
+    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+        raise ValueError(f"decode_chunk_size must be a positive integer, 'auto' or None (all frames at once), got "
                          f"{decode_chunk_size!r}")
 
 

@@ -19,7 +19,8 @@ from ..errors import UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
 from ..sampling.guidance import BATCHING_MODES, JOINT, GuidanceBatching
-from ..sampling.memory import available_bytes, parse_bytes, unet_activation_bytes
+from ..sampling.memory import (available_bytes, decoded_frame_bytes, fitting_chunk, parse_bytes,
+                               unet_activation_bytes)
 from .auto import PIPELINES
 
 
@@ -138,6 +139,15 @@ class PipelineMethodsMixin:
             return unet_activation_bytes(latents, config.out_channels, config.block_out_channels[0])
 
         return GuidanceBatching("auto", self.memory_budget(), estimate)
+
+    def auto_decode_chunk(self, latent_height: int, latent_width: int, frames: int) -> int:
+        """``decode_chunk_size="auto"``: the most frames (at least 1, at most ``frames``) whose estimated decoder
+        activations (:func:`vidcore.sampling.memory.decoded_frame_bytes`) fit the memory budget; all ``frames``
+        when the budget is unknown (CPU without ``set_max_memory``)."""
+        vae = self.vae
+        per_frame = decoded_frame_bytes(latent_height, latent_width, self.vae_scale_factor,
+                                        vae.config.block_out_channels, vae.dtype.itemsize)
+        return fitting_chunk(self.memory_budget(), per_frame, frames)
 
     def joint_guidance_batches(self, why: str) -> GuidanceBatching:
         """:meth:`guidance_batches` for a pipeline whose model call needs the whole guidance batch (``why``):

@@ -418,6 +418,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         width = width or sample * self.vae_scale_factor
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
+        if decode_chunk_size == "auto":  # frames per temporal-decoder call (one video's frames at most)
+            s = self.vae_scale_factor
+            decode_chunk_size = self.auto_decode_chunk(height // s, width // s, num_frames)
         callback_on_step_end_tensor_inputs = tuple(callback_on_step_end_tensor_inputs or ())
         self.check_inputs(height, width, num_frames, num_inference_steps, sigmas, decode_chunk_size,
                           num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs)

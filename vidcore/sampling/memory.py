@@ -10,9 +10,12 @@ The estimates are deliberately simple, upper-bound-leaning rules of thumb (see R
 * one UNet call's activation peak ~ ``UNET_COPIES * batch * frames * h * w * C0 * element_size``, the
   ``C0``-channel feature map at full latent resolution (``block_out_channels[0]``) held ``UNET_COPIES`` times
   (residual input, norm and conv outputs, attention q/k/v/out, skip connections);
-* one decoded frame ~ ``VAE_COPIES * (h * s) * (w * s) * C_top * 4`` bytes: the decoder's widest feature map
-  (``block_out_channels[-1]`` channels, counted at output resolution to cover the last up blocks) in float32
-  ``VAE_COPIES`` times. ``VAE_COPIES`` was calibrated on CPU (VmHWM) with the tiny VAEs of the tests.
+* one frame in a VAE decoder call ~ ``VAE_COPIES * (h * s) * (w * s) * C1 * element_size``: the widest feature
+  map at output resolution (the last upsampler's output, ``C1 = max(block_out_channels[:2])`` channels) held
+  ``VAE_COPIES`` times. ``VAE_COPIES = 4`` is calibrated with benchmarks/RESULTS.md "SVD VAE decode: time and
+  peak memory" (CPU VmHWM, half-width SVD decoder 64/128/256/256, 64x64 frames, float32): 114 MiB for 14 frames,
+  8.1 MiB a frame, where the formula gives 4 * 64 * 64 * 128 * 4 B = 8.0 MiB. The SD 2D decoder has no temporal
+  layers, so the same rule overestimates it slightly (the safe side).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 UNIT_BYTES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 UNET_COPIES = 8
-VAE_COPIES = 6
+VAE_COPIES = 4
 
 
 def parse_bytes(value) -> int | None:
@@ -63,9 +66,11 @@ def unet_activation_bytes(latents: torch.Tensor, latent_channels: int, base_chan
     return UNET_COPIES * positions * base_channels * latents.element_size()
 
 
-def decoded_frame_bytes(latent_height: int, latent_width: int, scale_factor: int, top_channels: int) -> int:
-    """Estimated decoder bytes per frame decoded in one call (see the module docstring)."""
-    return VAE_COPIES * latent_height * scale_factor * latent_width * scale_factor * top_channels * 4
+def decoded_frame_bytes(latent_height: int, latent_width: int, scale_factor: int, block_out_channels,
+                        element_size: int) -> int:
+    """Estimated decoder activation bytes per frame decoded in one call (see the module docstring)."""
+    pixels = latent_height * scale_factor * latent_width * scale_factor
+    return VAE_COPIES * pixels * max(block_out_channels[:2]) * element_size
 
 
 def fitting_chunk(budget: int | None, per_item: int, count: int) -> int:
