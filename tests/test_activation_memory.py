@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vidcore
+from vidcore.nn.attention import Attention, attend, sliced_attend
 from vidcore.sampling.guidance import GuidanceBatching, guidance_batch
 from vidcore.sampling.memory import VAE_COPIES, decoded_frame_bytes
 
@@ -288,3 +289,69 @@ def test_svd_auto_decode_chunk_equals_the_fixed_chunk_it_picks(tmp_path_factory)
         pipe.set_max_memory(None)
     assert torch.equal(auto, run(3))
     assert not torch.equal(auto, run(5))  # the temporal decoder sees the chunk: the choice shows
+
+
+# -- attention slicing ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows,n,m,slice_size", [(3, 10, 7, 4), (4, 5, 6, 12), (2, 9, 9, 9), (5, 3, 2, 1)])
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_sliced_attend_equals_attend(rows, n, m, slice_size, backend, monkeypatch):
+    import vidcore.nn.attention as module
+
+    g = torch.Generator().manual_seed(rows * n)
+    q, k, v = (torch.randn(rows, 2, length, 8, generator=g) for length in (n, m, m))
+    whole = attend(q, k, v, backend)
+    calls = []  # (rows, queries) of every backend call
+    monkeypatch.setattr(module, "attend", lambda q, k, v, backend=None: calls.append((q.shape[0], q.shape[2]))
+                        or attend(q, k, v, backend))
+    sliced = sliced_attend(q, k, v, backend, slice_size)
+    assert torch.allclose(sliced, whole, rtol=1e-5, atol=1e-6)
+    assert len(calls) > 1 and max(r * n for r, n in calls) <= slice_size
+
+
+def i2vgen_unet():
+    from vidcore.models.i2vgen_unet import I2VGenXLConfig, I2VGenXLUNet
+
+    return tiny.randomize_(I2VGenXLUNet(I2VGenXLConfig.from_diffusers_config(tiny.tiny_i2vgen_unet_config())), 0)
+
+
+def unet3d():
+    from vidcore.models.unet3d import UNet3D, UNet3DConfig
+
+    return tiny.randomize_(UNet3D(UNet3DConfig.from_diffusers_config(tiny.tiny_unet3d_config())), 0)
+
+
+def forward_i2vgen(unet, g):
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return unet(r(2, 4, 3, 8, 12), 10, r(2), r(2, 4, 3, 8, 12), r(2, 32), r(2, 7, 32))
+
+
+def forward_unet3d(unet, g):
+    ctx = unet.config.cross_attention_dim
+    return unet(torch.randn(2, 4, 3, 8, 12, generator=g), 10, torch.randn(2, 7, ctx, generator=g))
+
+
+@pytest.mark.parametrize("build,forward", [(i2vgen_unet, forward_i2vgen), (unet3d, forward_unet3d)],
+                         ids=["i2vgen-xl", "unet3d"])
+def test_attention_slicing_equals_whole_attention(build, forward):
+    unet = build().eval()
+    with torch.no_grad():
+        whole = forward(unet, torch.Generator().manual_seed(0))
+        unet.enable_attention_slicing(5)  # fewer than the frames x pixels of every attention: all are sliced
+        assert all(m.slice_size == 5 for m in unet.modules() if isinstance(m, Attention))
+        sliced = forward(unet, torch.Generator().manual_seed(0))
+        unet.disable_attention_slicing()
+        again = forward(unet, torch.Generator().manual_seed(0))
+    assert torch.allclose(sliced, whole, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, whole)
+
+
+def test_pipeline_attention_slicing_reaches_the_unet(modelscope):
+    modelscope.enable_attention_slicing()
+    try:
+        assert {m.slice_size for m in modelscope.unet.modules() if isinstance(m, Attention)} == {4096}
+    finally:
+        modelscope.disable_attention_slicing()
+    assert {m.slice_size for m in modelscope.unet.modules() if isinstance(m, Attention)} == {None}
+    with pytest.raises(ValueError, match="positive integer"):
+        modelscope.enable_attention_slicing(0)

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
+from ..models.options import AttentionSlicingMixin
 from ..sampling.guidance import BATCHING_MODES, JOINT, GuidanceBatching
 from ..sampling.memory import (available_bytes, decoded_frame_bytes, fitting_chunk, parse_bytes,
                                unet_activation_bytes)
@@ -32,6 +33,9 @@ def diffusers_pipeline_name(cls: type) -> str:
         if where == target and name != cls.__name__:
             return name
     return cls.__name__
+
+
+AUTO_ATTENTION_SLICE = 4096  # enable_attention_slicing("auto"): query tokens per attention call
 
 
 class Components:
@@ -156,6 +160,24 @@ class PipelineMethodsMixin:
             raise UnsupportedFeatureError(f"{type(self).__name__} runs classifier-free guidance as one batch ({why}); "
                                           "set_guidance_batching('split') is not available here, use 'joint' or 'auto'")
         return JOINT
+
+    def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
+        """Attention slicing in the UNet and ControlNets (:class:`vidcore.models.options.AttentionSlicingMixin`): at
+        most ``slice_size`` query tokens per attention call ("auto": 4096, one 64 x 64 latent frame), the same
+        result; diffusers' name, though diffusers slices by heads."""
+        self._attention_slicing(AUTO_ATTENTION_SLICE if slice_size == "auto" else slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        self._attention_slicing(None)
+
+    def _attention_slicing(self, slice_size: int | None) -> None:
+        models = [m for c in self.components_dict().values() if isinstance(c, nn.Module) for m in c.modules()
+                  if isinstance(m, AttentionSlicingMixin)]
+        for model in models:
+            if slice_size is None:
+                model.disable_attention_slicing()
+            else:
+                model.enable_attention_slicing(slice_size)
 
     # -- VAE ------------------------------------------------------------------------------------
     def _vae_switch(self, method: str, *args) -> None:
