@@ -7,9 +7,11 @@ diffusers does (the joint guidance batch, all frames in one decode).
 
 The estimates are deliberately simple, upper-bound-leaning rules of thumb (see README, "Activations"):
 
-* one UNet call's activation peak ~ ``UNET_COPIES * batch * frames * h * w * C0 * element_size``, the
+* one UNet call's activation peak ~ ``UNET_COPIES * batch * frames * h * w * C0 * element_size``: the
   ``C0``-channel feature map at full latent resolution (``block_out_channels[0]``) held ``UNET_COPIES`` times
-  (residual input, norm and conv outputs, attention q/k/v/out, skip connections);
+  (residual inputs, norms, convs, attention q/k/v/out, the skip connections of every level). ``UNET_COPIES = 40``
+  is calibrated on CPU (VmHWM, benchmarks/bench_activation_estimates.py, RESULTS.md "Activation estimates"): a
+  2-level UNet3D (64/128 channels) on 4 frames of 32 x 32 and 48 x 48 latents peaked at 31-40 copies;
 * one frame in a VAE decoder call ~ ``VAE_COPIES * (h * s) * (w * s) * C1 * element_size``: the widest feature
   map at output resolution (the last upsampler's output, ``C1 = max(block_out_channels[:2])`` channels) held
   ``VAE_COPIES`` times. ``VAE_COPIES = 4`` is calibrated with benchmarks/RESULTS.md "SVD VAE decode: time and
@@ -26,7 +28,7 @@ import torch
 
 UNIT_BYTES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-UNET_COPIES = 8
+UNET_COPIES = 40
 VAE_COPIES = 4
 
 
