@@ -131,14 +131,40 @@ def test_modelscope_auto_follows_the_budget(modelscope):
         modelscope.set_max_memory(None)
 
 
-def test_animatediff_split_equals_joint(tmp_path_factory):
-    setup = ta.build_tiny_animatediff(tmp_path_factory.mktemp("animatediff"))
-    pipe = vidcore.AnimateDiffPipeline.from_pretrained(setup.sd, motion_adapter=setup.adapter)
+@pytest.fixture(scope="module")
+def animatediff(tmp_path_factory):
+    return ta.build_tiny_animatediff(tmp_path_factory.mktemp("animatediff"))
+
+
+def test_animatediff_split_equals_joint(animatediff):
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(animatediff.sd, motion_adapter=animatediff.adapter)
     pipe.set_progress_bar_config(disable=True)
 
     def run():
         return pipe("a cat", negative_prompt="blurry", num_frames=3, height=16, width=16, num_inference_steps=2,
                     generator=torch.manual_seed(0), output_type="latent").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_animatediff_controlnet_split_equals_joint(animatediff, tmp_path_factory, guess_mode):
+    """The ControlNet residuals of the whole guidance batch, split with it (guess mode: zeros for the
+    unconditional branch)."""
+    from diffusers import ControlNetModel
+
+    folder = tmp_path_factory.mktemp("controlnet")
+    tiny.randomize_(ControlNetModel(**tc.tiny_controlnet_config()), 10).save_pretrained(folder)
+    pipe = vidcore.AnimateDiffControlNetPipeline.from_pretrained(animatediff.sd, motion_adapter=animatediff.adapter,
+                                                                 controlnet=folder)
+    pipe.set_progress_bar_config(disable=True)
+    control = tc.random_control_frames(3, 16, 24)
+
+    def run():
+        return pipe("a cat", negative_prompt="blurry", num_frames=3, height=16, width=24, num_inference_steps=2,
+                    conditioning_frames=control, guess_mode=guess_mode, generator=torch.manual_seed(0),
+                    output_type="latent").frames
 
     joint, split = joint_and_split(pipe, run)
     assert relative_error(split, joint) < RTOL

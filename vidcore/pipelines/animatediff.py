@@ -30,7 +30,6 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -269,12 +268,12 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         return None if all(v == 1.0 for v in values) else torch.tensor(values, device=device)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
-                     step: tuple[int, int]) -> torch.Tensor:
-        """The UNet on ``model_in`` (b c f h w), frames ``start:end`` of the video (a context window or all of
-        it), with those frames' motion scale; ``step``: (index, count) of the run's steps. The ControlNet
-        pipelines add their residuals for those frames here."""
-        return unet(model_in, t, embeds, **inputs.motion_kwargs(start, end))
+    def control_residuals(self, latents, t, embeds, start: int, end: int, inputs: FrameInputs,
+                          step: tuple[int, int]) -> dict:
+        """The UNet's extra inputs for ``latents`` (b c f h w), frames ``start:end`` of the video (a context window
+        or all of it), at step ``step`` = (index, count): computed once on the whole guidance batch (``embeds``
+        negatives first) and split with it, batch first (the ControlNet pipelines' residuals); none here."""
+        return {}
 
     def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str,
                       inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1),
@@ -285,14 +284,16 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         image = {} if image_embeds is None else {"image_embeds": image_embeds}
 
         def window_noise(start: int, end: int) -> torch.Tensor:
-            def model(model_in, embeds, **image):
-                return self.unet_forward(partial(unet, **image), self.scheduler.scale_model_input(model_in, t), t,
-                                         embeds, start, end, inputs, step)
+            window = latents[:, :, start:end]
+            motion = inputs.motion_kwargs(start, end)  # the frames' motion scale
+
+            def model(model_in, embeds, **extra):  # extra: IP-Adapter embeddings, ControlNet residuals
+                return unet(self.scheduler.scale_model_input(model_in, t), t, embeds, **extra, **motion)
 
             if self.parallel is not None:  # CFG halves / frame slices (b c f h w) of this window on the ranks
                 model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-            return guided(model, latents[:, :, start:end], guidance_scale, self.guidance_batches(), embeds=embeds,
-                          **image)
+            residuals = self.control_residuals(window, t, embeds, start, end, inputs, step)
+            return guided(model, window, guidance_scale, self.guidance_batches(), embeds=embeds, **image, **residuals)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
@@ -311,7 +312,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 motion_scale, control=None, schedule: Callable[[int], torch.Tensor] | None = None,
                 initial: Callable | None = None):
         """The body of every AnimateDiff call (text-, video- and ControlNet-to-video), arguments as
-        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`unet_forward` in
+        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`control_residuals` in
         :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
         strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
         gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
