@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vidcore
+from vidcore.errors import UnsupportedFeatureError
 from vidcore.nn.attention import Attention, attend, sliced_attend
 from vidcore.sampling.guidance import GuidanceBatching, guidance_batch
 from vidcore.sampling.memory import VAE_COPIES, decoded_frame_bytes
@@ -34,14 +35,19 @@ def relative_error(a, b) -> float:
 
 
 def joint_and_split(pipe, run):
-    """``run()``'s output with the joint guidance batch and with the split one (the pipeline back to joint)."""
+    """``run()``'s output with the joint guidance batch and with the split one (the pipeline back to joint); "auto"
+    with a budget below any estimate must split too, and give the split output."""
     pipe.set_guidance_batching("joint")
     joint = run()
     pipe.set_guidance_batching("split")
     try:
         split = run()
+        pipe.set_guidance_batching("auto")
+        pipe.set_max_memory(1)
+        assert torch.equal(torch.as_tensor(np.asarray(run())), torch.as_tensor(np.asarray(split)))
     finally:
         pipe.set_guidance_batching("joint")
+        pipe.set_max_memory(None)
     return joint, split
 
 
@@ -381,3 +387,17 @@ def test_pipeline_attention_slicing_reaches_the_unet(modelscope):
     assert {m.slice_size for m in modelscope.unet.modules() if isinstance(m, Attention)} == {None}
     with pytest.raises(ValueError, match="positive integer"):
         modelscope.enable_attention_slicing(0)
+
+
+def test_a_pipeline_that_needs_the_joint_batch_refuses_split(modelscope):
+    """AnimateDiff SDXL's path (``joint_guidance_batches``): "split" is a clear error, "auto" runs joint."""
+    modelscope.set_guidance_batching("split")
+    try:
+        with pytest.raises(UnsupportedFeatureError, match="split.*'joint' or 'auto'"):
+            modelscope.joint_guidance_batches("its conditions go with the whole batch")
+        modelscope.set_guidance_batching("auto")
+        modelscope.set_max_memory(1)
+        assert not modelscope.joint_guidance_batches("").splits(torch.zeros(1, 4, 2, 8, 8), 2)
+    finally:
+        modelscope.set_guidance_batching("joint")
+        modelscope.set_max_memory(None)
