@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 
+import torch
 from torch import nn
 
 from ..errors import UnsupportedFeatureError
@@ -147,10 +148,12 @@ class PipelineMethodsMixin:
     def auto_decode_chunk(self, latent_height: int, latent_width: int, frames: int) -> int:
         """``decode_chunk_size="auto"``: the most frames (at least 1, at most ``frames``) whose estimated decoder
         activations (:func:`vidcore.sampling.memory.decoded_frame_bytes`) fit the memory budget; all ``frames``
-        when the budget is unknown (CPU without ``set_max_memory``)."""
+        when the budget is unknown (CPU without ``set_max_memory``). An fp16 VAE that decodes upcast
+        (``force_upcast``) counts float32 activations."""
         vae = self.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         per_frame = decoded_frame_bytes(latent_height, latent_width, self.vae_scale_factor,
-                                        vae.config.block_out_channels, vae.dtype.itemsize)
+                                        vae.config.block_out_channels, 4 if upcast else vae.dtype.itemsize)
         return fitting_chunk(self.memory_budget(), per_frame, frames)
 
     def joint_guidance_batches(self, why: str) -> GuidanceBatching:
