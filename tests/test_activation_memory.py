@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import vidcore
-from vidcore.errors import UnsupportedFeatureError
 from vidcore.nn.attention import Attention, attend, sliced_attend
 from vidcore.sampling.guidance import GuidanceBatching, guidance_batch
 from vidcore.sampling.memory import VAE_COPIES, decoded_frame_bytes
@@ -171,6 +170,23 @@ def test_animatediff_controlnet_split_equals_joint(animatediff, tmp_path_factory
         return pipe("a cat", negative_prompt="blurry", num_frames=3, height=16, width=24, num_inference_steps=2,
                     conditioning_frames=control, guess_mode=guess_mode, generator=torch.manual_seed(0),
                     output_type="latent").frames
+
+    joint, split = joint_and_split(pipe, run)
+    assert relative_error(split, joint) < RTOL
+
+
+def test_animatediff_sdxl_split_equals_joint_with_guidance_rescale(tmp_path_factory):
+    """SDXL's pooled embeddings and time ids (``added_cond_kwargs``, a dict) split with the batch; the branches are
+    combined (and rescaled) after the windows are blended, as in the joint run."""
+    import tiny_sdxl
+
+    setup = tiny_sdxl.build_tiny_animatediff_sdxl(tmp_path_factory.mktemp("animatediff_sdxl"))
+    pipe = vidcore.AnimateDiffSDXLPipeline.from_pretrained(setup.sdxl, motion_adapter=setup.adapter)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe("a cat", negative_prompt="blurry", num_frames=3, height=16, width=24, num_inference_steps=2,
+                    guidance_rescale=0.7, generator=torch.manual_seed(0), output_type="latent").frames
 
     joint, split = joint_and_split(pipe, run)
     assert relative_error(split, joint) < RTOL
@@ -387,17 +403,3 @@ def test_pipeline_attention_slicing_reaches_the_unet(modelscope):
     assert {m.slice_size for m in modelscope.unet.modules() if isinstance(m, Attention)} == {None}
     with pytest.raises(ValueError, match="positive integer"):
         modelscope.enable_attention_slicing(0)
-
-
-def test_a_pipeline_that_needs_the_joint_batch_refuses_split(modelscope):
-    """AnimateDiff SDXL's path (``joint_guidance_batches``): "split" is a clear error, "auto" runs joint."""
-    modelscope.set_guidance_batching("split")
-    try:
-        with pytest.raises(UnsupportedFeatureError, match="split.*'joint' or 'auto'"):
-            modelscope.joint_guidance_batches("its conditions go with the whole batch")
-        modelscope.set_guidance_batching("auto")
-        modelscope.set_max_memory(1)
-        assert not modelscope.joint_guidance_batches("").splits(torch.zeros(1, 4, 2, 8, 8), 2)
-    finally:
-        modelscope.set_guidance_batching("joint")
-        modelscope.set_max_memory(None)

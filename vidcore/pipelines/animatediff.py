@@ -41,7 +41,7 @@ from ..models.unet2d import UNet2D
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
-from ..sampling.guidance import guided
+from ..sampling.guidance import guidance_batch, guided
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from ..loading.loaders import (load_module_argument, load_motion_adapter, load_text_encoder,  # noqa: F401
@@ -275,13 +275,16 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         negatives first) and split with it, batch first (the ControlNet pipelines' residuals); none here."""
         return {}
 
-    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str,
+    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float | None, windows, weighting: str,
                       inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1),
-                      image_embeds=None) -> torch.Tensor:
+                      extra: dict | None = None) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
-        (:func:`vidcore.sampling.windows.blend_windows`). ``image_embeds``: the IP-Adapter inputs (one tensor per
-        adapter, batched as ``embeds``), None without an image prompt."""
-        image = {} if image_embeds is None else {"image_embeds": image_embeds}
+        (:func:`vidcore.sampling.windows.blend_windows`); ``guidance_scale=None``: the unguided ``[uncond; cond]``
+        prediction, for a caller that combines the branches itself (SDXL's guidance rescale). ``extra``: further
+        UNet inputs batched as ``embeds`` (IP-Adapter ``image_embeds``, SDXL's ``added_cond_kwargs``).
+        The guidance branches run as :meth:`guidance_batches` says."""
+        extra = extra or {}
+        guidance = guidance_scale is None or guidance_scale > 1.0
 
         def window_noise(start: int, end: int) -> torch.Tensor:
             window = latents[:, :, start:end]
@@ -291,9 +294,12 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 return unet(self.scheduler.scale_model_input(model_in, t), t, embeds, **extra, **motion)
 
             if self.parallel is not None:  # CFG halves / frame slices (b c f h w) of this window on the ranks
-                model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-            residuals = self.control_residuals(window, t, embeds, start, end, inputs, step)
-            return guided(model, window, guidance_scale, self.guidance_batches(), embeds=embeds, **image, **residuals)
+                model = self.parallel.wrap(model, guidance, frame_dim=2)
+            conditions = dict(embeds=embeds, **extra, **self.control_residuals(window, t, embeds, start, end, inputs,
+                                                                                 step))
+            if guidance_scale is None:
+                return guidance_batch(model, window, 2, self.guidance_batches(), **conditions)
+            return guided(model, window, guidance_scale, self.guidance_batches(), **conditions)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
@@ -344,10 +350,10 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                                     prompt_embeds, negative_prompt_embeds, clip_skip)
         batch = num_videos_per_prompt if travel else cond.shape[0]
-        image_embeds = None
-        if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
-            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
-                                                                batch, guidance)
+        image_inputs = {}  # IP-Adapter: one per adapter, negatives first under guidance (as the prompt embeddings)
+        if image_prompt:
+            image_inputs["image_embeds"] = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, device, batch, guidance)
 
         # noise
         schedule = schedule or self.schedule
@@ -379,7 +385,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
                 embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
                 return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
-                                          (i, len(timesteps)), image_embeds)
+                                          (i, len(timesteps)), image_inputs)
 
             return self.sample(latents, timesteps, predict, step, step_end)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -299,8 +298,6 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
             "prompt_embeds": cond, "negative_prompt_embeds": uncond, "add_text_embeds": pooled,
             "negative_pooled_prompt_embeds": uncond_pooled, "add_time_ids": ids, "negative_add_time_ids": uncond_ids})
 
-        self.joint_guidance_batches("the SDXL time ids and pooled embeddings go with the whole batch")
-
         def predict(latents, t, i):
             state = step_end.tensors
             parts = ("prompt_embeds", "add_text_embeds", "add_time_ids")
@@ -308,10 +305,10 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                 embeds, text, time = (torch.cat([state[_negative(k)], state[k]]) for k in parts)
             else:
                 embeds, text, time = (state[k] for k in parts)
-            model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time}, **image_kwargs)
-            model_in = torch.cat([latents] * 2) if guidance else latents
-            # the plain windowed prediction (guidance_scale 1), guided here to keep the conditional half
-            noise = self.predict_noise(model, model_in, t, embeds, 1.0, windows, context_weighting)
+            extra = {"added_cond_kwargs": {"text_embeds": text, "time_ids": time}, **image_kwargs}
+            # the [uncond; cond] prediction (guidance_scale None), guided here to keep the conditional half
+            noise = self.predict_noise(unet, latents, t, embeds, None if guidance else 1.0, windows, context_weighting,
+                                       extra=extra)
             if guidance:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)

@@ -156,14 +156,6 @@ class PipelineMethodsMixin:
                                         vae.config.block_out_channels, 4 if upcast else vae.dtype.itemsize)
         return fitting_chunk(self.memory_budget(), per_frame, frames)
 
-    def joint_guidance_batches(self, why: str) -> GuidanceBatching:
-        """:meth:`guidance_batches` for a pipeline whose model call needs the whole guidance batch (``why``):
-        "split" is refused, "auto" runs joint."""
-        if self.guidance_batching == "split":
-            raise UnsupportedFeatureError(f"{type(self).__name__} runs classifier-free guidance as one batch ({why}); "
-                                          "set_guidance_batching('split') is not available here, use 'joint' or 'auto'")
-        return JOINT
-
     def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
         """Attention slicing in the UNet and ControlNets (:class:`vidcore.models.options.AttentionSlicingMixin`): at
         most ``slice_size`` query tokens per attention call ("auto": 4096, one 64 x 64 latent frame), the same
