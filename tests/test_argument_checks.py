@@ -32,6 +32,7 @@ from vidcore.pipelines.features import PIPELINES, pipeline_class
 V, T = ArgumentError, ArgumentTypeError  # out of range / wrong type
 NUMBER = r"number"
 WHOLE = r"positive integer"
+CHUNK = r"positive integer, 'auto' or None"
 MEDIA = r"PIL image.*file path.*numpy array.*torch tensor"
 
 # argument -> [(bad value, expected error, regex the message must also hold: the allowed values)]
@@ -52,7 +53,8 @@ BAD: dict[str, list[tuple]] = {
        for name in ("height", "width")},
     **{name: [(0, V, WHOLE), (2.5, T, WHOLE), (True, T, WHOLE)]
        for name in ("num_frames", "video_length", "num_videos_per_prompt", "num_images_per_prompt",
-                    "callback_steps", "decode_chunk_size")},
+                    "callback_steps")},
+    "decode_chunk_size": [(0, V, CHUNK), (-1, V, CHUNK), (2.5, T, CHUNK), ("big", V, CHUNK), (True, T, CHUNK)],
     "num_inference_steps": [(0, V, WHOLE), (-3, V, WHOLE), (2.5, T, WHOLE), (None, V, WHOLE)],
     "timesteps": [([1.5, 2.5], T, r"list of integer timesteps")],
     "sigmas": [("karras", T, r"list of numbers")],
@@ -228,7 +230,7 @@ def test_issue_examples_on_text_to_video(t2v):
     with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs must be among \('latents', "
                                          r"'prompt_embeds'\) \(a list or tuple of names\), got \['noise'\]"):
         t2v(**args, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"])
-    with pytest.raises(ValueError, match=r"decode_chunk_size must be a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match=r"decode_chunk_size must be a positive integer, 'auto' or None, got 0"):
         t2v(**args, decode_chunk_size=0)
     assert calls == []
     seen = []
@@ -244,7 +246,7 @@ def test_issue_examples_on_svd(svd):
                 output_type="np")
     for bad, message in [({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
                          ({"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, r"among \('latents',\)"),
-                         ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive integer or None")]:
+                         ({"decode_chunk_size": 0}, "decode_chunk_size must be a positive integer, 'auto' or None")]:
         with pytest.raises(ValueError, match=message):
             svd(**{**args, **bad})
     assert calls == []

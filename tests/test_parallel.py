@@ -343,6 +343,19 @@ def check_pipeline(rank, world, res, modes, num_frames, tag=""):
         pipe.disable_parallel()
 
 
+def check_guidance_batching(rank, world, res):
+    """set_guidance_batching("split") under enable_parallel: frame parallel runs each branch split over the frame
+    ranks; CFG parallel already runs one branch per rank. Both equal the joint single-process run."""
+    pipe = tiny_pipeline()
+    ref = run_pipe(pipe, num_frames=world, eta=0.5)
+    pipe.set_guidance_batching("split")
+    for cfg, frames in ((False, True), (True, False)):
+        pipe.enable_parallel(cfg=cfg, frames=frames)
+        got = run_pipe(pipe, num_frames=world, eta=0.5)
+        res[f"split_guidance_{'cfg' if cfg else 'frames'}"] = err(got, ref) if rank == 0 else float(got is not None)
+        pipe.disable_parallel()
+
+
 def check_pipeline_windows(rank, world, res):
     """ModelScope text-to-video with sliding context windows: each window split over the frame ranks, or its
     CFG halves on two ranks."""
@@ -443,6 +456,7 @@ def scenario(rank, world):
         check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_uneven")
         check_svd_pipeline(rank, world, res, [(False, True)], frames=5, tag="_windows", windows=[(0, 3), (2, 5)])
         check_pipeline_windows(rank, world, res)
+        check_guidance_batching(rank, world, res)
         check_animatediff(rank, world, res, [(False, True), (True, False)], frames=4)
         check_deep_cache(rank, world, res)
     if world == 3:
@@ -561,6 +575,12 @@ def test_parallel_animatediff_equals_single_process(results):
     for key in ("animatediff_frames", "animatediff_cfg", "animatediff_windows_frames"):
         assert res[0][key] < 3e-5, (key, res[0][key])
         assert res[1][key] == 0.0
+
+
+def test_split_guidance_batching_composes_with_parallel(results):
+    for r, res in enumerate(results(2)):
+        for key in ("split_guidance_frames", "split_guidance_cfg"):
+            assert res[key] < TOL, (r, key, res[key])
 
 
 def test_parallel_context_windows_equal_single_process(results):

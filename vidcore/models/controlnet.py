@@ -31,7 +31,7 @@ from torch import nn
 from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.processors import AttentionProcessorMixin
 from .config_utils import DiffusersConfig
-from .options import FusedQKVMixin, GroupOffloadMixin
+from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin
 from .pretrained import PretrainedMixin
 from .unet2d import DOWN_TYPES, Block2D, MidBlock2D, UNet2D, UNet2DConfig
 from .unet_layout import down_path, unet_levels
@@ -149,7 +149,8 @@ def residual_channels(model: nn.Module) -> tuple[list[int], int]:
     return down, model.mid_block.resnets[-1].conv2.out_channels
 
 
-class ControlNet(PretrainedMixin, AttentionProcessorMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
+class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin,
+                 nn.Module):
     """``forward(sample n c h w, timestep, encoder_hidden_states n m d, controlnet_cond n 3 H W)`` ->
     :class:`ControlNetOutput` (H, W = 8 h, 8 w for SD's conditioning embedding)."""
 

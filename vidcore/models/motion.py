@@ -30,7 +30,7 @@ from ..nn.processors import AttentionProcessorMixin
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
-from .options import FusedQKVMixin, GroupOffloadMixin
+from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin
 from .pretrained import PretrainedMixin, UNetMotionPretrainedMixin
 from .unet2d import UNet2D
 
@@ -167,7 +167,8 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
                              f"got {u.conv_in_kernel}")
 
 
-class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
+class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin,
+                 GroupOffloadMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.

@@ -1,11 +1,12 @@
-"""Inference options shared by the models: FreeU, feed-forward chunking, fused QKV projections and group offload
-(one implementation each)."""
+"""Inference options shared by the models: FreeU, feed-forward chunking, attention slicing, fused QKV
+projections and group offload (one implementation each)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..nn.attention import Attention
 from ..nn.fused_qkv import fuse_qkv, unfuse_qkv
 from ..nn.group_offload import GroupOffload, GroupOffloadConfig, disable_group_offload, enable_group_offload
 from .freeu import FreeU
@@ -45,7 +46,28 @@ class GroupOffloadMixin:
         disable_group_offload(self)
 
 
-class ForwardChunkingMixin(FusedQKVMixin):
+class AttentionSlicingMixin:
+    """``enable_attention_slicing``: every attention (:class:`~vidcore.nn.attention.Attention`, spatial, cross and
+    temporal) computes its softmax on at most ``slice_size`` query tokens per call (``Attention.slice_size``, see
+    :func:`vidcore.nn.attention.sliced_attend`): a bounded score matrix where token counts explode (I2VGen-XL at
+    704x1280: 88 x 160 tokens per frame), the same result; ``disable_attention_slicing`` restores one call."""
+
+    def enable_attention_slicing(self: nn.Module, slice_size: int) -> None:
+        if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
+            raise ValueError(f"attention slice_size must be a positive integer (query tokens per call), "
+                             f"got {slice_size!r}")
+        self._set_attention_slice(slice_size)
+
+    def disable_attention_slicing(self: nn.Module) -> None:
+        self._set_attention_slice(None)
+
+    def _set_attention_slice(self: nn.Module, slice_size: int | None) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.slice_size = slice_size
+
+
+class ForwardChunkingMixin(AttentionSlicingMixin, FusedQKVMixin):
     """``enable_forward_chunking``: every feed-forward (modules with a ``chunk_size`` attribute, see
     ``nn.transformer.FeedForward``) runs in chunks, which lowers peak memory and is exact."""
 

@@ -12,6 +12,11 @@ Backends:
 
 Choose globally with :func:`set_attention_backend` (or the :func:`attention_backend` context), or per
 module with :func:`set_module_attention_backend` (``Attention.backend``; ``None`` = the global one).
+
+Attention slicing (``Attention.slice_size``, a plain field; ``model.enable_attention_slicing``): at most that many
+query tokens (batch rows x sequence) per backend call, the rest in further calls (:func:`sliced_attend`). Each
+query's row of the softmax is computed whole, so the result is the same (within the backend's float rounding);
+the score matrix that a non-fused backend ("math", SDPA's CPU path) materialises shrinks to the slice.
 """
 
 from __future__ import annotations
@@ -95,23 +100,37 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | Non
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def sliced_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None,
+                  slice_size: int | None = None) -> torch.Tensor:
+    """:func:`attend` on at most ``slice_size`` query tokens per call, counted over batch rows x sequence: whole
+    rows (with their keys) while a row fits, else one row at a time in runs of ``slice_size`` queries."""
+    rows, n = q.shape[0], q.shape[2]
+    if slice_size is None or rows * n <= slice_size:
+        return attend(q, k, v, backend)
+    per_call = max(1, slice_size // n)
+    return torch.cat([torch.cat([attend(q[r: r + per_call, :, i: i + slice_size], k[r: r + per_call],
+                                        v[r: r + per_call], backend) for i in range(0, n, slice_size)], dim=2)
+                      for r in range(0, rows, per_call)])
+
+
 def temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, heads: int,
-                    backend: str | None = None) -> torch.Tensor:
+                    backend: str | None = None, slice_size: int | None = None) -> torch.Tensor:
     """Attention over frames for tensors in the spatial layout ``(b f) n (heads d)``; same layout out.
 
     Each pixel of each video attends over its ``f`` frames. A registered kernel (the Triton one) reads
     this layout directly; the SDPA/math path rearranges to ``(b n) heads f d`` and back.
     Under frame parallelism (``nn.frame_hooks``) ``f`` is this process's frame count and the handler
-    makes the attention span all frames.
+    makes the attention span all frames. ``slice_size``: see :func:`sliced_attend` (not for the fused kernel,
+    which never holds the scores).
     """
     handler = frame_handler()
     if handler is not None:
-        return handler.temporal_attend(q, k, v, num_frames, heads, backend)
-    return local_temporal_attend(q, k, v, num_frames, heads, backend)
+        return handler.temporal_attend(q, k, v, num_frames, heads, backend, slice_size)
+    return local_temporal_attend(q, k, v, num_frames, heads, backend, slice_size)
 
 
 def local_temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, heads: int,
-                          backend: str | None = None) -> torch.Tensor:
+                          backend: str | None = None, slice_size: int | None = None) -> torch.Tensor:
     """:func:`temporal_attend` on the frames at hand, never redirected."""
     name = backend or _GLOBAL_BACKEND
     if name in ("auto", "triton"):
@@ -119,7 +138,7 @@ def local_temporal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num
         if out is not None:
             return out
     to_heads = lambda t: rearrange(t, "(b f) n (h d) -> (b n) h f d", f=num_frames, h=heads)  # noqa: E731
-    out = attend(to_heads(q), to_heads(k), to_heads(v), "math" if name == "math" else "sdpa")
+    out = sliced_attend(to_heads(q), to_heads(k), to_heads(v), "math" if name == "math" else "sdpa", slice_size)
     return rearrange(out, "(b n) h f d -> (b f) n (h d)", n=q.shape[1])
 
 
@@ -146,6 +165,7 @@ class Attention(nn.Module):
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
         self.backend: str | None = None
+        self.slice_size: int | None = None  # attention slicing: query tokens per backend call (None: all)
         # Cross-frame mode (Text2Video-Zero): (frames per video, source frame) or None.
         self.cross_frame: tuple[int, int] | None = None
         # The user's processor (vidcore.nn.processors, set by a model's set_attn_processor): where a spatial
@@ -182,7 +202,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         q, k, v = project_qkv(self, x, context)  # one matmul after fuse_qkv_projections
         if num_frames is not None:
-            return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend))
+            return self.to_out(temporal_attend(q, k, v, num_frames, self.heads, self.backend, self.slice_size))
         return self.to_out(self._cross(q, k, v))
 
     def _cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -198,7 +218,7 @@ class Attention(nn.Module):
                 raise ValueError(f"x batch {rows} is not a multiple of the context batch {b}")
             q = q.reshape(b, -1, q.shape[-1])
         q, k, v = (t.reshape(b, -1, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        out = attend(q, k, v, self.backend)  # b heads (f n) d
+        out = sliced_attend(q, k, v, self.backend, self.slice_size)  # b heads (f n) d
         return out.transpose(1, 2).reshape(rows, n, self.heads * self.head_dim)
 
     def _forward_with_images(self, x: torch.Tensor, context: "ImagePromptContext") -> torch.Tensor:

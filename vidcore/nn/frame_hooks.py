@@ -13,7 +13,7 @@ positions) start at :func:`frame_start`.
 With no handler installed (the default) they run their ordinary single-process code. A handler
 (``vidcore.parallel.frames.FrameShardHandler``) sees only this process's contiguous slice of
 frames and makes each op exact across processes (all-to-all, halo exchange, all-reduced
-statistics). Handlers implement ``temporal_attend(q, k, v, num_frames, heads, backend)``,
+statistics). Handlers implement ``temporal_attend(q, k, v, num_frames, heads, backend, slice_size)``,
 ``frame_conv(conv, x)``, ``group_norm(norm, x)`` and ``frame_start(num_frames)``; ``num_frames`` is
 then the local count.
 """

@@ -41,7 +41,7 @@ class FrameShardHandler:
         self.sizes = comm.split_sizes(num_frames, comm.group_size(group))
         check_frames(num_frames, len(self.sizes))
 
-    def temporal_attend(self, q, k, v, num_frames: int, heads: int, backend=None) -> torch.Tensor:
+    def temporal_attend(self, q, k, v, num_frames: int, heads: int, backend=None, slice_size=None) -> torch.Tensor:
         # q, k, v: (b f_l) n (heads d), f_l = num_frames local frames
         n, inner = q.shape[1], q.shape[2]
         world = comm.group_size(self.group)
@@ -51,7 +51,8 @@ class FrameShardHandler:
             qkv = torch.cat([qkv, qkv.new_zeros(qkv.shape[0], padded - n, qkv.shape[2])], dim=1)
         qkv = comm.frames_to_pixels(qkv, num_frames, self.group, self.sizes)  # (b f) n_l 3c
         q, k, v = qkv.split(inner, dim=-1)
-        out = local_temporal_attend(q.contiguous(), k.contiguous(), v.contiguous(), sum(self.sizes), heads, backend)
+        out = local_temporal_attend(q.contiguous(), k.contiguous(), v.contiguous(), sum(self.sizes), heads, backend,
+                                    slice_size)
         return comm.pixels_to_frames(out, num_frames, padded, self.group, self.sizes)[:, :n]  # (b f_l) n c
 
     def frame_conv(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import torch
 import torch.distributed as dist
 
+from ..sampling.guidance import batch_part
 from . import comm
 from .frames import frame_parallel, frame_sizes, shard_frames
 from .group import ParallelConfig, check_frames, init_distributed
@@ -95,9 +96,8 @@ class ParallelRunner:
             missing = framed - conditions.keys()
             if missing:
                 raise TypeError(f"framed names conditions the model was not given: {sorted(missing)}")
-            if split_cfg:  # this rank's half of [uncond; cond]
-                x = x.chunk(2)[pc.cfg_index]
-                conditions = {k: v.chunk(2)[pc.cfg_index] for k, v in conditions.items()}
+            if split_cfg:  # this rank's half of [uncond; cond], split as guidance batching splits it
+                x, conditions = batch_part(x, pc.cfg_index, 2), batch_part(conditions, pc.cfg_index, 2)
             num_frames = x.shape[frame_dim]
             sizes = frame_sizes(num_frames, pc.frame_group)
             x = shard_frames(x, pc.frame_group, frame_dim)

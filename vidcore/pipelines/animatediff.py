@@ -30,7 +30,6 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +41,7 @@ from ..models.unet2d import UNet2D
 from ..parallel.pipeline import ParallelPipelineMixin
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
-from ..sampling.guidance import guided
+from ..sampling.guidance import guidance_batch, guided
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.windows import blend_windows, check_parallel_windows, plan_windows
 from ..loading.loaders import (load_module_argument, load_motion_adapter, load_text_encoder,  # noqa: F401
@@ -101,8 +100,10 @@ def load_stored_scheduler(folder: Path, torch_dtype=None, variant=None):
 
 
 def check_decode_chunk_size(decode_chunk_size) -> None:
-    if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-        raise ValueError(f"decode_chunk_size must be a positive integer (or None: all frames at once), got "
+    if decode_chunk_size in (None, "auto"):
+        return
+    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+        raise ValueError(f"decode_chunk_size must be a positive integer, 'auto' or None (all frames at once), got "
                          f"{decode_chunk_size!r}")
 
 
@@ -267,25 +268,38 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         return None if all(v == 1.0 for v in values) else torch.tensor(values, device=device)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
-                     step: tuple[int, int]) -> torch.Tensor:
-        """The UNet on ``model_in`` (b c f h w), frames ``start:end`` of the video (a context window or all of
-        it), with those frames' motion scale; ``step``: (index, count) of the run's steps. The ControlNet
-        pipelines add their residuals for those frames here."""
-        return unet(model_in, t, embeds, **inputs.motion_kwargs(start, end))
+    def control_residuals(self, latents, t, embeds, start: int, end: int, inputs: FrameInputs,
+                          step: tuple[int, int]) -> dict:
+        """The UNet's extra inputs for ``latents`` (b c f h w), frames ``start:end`` of the video (a context window
+        or all of it), at step ``step`` = (index, count): computed once on the whole guidance batch (``embeds``
+        negatives first) and split with it, batch first (the ControlNet pipelines' residuals); none here."""
+        return {}
 
-    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float, windows, weighting: str,
-                      inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def predict_noise(self, unet, latents, t, embeds, guidance_scale: float | None, windows, weighting: str,
+                      inputs: FrameInputs = FrameInputs(), step: tuple[int, int] = (0, 1),
+                      extra: dict | None = None) -> torch.Tensor:
         """Guided noise prediction for ``latents`` (b c f h w), window by window when there are several
-        (:func:`vidcore.sampling.windows.blend_windows`)."""
+        (:func:`vidcore.sampling.windows.blend_windows`); ``guidance_scale=None``: the unguided ``[uncond; cond]``
+        prediction, for a caller that combines the branches itself (SDXL's guidance rescale). ``extra``: further
+        UNet inputs batched as ``embeds`` (IP-Adapter ``image_embeds``, SDXL's ``added_cond_kwargs``).
+        The guidance branches run as :meth:`guidance_batches` says."""
+        extra = extra or {}
+        guidance = guidance_scale is None or guidance_scale > 1.0
+
         def window_noise(start: int, end: int) -> torch.Tensor:
-            def model(model_in, embeds):
-                return self.unet_forward(unet, self.scheduler.scale_model_input(model_in, t), t, embeds, start, end,
-                                         inputs, step)
+            window = latents[:, :, start:end]
+            motion = inputs.motion_kwargs(start, end)  # the frames' motion scale
+
+            def model(model_in, embeds, **extra):  # extra: IP-Adapter embeddings, ControlNet residuals
+                return unet(self.scheduler.scale_model_input(model_in, t), t, embeds, **extra, **motion)
 
             if self.parallel is not None:  # CFG halves / frame slices (b c f h w) of this window on the ranks
-                model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-            return guided(model, latents[:, :, start:end], guidance_scale, embeds=embeds)
+                model = self.parallel.wrap(model, guidance, frame_dim=2)
+            conditions = dict(embeds=embeds, **extra, **self.control_residuals(window, t, embeds, start, end, inputs,
+                                                                                 step))
+            if guidance_scale is None:
+                return guidance_batch(model, window, 2, self.guidance_batches(), **conditions)
+            return guided(model, window, guidance_scale, self.guidance_batches(), **conditions)
 
         return blend_windows(window_noise, latents.shape[2], windows, weighting)
 
@@ -304,7 +318,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 motion_scale, control=None, schedule: Callable[[int], torch.Tensor] | None = None,
                 initial: Callable | None = None):
         """The body of every AnimateDiff call (text-, video- and ControlNet-to-video), arguments as
-        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`unet_forward` in
+        :meth:`__call__`. Per-call additions travel as arguments: ``control`` reaches :meth:`control_residuals` in
         :class:`FrameInputs`; ``schedule(steps) -> timesteps`` replaces the whole schedule (video-to-video: the
         strength's part; FreeInit's rounds use it too); ``initial(shape, dtype, device, generator, latents)``
         gives the starting latents instead of noise (video-to-video: the encoded video, noised)."""
@@ -336,9 +350,10 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
         cond, uncond = travel or self.encode_prompt(prompt, device, num_videos_per_prompt, guidance, negative_prompt,
                                                     prompt_embeds, negative_prompt_embeds, clip_skip)
         batch = num_videos_per_prompt if travel else cond.shape[0]
-        if image_prompt:  # one per adapter, negatives first under guidance (as the prompt embeddings)
-            image_embeds = self.prepare_ip_adapter_image_embeds(ip_adapter_image, ip_adapter_image_embeds, device,
-                                                                batch, guidance)
+        image_inputs = {}  # IP-Adapter: one per adapter, negatives first under guidance (as the prompt embeddings)
+        if image_prompt:
+            image_inputs["image_embeds"] = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, device, batch, guidance)
 
         # noise
         schedule = schedule or self.schedule
@@ -354,8 +369,6 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
 
         # loop
         unet = self._run_on_device("unet")
-        if image_prompt:
-            unet = partial(unet, image_embeds=image_embeds)
         if self.parallel is not None:
             check_parallel_windows(windows, self.parallel.config.frame_size)
             self.parallel.check(num_frames)
@@ -372,7 +385,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                 cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
                 embeds = torch.cat([uncond, cond]) if guidance else cond  # b m d; the UNet repeats it per frame
                 return self.predict_noise(unet, latents, t, embeds, guidance_scale, windows, context_weighting, inputs,
-                                          (i, len(timesteps)))
+                                          (i, len(timesteps)), image_inputs)
 
             return self.sample(latents, timesteps, predict, step, step_end)
 

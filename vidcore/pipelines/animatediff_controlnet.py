@@ -3,7 +3,7 @@
 
 Each step the ControlNet runs on every frame as an image (``(b f) c h w``, the prompt repeated per frame) with
 that frame's control image, and its residuals are added to the UNet's skip features before the motion modules
-mix the frames. The ControlNet runs inside :meth:`AnimateDiffBase.unet_forward` (its inputs in
+mix the frames. The ControlNet runs in :meth:`AnimateDiffBase.control_residuals` (its inputs in
 ``FrameInputs.control``), so with sliding context
 windows (videos longer than the motion adapter's table) each window gets the control images of its own frames.
 
@@ -76,17 +76,18 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
     example_controlnet = EXAMPLE_CONTROLNET
 
     # -- the UNet pass (AnimateDiffBase.predict_noise calls it per window) -----------------------
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
-                     step: tuple[int, int]) -> torch.Tensor:
-        """The UNet with the ControlNet residuals of frames ``start:end`` (zero outside the guidance window)."""
+    def control_residuals(self, latents, t, embeds, start: int, end: int, inputs: FrameInputs,
+                          step: tuple[int, int]) -> dict:
+        """The ControlNet residuals of frames ``start:end`` for the whole guidance batch (none outside the
+        ControlNets' guidance windows)."""
         c = inputs.control
         i, n = step
         scales = [scale * (0.0 if i / n < s or (i + 1) / n > e else 1.0)
                   for scale, s, e in zip(c["scales"], c["starts"], c["ends"])]
         active = [k for k, scale in enumerate(scales) if scale != 0.0]
-        motion = inputs.motion_kwargs(start, end)
         if not active:  # outside every ControlNet's window the residuals would be zeros
-            return unet(model_in, t, embeds, **motion)
+            return {}
+        model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if c["guidance"] else latents, t)
         frames = end - start
         only_cond = c["guess_mode"] and c["guidance"]  # the ControlNet sees the conditional half only
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
@@ -105,8 +106,7 @@ class AnimateDiffControlNetPipeline(FreeNoiseMixin, AnimateDiffBase):
         if only_cond:
             down = [torch.cat([torch.zeros_like(r), r]) for r in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
-        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
-                    **motion)
+        return dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
 
     # -- call -----------------------------------------------------------------------------------
     def prepare_control(self, conditioning_frames, num_frames: int, height: int, width: int, videos: int,

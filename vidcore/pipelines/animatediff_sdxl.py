@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -306,10 +305,10 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                 embeds, text, time = (torch.cat([state[_negative(k)], state[k]]) for k in parts)
             else:
                 embeds, text, time = (state[k] for k in parts)
-            model = partial(unet, added_cond_kwargs={"text_embeds": text, "time_ids": time}, **image_kwargs)
-            model_in = torch.cat([latents] * 2) if guidance else latents
-            # the plain windowed prediction (guidance_scale 1), guided here to keep the conditional half
-            noise = self.predict_noise(model, model_in, t, embeds, 1.0, windows, context_weighting)
+            extra = {"added_cond_kwargs": {"text_embeds": text, "time_ids": time}, **image_kwargs}
+            # the [uncond; cond] prediction (guidance_scale None), guided here to keep the conditional half
+            noise = self.predict_noise(unet, latents, t, embeds, None if guidance else 1.0, windows, context_weighting,
+                                       extra=extra)
             if guidance:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)

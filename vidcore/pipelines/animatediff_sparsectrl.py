@@ -7,7 +7,7 @@ they are encoded by the VAE (a posterior sample drawn from torch's global genera
 ``torch.manual_seed`` for repeatable RGB runs). They are placed at ``controlnet_frame_indices`` in an otherwise
 zero condition video with a mask channel marking those frames. Every step the SparseControlNet runs on the whole
 video (or on each context window, with that window's slice of the condition) and its residuals go into the UNet
-inside :meth:`AnimateDiffBase.unet_forward` (its inputs in ``FrameInputs.control``).
+in :meth:`AnimateDiffBase.control_residuals` (its inputs in ``FrameInputs.control``).
 
 Difference from diffusers: in guess mode with guidance the unconditional half gets zero residuals (diffusers hands
 the UNet residuals of half the batch there and fails).
@@ -56,10 +56,11 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
                              f"{self.controlnet.max_frames}")
         return super().check_context(num_frames, context_length, context_stride, context_weighting)
 
-    def unet_forward(self, unet, model_in, t, embeds, start: int, end: int, inputs: FrameInputs,
-                     step: tuple[int, int]) -> torch.Tensor:
-        """The UNet with the SparseControlNet residuals of frames ``start:end``."""
+    def control_residuals(self, latents, t, embeds, start: int, end: int, inputs: FrameInputs,
+                          step: tuple[int, int]) -> dict:
+        """The SparseControlNet residuals of frames ``start:end`` for the whole guidance batch."""
         c = inputs.control
+        model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if c["guidance"] else latents, t)
         only_cond = c["guess_mode"] and c["guidance"]
         x = model_in.chunk(2)[1] if only_cond else model_in  # b c f h w
         text = embeds.chunk(2)[1] if only_cond else embeds  # b m d
@@ -69,8 +70,7 @@ class AnimateDiffSparseControlNetPipeline(AnimateDiffBase):
         if only_cond:
             down = [torch.cat([torch.zeros_like(r), r]) for r in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
-        return unet(model_in, t, embeds, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid,
-                    **inputs.motion_kwargs(start, end))
+        return dict(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
 
     # -- call -----------------------------------------------------------------------------------
     def prepare_sparse_condition(self, conditioning_frames, frame_indices, num_frames: int, height: int, width: int):

@@ -99,6 +99,9 @@ class AnimateDiffVideoToVideoPipeline(FreeNoiseMixin, AnimateDiffBase):
                 raise ValueError(f"got {clip.shape[0]} videos for {batch} prompts x videos per prompt")
             clip = clip.expand(batch, *clip.shape[1:]) if clip.shape[0] != batch else clip
         strength, encode_chunk = float(strength), decode_chunk_size or num_frames
+        if encode_chunk == "auto":  # the decoder's estimate bounds the encoder's chunks too
+            s = self.vae_scale_factor
+            encode_chunk = self.auto_decode_chunk(height // s, width // s, num_frames)
         first = []  # the first timestep of the latest schedule (FreeInit reschedules per round)
 
         def schedule(steps: int) -> torch.Tensor:

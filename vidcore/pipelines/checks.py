@@ -298,7 +298,9 @@ ARGUMENTS: dict[str, Rule] = {
                                                                             or v <= a["context_length"]), none=True),
     "context_weighting": one_of(CONTEXT_WEIGHTINGS),
     # decoding and output
-    "decode_chunk_size": integer(1, none=True), "decode_overlap": integer(0),
+    "decode_chunk_size": Rule(_or_none("a positive integer, 'auto'", True), lambda v: is_int(v) or isinstance(v, str),
+                              lambda v, p, a: v == "auto" if isinstance(v, str) else v >= 1, none=True),
+    "decode_overlap": integer(0),
     "output_type": one_of(OUTPUT_TYPES), "return_dict": FLAG,
     # callbacks
     "callback": FUNCTION, "callback_steps": integer(1, none=True), "callback_on_step_end": FUNCTION,

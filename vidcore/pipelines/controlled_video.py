@@ -43,7 +43,7 @@ from ..models.unet2d import UNet2D
 from ..nn.attention import cross_frame_attention as frame_attention
 from ..random import randn_tensor
 from ..sampling.loop import StepEnd, scheduler_step
-from ..sampling.guidance import apply_guidance
+from ..sampling.guidance import apply_guidance, guidance_batch
 from ..sampling.loop import check_callback_inputs
 from .checks import check_call
 from .control_residuals import controlnet_residuals, in_control_window
@@ -265,14 +265,20 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
             cond, uncond = step_end.tensors["prompt_embeds"], step_end.tensors["negative_prompt_embeds"]
             text = cond.repeat_interleave(frames, dim=0)  # (b f) m d: the prompt of every frame
             embeds = torch.cat([uncond.repeat_interleave(frames, dim=0), text]) if guidance else text
-            model_in = torch.cat([latents] * 2) if guidance else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
             residuals = {}
             if in_control_window(i, len(timesteps), control_guidance_start, control_guidance_end):
+                model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
                 residuals = controlnet_residuals(controlnet, self.scheduler, latents, model_in, t, embeds, control,
                                                  controlnet_conditioning_scale, guess_mode, guidance)
-            noise = unet(model_in, t, embeds, image_embeds=image_embeds, **residuals)
-            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+            def model(x, embeds, image_embeds, **residuals):
+                return unet(self.scheduler.scale_model_input(x, t), t, embeds, image_embeds=image_embeds, **residuals)
+
+            if not guidance:
+                return model(latents, embeds, image_embeds, **residuals)
+            noise = guidance_batch(model, latents, 2, self.guidance_batches(), embeds=embeds, image_embeds=image_embeds,
+                                   **residuals)
+            return apply_guidance(noise, guidance_scale)
 
         step = scheduler_step(self.scheduler, eta=eta, generator=generator)
         with frame_attention((unet, controlnet), frames if cross_frame_attention else None):

@@ -156,7 +156,7 @@ class I2VGenXLPipeline(VideoUNetPipeline):
 
         if self.parallel is not None:  # the image latents go whole to every frame rank: the UNet encodes all frames
             model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-        return guided(model, latents, guidance_scale, fps=fps, image_latents=image_latents,
+        return guided(model, latents, guidance_scale, self.guidance_batches(), fps=fps, image_latents=image_latents,
                       image_embeddings=image_embeddings, prompt_embeds=prompt_embeds)
 
     # -- call -----------------------------------------------------------------------------------

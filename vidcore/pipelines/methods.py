@@ -1,6 +1,8 @@
 """The pipeline methods diffusers users reach for, written once for every vidcore pipeline: ``components`` (name ->
-module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV), each a
-plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design principle 13).
+module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV, attention
+slicing), each a plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design
+principle 13), and the pipeline's own activation settings (guidance batching, the memory budget: plain fields with a
+setter, read by each call).
 
 ``save_pretrained`` is :mod:`vidcore.loading.save_pipeline`; the LoRA ``scale`` of ``cross_attention_kwargs``
 is :mod:`vidcore.pipelines.lora`; ``load_textual_inversion`` is :mod:`vidcore.pipelines.textual_inversion`.
@@ -11,11 +13,16 @@ from __future__ import annotations
 import inspect
 import os
 
+import torch
 from torch import nn
 
 from ..errors import UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
+from ..models.options import AttentionSlicingMixin
+from ..sampling.guidance import BATCHING_MODES, JOINT, GuidanceBatching
+from ..sampling.memory import (available_bytes, decoded_frame_bytes, fitting_chunk, parse_bytes,
+                               unet_activation_bytes)
 from .auto import PIPELINES
 
 
@@ -27,6 +34,9 @@ def diffusers_pipeline_name(cls: type) -> str:
         if where == target and name != cls.__name__:
             return name
     return cls.__name__
+
+
+AUTO_ATTENTION_SLICE = 4096  # enable_attention_slicing("auto"): query tokens per attention call
 
 
 class Components:
@@ -45,6 +55,8 @@ class PipelineMethodsMixin:
 
     component_names: tuple[str, ...] = ()
     components = Components()
+    guidance_batching: str = "joint"  # set_guidance_batching
+    max_memory: int | None = None  # set_max_memory, in bytes
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that still declares ``components = (names...)`` (the old spelling) gets them as
@@ -97,6 +109,70 @@ class PipelineMethodsMixin:
     def saved_index_options(self) -> dict:
         """Entries ``save_pretrained`` adds to ``model_index.json`` besides the components (none here)."""
         return {}
+
+    # -- activations --------------------------------------------------------------------------
+    def set_guidance_batching(self, mode: str = "joint") -> None:
+        """How classifier-free guidance runs its branches: ``"joint"`` (default, as diffusers) one UNet call on the
+        ``[uncond; cond]`` batch (InstructPix2Pix: its three branches), ``"split"`` one call per branch in turn
+        (the same result within float rounding at half the activation peak, a little slower), ``"auto"`` split
+        when the estimated joint peak exceeds the memory budget (:meth:`set_max_memory`; joint when it is
+        unknown). With CFG-parallel on, each rank already runs one branch: the call is joint there."""
+        if mode not in BATCHING_MODES:
+            raise ValueError(f"guidance batching must be one of {BATCHING_MODES}, got {mode!r}")
+        self.guidance_batching = mode
+
+    def set_max_memory(self, max_memory: int | str | None) -> None:
+        """The activation budget of ``set_guidance_batching("auto")`` and ``decode_chunk_size="auto"``: bytes, or a
+        string such as ``"2GB"`` / ``"512MiB"``; None: the free memory of a CUDA device, unknown on the CPU."""
+        self.max_memory = parse_bytes(max_memory)
+
+    def memory_budget(self) -> int | None:
+        """The bytes "auto" settings may use now (:func:`vidcore.sampling.memory.available_bytes`)."""
+        return available_bytes(self.max_memory, self.device)
+
+    def guidance_batches(self) -> GuidanceBatching:
+        """This call's :class:`~vidcore.sampling.guidance.GuidanceBatching` (for ``guided`` / ``guidance_batch``):
+        the mode, and for "auto" the budget and the UNet's activation estimate."""
+        parallel = getattr(self, "parallel", None)
+        if parallel is not None and parallel.config.cfg_size == 2:
+            return JOINT  # CFG-parallel: each rank's call is already one branch
+        if self.guidance_batching != "auto":
+            return GuidanceBatching(self.guidance_batching)
+        config = self.unet.config
+
+        def estimate(latents):
+            return unet_activation_bytes(latents, config.out_channels, config.block_out_channels[0])
+
+        return GuidanceBatching("auto", self.memory_budget(), estimate)
+
+    def auto_decode_chunk(self, latent_height: int, latent_width: int, frames: int) -> int:
+        """``decode_chunk_size="auto"``: the most frames (at least 1, at most ``frames``) whose estimated decoder
+        activations (:func:`vidcore.sampling.memory.decoded_frame_bytes`) fit the memory budget; all ``frames``
+        when the budget is unknown (CPU without ``set_max_memory``). An fp16 VAE that decodes upcast
+        (``force_upcast``) counts float32 activations."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        per_frame = decoded_frame_bytes(latent_height, latent_width, self.vae_scale_factor,
+                                        vae.config.block_out_channels, 4 if upcast else vae.dtype.itemsize)
+        return fitting_chunk(self.memory_budget(), per_frame, frames)
+
+    def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
+        """Attention slicing in the UNet and ControlNets (:class:`vidcore.models.options.AttentionSlicingMixin`): at
+        most ``slice_size`` query tokens per attention call ("auto": 4096, one 64 x 64 latent frame), the same
+        result; diffusers' name, though diffusers slices by heads."""
+        self._attention_slicing(AUTO_ATTENTION_SLICE if slice_size == "auto" else slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        self._attention_slicing(None)
+
+    def _attention_slicing(self, slice_size: int | None) -> None:
+        models = [m for c in self.components_dict().values() if isinstance(c, nn.Module) for m in c.modules()
+                  if isinstance(m, AttentionSlicingMixin)]
+        for model in models:
+            if slice_size is None:
+                model.disable_attention_slicing()
+            else:
+                model.enable_attention_slicing(slice_size)
 
     # -- VAE ------------------------------------------------------------------------------------
     def _vae_switch(self, method: str, *args) -> None:

@@ -81,7 +81,8 @@ class SDVideoPipeline(TextualInversionMixin, VideoPipeline):
                                                                                             self.text_encoder.dtype)
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
-        """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call
+        """b c f h w latents -> b 3 f H W float32 video in [-1, 1], ``decode_chunk_size`` frames per VAE call ("auto":
+        :meth:`auto_decode_chunk`)
         (with ``enable_parallel``: split over the ranks, the video on rank 0 and None elsewhere).
 
         An fp16 VAE whose config asks for it (``force_upcast``) decodes in float32, avoiding overflow.
@@ -89,6 +90,8 @@ class SDVideoPipeline(TextualInversionMixin, VideoPipeline):
         vae = self._run_on_device("vae")
         b, c, f, h, w = latents.shape
         z = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        if decode_chunk_size == "auto":
+            decode_chunk_size = self.auto_decode_chunk(h, w, b * f)
 
         def decode(z):
             return torch.cat([vae.decode(part) for part in z.split(decode_chunk_size or z.shape[0])])

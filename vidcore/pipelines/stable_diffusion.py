@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..sampling.guidance import apply_guidance
+from ..sampling.guidance import apply_guidance, guidance_batch
 from .animatediff_sdxl import rescale_guidance
 from .checks import check_call
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
@@ -49,10 +49,12 @@ class StableDiffusionPipeline(SDImagePipeline):
         unet = self._run_on_device("unet")
 
         def predict(latents, t, i):
-            model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
-            noise = unet(model_in, t, step_end.tensors["prompt_embeds"])
+            def model(x, embeds):
+                return unet(self.scheduler.scale_model_input(x, t), t, embeds)
+
             if not guidance:
-                return noise
+                return model(latents, step_end.tensors["prompt_embeds"])
+            noise = guidance_batch(model, latents, 2, self.guidance_batches(), embeds=step_end.tensors["prompt_embeds"])
             guided = apply_guidance(noise, guidance_scale)
             return rescale_guidance(guided, noise.chunk(2)[1], guidance_rescale) if guidance_rescale > 0 else guided
 

@@ -15,7 +15,7 @@ import torch
 from ..errors import ModelNotFoundError
 from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnet
 from ..models.controlnet import ControlNet
-from ..sampling.guidance import apply_guidance
+from ..sampling.guidance import apply_guidance, guidance_batch
 from .checks import check_call
 from .control_residuals import controlnet_residuals, in_control_window
 from .controlled_video import control_frames_to_tensor
@@ -127,13 +127,19 @@ class StableDiffusionControlNetPipeline(SDImagePipeline):
 
         def predict(latents, t, i):
             embeds = step_end.tensors["prompt_embeds"]
-            model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
             residuals = {}
             if in_control_window(i, len(timesteps), start, end):
+                model_in = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guidance else latents, t)
                 residuals = controlnet_residuals(controlnet, self.scheduler, latents, model_in, t, embeds,
                                                  step_end.tensors["image"], scale, guess_mode, guidance)
-            noise = unet(model_in, t, embeds, **residuals)
-            return apply_guidance(noise, guidance_scale) if guidance else noise
+
+            def model(x, embeds, **residuals):  # the residuals of the whole guidance batch, split with it
+                return unet(self.scheduler.scale_model_input(x, t), t, embeds, **residuals)
+
+            if not guidance:
+                return model(latents, embeds, **residuals)
+            return apply_guidance(guidance_batch(model, latents, 2, self.guidance_batches(), embeds=embeds,
+                                                 **residuals), guidance_scale)
 
         x = self.sample(x, timesteps, predict, self.step_fn(eta, generator), step_end)
         return self.output(x, output_type, return_dict)

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..sampling.guidance import guidance_batch
 from .checks import check_call
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
 from .video_instruct_pix2pix import image_latents
@@ -73,11 +74,14 @@ class StableDiffusionInstructPix2PixPipeline(SDImagePipeline):
         unet = self._run_on_device("unet")
 
         def predict(latents, t, i):
-            model_in = self.scheduler.scale_model_input(torch.cat([latents] * 3) if guidance else latents, t)
+            def model(x, embeds, images):
+                return unet(torch.cat([self.scheduler.scale_model_input(x, t), images], dim=1), t, embeds)
+
             state = step_end.tensors
-            noise = unet(torch.cat([model_in, state["image_latents"]], dim=1), t, state["prompt_embeds"])
             if not guidance:
-                return noise
+                return model(latents, state["prompt_embeds"], state["image_latents"])
+            noise = guidance_batch(model, latents, 3, self.guidance_batches(), embeds=state["prompt_embeds"],
+                                   images=state["image_latents"])
             text, image_only, neither = noise.chunk(3)
             return neither + guidance_scale * (text - image_only) + image_guidance_scale * (image_only - neither)
 

@@ -44,7 +44,7 @@ from ..parallel.pipeline import ParallelPipelineMixin
 from ..random import randn_tensor
 from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.combinations import check_combination
-from ..sampling.guidance import apply_guidance
+from ..sampling.guidance import apply_guidance, guidance_batch
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
@@ -290,9 +290,10 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         guidance = guidance_scale is not None
         if self.parallel is not None:  # CFG halves / frame slices (b f c h w, the image latents too) on the ranks
             model = self.parallel.wrap(model, guidance, frame_dim=1, framed=("image_latents",))
-        pred = model(torch.cat([latents] * 2) if guidance else latents, image_latents=image_latents,
-                     image_embeddings=image_embeddings, added_time_ids=added_time_ids)
-        return apply_guidance(pred, guidance_scale) if guidance else pred
+        conditions = dict(image_latents=image_latents, image_embeddings=image_embeddings, added_time_ids=added_time_ids)
+        if not guidance:
+            return model(latents, **conditions)
+        return apply_guidance(guidance_batch(model, latents, 2, self.guidance_batches(), **conditions), guidance_scale)
 
     def predict_video_noise(self, unet, latents, t, image_latents, image_embeddings, added_time_ids, guidance_scale,
                             windows, weighting) -> torch.Tensor:
@@ -417,6 +418,9 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         width = width or sample * self.vae_scale_factor
         num_frames = num_frames if num_frames is not None else self.unet.config.num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
+        if decode_chunk_size == "auto":  # frames per temporal-decoder call (one video's frames at most)
+            s = self.vae_scale_factor
+            decode_chunk_size = self.auto_decode_chunk(height // s, width // s, num_frames)
         callback_on_step_end_tensor_inputs = tuple(callback_on_step_end_tensor_inputs or ())
         self.check_inputs(height, width, num_frames, num_inference_steps, sigmas, decode_chunk_size,
                           num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs)

@@ -154,8 +154,11 @@ class TextToVideoZeroPipeline(IPAdapterMixin, SDVideoPipeline):
         ``scheduler``: the phase's (phase 3 runs a copy whose multistep history is per frame). ``image_embeds``:
         the IP-Adapter inputs, one row per video (and guidance half), shared by its frames."""
         def predict(latents, t, i):
-            return guided(lambda x: unet(scheduler.scale_model_input(x, t), t, embeds(), image_embeds=image_embeds),
-                          latents, guidance_scale)
+            def model(x, embeds, image_embeds):
+                return unet(scheduler.scale_model_input(x, t), t, embeds, image_embeds=image_embeds)
+
+            return guided(model, latents, guidance_scale, self.guidance_batches(), embeds=embeds(),
+                          image_embeds=image_embeds)
 
         return predict
 

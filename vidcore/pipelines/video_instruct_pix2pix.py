@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..nn.attention import cross_frame_attention as frame_attention
+from ..sampling.guidance import guidance_batch
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
 from .base import check_negative_inputs
 from .checks import check_call
@@ -117,18 +118,17 @@ class VideoInstructPix2PixPipeline(SDVideoPipeline):
             state = step_end.tensors
             c_emb = state["prompt_embeds"].repeat_interleave(frames, dim=0)
             img = state["image_latents"]
-            if guidance:  # branches: instruction + frame, frame only, neither
-                u_emb = state["negative_prompt_embeds"].repeat_interleave(frames, dim=0)
-                embeds = torch.cat([c_emb, u_emb, u_emb])
-                img = torch.cat([img, img, torch.zeros_like(img)])
-                model_in = self.scheduler.scale_model_input(torch.cat([x] * 3), t)
-            else:
-                embeds, model_in = c_emb, self.scheduler.scale_model_input(x, t)
-            noise = unet(torch.cat([model_in, img], dim=1), t, embeds)
-            if guidance:
-                text, frame_only, neither = noise.chunk(3)
-                noise = neither + guidance_scale * (text - frame_only) + image_guidance_scale * (frame_only - neither)
-            return noise
+            def model(x, embeds, img):
+                return unet(torch.cat([self.scheduler.scale_model_input(x, t), img], dim=1), t, embeds)
+
+            if not guidance:
+                return model(x, c_emb, img)
+            # branches: instruction + frame, frame only, neither (one UNet call, or one per branch)
+            u_emb = state["negative_prompt_embeds"].repeat_interleave(frames, dim=0)
+            noise = guidance_batch(model, x, 3, self.guidance_batches(), embeds=torch.cat([c_emb, u_emb, u_emb]),
+                                   img=torch.cat([img, img, torch.zeros_like(img)]))
+            text, frame_only, neither = noise.chunk(3)
+            return neither + guidance_scale * (text - frame_only) + image_guidance_scale * (frame_only - neither)
 
         unet = self._run_on_device("unet")
         with frame_attention(unet, frames if cross_frame_attention else None):

@@ -32,7 +32,7 @@ class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SD
 
         if self.parallel is not None:  # CFG halves / frame slices (b c f h w) on the ranks
             model = self.parallel.wrap(model, guidance_scale > 1.0, frame_dim=2)
-        return guided(model, latents, guidance_scale, prompt_embeds=prompt_embeds)
+        return guided(model, latents, guidance_scale, self.guidance_batches(), prompt_embeds=prompt_embeds)
 
     def predict_video_noise(self, unet, latents, t, prompt_embeds, guidance_scale, windows, weighting,
                             conditions=None):
