@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if _debug() or not isinstance(err, _out_of_memory_types()):
             raise
-        print("error: out of memory on the GPU; try --cpu-offload, --vae-slicing, --decode-chunk-size 1, "
+        print("error: out of memory on the GPU; try --low-memory, --cpu-offload, --vae-slicing, --decode-chunk-size 1, "
               "fewer --frames or a smaller --height/--width", file=sys.stderr)
         return EXIT_RUNTIME
 

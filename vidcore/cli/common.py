@@ -48,6 +48,21 @@ unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 
 
+def chunk_size(text: str):
+    """``--decode-chunk-size``: a positive integer, or "auto" (sized from the memory budget)."""
+    return "auto" if text == "auto" else _number(int, lambda v: v >= 1, "a positive integer or auto")(text)
+
+
+def memory_size(text: str) -> int:
+    """``--max-memory``: bytes, or a size such as 2GB / 512MiB."""
+    from ..sampling.memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def device_name(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")

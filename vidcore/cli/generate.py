@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import free_noise
 from .aliases import Options
-from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, device_name, nonnegative_int, positive_float,
-                     positive_int, resolve_device, torch_dtype)
+from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, chunk_size, device_name, memory_size,
+                     nonnegative_int, positive_float, positive_int, resolve_device, torch_dtype)
 from .outputs import (BATCH_FORMATS, MANIFEST, OUTPUT_SUFFIXES, batch_jobs, load_input_image, load_input_video,
                       output_paths, rank_and_world_size, write_manifest, write_video)
 from ..pipelines.low_memory import apply_low_memory
@@ -82,8 +82,12 @@ def _add_options(o: Options, task: Task) -> None:
     if not svd:
         o.add("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
               help="enable FreeU with these factors")
-    o.add("--decode-chunk-size", type=positive_int, default=None,
-          help="frames per VAE decode call" + (" (default: all; fewer saves memory)" if svd else ""))
+    o.add("--decode-chunk-size", type=chunk_size, default=None,
+          help="frames per VAE decode call, or auto: sized from --max-memory (free GPU memory on CUDA)"
+               + (" (default: all; fewer saves memory)" if svd else ""))
+    o.add("--max-memory", type=memory_size, default=None, metavar="SIZE",
+          help="memory budget for --decode-chunk-size auto and --low-memory's choices, e.g. 4GB "
+               "(default: the free GPU memory on CUDA, none on the CPU)")
     o.add("--deep-cache", type=positive_int, default=None, metavar="INTERVAL",
           help="DeepCache: run the whole UNet every INTERVAL-th step, only its top levels in between "
                "(faster, approximate; 1 = exact)")
@@ -151,6 +155,8 @@ def _configure_pipeline(pipe, args, task: Task, device: str) -> dict:
         free_noise.enable(pipe, args)
     call = {}
     placed = False
+    if args.max_memory is not None:
+        pipe.set_max_memory(args.max_memory)
     if args.low_memory:
         preset = apply_low_memory(pipe, device)
         print(preset)
