@@ -106,6 +106,34 @@ def tiny_controlnet(tmp_path):
     return Tiny(ref, _load(ref, tmp_path, "controlnet"), call)
 
 
+def tiny_sparse_controlnet(tmp_path):
+    from diffusers import SparseControlNetModel
+
+    from tiny_controlnet import tiny_sparse_config
+
+    ref = SparseControlNetModel(**tiny_sparse_config("rgb"))
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(1, 4, 3, 8, 6, generator=g), torch.randn(3, 5, 24, generator=g)
+    cond, mask = torch.randn(1, 4, 3, 8, 6, generator=g), torch.zeros(1, 1, 3, 8, 6)
+    mask[:, :, 0] = 1
+
+    def call(m):
+        down, mid = m(x, 7, ctx, cond, mask)
+        return torch.cat([r.flatten() for r in [*down, mid]])
+
+    return Tiny(ref, _load(ref, tmp_path, "sparse_controlnet"), call)
+
+
+def tiny_i2vgen(tmp_path):
+    from diffusers import I2VGenXLUNet
+
+    ref = I2VGenXLUNet(**tiny.tiny_i2vgen_unet_config())
+    g = torch.Generator().manual_seed(1)
+    x, image_latents = torch.randn(1, 4, 3, 8, 6, generator=g), torch.randn(1, 4, 3, 8, 6, generator=g)
+    image_embeds, ctx = torch.randn(1, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    return Tiny(ref, _load(ref, tmp_path, "i2vgen"), lambda m: m(x, 7, 16, image_latents, image_embeds, ctx))
+
+
 def tiny_vae(tmp_path):
     from diffusers import AutoencoderKL
 
@@ -122,8 +150,9 @@ def tiny_svd_vae(tmp_path):
     return Tiny(ref, _load(ref, tmp_path, "svd_vae"), lambda m: m.decode(z, 3))
 
 
-FAMILIES = {"unet3d": tiny_unet3d, "unet_motion": tiny_unet_motion, "svd_unet": tiny_svd_unet,
-            "controlnet": tiny_controlnet, "vae_decode": tiny_vae, "svd_vae_decode": tiny_svd_vae}
+FAMILIES = {"unet3d": tiny_unet3d, "unet_motion": tiny_unet_motion, "svd_unet": tiny_svd_unet, "i2vgen": tiny_i2vgen,
+            "controlnet": tiny_controlnet, "sparse_controlnet": tiny_sparse_controlnet, "vae_decode": tiny_vae,
+            "svd_vae_decode": tiny_svd_vae}
 
 
 # ----------------------------------------------------------------------------- against math and diffusers
@@ -176,16 +205,9 @@ def expected_kept(name: str) -> bool:
     return last in ("proj_in", "proj_out") and parent not in ("ff", "ff_in")
 
 
-def tiny_i2vgen(tmp_path):
-    from diffusers import I2VGenXLUNet
-
-    ref = I2VGenXLUNet(**tiny.tiny_i2vgen_unet_config())
-    return Tiny(ref, _load(ref, tmp_path, "i2vgen"), None)
-
-
-@pytest.mark.parametrize("family", [*FAMILIES, "i2vgen"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_default_keeps_the_named_modules_and_stores_every_other_layer_in_fp8(tmp_path, family):
-    ours = {**FAMILIES, "i2vgen": tiny_i2vgen}[family](tmp_path).ours
+    ours = FAMILIES[family](tmp_path).ours
     ours.enable_layerwise_casting(FP8, compute_dtype=torch.bfloat16)
     kept, cast = [], []
     for name, module in ours.named_modules():
@@ -198,7 +220,7 @@ def test_default_keeps_the_named_modules_and_stores_every_other_layer_in_fp8(tmp
             assert {t.dtype for t in own if t.is_floating_point()} <= {torch.bfloat16}, name
     assert cast and kept
     assert any(re.search(r"(^|\.)conv_in$", n) for n in kept)
-    if family in ("unet3d", "unet_motion", "svd_unet", "controlnet", "i2vgen"):
+    if family in ("unet3d", "unet_motion", "svd_unet", "i2vgen", "controlnet", "sparse_controlnet"):
         assert any("time_embedding" in n for n in kept)
         assert any(n.endswith("ff.proj_in") or n.endswith("ff_in.proj_in") for n in cast)
         assert any(re.search(r"attentions\.\d+\.proj_in$|\.\d+\.proj_in$", n) for n in kept)
@@ -360,3 +382,27 @@ def test_animatediff_pipeline_casts_the_adapter_once(tmp_path):
     assert any(p.dtype == FP8 for p in adapter.parameters())
     pipe.disable_layerwise_casting()
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}
+
+
+def test_demo_model_with_fp8_weights_follows_its_prompts():
+    """The shipped demo model, its UNet stored in fp8: the same color and direction as in float32 on four prompts
+    (``python -m vidcore.demo.evaluate --fp8`` scores all 192 videos; benchmarks/RESULTS.md has the numbers)."""
+    from vidcore.demo import DEFAULTS, demo_model_path
+    from vidcore.demo.evaluate import score_color, score_direction
+
+    prompts = ["a red circle moving right", "a blue square moving up", "a green triangle moving left",
+               "a yellow circle moving down"]
+    kwargs = {k: v for k, v in DEFAULTS.items() if k != "fps"}
+    pipe = vidcore.TextToVideoPipeline.from_pretrained(demo_model_path())
+    pipe.set_progress_bar_config(disable=True)
+
+    def scores():
+        out = pipe(prompts, **kwargs, generator=[torch.Generator().manual_seed(0) for _ in prompts],
+                   output_type="np").frames
+        return [(score_color(v), score_direction(v)) for v in out], out
+
+    plain, plain_frames = scores()
+    pipe.enable_layerwise_casting(FP8)
+    cast, cast_frames = scores()
+    assert cast == plain == [(p.split()[1], p.split()[-1]) for p in prompts]
+    assert abs(cast_frames - plain_frames).max() > 0  # the fp8 weights were used
