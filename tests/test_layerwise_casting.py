@@ -377,9 +377,13 @@ def test_animatediff_pipeline_casts_the_adapter_once(tmp_path):
 
     paths = build_tiny_animatediff(tmp_path)
     pipe = vidcore.AnimateDiffPipeline.from_pretrained(paths.sd, motion_adapter=paths.adapter)
-    pipe.enable_layerwise_casting(FP8, components=("unet", "motion_adapter"))
+    pipe.enable_layerwise_casting(FP8, components=("motion_adapter", "unet"))
     adapter = pipe.unet.adapter
     assert any(p.dtype == FP8 for p in adapter.parameters())
+    assert any(p.dtype == FP8 for p in pipe.unet.unet.parameters())
+    with pytest.raises(RuntimeError, match="already on in unet"):
+        pipe.enable_layerwise_casting(FP8, components=("vae", "unet"))
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}  # refused before any change
     pipe.disable_layerwise_casting()
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}
 

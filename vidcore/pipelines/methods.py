@@ -1,7 +1,8 @@
 """The pipeline methods diffusers users reach for, written once for every vidcore pipeline: ``components`` (name ->
 module), ``from_pipe``, and the settings that live on the models (VAE slicing / tiling, FreeU, fused QKV), each a
 plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design principle 13);
-layerwise casting (fp8 weight storage) is torch hooks on the models' layers (:mod:`vidcore.nn.layerwise_casting`).
+layerwise casting (fp8 weight storage) is torch hooks on the models' layers (:mod:`vidcore.nn.layerwise_casting`),
+whose ``disable_*`` keeps the fp8-rounded weights (outputs stay those of the cast model, as documented there).
 
 ``save_pretrained`` is :mod:`vidcore.loading.save_pipeline`; the LoRA ``scale`` of ``cross_attention_kwargs``
 is :mod:`vidcore.pipelines.lora`; ``load_textual_inversion`` is :mod:`vidcore.pipelines.textual_inversion`.
@@ -18,6 +19,7 @@ from torch import nn
 from ..errors import ArgumentError, UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
+from ..nn.layerwise_casting import is_cast
 from .auto import PIPELINES
 
 
@@ -166,8 +168,8 @@ class PipelineMethodsMixin:
         names = components
         if names is None:
             names = [n for n in ("unet", "controlnet", "motion_adapter") if getattr(self, n, None) is not None]
-        done: list[nn.Module] = []
-        for name in names:
+        models: list[nn.Module] = []
+        for name in names:  # every name checked before any model changes
             model = getattr(self, name, None)
             if not isinstance(model, nn.Module) or name not in self.components:
                 raise ArgumentError(f"components: {type(self).__name__} has no model {name!r} "
@@ -175,11 +177,15 @@ class PipelineMethodsMixin:
             if not hasattr(model, "enable_layerwise_casting"):
                 raise UnsupportedFeatureError(f"{type(self).__name__}.{name} ({type(model).__name__}) has no "
                                               "layerwise casting")
-            if any(model is m for d in done for m in d.modules()):
-                continue  # already cast as part of another component (AnimateDiff's adapter inside the UNet)
+            if is_cast(model):
+                raise RuntimeError(f"layerwise casting is already on in {name}; call disable_layerwise_casting() "
+                                   "first")
+            models.append(model)
+        for model in models:
+            if any(model is not other and any(model is m for m in other.modules()) for other in models):
+                continue  # inside another component (AnimateDiff's adapter in the UNet): cast with it, once
             model.enable_layerwise_casting(storage_dtype, compute_dtype, skip_modules_pattern,
                                            non_blocking=non_blocking)
-            done.append(model)
 
     def disable_layerwise_casting(self) -> None:
         """Layerwise casting off on every component (their weights stay fp8-rounded in the compute dtype)."""
