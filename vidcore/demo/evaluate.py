@@ -1,6 +1,6 @@
 """Score the demo model: does each video show the prompt's color, moving in the prompt's direction?
 
-``python -m vidcore.demo.evaluate [--model DIR] [--seeds 4] [--steps N] [--guidance G]``
+``python -m vidcore.demo.evaluate [--model DIR] [--seeds 4] [--steps N] [--guidance G] [--fp8 [COMPONENT ...]]``
 
 Generates every color x shape x direction prompt (48) with several seeds through
 ``vidcore.TextToVideoPipeline`` and scores each video with two simple measurements:
@@ -12,6 +12,9 @@ Generates every color x shape x direction prompt (48) with several seeds through
 
 Smoothness: per-frame centroid steps along the prompt's axis; a video moves smoothly when every step
 goes the right way and the steps' spread (std / mean) is small.
+
+``--fp8`` scores the pipeline with fp8 weight storage (``pipe.enable_layerwise_casting()``: the UNet by default,
+``--fp8 unet vae`` adds the VAE), which shows what the rounding costs in accuracy.
 """
 
 from __future__ import annotations
@@ -183,7 +186,9 @@ def generate(pipe, combos, seeds: int, num_frames: int, steps: int, guidance: fl
 
 
 def evaluate(model=None, seeds: int = 4, steps: int | None = None, guidance: float | None = None,
-             num_frames: int | None = None, verbose: bool = True) -> dict:
+             num_frames: int | None = None, verbose: bool = True, fp8: tuple[str, ...] | None = None) -> dict:
+    """Score every prompt with ``seeds`` seeds; ``fp8``: components stored in float8_e4m3fn (``()``: the
+    pipeline's default ones), None: no fp8."""
     import vidcore
 
     from . import DEFAULTS, demo_model_path
@@ -193,15 +198,18 @@ def evaluate(model=None, seeds: int = 4, steps: int | None = None, guidance: flo
     num_frames = num_frames or DEFAULTS["num_frames"]
     pipe = vidcore.TextToVideoPipeline.from_pretrained(model or demo_model_path())
     pipe.set_progress_bar_config(disable=True)
+    if fp8 is not None:
+        pipe.enable_layerwise_casting(torch.float8_e4m3fn, components=tuple(fp8) or None)
     start = time.perf_counter()
     videos, combos = generate(pipe, all_combinations(), seeds, num_frames, steps, guidance,
                               height=DEFAULTS["height"], width=DEFAULTS["width"])
     summary = summarize(score_videos(videos, combos))
-    summary.update(seeds=seeds, steps=steps, guidance=guidance, num_frames=num_frames,
+    summary.update(seeds=seeds, steps=steps, guidance=guidance, num_frames=num_frames, fp8=fp8,
                    seconds=round(time.perf_counter() - start, 1))
     if verbose:
         print(format_summary(summary))
-        print(f"({len(combos)} videos, {steps} DDIM steps, guidance {guidance}, {summary['seconds']} s)")
+        weights = "" if fp8 is None else f", fp8 weights: {', '.join(fp8) or 'default components'}"
+        print(f"({len(combos)} videos, {steps} DDIM steps, guidance {guidance}{weights}, {summary['seconds']} s)")
     return summary
 
 
@@ -212,10 +220,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: DEFAULTS)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: DEFAULTS)")
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: DEFAULTS)")
+    p.add_argument("--fp8", nargs="*", default=None, metavar="COMPONENT",
+                   help="store these components' weights in float8_e4m3fn (no names: the UNet)")
     p.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    summary = evaluate(args.model, args.seeds, args.steps, args.guidance, args.frames)
+    summary = evaluate(args.model, args.seeds, args.steps, args.guidance, args.frames, fp8=args.fp8)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

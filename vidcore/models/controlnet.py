@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.embeddings import TimestepMLP, timestep_features
+from ..nn.layerwise_casting import layer_dtype
 from ..nn.processors import AttentionProcessorMixin
 from .config_utils import DiffusersConfig
-from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin
+from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin
 from .pretrained import PretrainedMixin
 from .unet2d import DOWN_TYPES, Block2D, MidBlock2D, UNet2D, UNet2DConfig
 from .unet_layout import down_path, unet_levels
@@ -150,7 +151,7 @@ def residual_channels(model: nn.Module) -> tuple[list[int], int]:
 
 
 class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin,
-                 nn.Module):
+                 LayerwiseCastingMixin, nn.Module):
     """``forward(sample n c h w, timestep, encoder_hidden_states n m d, controlnet_cond n 3 H W)`` ->
     :class:`ControlNetOutput` (H, W = 8 h, 8 w for SD's conditioning embedding)."""
 
@@ -180,7 +181,7 @@ class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
+        return layer_dtype(self.conv_in)
 
     def check_compatible(self, unet: UNet2D) -> None:
         """Raise a ValueError unless this ControlNet's residuals fit ``unet`` (skip count and widths, latent and
@@ -245,7 +246,7 @@ class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin
         return ControlNetOutput(tuple(down), mid)
 
 
-class MultiControlNet(nn.Module):
+class MultiControlNet(LayerwiseCastingMixin, nn.Module):
     """Several ControlNets on one UNet (diffusers' ``MultiControlNetModel``): each sees its own condition
     images at its own scale, and their residuals are summed."""
 

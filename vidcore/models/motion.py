@@ -30,7 +30,7 @@ from ..nn.processors import AttentionProcessorMixin
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
 from .ip_adapter import image_prompt_context
-from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin
+from .options import AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin
 from .pretrained import PretrainedMixin, UNetMotionPretrainedMixin
 from .unet2d import UNet2D
 
@@ -74,7 +74,7 @@ def motion_module(channels: int, heads: int, layers: int, cfg: MotionAdapterConf
                                max_positions=cfg.motion_max_seq_length)
 
 
-class MotionAdapter(PretrainedMixin, FusedQKVMixin, nn.Module):
+class MotionAdapter(PretrainedMixin, FusedQKVMixin, LayerwiseCastingMixin, nn.Module):
     """The motion modules of an AnimateDiff checkpoint, grouped like the UNet levels they plug into.
 
     ``down_blocks[i][j]``: after layer ``j`` of down level ``i``; ``up_blocks[i][j]``: after layer ``j`` of
@@ -168,7 +168,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
 
 
 class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin,
-                 GroupOffloadMixin, nn.Module):
+                 GroupOffloadMixin, LayerwiseCastingMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.

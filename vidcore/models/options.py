@@ -1,5 +1,5 @@
 """Inference options shared by the models: FreeU, feed-forward chunking, attention slicing, fused QKV
-projections and group offload (one implementation each)."""
+projections, group offload and layerwise casting (fp8 weight storage) (one implementation each)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,32 @@ from torch import nn
 from ..nn.attention import Attention
 from ..nn.fused_qkv import fuse_qkv, unfuse_qkv
 from ..nn.group_offload import GroupOffload, GroupOffloadConfig, disable_group_offload, enable_group_offload
+from ..nn.layerwise_casting import (DEFAULT_KEEP_PATTERNS, apply_layerwise_casting, layer_dtype,
+                                    remove_layerwise_casting)
 from .freeu import FreeU
+
+
+class LayerwiseCastingMixin:
+    """``enable_layerwise_casting``: Linear / Conv weights stored in fp8 and upcast per layer while it runs
+    (:mod:`vidcore.nn.layerwise_casting`; diffusers' method of the same name and arguments)."""
+
+    def enable_layerwise_casting(self: nn.Module, storage_dtype: torch.dtype = torch.float8_e4m3fn,
+                                 compute_dtype: torch.dtype | None = None,
+                                 skip_modules_pattern: tuple[str, ...] | None = None,
+                                 skip_modules_classes: tuple[type[nn.Module], ...] | None = None,
+                                 non_blocking: bool = False) -> None:
+        """Store the cast layers in ``storage_dtype``; compute in ``compute_dtype`` (default: the model's dtype;
+        another one converts the model first). ``skip_modules_pattern`` (regexes searched in module names)
+        replaces :data:`~vidcore.nn.layerwise_casting.DEFAULT_KEEP_PATTERNS`; ``skip_modules_classes`` keeps
+        modules of those classes. Enabling twice is an error; enable after ``.to(dtype)``, not before."""
+        keep = DEFAULT_KEEP_PATTERNS if skip_modules_pattern is None else tuple(skip_modules_pattern)
+        apply_layerwise_casting(self, storage_dtype, compute_dtype or self.dtype, keep, skip_modules_classes or (),
+                                non_blocking)
+
+    def disable_layerwise_casting(self: nn.Module) -> None:
+        """Hooks off; the weights stay in the compute dtype with their fp8-rounded values, so outputs equal the
+        cast model's (the original precision comes back only by loading the model again)."""
+        remove_layerwise_casting(self)
 
 
 class FusedQKVMixin:
@@ -86,7 +111,7 @@ class ForwardChunkingMixin(AttentionSlicingMixin, FusedQKVMixin):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
+        return layer_dtype(self.conv_in)
 
 
 class UNetOptionsMixin(ForwardChunkingMixin):

@@ -25,7 +25,7 @@ from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatioTemporalTransformer
 from .config_utils import DiffusersConfig
-from .options import ForwardChunkingMixin, GroupOffloadMixin
+from .options import ForwardChunkingMixin, GroupOffloadMixin, LayerwiseCastingMixin
 from .pretrained import PretrainedMixin
 from .unet_layout import unet_levels, walk
 
@@ -99,7 +99,8 @@ class MidSTBlock(nn.Module):
         return self.resnets[1](x, temb, num_frames)
 
 
-class SVDUNet(PretrainedMixin, ForwardChunkingMixin, GroupOffloadMixin, AttentionProcessorMixin, nn.Module):
+class SVDUNet(PretrainedMixin, ForwardChunkingMixin, GroupOffloadMixin, AttentionProcessorMixin,
+              LayerwiseCastingMixin, nn.Module):
     """``forward(sample b f c h w, timestep, encoder_hidden_states b m d, added_time_ids b 3) -> b f c_out h w``."""
 
     def __init__(self, config: SVDUNetConfig):

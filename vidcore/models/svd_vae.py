@@ -29,9 +29,10 @@ from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
 from ..nn.cpu_bf16 import fp32_compute
+from ..nn.layerwise_casting import layer_dtype
 from ..nn.resnet import SpatioTemporalResBlock
 from ..nn.resample import Upsample
-from .options import FusedQKVMixin, GroupOffloadMixin
+from .options import FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin
 from .pretrained import PretrainedMixin
 from .vae import AutoencoderKLConfig, DiagonalGaussian, Encoder, tiled_apply
 
@@ -162,7 +163,8 @@ class TemporalDecoder(nn.Module):
         return rearrange(video, "b c f h w -> (b f) c h w")
 
 
-class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
+class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin,
+                                   nn.Module):
     """SVD's VAE: ``encode(x (n 3 H W)) -> DiagonalGaussian``; ``decode(z ((b f) L h w), num_frames)``
     -> ``(b f) 3 H W`` (latents already divided by ``scaling_factor``)."""
 
@@ -179,7 +181,7 @@ class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, GroupOffloadM
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        return layer_dtype(self.encoder.conv_in)
 
     # -- tiling ---------------------------------------------------------------------------------
     def enable_tiling(self, tile_latent_size: int | None = None, overlap: float = 0.25) -> None:

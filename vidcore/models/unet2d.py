@@ -34,7 +34,7 @@ from ..nn.transformer import SpatialTransformer
 from .config_utils import DiffusersConfig
 from .freeu import FreeU
 from .ip_adapter import image_prompt_context
-from .options import GroupOffloadMixin, UNetOptionsMixin
+from .options import GroupOffloadMixin, LayerwiseCastingMixin, UNetOptionsMixin
 from .pretrained import PretrainedMixin
 from .unet_layout import Mixer, unet_levels, walk
 
@@ -190,7 +190,8 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class UNet2D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, nn.Module):
+class UNet2D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, LayerwiseCastingMixin,
+             nn.Module):
     """SD / SDXL UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):

@@ -25,7 +25,7 @@ from ..nn.resample import Downsample, Upsample
 from ..nn.transformer import SpatialTransformer, TemporalTransformer
 from .config_utils import DiffusersConfig
 from .freeu import FreeU
-from .options import GroupOffloadMixin, UNetOptionsMixin
+from .options import GroupOffloadMixin, LayerwiseCastingMixin, UNetOptionsMixin
 from .pretrained import PretrainedMixin
 from .unet_layout import unet_levels, walk
 
@@ -132,7 +132,8 @@ class MidBlock3D(nn.Module):
         return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
 
 
-class UNet3D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, nn.Module):
+class UNet3D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, LayerwiseCastingMixin,
+             nn.Module):
     """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
 
     def __init__(self, config: UNet3DConfig, conv_in_channels: int | None = None):

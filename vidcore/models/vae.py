@@ -15,9 +15,10 @@ from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
 from ..nn.cpu_bf16 import fp32_compute
+from ..nn.layerwise_casting import layer_dtype
 from ..nn.resnet import ResBlock2D
 from ..nn.resample import Downsample, Upsample
-from .options import FusedQKVMixin, GroupOffloadMixin
+from .options import FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin
 from .pretrained import PretrainedMixin
 
 
@@ -136,7 +137,7 @@ class Decoder(nn.Module):
 
     def forward(self, z):
         x = self.mid_block(self.conv_in(z))
-        x = x.to(self.up_blocks[0].resnets[0].conv1.weight.dtype)  # mid block may run upcast
+        x = x.to(layer_dtype(self.up_blocks[0].resnets[0].conv1))  # mid block may run upcast
         for block in self.up_blocks:
             x = block(x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
@@ -174,7 +175,7 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     return b
 
 
-class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module):
+class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin, nn.Module):
     """KL autoencoder with ``encode`` -> :class:`DiagonalGaussian` and ``decode`` -> images in [-1, 1]."""
 
     def __init__(self, config: AutoencoderKLConfig):
@@ -193,7 +194,7 @@ class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, nn.Module
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.weight.dtype
+        return layer_dtype(self.encoder.conv_in)
 
     def enable_slicing(self) -> None:
         """Encode/decode one batch element at a time (frames are batch elements in video pipelines)."""

@@ -9,9 +9,9 @@ accumulate in float32, rounding the result to bf16 once; so computing the same o
 order of the float32 accumulation (then one bf16 rounding): the outputs stay bf16, the weights stay bf16 in
 memory (each call converts the weights it uses), and only the arithmetic moves to float32.
 
-:func:`fp32_compute` decorates a model's entry points (``forward``, ``encode``, ``decode``): when the model's
-parameters are bf16 on the CPU and the CPU lacks native bf16 (:func:`emulated_bf16`), the call runs under a
-``TorchFunctionMode`` that does that for ``linear``, ``conv1d/2d/3d`` and the matmul family. Anything else
+:func:`fp32_compute` decorates a model's entry points (``forward``, ``encode``, ``decode``): when the model
+computes in bf16 (``model.dtype``: its weights, or the compute dtype of fp8-stored weights) on the CPU and the CPU
+lacks native bf16 (:func:`emulated_bf16`), the call runs under a ``TorchFunctionMode`` that does that for ``linear``, ``conv1d/2d/3d`` and the matmul family. Anything else
 (GPU, float32/float16 models, CPUs with native bf16) runs exactly as before. ``VIDCORE_CPU_BF16_FP32_COMPUTE``
 = ``0`` / ``1`` forces it off / on (default: on where the CPU lacks native bf16).
 """
@@ -76,7 +76,7 @@ def fp32_compute(method):
         if torch.compiler.is_compiling() or getattr(_state, "active", False):
             return method(self, *args, **kwargs)
         p = next(self.parameters(), None)
-        if p is None or p.dtype != torch.bfloat16 or p.device.type != "cpu" or not emulated_bf16():
+        if p is None or self.dtype != torch.bfloat16 or p.device.type != "cpu" or not emulated_bf16():
             return method(self, *args, **kwargs)
         _state.active = True
         try:

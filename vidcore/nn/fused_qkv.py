@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layerwise_casting import is_cast
+
 _WEIGHT, _BIAS = "fused_qkv_weight", "fused_qkv_bias"
 
 
@@ -32,6 +34,9 @@ def _cat(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def fuse_qkv(model: nn.Module) -> None:
     """Fuse the projections of every attention in ``model`` (see the module docstring)."""
+    if is_cast(model):
+        raise RuntimeError("fused QKV projections need full-precision weights; call disable_layerwise_casting() "
+                           "before fuse_qkv_projections()")
     for module in model.modules():
         if not _is_attention(module):
             continue

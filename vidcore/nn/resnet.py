@@ -56,6 +56,14 @@ def frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return out.view(b, -1, f, h, w)
 
 
+class FrameConv3d(nn.Conv3d):
+    """A (3, 1, 1) ``nn.Conv3d`` whose call runs :func:`frame_conv`: the layers call it as a module, so forward
+    hooks on it (layerwise casting's upcast) wrap the computation that reads its weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return frame_conv(self, x)
+
+
 def video_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """GroupNorm on ``b c f h w``: statistics span all frames of each video (all processes' frames
     under frame parallelism)."""
@@ -73,10 +81,10 @@ class TemporalConvLayer(nn.Module):
         super().__init__()
         self.norm = nn.GroupNorm(groups, in_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv = nn.Conv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv = FrameConv3d(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return frame_conv(self.conv, self.dropout(F.silu(video_norm(self.norm, x))))
+        return self.conv(self.dropout(F.silu(video_norm(self.norm, x))))
 
 
 class TemporalConv(nn.Module):
@@ -107,17 +115,17 @@ class TemporalResBlock(nn.Module):
     def __init__(self, channels: int, temb_channels: int | None, eps: float, groups: int = 32):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, channels, eps=eps)
-        self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv1 = FrameConv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.time_emb_proj = nn.Linear(temb_channels, channels) if temb_channels else None
         self.norm2 = nn.GroupNorm(groups, channels, eps=eps)
-        self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv2 = FrameConv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         # x: b c f h w ; temb: b f c_t
-        h = frame_conv(self.conv1, F.silu(video_norm(self.norm1, x)))
+        h = self.conv1(F.silu(video_norm(self.norm1, x)))
         if self.time_emb_proj is not None and temb is not None:
             h = h + rearrange(self.time_emb_proj(F.silu(temb)), "b f c -> b c f 1 1")
-        return x + frame_conv(self.conv2, F.silu(video_norm(self.norm2, h)))
+        return x + self.conv2(F.silu(video_norm(self.norm2, h)))
 
 
 class AlphaBlender(nn.Module):

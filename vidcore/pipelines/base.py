@@ -4,6 +4,7 @@ container."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ..errors import ModelNotFoundError, UnsupportedFeatureError
 from ..loading.loaders import (load_feature_extractor, load_image_encoder, load_scheduler,  # noqa: F401  (re-exported)
                                load_text_encoder, load_tokenizer, load_vidcore_model)
 from ..loading.pipeline import SingleFile, load_pipeline, load_single_file
+from ..nn.layerwise_casting import is_cast, set_compute_dtype
 from ..sampling import StepCacheMixin
 from ..sampling.combinations import FEATURE_NAMES, SWITCHES
 from ..sampling.loop import Progress, denoise
@@ -39,13 +41,15 @@ def upcast_vae(vae):
     """An fp16 VAE whose config asks for it (``force_upcast``) runs in float32 inside the block (avoiding
     overflow, as diffusers) and is fp16 again after it, error or not."""
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    # a VAE with fp8-stored layers keeps them: only its compute dtype changes
+    to = functools.partial(set_compute_dtype, vae) if is_cast(vae) else vae.to
     if upcast:
-        vae.float()
+        to(torch.float32)
     try:
         yield vae
     finally:
         if upcast:
-            vae.half()
+            to(torch.float16)
 
 
 def check_negative_inputs(negative_prompt, negative_prompt_embeds) -> None:
@@ -153,7 +157,7 @@ class VideoPipeline(PipelineMethodsMixin, OffloadMixin, StepCacheMixin):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        return self.unet.dtype
 
     # -- progress -------------------------------------------------------------------------------
     def schedule(self, num_inference_steps: int) -> torch.Tensor:

@@ -3,6 +3,9 @@ module), ``from_pipe``, and the settings that live on the models (VAE slicing / 
 slicing), each a plain field on the model with a ``disable_*`` / ``unfuse_*`` that restores the exact outputs (design
 principle 13), and the pipeline's own activation settings (guidance batching, the memory budget: plain fields with a
 setter, read by each call).
+Layerwise casting (fp8 weight storage) is torch hooks on the models' layers
+(:mod:`vidcore.nn.layerwise_casting`), whose ``disable_*`` keeps the fp8-rounded weights (outputs stay those
+of the cast model, as documented there).
 
 ``save_pretrained`` is :mod:`vidcore.loading.save_pipeline`; the LoRA ``scale`` of ``cross_attention_kwargs``
 is :mod:`vidcore.pipelines.lora`; ``load_textual_inversion`` is :mod:`vidcore.pipelines.textual_inversion`.
@@ -16,10 +19,11 @@ import os
 import torch
 from torch import nn
 
-from ..errors import UnsupportedFeatureError
+from ..errors import ArgumentError, UnsupportedFeatureError
 from ..loading.pipeline import declared
 from ..loading.save_pipeline import save_pipeline
 from ..models.options import AttentionSlicingMixin
+from ..nn.layerwise_casting import is_cast
 from ..sampling.guidance import BATCHING_MODES, JOINT, GuidanceBatching
 from ..sampling.memory import (available_bytes, decoded_frame_bytes, fitting_chunk, parse_bytes,
                                unet_activation_bytes)
@@ -227,6 +231,43 @@ class PipelineMethodsMixin:
 
         for model in self._qkv_models(unet, vae):
             unfuse_qkv(model)
+
+    # -- layerwise casting ----------------------------------------------------------------------
+    def enable_layerwise_casting(self, storage_dtype: torch.dtype = torch.float8_e4m3fn,
+                                 compute_dtype: torch.dtype | None = None,
+                                 skip_modules_pattern: tuple[str, ...] | None = None,
+                                 components: tuple[str, ...] | None = None, non_blocking: bool = False) -> None:
+        """Store the weights of ``components`` in ``storage_dtype`` (fp8), each layer upcast to ``compute_dtype``
+        while it runs (:meth:`vidcore.models.options.LayerwiseCastingMixin.enable_layerwise_casting`). Default
+        components: the denoiser and the ControlNet / motion adapter where the pipeline has them
+        (``components=("unet", "vae")`` adds the VAE); a motion adapter inside the UNet is cast with it."""
+        names = components
+        if names is None:
+            names = [n for n in ("unet", "controlnet", "motion_adapter") if getattr(self, n, None) is not None]
+        models: list[nn.Module] = []
+        for name in names:  # every name checked before any model changes
+            model = getattr(self, name, None)
+            if not isinstance(model, nn.Module) or name not in self.components:
+                raise ArgumentError(f"components: {type(self).__name__} has no model {name!r} "
+                                    f"(it has {[n for n, m in self.components.items() if isinstance(m, nn.Module)]})")
+            if not hasattr(model, "enable_layerwise_casting"):
+                raise UnsupportedFeatureError(f"{type(self).__name__}.{name} ({type(model).__name__}) has no "
+                                              "layerwise casting")
+            if is_cast(model):
+                raise RuntimeError(f"layerwise casting is already on in {name}; call disable_layerwise_casting() "
+                                   "first")
+            models.append(model)
+        for model in models:
+            if any(model is not other and any(model is m for m in other.modules()) for other in models):
+                continue  # inside another component (AnimateDiff's adapter in the UNet): cast with it, once
+            model.enable_layerwise_casting(storage_dtype, compute_dtype, skip_modules_pattern,
+                                           non_blocking=non_blocking)
+
+    def disable_layerwise_casting(self) -> None:
+        """Layerwise casting off on every component (their weights stay fp8-rounded in the compute dtype)."""
+        for model in self.components.values():
+            if hasattr(model, "disable_layerwise_casting"):
+                model.disable_layerwise_casting()
 
 
 __all__ = ["Components", "PipelineMethodsMixin"]
