@@ -377,3 +377,26 @@ def test_cuda_only_onloaded_groups_are_resident(use_stream):
         unet.disable_group_offload()
         if use_stream:
             assert all(p.is_pinned() for p in unet.parameters())
+
+
+@pytest.mark.parametrize("kind", ["block_level", "leaf_level"])
+@pytest.mark.parametrize("cast_first", [True, False], ids=["cast_then_offload", "offload_then_cast"])
+@pytest.mark.parametrize("name", ["unet3d", "unet_motion"])
+def test_offload_composes_with_fp8_storage(name, cast_first, kind):
+    """Group offload and layerwise casting together (what the low-memory preset turns on with a GPU), in either
+    order: the output is the cast model's alone, and the cast layers hold fp8 between calls."""
+    def cast(model):
+        model.enable_layerwise_casting(torch.float8_e4m3fn, compute_dtype=torch.float32)
+
+    model, run = MODELS[name]()
+    tiny.randomize_(model, seed=3).eval()
+    cast(model)
+    expected = run(model)
+    model, run = MODELS[name]()
+    tiny.randomize_(model, seed=3).eval()
+    steps = [cast, lambda m: m.enable_group_offload("cpu", offload_type=kind)]
+    for step in steps if cast_first else steps[::-1]:
+        step(model)
+    assert same(run(model), expected)
+    stored = {p.dtype for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    assert torch.float8_e4m3fn in stored

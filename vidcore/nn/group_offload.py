@@ -182,9 +182,13 @@ class GroupOffload:
                 host = t.data.to(config.offload_device)
                 t.data = host.pin_memory() if config.use_stream else host
         self._handles = []
-        for group in self.groups:  # every module of a group is hooked: models may call a block's layers directly
+        # every module of a group is hooked (models may call a block's layers directly). The hooks wrap any others
+        # (pre-hook first, post-hook appended last), so a layer's own hooks, such as layerwise casting's upcast and
+        # restore, nest inside the onload and the offload in whichever order the two were enabled
+        for group in self.groups:
             for m in group.covered():
-                self._handles.append(m.register_forward_pre_hook(lambda m, args, g=group: self._enter(g)))
+                self._handles.append(m.register_forward_pre_hook(lambda m, args, g=group: self._enter(g),
+                                                                 prepend=True))
                 self._handles.append(m.register_forward_hook(lambda m, args, out, g=group: self._exit(g, m),
                                                              always_call=True))
         for i, group in enumerate(self.groups):

@@ -114,8 +114,9 @@ def apply_layerwise_casting(model: nn.Module, storage_dtype: torch.dtype, comput
         for p in layer.parameters(recurse=False):
             p.data = p.data.to(storage_dtype)
         cast = _Cast(storage_dtype, compute_dtype, non_blocking)
+        # the restore runs before any other post-hook, so hooks around it (group offload's) see the stored tensors
         cast.handles = (layer.register_forward_pre_hook(_upcast),
-                        layer.register_forward_hook(_restore, always_call=True))
+                        layer.register_forward_hook(_restore, always_call=True, prepend=True))
         setattr(layer, _STATE, cast)
     return layers
 
