@@ -303,7 +303,7 @@ def test_modelscope_auto_decode_chunk_equals_the_fixed_chunk_it_picks(modelscope
         return modelscope("a cat", latents=latents, num_frames=5, height=16, width=16, num_inference_steps=1,
                           decode_chunk_size=chunk, output_type="pt").frames
 
-    assert modelscope.auto_decode_chunk(8, 8, 5) == 5  # CPU, no budget: all frames at once
+    assert modelscope.auto_decode_chunk(8, 8, 5) == 5  # CPU, no budget: the pipeline's default (None: all frames)
     whole = run("auto")
     assert sizes == [5] and torch.equal(whole, run(None))
     modelscope.set_max_memory(budget_for(modelscope, (8, 8), 2))
@@ -316,6 +316,17 @@ def test_modelscope_auto_decode_chunk_equals_the_fixed_chunk_it_picks(modelscope
         assert modelscope.auto_decode_chunk(8, 8, 5) == 1
     finally:
         modelscope.set_max_memory(None)
+
+
+def test_auto_decode_chunk_without_a_budget_is_the_pipelines_default(animatediff):
+    """No budget (CPU without set_max_memory): "auto" is the pipeline's own default, AnimateDiff's 16 frames per
+    decoder call (I2VGen-XL's 1), never more frames than that default."""
+    import inspect
+
+    pipe = vidcore.AnimateDiffPipeline.from_pretrained(animatediff.sd, motion_adapter=animatediff.adapter)
+    assert pipe.memory_budget() is None
+    assert pipe.auto_decode_chunk(8, 8, 40) == 16 and pipe.auto_decode_chunk(8, 8, 5) == 5
+    assert inspect.signature(vidcore.I2VGenXLPipeline.__call__).parameters["decode_chunk_size"].default == 1
 
 
 def test_svd_auto_decode_chunk_equals_the_fixed_chunk_it_picks(tmp_path_factory):

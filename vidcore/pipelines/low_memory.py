@@ -7,6 +7,7 @@ skipped: what ran is what the CLI prints and what ``benchmarks/bench_memory.py``
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -48,18 +49,23 @@ def _try(preset: LowMemoryPreset, obj, name: str, label: str, *args, **kwargs) -
 
 
 def _decode(pipe, preset: LowMemoryPreset) -> None:
-    """Auto chunks where the pipeline sizes them from its memory budget; else a 2D VAE decodes one frame at a
-    time (exact) and the temporal decoder ``TEMPORAL_DECODE_CHUNK`` frames at a time (changes the video a little:
-    the decoder mixes frames only inside a chunk)."""
-    if _method(pipe, "set_max_memory") is not None:  # "auto" decode chunks come with the memory budget
+    """Chunked decode. With a memory budget (a CUDA device's free memory, or ``set_max_memory``) the pipeline
+    sizes the chunks itself (``decode_chunk_size="auto"``); without one (the CPU) a 2D VAE decodes one frame per
+    call (the same video up to float rounding) and SVD's temporal decoder ``TEMPORAL_DECODE_CHUNK`` frames (changes
+    the video a little: the decoder mixes frames only inside a chunk); a pipeline without the argument gets VAE
+    slicing."""
+    takes_chunks = "decode_chunk_size" in inspect.signature(type(pipe).__call__).parameters
+    budget = pipe.memory_budget() if _method(pipe, "memory_budget") is not None else None
+    if takes_chunks and budget is not None:
         preset.call_kwargs["decode_chunk_size"] = "auto"
         preset.applied.append("decode_chunk_size auto")
+    elif takes_chunks:
+        chunk = TEMPORAL_DECODE_CHUNK if _method(getattr(pipe, "vae", None), "enable_slicing") is None else 1
+        preset.call_kwargs["decode_chunk_size"] = chunk
+        preset.applied.append(f"decode_chunk_size {chunk}")
     elif _method(getattr(pipe, "vae", None), "enable_slicing") is not None:
         pipe.enable_vae_slicing()
         preset.applied.append("VAE slicing")
-    else:
-        preset.call_kwargs["decode_chunk_size"] = TEMPORAL_DECODE_CHUNK
-        preset.applied.append(f"decode_chunk_size {TEMPORAL_DECODE_CHUNK}")
 
 
 def apply_low_memory(pipe, device: str | torch.device = "cpu") -> LowMemoryPreset:

@@ -151,14 +151,18 @@ class PipelineMethodsMixin:
 
     def auto_decode_chunk(self, latent_height: int, latent_width: int, frames: int) -> int:
         """``decode_chunk_size="auto"``: the most frames (at least 1, at most ``frames``) whose estimated decoder
-        activations (:func:`vidcore.sampling.memory.decoded_frame_bytes`) fit the memory budget; all ``frames``
-        when the budget is unknown (CPU without ``set_max_memory``). An fp16 VAE that decodes upcast
-        (``force_upcast``) counts float32 activations."""
+        activations (:func:`vidcore.sampling.memory.decoded_frame_bytes`) fit the memory budget; when the budget is
+        unknown (CPU without ``set_max_memory``), this pipeline's default ``decode_chunk_size`` (None: all
+        ``frames``). An fp16 VAE that decodes upcast (``force_upcast``) counts float32 activations."""
+        budget = self.memory_budget()
+        if budget is None:
+            default = inspect.signature(type(self).__call__).parameters["decode_chunk_size"].default
+            return frames if default is None else max(1, min(default, frames))
         vae = self.vae
         upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
         per_frame = decoded_frame_bytes(latent_height, latent_width, self.vae_scale_factor,
                                         vae.config.block_out_channels, 4 if upcast else vae.dtype.itemsize)
-        return fitting_chunk(self.memory_budget(), per_frame, frames)
+        return fitting_chunk(budget, per_frame, frames)
 
     def enable_attention_slicing(self, slice_size: int | str = "auto") -> None:
         """Attention slicing in the UNet and ControlNets (:class:`vidcore.models.options.AttentionSlicingMixin`): at

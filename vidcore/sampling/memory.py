@@ -75,11 +75,8 @@ def decoded_frame_bytes(latent_height: int, latent_width: int, scale_factor: int
     return VAE_COPIES * pixels * max(block_out_channels[:2]) * element_size
 
 
-def fitting_chunk(budget: int | None, per_item: int, count: int) -> int:
-    """The largest number of items (at least 1, at most ``count``) whose ``per_item`` bytes fit ``budget``;
-    all of them when the budget is unknown."""
-    if budget is None:
-        return count
+def fitting_chunk(budget: int, per_item: int, count: int) -> int:
+    """The largest number of items (at least 1, at most ``count``) whose ``per_item`` bytes fit ``budget``."""
     return max(1, min(count, budget // per_item))
 
 
