@@ -81,6 +81,11 @@ def test_auto_splits_only_when_the_estimate_exceeds_the_budget():
     assert GuidanceBatching("auto", 2999, per_branch).splits(latents, 3)
 
 
+def test_a_condition_that_does_not_split_is_named():
+    with pytest.raises(ValueError, match="batch 3, not a multiple of the 2 guidance branches"):
+        guidance_batch(lambda x, embeds: x, torch.zeros(1, 3), 2, GuidanceBatching("split"), embeds=torch.zeros(3, 2))
+
+
 # -- the pipelines ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -268,6 +273,22 @@ def test_instruct_pix2pix_splits_its_three_branches(tmp_path_factory):
     assert relative_error(split, joint) < RTOL
 
 
+def test_a_grouping_cross_frame_processor_keeps_the_guidance_batch_joint(modelscope):
+    """CrossFrameAttnProcessor(batch_size=2) groups the rows of the whole [uncond; cond] batch: split and auto run
+    joint while it is set (batch_size=1 does not group, and split stays split)."""
+    from vidcore.sampling.guidance import JOINT
+
+    try:
+        modelscope.set_guidance_batching("split")
+        modelscope.unet.set_attn_processor(vidcore.CrossFrameAttnProcessor(batch_size=2))
+        assert modelscope.guidance_batches() is JOINT
+        modelscope.unet.set_attn_processor(vidcore.CrossFrameAttnProcessor(batch_size=1))
+        assert modelscope.guidance_batches().mode == "split"
+    finally:
+        modelscope.unet.set_attn_processor(vidcore.AttnProcessor())
+        modelscope.set_guidance_batching("joint")
+
+
 def test_bad_mode_and_budget_are_refused(modelscope):
     with pytest.raises(ValueError, match="joint"):
         modelscope.set_guidance_batching("half")
@@ -348,6 +369,16 @@ def test_svd_auto_decode_chunk_equals_the_fixed_chunk_it_picks(tmp_path_factory)
         pipe.set_max_memory(None)
     assert torch.equal(auto, run(3))
     assert not torch.equal(auto, run(5))  # the temporal decoder sees the chunk: the choice shows
+    # a chunk the overlap would not let advance grows past it (overlap 2: chunks of 3)
+    pipe.set_max_memory(budget_for(pipe, (16 // s, 16 // s), 1))
+    try:
+        overlapped = pipe(image(), height=16, width=16, num_frames=5, num_inference_steps=1, decode_chunk_size="auto",
+                          decode_overlap=2, generator=torch.manual_seed(0), output_type="pt").frames
+    finally:
+        pipe.set_max_memory(None)
+    assert torch.equal(overlapped, pipe(image(), height=16, width=16, num_frames=5, num_inference_steps=1,
+                                        decode_chunk_size=3, decode_overlap=2, generator=torch.manual_seed(0),
+                                        output_type="pt").frames)
 
 
 # -- attention slicing ------------------------------------------------------------------------------------

@@ -410,3 +410,28 @@ def test_demo_model_with_fp8_weights_follows_its_prompts():
     cast, cast_frames = scores()
     assert cast == plain == [(p.split()[1], p.split()[-1]) for p in prompts]
     assert abs(cast_frames - plain_frames).max() > 0  # the fp8 weights were used
+
+
+def test_motion_adapter_alone_casts_and_loras_are_refused_on_fp8_layers(tmp_path):
+    """A MotionAdapter cast on its own (its dtype reads the compute dtype); adding a LoRA to fp8-stored layers is a
+    clear refusal that leaves the weights as they were."""
+    from safetensors.torch import save_file
+    from test_motion_lora import build, legacy_lora
+
+    from vidcore.errors import UnsupportedFeatureError
+
+    adapter = tiny_unet_motion(tmp_path).ours.adapter
+    adapter.enable_layerwise_casting(FP8)
+    assert adapter.dtype == torch.float32 and any(p.dtype == FP8 for p in adapter.parameters())
+
+    ref, ours = build(tmp_path / "lora")
+    save_file(legacy_lora(ref), tmp_path / "lora" / "diffusion_pytorch_model.safetensors")
+    ours.enable_layerwise_casting(FP8)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(UnsupportedFeatureError, match="LoRA weights cannot be added to fp8-stored layers"):
+        vidcore.fuse_lora(ours, vidcore.load_motion_lora(tmp_path / "lora"), scale=0.7)
+    assert all(torch.equal(v.float(), before[k].float()) for k, v in ours.state_dict().items())
+
+
+def test_ip_adapter_projections_stay_in_the_compute_dtype():
+    assert any(re.search(p, "ip_adapters.0.image_proj.proj") for p in DEFAULT_KEEP_PATTERNS)

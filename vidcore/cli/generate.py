@@ -86,7 +86,7 @@ def _add_options(o: Options, task: Task) -> None:
           help="frames per VAE decode call, or auto: sized from --max-memory (free GPU memory on CUDA)"
                + (" (default: all; fewer saves memory)" if svd else ""))
     o.add("--max-memory", type=memory_size, default=None, metavar="SIZE",
-          help="memory budget for --decode-chunk-size auto and --low-memory's choices, e.g. 4GB "
+          help="memory budget of --decode-chunk-size auto (and of --low-memory's decode chunks), e.g. 4GB "
                "(default: the free GPU memory on CUDA, none on the CPU)")
     o.add("--deep-cache", type=positive_int, default=None, metavar="INTERVAL",
           help="DeepCache: run the whole UNet every INTERVAL-th step, only its top levels in between "

@@ -28,7 +28,7 @@ from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..conversion.maps.diffusers_unet2d import unet2d_map
 from ..conversion.maps.motion_lora import KOHYA_PREFIX, LoRALayer, kohya_layer_names, parse_lora
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsupportedFeatureError
 from .motion import UNetMotion
 
 _MOTION_KEY = ".motion_modules."
@@ -112,6 +112,11 @@ def fuse_lora(model: UNetMotion, lora: LoRA | Mapping[str, torch.Tensor], scale:
             deltas[name] = lora.layers[layer].delta(params[name].shape)
         except ValueError as err:
             raise CheckpointError(f"{lora.source}: LoRA layer {layer}: {err}") from err
+    stored = [n for n in deltas if params[n].dtype.itemsize == 1]
+    if stored:
+        raise UnsupportedFeatureError(
+            f"LoRA weights cannot be added to fp8-stored layers ({stored[0]} ...): fuse or load LoRAs before "
+            "enable_layerwise_casting() and leave their scale fixed, or disable_layerwise_casting() first")
     state: _Fused = model.__dict__.setdefault("_lora_fused", _Fused())
     with torch.no_grad():
         for name, delta in deltas.items():

@@ -26,6 +26,7 @@ from torch import nn
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.group_offload import onloaded
+from ..nn.layerwise_casting import layer_dtype
 from ..nn.processors import AttentionProcessorMixin
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
@@ -108,6 +109,11 @@ class MotionAdapter(PretrainedMixin, FusedQKVMixin, LayerwiseCastingMixin, nn.Mo
     @property
     def max_frames(self) -> int:
         return self.config.motion_max_seq_length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the modules compute in (their compute dtype when layerwise cast)."""
+        return layer_dtype(next(m for m in self.modules() if isinstance(m, nn.Linear)))
 
     def frame_window_length(self) -> int | None:
         """The frames per attention window when FreeNoise windows the motion modules, else None."""

@@ -33,6 +33,7 @@ DEFAULT_KEEP_PATTERNS = (
     r"(time|add|class|fps)_embedding",  # timestep and added conditioning embeddings (SVD, I2VGen-XL fps)
     r"pos_embed",  # frame position tables (motion modules, SVD's time_pos_embed)
     r"(^|(?<!ff)(?<!ff_in)\.)proj_(in|out)$",  # transformers' in/out projections, not feed-forwards' (ff.proj_in)
+    r"image_proj",  # IP-Adapter image projections (they cast their input to their weight's dtype themselves)
 )
 
 _STATE = "_layerwise_cast"

@@ -30,6 +30,12 @@ from ..sampling.memory import (available_bytes, decoded_frame_bytes, fitting_chu
 from .auto import PIPELINES
 
 
+def grouped_attention(model: nn.Module) -> bool:
+    """Whether an attention of ``model`` has a processor that groups its batch's rows
+    (``CrossFrameAttnProcessor(batch_size > 1)``): its groups assume the joint guidance batch."""
+    return any(getattr(getattr(m, "processor", None), "batch_size", 1) > 1 for m in model.modules())
+
+
 def diffusers_pipeline_name(cls: type) -> str:
     """diffusers' class name for a vidcore pipeline class (``TextToVideoPipeline`` -> ``TextToVideoSDPipeline``;
     its own name where the names agree or diffusers has no such pipeline)."""
@@ -140,6 +146,8 @@ class PipelineMethodsMixin:
         parallel = getattr(self, "parallel", None)
         if parallel is not None and parallel.config.cfg_size == 2:
             return JOINT  # CFG-parallel: each rank's call is already one branch
+        if self.guidance_batching != "joint" and grouped_attention(self.unet):
+            return JOINT  # a CrossFrameAttnProcessor(batch_size > 1) groups the rows of the whole batch
         if self.guidance_batching != "auto":
             return GuidanceBatching(self.guidance_batching)
         config = self.unet.config

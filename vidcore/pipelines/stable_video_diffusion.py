@@ -421,6 +421,8 @@ class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoi
         if decode_chunk_size == "auto":  # frames per temporal-decoder call (one video's frames at most)
             s = self.vae_scale_factor
             decode_chunk_size = self.auto_decode_chunk(height // s, width // s, num_frames)
+            if isinstance(decode_overlap, Integral) and decode_overlap >= decode_chunk_size:
+                decode_chunk_size = min(num_frames, decode_overlap + 1)  # chunks must advance past the overlap
         callback_on_step_end_tensor_inputs = tuple(callback_on_step_end_tensor_inputs or ())
         self.check_inputs(height, width, num_frames, num_inference_steps, sigmas, decode_chunk_size,
                           num_videos_per_prompt, output_type, callback_on_step_end_tensor_inputs)

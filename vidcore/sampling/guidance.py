@@ -26,6 +26,9 @@ def batch_part(value, index: int, parts: int):
     if value is None:
         return None
     if torch.is_tensor(value):
+        if value.shape[0] % parts:
+            raise ValueError(f"a guidance-batched model input has batch {value.shape[0]}, not a multiple of the "
+                             f"{parts} guidance branches")
         return value.chunk(parts)[index]
     if isinstance(value, dict):
         return {k: batch_part(v, index, parts) for k, v in value.items()}

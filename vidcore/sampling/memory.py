@@ -56,8 +56,8 @@ def available_bytes(max_memory: int | None, device: torch.device) -> int | None:
     """The budget for activations: ``max_memory`` when set, else the CUDA device's free memory, else None."""
     if max_memory is not None:
         return max_memory
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free on the device, plus what PyTorch's caching allocator holds but does not use
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return None
 
 
