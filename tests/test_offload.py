@@ -400,3 +400,30 @@ def test_offload_composes_with_fp8_storage(name, cast_first, kind):
     assert same(run(model), expected)
     stored = {p.dtype for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
     assert torch.float8_e4m3fn in stored
+
+
+def test_a_failed_onload_leaves_every_tensor_on_the_host(monkeypatch):
+    """An onload that fails half way (out of memory on a small GPU) moves the group's copied tensors back: nothing
+    is stranded on the onload device, the group is not marked onloaded, and the next call works."""
+    model, run = MODELS["unet3d"]()
+    tiny.randomize_(model, seed=3).eval()
+    expected = run(model)
+    model.enable_group_offload("cpu", offload_type="block_level")
+    hooks = model.group_offload
+    group = max(hooks.groups, key=lambda g: len(list(g.tensors())))
+    before = {id(t): t.data_ptr() for t in group.tensors()}
+    real_to, calls = torch.Tensor.to, []
+
+    def failing_to(self, *args, **kwargs):  # a move that makes a new tensor (as to a GPU), then runs out
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_to(self, *args, **kwargs).clone()
+
+    monkeypatch.setattr(torch.Tensor, "to", failing_to)
+    with pytest.raises(RuntimeError, match="simulated"):
+        hooks.onload(group)
+    monkeypatch.undo()
+    assert group not in hooks.onloaded and not group.host
+    assert all(t.data_ptr() == before[id(t)] for t in group.tensors())
+    assert same(run(model), expected)

@@ -205,10 +205,21 @@ class GroupOffload:
 
     # -- moves ----------------------------------------------------------------------------------
     def _copy_in(self, group: OffloadGroup) -> None:
+        """Onload every tensor of ``group``, or none: a copy that fails (out of memory on a small GPU) puts the
+        tensors already moved back on the host before the error goes on."""
         non_blocking = self.config.non_blocking or self._stream is not None
-        for t in group.tensors():
-            group.host[id(t)] = t.data
-            t.data = t.data.to(self.config.onload_device, non_blocking=non_blocking)
+        moved = []
+        try:
+            for t in group.tensors():
+                host = t.data
+                t.data = host.to(self.config.onload_device, non_blocking=non_blocking)
+                moved.append((t, host))
+        except BaseException:
+            for t, host in moved:
+                t.data = host
+            raise
+        for t, host in moved:
+            group.host[id(t)] = host
 
     def _copy_out(self, group: OffloadGroup) -> None:
         for t in group.tensors():
