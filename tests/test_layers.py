@@ -12,6 +12,7 @@ above):
     parallel                       wrappers that split a prediction over processes
     io, controls                   video files and control images (user-facing helpers)
     pipelines                      the pipelines users call
+    training                       LoRA layers, the fine-tuning loop and its data
     tools                          model-making tools (random models, the CLIP vocabulary)
     demo                           the tiny demo model the project trains
     cli                            the command line (``__main__`` runs it)
@@ -40,6 +41,7 @@ LAYERS = [
     {"parallel"},
     {"io", "controls"},
     {"pipelines"},
+    {"training"},
     {"tools"},
     {"demo"},
     {"cli"},
