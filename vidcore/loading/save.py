@@ -28,7 +28,7 @@ def _temp_file(folder: Path, name: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
+def atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path.parent, path.name)
     os.close(fd)
@@ -46,7 +46,7 @@ def save_native(module: nn.Module, path: str | os.PathLike, diffusers_config: di
     config = diffusers_config or module.config.to_diffusers_config()
     meta = {"format": "pt", "vidcore_architecture": arch.name, "diffusers_config": json.dumps(config)}
     path = Path(path)
-    _atomic_save(module.state_dict(), path, meta)
+    atomic_save(module.state_dict(), path, meta)
     return path
 
 
@@ -58,7 +58,7 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
     state, _ = arch.keymap(config).convert(module.state_dict(), None, direction="reverse")
     folder = Path(folder)
     weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
-    _atomic_save(state, folder / weights, {"format": "pt"})
+    atomic_save(state, folder / weights, {"format": "pt"})
     fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
@@ -76,7 +76,7 @@ def save_diffusers_unet_motion(model: UNetMotion, folder: str | os.PathLike, var
         state.update(part)
     folder = Path(folder)
     weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
-    _atomic_save(state, folder / weights, {"format": "pt"})
+    atomic_save(state, folder / weights, {"format": "pt"})
     fd, tmp = _temp_file(folder, "config.json")
     with os.fdopen(fd, "w") as f:
         json.dump(merge_config(*configs), f, indent=2, sort_keys=True)
@@ -116,7 +116,7 @@ def save_original(module: nn.Module, path: str | os.PathLike, diffusers_config: 
             and architecture_of(module).name == "i2vgen_xl_unet")
     path = Path(path)
     if path.suffix == ".safetensors":
-        _atomic_save(state, path, {"format": "pt"})
+        atomic_save(state, path, {"format": "pt"})
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path.parent, path.name)

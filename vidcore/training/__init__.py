@@ -1,7 +1,7 @@
 """Fine-tuning: trainable LoRA layers on any vidcore UNet (:mod:`.lora`), named as diffusers names them."""
 
 from .lora import (TARGETS, LoRABranch, LoRAConfig, add_lora, diffusers_linear_names, lora_layers, lora_parameters,
-                   lora_state_dict, merge_lora, remove_lora, set_lora_state_dict)
+                   lora_state_dict, merge_lora, remove_lora, save_lora, set_lora_state_dict)
 
 __all__ = ["TARGETS", "LoRABranch", "LoRAConfig", "add_lora", "diffusers_linear_names", "lora_layers",
-           "lora_parameters", "lora_state_dict", "merge_lora", "remove_lora", "set_lora_state_dict"]
+           "lora_parameters", "lora_state_dict", "merge_lora", "remove_lora", "save_lora", "set_lora_state_dict"]

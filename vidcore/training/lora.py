@@ -20,8 +20,10 @@ saved LoRA is the name diffusers and the hub's LoRA files use.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
 from ..errors import ArgumentError, UnsupportedFeatureError
 from ..loading.architectures import architecture_of
+from ..loading.save import atomic_save
 from ..models.motion import UNetMotion
 from ..nn.fused_qkv import is_fused
 
@@ -218,3 +221,14 @@ def set_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], prefix
             linear.lora.down.weight.copy_(state[f"{prefix}{layer}.lora_A.weight"])
             linear.lora.up.weight.copy_(state[f"{prefix}{layer}.lora_B.weight"])
             linear.lora.scale = 1.0
+
+
+def save_lora(model: nn.Module, path: str | os.PathLike, prefix: str = "unet.") -> Path:
+    """Write :func:`lora_state_dict` to a ``.safetensors`` file atomically (a killed write leaves no partial
+    file); the default ``unet.`` prefix is what diffusers' ``load_lora_weights`` and vidcore's read."""
+    path = Path(path)
+    state = lora_state_dict(model, prefix)
+    if not state:
+        raise ArgumentError(f"{type(model).__name__} has no LoRA layers to save (add_lora first)")
+    atomic_save(state, path, {"format": "pt", "lora_layout": "peft"})
+    return path
