@@ -1,5 +1,6 @@
-"""LoRA files for AnimateDiff UNets (motion LoRAs such as guoyww/animatediff-motion-lora-zoom-in) -> one
-(down, up, alpha) triple per target layer, named as in diffusers' ``UNetMotionModel``.
+"""LoRA files for vidcore's UNets (motion LoRAs such as guoyww/animatediff-motion-lora-zoom-in, spatial SD LoRAs,
+LoRAs trained on ModelScope / SVD / I2VGen-XL UNets) -> one (down, up, alpha) triple per target layer, named as in
+the diffusers model (``UNetMotionModel``, ``UNet3DConditionModel`` ...).
 
 Four key layouts are read (every key must be one of them, or the file is refused naming the keys):
 
@@ -119,7 +120,7 @@ def kohya_layer_names(layer_names) -> dict[str, str]:
 
 
 def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
-    """LoRA tensors in any of the module docstring's layouts -> {diffusers UNetMotionModel layer: LoRALayer}.
+    """LoRA tensors in any of the module docstring's layouts -> {diffusers layer name: LoRALayer}.
 
     Raises ValueError naming keys it cannot read, text-encoder keys and layers missing a half."""
     layers: dict[str, LoRALayer] = {}

@@ -1,5 +1,6 @@
 """LoRA files (motion LoRAs, spatial SD LoRAs, LoRAs trained with :mod:`vidcore.training`): a LoRA from a file
-(``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a folder or a hub repo, for :mod:`vidcore.models.lora` (which fuses a loaded LoRA and reads no files)."""
+(``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a folder or a hub repo, for
+:mod:`vidcore.models.lora` (which fuses a loaded LoRA and reads no files)."""
 
 from __future__ import annotations
 

@@ -114,8 +114,8 @@ def _names(adapter_names: str | Sequence[str]) -> list[str]:
 
 class LoRAMixin:
     """LoRA methods for a pipeline whose ``unet`` is one of vidcore's UNets (UNetMotion for AnimateDiff, UNet3D for
-    ModelScope / Zeroscope, SVDUNet, I2VGenXLUNet; see the module docstring for how they map onto diffusers'). diffusers'
-    SVD and I2VGen-XL pipelines have no LoRA loader; vidcore's read the same files as the others."""
+    ModelScope / Zeroscope, SVDUNet, I2VGenXLUNet; see the module docstring for how they map onto diffusers').
+    diffusers' SVD and I2VGen-XL pipelines have no LoRA loader; vidcore's read the same files as the others."""
 
     @property
     def _adapters(self) -> _Adapters:
