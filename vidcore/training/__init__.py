@@ -1,7 +1,8 @@
-"""Fine-tuning: trainable LoRA layers on any vidcore UNet (:mod:`.lora`), named as diffusers names them."""
+"""Fine-tuning: trainable LoRA layers on any vidcore UNet (:mod:`.lora`), named as diffusers names them, saved in
+peft's layout (read by diffusers and vidcore) or the original AnimateDiff motion-LoRA layout (:data:`LAYOUTS`)."""
 
-from .lora import (TARGETS, LoRABranch, LoRAConfig, add_lora, diffusers_linear_names, lora_layers, lora_parameters,
-                   lora_state_dict, merge_lora, remove_lora, save_lora, set_lora_state_dict)
+from .lora import (LAYOUTS, TARGETS, LoRABranch, LoRAConfig, add_lora, diffusers_linear_names, lora_layers,
+                   lora_parameters, lora_state_dict, merge_lora, remove_lora, save_lora, set_lora_state_dict)
 
-__all__ = ["TARGETS", "LoRABranch", "LoRAConfig", "add_lora", "diffusers_linear_names", "lora_layers",
+__all__ = ["LAYOUTS", "TARGETS", "LoRABranch", "LoRAConfig", "add_lora", "diffusers_linear_names", "lora_layers",
            "lora_parameters", "lora_state_dict", "merge_lora", "remove_lora", "save_lora", "set_lora_state_dict"]
