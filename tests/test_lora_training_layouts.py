@@ -17,6 +17,7 @@ scale), and ``alpha != rank`` so a forgotten alpha / rank factor shows.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -56,6 +57,13 @@ def train_(model, target, seed: int = 0) -> list[str]:
     return names
 
 
+def diffusers_matches(ref_unet, patterns) -> list[str]:
+    """The layers of a diffusers UNet that ``patterns`` select (linears, and 1x1 convs that vidcore holds as linears):
+    what add_lora must have found, none missed by the reverse key map."""
+    return sorted(n for n, m in ref_unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+                  and any(re.search(p, n) for p in patterns))
+
+
 def peft_inject_(ref, path):
     """What a user does for a diffusers UNet whose pipeline has no LoRA loader: inject peft layers named by the file
     and load its state (alpha = rank: the file's B holds the scale)."""
@@ -93,7 +101,9 @@ def animatediff(tmp_path_factory):
 def test_animatediff_peft_file_loads_in_diffusers_and_vidcore(animatediff, tmp_path):
     ref, pipe, original = animatediff
     # motion and spatial attention, plus a 1x1-conv projection (SD1.5's proj_in: a conv in diffusers, linear here)
-    names = train_(pipe.unet, TARGETS["both"] + (r"^down_blocks\.0\.attentions\.0\.proj_in$",))
+    target = TARGETS["both"] + (r"^down_blocks\.0\.attentions\.0\.proj_in$",)
+    names = train_(pipe.unet, target)
+    assert names == diffusers_matches(ref.unet, target)
     assert any(".motion_modules." in n for n in names) and any(".attentions." in n for n in names)
     branches = frames(pipe)
     path = save_lora(pipe.unet, tmp_path / "lora.safetensors")
@@ -170,6 +180,7 @@ def test_text_to_video_peft_file_loads_in_diffusers_and_vidcore(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     original = t2v_frames(pipe)
     names = train_(pipe.unet, "both")  # temp_attentions, transformer_in and the spatial attentions
+    assert names == diffusers_matches(ref.unet, TARGETS["both"])
     assert any(n.startswith("transformer_in.") for n in names) and any(".temp_attentions." in n for n in names)
     branches = t2v_frames(pipe)
     assert np.abs(branches - original).max() > 1e-2
@@ -264,6 +275,7 @@ def test_unet_peft_file_loads_in_diffusers_and_vidcore(kind, tmp_path):
     with torch.no_grad():
         original = run_ours(ours)
         names = train_(ours, "both")
+        assert names == diffusers_matches(ref.unet if kind == "animatediff-sdxl" else ref, TARGETS["both"])
         assert any(".attn2." in n for n in names)
         branches = run_ours(ours)
         assert rel_err(branches, original) > 1e-2
