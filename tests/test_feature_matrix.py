@@ -47,4 +47,5 @@ def test_cli_options_follow_the_table(task_name):
     assert ("--free-noise" in flags) == row["free_noise"]
     assert ("--free-init" in flags) == row["free_init"]
     assert ("--parallel" in flags) == row["parallel"]
+    assert ("--lora" in flags) == row["lora"]
     assert set(row) == set(FEATURES)

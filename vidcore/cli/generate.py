@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from . import free_noise
+from . import free_noise, lora
 from .aliases import Options
 from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, chunk_size, device_name, memory_size,
                      nonnegative_int, positive_float, positive_int, resolve_device, torch_dtype)
@@ -105,6 +105,8 @@ def _add_options(o: Options, task: Task) -> None:
               help="with --free-init: coarse-to-fine, round k of N runs k/N of the steps")
     if task.supports("free_noise"):
         free_noise.add_options(o, task.text)
+    if task.supports("lora"):
+        lora.add_options(o)
     o.add("--num-videos", type=positive_int, default=1, help="videos to generate for the " + ("image" if svd else "prompt"))
     if task.supports("parallel"):
         o.add("--parallel", choices=PARALLEL_MODES, default=None,
@@ -274,6 +276,8 @@ def run(args) -> int:
         pipe = task.load(cls, model, args, dtype)
     else:
         pipe = cls.from_pretrained(model, torch_dtype=torch_dtype(dtype), variant=args.variant)
+    if task.supports("lora"):
+        lora.load(pipe, args)
     preset_call = _configure_pipeline(pipe, args, task, device)
     call = dict(num_inference_steps=args.steps, output_type="np", num_videos_per_prompt=args.num_videos,
                 decode_chunk_size=args.decode_chunk_size or preset_call.get("decode_chunk_size"))

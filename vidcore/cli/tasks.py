@@ -304,11 +304,6 @@ def _animatediff_options(o: Options) -> None:
           help="scale of the motion modules' effect: one number, or one per frame as a comma list "
                "(0: still frames, 1: the model, >1: more motion)")
     ip_adapter.add_options(o)
-    o.add("--lora", default=None, metavar="PATH_OR_REPO",
-          help="a LoRA for the UNet (motion LoRA, or a spatial SD1.5 LoRA such as AnimateLCM's): file, folder or "
-               "hub repo id, e.g. wangfuyun/AnimateLCM with --lora-weight-name AnimateLCM_sd15_t2v_lora.safetensors")
-    o.add("--lora-weight-name", default=None, metavar="FILE", help="the weight file inside a --lora folder or repo")
-    o.add("--lora-scale", type=float, default=1.0, help="weight of --lora (default 1)")
 
 
 def _animatediff_mode(args) -> str:
@@ -390,12 +385,6 @@ def _animatediff_load(cls, model: str, args, dtype):
                              f"the loaded one is {'RGB' if rgb else 'scribble'}: use --control "
                              f"sparse-{'rgb' if rgb else 'scribble'}")
     ip_adapter.load(pipe, args, dtype)
-    if args.lora is not None:
-        pipe.load_lora_weights(args.lora, weight_name=args.lora_weight_name, adapter_name="lora")
-        if args.lora_scale != 1.0:
-            pipe.set_adapters("lora", args.lora_scale)
-    elif args.lora_weight_name is not None or args.lora_scale != 1.0:
-        raise UsageError("--lora-weight-name and --lora-scale apply to a --lora")
     return pipe
 
 
