@@ -37,7 +37,7 @@ from . import ddp as dist_utils
 from .checkpoint import capture_rng, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUME_KEYS, TrainLoRAConfig
 from .data import EpochOrder, VideoFolder
-from .lora import LoRAConfig, add_lora, lora_state_dict
+from .lora import LoRAConfig, add_lora, lora_layers, lora_state_dict
 from .motion_director import (SPATIAL_MASK_PROBABILITY, branch_parameters, branches, debiased_loss,
                               motion_director_targets, split_layers)
 
@@ -116,8 +116,10 @@ class _Run:
                 module.requires_grad_(False).eval()
         self.unet = pipe.unet
         target = motion_director_targets() if config.motion_director else config.target
-        self.layers = add_lora(self.unet, LoRAConfig(config.rank, config.alpha, target, config.dropout))
-        self.unet.train()
+        with torch.random.fork_rng(devices=[]):  # the branches' random init: the same on every process and run
+            torch.manual_seed(config.seed)
+            self.layers = add_lora(self.unet, LoRAConfig(config.rank, config.alpha, target, config.dropout))
+        self._train_mode()
         if config.gradient_checkpointing:
             if not hasattr(self.unet, "enable_gradient_checkpointing"):
                 raise UnsupportedFeatureError(f"gradient checkpointing is not available for {type(self.unet).__name__} "
@@ -140,6 +142,14 @@ class _Run:
         self.step = 0
         self.log: list[dict] = []
         self.texts: dict[str, torch.Tensor] = {}
+
+    def _train_mode(self) -> None:
+        """The frozen model in eval mode, the LoRA branches in train mode. ModelScope's temporal convolutions carry
+        dropout 0.1; in train mode it would add noise to the frozen features that the branches cannot learn from
+        and make the result depend on how the batch is split over processes. LoRA dropout is ``config.dropout``."""
+        self.unet.eval()
+        for _, linear in lora_layers(self.unet):
+            linear.lora.train()
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -265,8 +275,8 @@ class _Run:
         dist_utils.average_gradients(self.params, self.ddp)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], cfg.max_grad_norm)
+        grads = [p for p in self.params if p.grad is not None]  # the global batch's gradient norm, before clipping
+        norm = float(torch.nn.utils.clip_grad_norm_(grads, cfg.max_grad_norm or float("inf"))) if grads else 0.0
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -278,7 +288,7 @@ class _Run:
                     self.ema[n].lerp_(p.detach().float(), 1 - cfg.ema_decay)
         self.step += 1
         loss = dist_utils.mean_over_processes(sum(losses) / len(losses), self.ddp)
-        self.log.append({"step": self.step, "loss": loss, "lr": lr})
+        self.log.append({"step": self.step, "loss": loss, "grad_norm": norm, "lr": lr})
         return loss
 
     # -- files (rank 0) -----------------------------------------------------------------------
@@ -333,7 +343,7 @@ class _Run:
                                    num_inference_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance_scale,
                                    generator=torch.Generator().manual_seed(cfg.seed), output_type="np").frames[0]
         finally:
-            self.unet.train()
+            self._train_mode()
         path = self.out / "samples" / f"step_{self.step:06d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         return Path(export_to_video(frames, path, fps=8))
