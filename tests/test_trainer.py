@@ -302,3 +302,28 @@ def test_image_model_without_adapter(tmp_path, setup):
     (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ArgumentError, match="is an image model: pass motion_adapter"):
         train_lora(config((model, setup[1]), tmp_path / "out"))
+
+
+def test_vidcore_pipeline_loads_the_trained_lora(setup, tmp_path):
+    """The written file, loaded with the pipeline's load_lora_weights, gives the frames of the trained model itself
+    (the base UNet plus the trainer's branches)."""
+    import vidcore
+    from vidcore.training import add_lora, set_lora_state_dict
+    from vidcore.training.lora import LoRAConfig
+
+    path = train_lora(config(setup, tmp_path / "out", steps=2, alpha=8))
+    pipe = vidcore.TextToVideoPipeline.from_pretrained(setup[0])
+    if not hasattr(pipe, "load_lora_weights"):
+        pytest.skip("TextToVideoPipeline.load_lora_weights lands with the LoRA loading branch")
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a red ball", num_frames=4, height=16, width=16, num_inference_steps=2, output_type="np")
+    base = pipe(generator=torch.Generator().manual_seed(0), **kw).frames
+    trained = vidcore.TextToVideoPipeline.from_pretrained(setup[0])
+    trained.set_progress_bar_config(disable=True)
+    add_lora(trained.unet, LoRAConfig(rank=4, target="temporal"))
+    set_lora_state_dict(trained.unet, weights(path), prefix="unet.")
+    expected = trained(generator=torch.Generator().manual_seed(0), **kw).frames
+    pipe.load_lora_weights(str(tmp_path / "out"))
+    got = pipe(generator=torch.Generator().manual_seed(0), **kw).frames
+    assert abs(expected - base).max() > 1e-3  # the LoRA matters
+    assert abs(got - expected).max() < 1e-5
