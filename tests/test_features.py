@@ -44,6 +44,9 @@ SWITCHES_OF = {feature: [s for s, f in SWITCHES.items() if f == feature] for fea
 
 STEPS = 2
 FRAMES = 4
+# pipeline -> the Models key of the LoRA it loads, for the UNets no AnimateDiff motion LoRA fits
+TRAINED_LORAS = {"TextToVideoPipeline": "lora_t2v", "VideoToVideoPipeline": "lora_t2v",
+                 "I2VGenXLPipeline": "lora_i2vgen", "StableVideoDiffusionPipeline": "lora_svd"}
 
 
 def _image(seed=0, size=(40, 52)):
@@ -163,7 +166,27 @@ class Models:
         return self._get("ip15"), "ip-adapter_sd15.safetensors"
 
     def lora(self, name):
+        if name in TRAINED_LORAS:  # no hub motion LoRA fits these UNets: one trained (randomly) with vidcore.training
+            key = TRAINED_LORAS[name]
+            if key not in self._built:
+                self._built[key] = self._trained_lora(self.root / f"{key}.safetensors", self.pipe(name).unet)
+            return self._built[key]
         return self._get("loraxl" if name == "AnimateDiffSDXLPipeline" else "lora15")
+
+    @staticmethod
+    def _trained_lora(path, unet):
+        """A temporal-layer LoRA file for ``unet`` with random non-zero weights; ``unet`` is left as it was."""
+        from vidcore.training import LoRAConfig, add_lora, lora_layers, remove_lora, save_lora
+
+        add_lora(unet, LoRAConfig(rank=2, target="temporal"))
+        try:
+            g = torch.Generator().manual_seed(7)
+            with torch.no_grad():
+                for _, linear in lora_layers(unet):
+                    linear.lora.up.weight.copy_(torch.randn(linear.lora.up.weight.shape, generator=g) * 0.5)
+            return save_lora(unet, path)
+        finally:
+            remove_lora(unet)
 
     def run(self, name, seed=0, **extra):
         kwargs = {**CALLS[name](), "num_inference_steps": STEPS, "output_type": "latent", **extra}

@@ -1,7 +1,8 @@
-"""LoRA files for AnimateDiff UNets (motion LoRAs such as guoyww/animatediff-motion-lora-zoom-in) -> one
-(down, up, alpha) triple per target layer, named as in diffusers' ``UNetMotionModel``.
+"""LoRA files for vidcore's UNets (motion LoRAs such as guoyww/animatediff-motion-lora-zoom-in, spatial SD LoRAs,
+LoRAs trained on ModelScope / SVD / I2VGen-XL UNets) -> one (down, up, alpha) triple per target layer, named as in
+the diffusers model (``UNetMotionModel``, ``UNet3DConditionModel`` ...).
 
-Three key layouts are read (every key must be one of them, or the file is refused naming the keys):
+Four key layouts are read (every key must be one of them, or the file is refused naming the keys):
 
 * diffusers' legacy attention-processor names, which the hub's motion-LoRA repos use (they were made by
   diffusers' ``scripts/convert_animatediff_motion_lora_to_diffusers.py``)::
@@ -23,6 +24,7 @@ Three key layouts are read (every key must be one of them, or the file is refuse
 * the original AnimateDiff ``.ckpt`` (``v2_lora_ZoomIn.ckpt``): the legacy names under the original motion
   module layout (``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor
   .to_q_lora.down.weight``), renamed with :mod:`vidcore.conversion.maps.original_motion`'s rules.
+  :func:`original_lora_keys` names a layer the other way (``vidcore.training.save_lora(layout="animatediff")``).
 
 ``{layer}.alpha`` scalars (kohya's ``network_alpha``) scale the product by ``alpha / rank``; without one the
 scale is 1 (as the legacy processors, PEFT's default ``lora_alpha = r`` and AnimateDiff's own loader).
@@ -83,6 +85,25 @@ def _original_to_diffusers(name: str) -> str:
     return name.replace(".temporal_transformer.", ".")
 
 
+_DIFFUSERS_MOTION_ATTENTION = re.compile(
+    r"^(?P<module>(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.motion_modules\.\d+)"
+    r"\.transformer_blocks\.(?P<block>\d+)\.(?P<attn>attn[12])\.(?P<proj>to_q|to_k|to_v|to_out\.0)$")
+
+
+def original_lora_keys(layer: str) -> tuple[str, str] | None:
+    """A diffusers motion-module attention projection -> its (down, up) keys in the original AnimateDiff motion-LoRA
+    layout (``v2_lora_ZoomIn.ckpt``), the inverse of what :func:`parse_lora` reads; None for any other layer (the
+    original layout holds only the motion modules' to_q / to_k / to_v / to_out projections)."""
+    m = _DIFFUSERS_MOTION_ATTENTION.match(layer)
+    if m is None:
+        return None
+    attention = {new: old for old, new in BLOCK_NAMES}[m["attn"]]
+    proj = m["proj"].removesuffix(".0")
+    base = (f"{m['module']}.temporal_transformer.transformer_blocks.{m['block']}.{attention}"
+            f".processor.{proj}_lora")
+    return f"{base}.down.weight", f"{base}.up.weight"
+
+
 def kohya_layer_names(layer_names) -> dict[str, str]:
     """{kohya flat name ``lora_unet_a_b_0_c``: diffusers layer ``a_b.0.c``} for the given diffusers layer names.
     A flat name two layers share (no SD UNet has one) maps to neither, so it is reported as unknown."""
@@ -99,7 +120,7 @@ def kohya_layer_names(layer_names) -> dict[str, str]:
 
 
 def parse_lora(state: Mapping[str, torch.Tensor]) -> dict[str, LoRALayer]:
-    """LoRA tensors in any of the module docstring's layouts -> {diffusers UNetMotionModel layer: LoRALayer}.
+    """LoRA tensors in any of the module docstring's layouts -> {diffusers layer name: LoRALayer}.
 
     Raises ValueError naming keys it cannot read, text-encoder keys and layers missing a half."""
     layers: dict[str, LoRALayer] = {}

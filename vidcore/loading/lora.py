@@ -1,5 +1,6 @@
-"""Motion-LoRA files: a LoRA from a file (``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``),
-a folder or a hub repo, for :mod:`vidcore.models.lora` (which fuses a loaded LoRA and reads no files)."""
+"""LoRA files (motion LoRAs, spatial SD LoRAs, LoRAs trained with :mod:`vidcore.training`): a LoRA from a file
+(``.safetensors``, or a pickled ``.ckpt`` read with ``weights_only=True``), a folder or a hub repo, for
+:mod:`vidcore.models.lora` (which fuses a loaded LoRA and reads no files)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import os
 from typing import Mapping
 
 import torch
+from torch import nn
 
 from .. import hub
 from ..errors import ModelNotFoundError
 from ..models import lora as model_lora
-from ..models.motion import UNetMotion
 from ..models.lora import LoRA
 from .files import read_single_file_raw
 
@@ -21,7 +22,7 @@ WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "diffusion_pytorch_model.saf
 
 def load_lora(path_or_repo: str | os.PathLike | Mapping[str, torch.Tensor], weight_name: str | None = None,
                      revision: str | None = None, token: str | None = None) -> LoRA:
-    """A motion LoRA from a file, a folder or hub repo (``weight_name`` or the usual diffusers LoRA file names), or
+    """A LoRA from a file, a folder or hub repo (``weight_name`` or the usual diffusers LoRA file names), or
     a state dict."""
     if isinstance(path_or_repo, Mapping):
         return LoRA.from_state_dict(path_or_repo)
@@ -39,7 +40,7 @@ def load_lora(path_or_repo: str | os.PathLike | Mapping[str, torch.Tensor], weig
     return LoRA.from_state_dict(read_single_file_raw(root), str(root))
 
 
-def fuse_lora(model: UNetMotion, lora: LoRA | str | os.PathLike | Mapping[str, torch.Tensor],
+def fuse_lora(model: nn.Module, lora: LoRA | str | os.PathLike | Mapping[str, torch.Tensor],
               scale: float = 1.0) -> LoRA:
     """:func:`vidcore.models.lora.fuse_lora` that also takes a file, folder or hub repo id
     (:func:`load_lora` reads it first). Returns the LoRA."""

@@ -1,18 +1,21 @@
-"""LoRA for AnimateDiff UNets (motion LoRAs: guoyww/animatediff-motion-lora-zoom-in, v2_lora_PanLeft.ckpt ...;
-spatial SD LoRAs too), fused into a :class:`~vidcore.models.motion.UNetMotion`'s weights and unfused exactly.
+"""LoRA fused into any vidcore UNet's weights and unfused exactly: motion LoRAs for AnimateDiff
+(guoyww/animatediff-motion-lora-zoom-in, v2_lora_PanLeft.ckpt ...), spatial SD LoRAs, and LoRAs trained on
+ModelScope / Zeroscope (UNet3D), SVD (SVDUNet), I2VGen-XL (I2VGenXLUNet) or SD (UNet2D) UNets.
 
 >>> lora = vidcore.load_lora("guoyww/animatediff-motion-lora-zoom-in")  # hub repo, folder or file
 >>> fuse_lora(unet_motion, lora, scale=0.8)   # W += 0.8 * up @ down for every layer the LoRA names
 >>> unfuse_lora(unet_motion)                  # the weights as they were, bit for bit
 
 Files in diffusers' legacy processor layout (the hub's motion-LoRA repos), PEFT's ``lora_A``/``lora_B``
-layout, kohya-ss's ``lora_unet_..._to_q.lora_down.weight`` layout (spatial SD1.5 LoRAs such as AnimateLCM's
-``AnimateLCM_sd15_t2v_lora.safetensors``) and the original AnimateDiff ``.ckpt`` layout are read (:mod:`vidcore.conversion.maps.motion_lora`). Layer
-names are diffusers' ``UNetMotionModel`` names; motion-module layers land in ``unet_motion.adapter``, any
-other layer (a LoRA may also touch the spatial UNet) in ``unet_motion.unet`` through the same key maps the
-checkpoints use. Every name and shape is checked before a weight changes.
+layout (what diffusers' ``save_lora_weights`` and ``vidcore.training.save_lora`` write), kohya-ss's
+``lora_unet_..._to_q.lora_down.weight`` layout (spatial SD1.5 LoRAs such as AnimateLCM's
+``AnimateLCM_sd15_t2v_lora.safetensors``) and the original AnimateDiff ``.ckpt`` layout are read
+(:mod:`vidcore.conversion.maps.motion_lora`). Layer names are diffusers' names for the model (``UNetMotionModel``,
+``UNet3DConditionModel``, ``UNetSpatioTemporalConditionModel``, ``I2VGenXLUNet``, ``UNet2DConditionModel``); each is
+found in the vidcore model through its checkpoint key map (:mod:`vidcore.models.lora_names`). Every name and shape is
+checked before a weight changes.
 
-Fusing changes the modules ``UNetMotion`` references, so another ``UNetMotion`` sharing the same UNet or
+Fusing changes the modules a ``UNetMotion`` references, so another ``UNetMotion`` sharing the same UNet or
 adapter sees the fused weights too (as it would see any edit). ``unfuse_lora`` restores the copies kept
 at the first fuse, so several LoRAs can be fused in turn and removed together.
 """
@@ -23,21 +26,16 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
+from torch import nn
 
-from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
-from ..conversion.maps.diffusers_unet2d import unet2d_map
 from ..conversion.maps.motion_lora import KOHYA_PREFIX, LoRALayer, kohya_layer_names, parse_lora
-
 from ..errors import CheckpointError, UnsupportedFeatureError
-from .motion import UNetMotion
-
-_MOTION_KEY = ".motion_modules."
+from .lora_names import check_unet, diffusers_layers
 
 
 @dataclass
 class LoRA:
-    """LoRA layers by diffusers ``UNetMotionModel`` layer name
-    (``down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q``)."""
+    """LoRA layers by diffusers layer name (``down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q``)."""
 
     layers: dict[str, LoRALayer]
     source: str = "<state dict>"
@@ -47,45 +45,23 @@ class LoRA:
         try:
             return cls(parse_lora(state), source)
         except ValueError as err:
-            raise CheckpointError(f"{source}: not a LoRA vidcore can apply to a UNetMotion: {err}") from err
+            raise CheckpointError(f"{source}: not a LoRA vidcore can apply to a UNet: {err}") from err
 
-    def targets(self, model: UNetMotion) -> dict[str, str]:
-        """{UNetMotion parameter name: LoRA layer name}; raises CheckpointError naming layers the model lacks."""
-        unet_map = unet2d_map(model.unet.config.to_diffusers_config())
-        params = dict(model.named_parameters())
-        kohya = _kohya_table(model, unet_map) if any(n.startswith(KOHYA_PREFIX) for n in self.layers) else {}
+    def targets(self, model: nn.Module) -> dict[str, str]:
+        """{model parameter name: LoRA layer name}; raises CheckpointError naming layers the model lacks."""
+        layers = diffusers_layers(model)
+        if any(n.startswith(KOHYA_PREFIX) for n in self.layers):
+            layers.update({flat: layers[name] for flat, name in kohya_layer_names(layers).items()})
         out, unknown = {}, []
         for layer in self.layers:
-            key = f"{kohya.get(layer, layer)}.weight"
-            probe = {key: torch.empty(0, device="meta")}
-            try:
-                if _MOTION_KEY in key:
-                    converted, _ = MOTION_ADAPTER_MAP.convert(probe, None)
-                    name = "adapter." + next(iter(converted))
-                else:
-                    converted, _ = unet_map.convert(probe, None)
-                    name = "unet." + next(iter(converted))
-            except Exception:  # noqa: BLE001 - a name no rule reads is simply unknown
-                name = None
-            if name is None or name not in params:
-                unknown.append(layer)
+            if layer in layers:
+                out[layers[layer]] = layer
             else:
-                out[name] = layer
+                unknown.append(layer)
         if unknown:
-            raise CheckpointError(f"{self.source}: {len(unknown)} LoRA layers are not in this UNetMotion "
+            raise CheckpointError(f"{self.source}: {len(unknown)} LoRA layers are not in this {type(model).__name__} "
                                   f"(the LoRA was made for another model or adapter layout): {unknown[:10]}")
         return out
-
-
-def _kohya_table(model: UNetMotion, unet_map) -> dict[str, str]:
-    """kohya flat names of every weight-bearing layer of ``model``, by diffusers UNetMotionModel name (the UNet's
-    and the adapter's parameter names run backwards through their key maps)."""
-    names = []
-    for keymap, module in ((unet_map, model.unet), (MOTION_ADAPTER_MAP, model.adapter)):
-        meta = {k: torch.empty(v.shape, device="meta") for k, v in module.state_dict().items()}
-        converted, _ = keymap.convert(meta, None, direction="reverse", strict=False)
-        names += [k.removesuffix(".weight") for k in converted if k.endswith(".weight")]
-    return kohya_layer_names(names)
 
 
 @dataclass
@@ -94,12 +70,11 @@ class _Fused:
     loras: list[tuple[str, float]] = field(default_factory=list)  # (source, scale), in fuse order
 
 
-def fuse_lora(model: UNetMotion, lora: LoRA | Mapping[str, torch.Tensor], scale: float = 1.0) -> LoRA:
+def fuse_lora(model: nn.Module, lora: LoRA | Mapping[str, torch.Tensor], scale: float = 1.0) -> LoRA:
     """Add ``scale`` times the LoRA's update to ``model``'s weights (in place). Every layer name and shape is
     checked before any weight changes. Returns the LoRA (built, when a state dict was given). Files and hub repos:
     ``vidcore.fuse_lora`` (:func:`vidcore.loading.lora.fuse_lora`) reads them first."""
-    if not isinstance(model, UNetMotion):
-        raise TypeError(f"fuse_lora needs a vidcore UNetMotion, got {type(model).__name__}")
+    check_unet(model)
     if isinstance(lora, Mapping):
         lora = LoRA.from_state_dict(lora)
     if not isinstance(lora, LoRA):
@@ -127,7 +102,7 @@ def fuse_lora(model: UNetMotion, lora: LoRA | Mapping[str, torch.Tensor], scale:
     return lora
 
 
-def unfuse_lora(model: UNetMotion) -> list[tuple[str, float]]:
+def unfuse_lora(model: nn.Module) -> list[tuple[str, float]]:
     """Restore every weight changed by :func:`fuse_lora` (bit-exact copies); returns the (source, scale) of
     the LoRAs removed, in fuse order (empty when none was fused)."""
     state: _Fused | None = model.__dict__.pop("_lora_fused", None)
@@ -140,7 +115,7 @@ def unfuse_lora(model: UNetMotion) -> list[tuple[str, float]]:
     return state.loras
 
 
-def fused_loras(model: UNetMotion) -> list[tuple[str, float]]:
+def fused_loras(model: nn.Module) -> list[tuple[str, float]]:
     """The (source, scale) of the LoRAs fused into ``model``, in order."""
     state = model.__dict__.get("_lora_fused")
     return list(state.loras) if state else []

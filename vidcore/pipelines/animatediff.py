@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from .control_residuals import no_controlnet_error
 from ..errors import ConfigError, ModelNotFoundError
 from ..models.motion import MotionAdapter, UNetMotion
 from ..models.unet2d import UNet2D
@@ -97,14 +98,6 @@ def animatediff_scheduler(config, kind: str | None = None, **overrides):
 def load_stored_scheduler(folder: Path, torch_dtype=None, variant=None):
     """Folder loader (:mod:`vidcore.loading.loaders`) of :func:`stored_scheduler`."""
     return stored_scheduler(Path(folder) / "scheduler_config.json")
-
-
-def check_decode_chunk_size(decode_chunk_size) -> None:
-    if decode_chunk_size in (None, "auto"):
-        return
-    if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
-        raise ValueError(f"decode_chunk_size must be a positive integer, 'auto' or None (all frames at once), got "
-                         f"{decode_chunk_size!r}")
 
 
 @dataclass(frozen=True)
@@ -190,8 +183,7 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                     else f"{where} is an image model without motion modules")
             return ModelNotFoundError(f"{what}; pass motion_adapter= (CLI: --motion-adapter), e.g. {cls.example_adapter}")
         if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder: pass controlnet= (CLI: --controlnet), e.g. "
-                                      f"{cls.example_controlnet}")
+            return no_controlnet_error(where, cls.example_controlnet)
         return super().missing_component(name, where, single_file)
 
     @classmethod
@@ -328,7 +320,6 @@ class AnimateDiffBase(IPAdapterMixin, LoRAMixin, FreeInitMixin, SDVideoPipeline)
                           num_videos_per_prompt, None)
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        check_decode_chunk_size(decode_chunk_size)
         check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         free_noise = getattr(self, "free_noise", None)  # FreeNoise windows the motion modules, the UNet sees all
         image_prompt = ip_adapter_image is not None or ip_adapter_image_embeds is not None

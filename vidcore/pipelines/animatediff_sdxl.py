@@ -46,7 +46,7 @@ from .. import hub
 from ..errors import ConfigError
 from ..models.motion import MotionAdapter
 from ..sampling.loop import StepEnd, check_callback_inputs, scheduler_step
-from .animatediff import AnimateDiffBase, check_decode_chunk_size
+from .animatediff import AnimateDiffBase
 from ..loading.loaders import load_text_encoder_2, load_tokenizer
 from ..loading.originals import (DEFAULT_SDXL_CONFIG, SDXL_CONFIG_PATTERNS,  # noqa: F401  (re-exported)
                                  SDXL_SINGLE_FILE_COMPONENTS, load_sdxl_single_file)
@@ -257,7 +257,6 @@ class AnimateDiffSDXLPipeline(AnimateDiffBase):
                           num_videos_per_prompt, None)
         check_negative_inputs(negative_prompt, negative_prompt_embeds)
         check_callback_inputs(callback_on_step_end_tensor_inputs, CALLBACK_TENSOR_INPUTS)
-        check_decode_chunk_size(decode_chunk_size)
         if prompt_embeds is not None and pooled_prompt_embeds is None:
             raise ValueError("prompt_embeds needs pooled_prompt_embeds (the second text encoder's pooled output)")
         if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ModelNotFoundError
+
+
+def no_controlnet_error(where: str, example: str) -> ModelNotFoundError:
+    """What a ControlNet pipeline raises when its folder has no controlnet/ (image models ship none)."""
+    return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none): pass controlnet= (CLI: "
+                              f"--controlnet), e.g. {example} or vidcore.ControlNetModel.from_pretrained(...)")
+
 
 def in_control_window(step: int, steps: int, start: float, end: float) -> bool:
     """Whether the ControlNet runs at ``step`` of ``steps`` (diffusers' ``control_guidance_start`` / ``_end``);

@@ -36,7 +36,6 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelNotFoundError
 from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnet
 from ..models.controlnet import ControlNet
 from ..models.unet2d import UNet2D
@@ -46,7 +45,7 @@ from ..sampling.loop import StepEnd, scheduler_step
 from ..sampling.guidance import apply_guidance, guidance_batch
 from ..sampling.loop import check_callback_inputs
 from .checks import check_call
-from .control_residuals import controlnet_residuals, in_control_window
+from .control_residuals import controlnet_residuals, in_control_window, no_controlnet_error
 from .features import require
 from .ip_adapter import IPAdapterMixin, check_ip_adapter_inputs
 from .sd_video import SDVideoPipeline
@@ -147,8 +146,7 @@ class ControlledVideoPipeline(IPAdapterMixin, SDVideoPipeline):
     @classmethod
     def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
         if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none: pass controlnet=, CLI "
-                                      f"--controlnet, e.g. {EXAMPLE_CONTROLNET})")
+            return no_controlnet_error(where, EXAMPLE_CONTROLNET)
         return super().missing_component(name, where, single_file)
 
     # -- pieces ---------------------------------------------------------------------------------

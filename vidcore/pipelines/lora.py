@@ -1,4 +1,4 @@
-"""Pipeline-level motion LoRA: diffusers' LoRA method names (``load_lora_weights``, ``set_adapters``,
+"""Pipeline-level LoRA: diffusers' LoRA method names (``load_lora_weights``, ``set_adapters``,
 ``fuse_lora``, ``unfuse_lora``, ``unload_lora_weights`` ...) on top of :mod:`vidcore.models.lora`.
 
 >>> pipe.load_lora_weights("guoyww/animatediff-motion-lora-zoom-in", adapter_name="zoom-in")   # active, scale 1
@@ -113,8 +113,9 @@ def _names(adapter_names: str | Sequence[str]) -> list[str]:
 
 
 class LoRAMixin:
-    """LoRA methods for a pipeline whose ``unet`` is a :class:`~vidcore.models.motion.UNetMotion` (see the
-    module docstring for how they map onto diffusers')."""
+    """LoRA methods for a pipeline whose ``unet`` is one of vidcore's UNets (UNetMotion for AnimateDiff, UNet3D for
+    ModelScope / Zeroscope, SVDUNet, I2VGenXLUNet; see the module docstring for how they map onto diffusers').
+    diffusers' SVD and I2VGen-XL pipelines have no LoRA loader; vidcore's read the same files as the others."""
 
     @property
     def _adapters(self) -> _Adapters:
@@ -141,7 +142,7 @@ class LoRAMixin:
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict: str | os.PathLike | Mapping[str, torch.Tensor],
                           adapter_name: str | None = None, weight_name: str | None = None,
                           revision: str | None = None, token: str | None = None) -> None:
-        """Load a motion LoRA (hub repo id such as ``guoyww/animatediff-motion-lora-zoom-in``, folder, ``.safetensors``
+        """Load a LoRA (hub repo id such as ``guoyww/animatediff-motion-lora-zoom-in``, folder, ``.safetensors``
         / ``.ckpt`` file or state dict; the layouts of :func:`~vidcore.loading.lora.load_lora`) under
         ``adapter_name`` (default ``default_{n}``, as diffusers) and make it active at weight 1.0, keeping the
         other active adapters. Every layer name and shape is checked first; a LoRA that does not fit changes

@@ -12,12 +12,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..errors import ModelNotFoundError
 from ..loading.loaders import EXAMPLE_CONTROLNET, load_controlnet
 from ..models.controlnet import ControlNet
 from ..sampling.guidance import apply_guidance, guidance_batch
 from .checks import check_call
-from .control_residuals import controlnet_residuals, in_control_window
+from .control_residuals import controlnet_residuals, in_control_window, no_controlnet_error
 from .controlled_video import control_frames_to_tensor
 from .sd_image import CALLBACK_TENSOR_INPUTS, SDImagePipeline
 
@@ -49,8 +48,7 @@ class StableDiffusionControlNetPipeline(SDImagePipeline):
     @classmethod
     def missing_component(cls, name: str, where: str, single_file: bool) -> Exception:
         if name == "controlnet":
-            return ModelNotFoundError(f"{where} has no controlnet/ folder (an SD model has none): pass controlnet=, "
-                                      f"e.g. {EXAMPLE_CONTROLNET} or vidcore.ControlNetModel.from_pretrained(...)")
+            return no_controlnet_error(where, EXAMPLE_CONTROLNET)
         return super().missing_component(name, where, single_file)
 
     def prepare_image(self, image, height, width, batch: int, num_images_per_prompt: int) -> torch.Tensor:

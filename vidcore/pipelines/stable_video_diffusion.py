@@ -50,6 +50,7 @@ from ..sampling.frame_guidance import frame_guidance_scales, guided
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
 from .base import VideoPipeline, VideoPipelineOutput, upcast_vae
 from .checks import check_call
+from .lora import LoRAMixin
 from .svd_keyframes import keyframe_step
 from .temporal_decode import decode_overlapping
 from .video_processing import OUTPUT_TYPES, postprocess_video
@@ -173,8 +174,9 @@ def _draw(shape, generator, device, dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------- pipeline
 
 
-class StableVideoDiffusionPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, VideoPipeline):
-    """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1)."""
+class StableVideoDiffusionPipeline(LoRAMixin, ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, VideoPipeline):
+    """Image -> video with Stable Video Diffusion (SVD, SVD-XT, SVD-XT 1.1). ``load_lora_weights`` & co.
+    (:mod:`vidcore.pipelines.lora`) fuse LoRAs into the UNet, which diffusers' SVD pipeline cannot load."""
     free_noise_frame_dim = 1  # FreeNoise reschedules the frames second in SVD's b f c h w noise
     component_names = ("vae", "image_encoder", "unet", "scheduler", "feature_extractor")
     offload_order = ("image_encoder", "unet", "vae")

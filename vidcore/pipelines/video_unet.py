@@ -1,6 +1,6 @@
 """What the pipelines whose UNet denoises the whole ``b c f h w`` video with a text prompt share (ModelScope /
 Zeroscope text- and video-to-video, I2VGen-XL): the guided prediction over sliding context windows, FreeNoise
-prompt travel, and the sampling run. They compose FreeInit, FreeNoise and parallel sampling."""
+prompt travel, and the sampling run. They compose FreeInit, FreeNoise, parallel sampling and LoRA loading."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from ..sampling import FreeInitMixin, FreeNoiseMixin
 from ..sampling.guidance import guided
 from ..sampling.loop import StepEnd, frames_in_batch, scheduler_step
 from ..sampling.windows import blend_windows, check_free_noise_windows, check_parallel_windows, plan_windows
+from .lora import LoRAMixin
 from .sd_video import SDVideoPipeline
 
 
-class VideoUNetPipeline(ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SDVideoPipeline):
+class VideoUNetPipeline(LoRAMixin, ParallelPipelineMixin, FreeInitMixin, FreeNoiseMixin, SDVideoPipeline):
     """Not a pipeline of its own: the parts of :class:`~vidcore.pipelines.text_to_video.TextToVideoPipeline`,
     :class:`~vidcore.pipelines.video_to_video.VideoToVideoPipeline` and
     :class:`~vidcore.pipelines.i2vgen_xl.I2VGenXLPipeline` before and after their ``__call__``."""

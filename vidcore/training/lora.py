@@ -15,6 +15,13 @@ Layers are chosen by regular expressions over diffusers' names (what people writ
 ``target_modules``); ``target`` may also be one of :data:`TARGETS`' presets. The diffusers name of each vidcore
 linear comes from running its weight's key backwards through the model's conversion map, so every name in a
 saved LoRA is the name diffusers and the hub's LoRA files use.
+
+Files :func:`save_lora` writes (safetensors): ``layout="peft"`` (default), ``unet.{layer}.lora_A.weight`` /
+``lora_B.weight`` for any UNet, which diffusers' ``load_lora_weights`` reads on the AnimateDiff (SD1.5, SDXL)
+pipelines, and peft's ``inject_adapter_in_model`` + ``set_peft_model_state_dict`` on diffusers' ModelScope, SVD and
+I2VGen-XL UNets (their pipelines have no working loader in diffusers 0.42); ``layout="animatediff"``, the original AnimateDiff motion-LoRA keys (``v2_lora_ZoomIn.ckpt``), for motion
+modules only. vidcore's ``load_lora_weights`` / ``vidcore.fuse_lora`` read both (and the legacy-processor and
+kohya layouts) on every pipeline with a UNet.
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..conversion.maps.diffusers_motion import MOTION_ADAPTER_MAP
+from ..conversion.maps.motion_lora import original_lora_keys
 from ..errors import ArgumentError, UnsupportedFeatureError
-from ..loading.architectures import architecture_of
 from ..loading.save import atomic_save
+from ..models.lora_names import DiffusersWeight, diffusers_weights
 from ..models.motion import UNetMotion
 from ..nn.fused_qkv import is_fused
 
@@ -107,30 +114,18 @@ def _add_branch(linear: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch
     return output + linear.lora(inputs[0]).to(output.dtype)
 
 
+def _linear_weights(model: nn.Module) -> dict[str, DiffusersWeight]:
+    """{vidcore module name: its diffusers weight} for every ``nn.Linear`` whose weight has one diffusers name."""
+    weights = diffusers_weights(model)
+    return {name: weights[f"{name}.weight"] for name, sub in model.named_modules()
+            if type(sub) is nn.Linear and f"{name}.weight" in weights}
+
+
 def diffusers_linear_names(model: nn.Module) -> dict[str, str]:
     """{vidcore module name: diffusers layer name} for every ``nn.Linear`` of ``model`` whose weight maps to one
-    diffusers weight (a layer vidcore fuses or splits has no single name and is left out)."""
-    if isinstance(model, UNetMotion):  # diffusers' UNetMotionModel names: the UNet's plus the adapter's
-        parts = [("unet.", model.unet, architecture_of(model.unet).keymap(model.unet.config.to_diffusers_config())),
-                 ("adapter.", model.adapter, MOTION_ADAPTER_MAP)]
-    else:
-        arch = architecture_of(model)
-        config = model.config.to_diffusers_config() if hasattr(model.config, "to_diffusers_config") else None
-        parts = [("", model, arch.keymap(config))]
-    names = {}
-    for prefix, module, keymap in parts:
-        for name, sub in module.named_modules():
-            if type(sub) is not nn.Linear or name.endswith((".down", ".up")) and ".lora." in f".{name}":
-                continue
-            probe = {f"{name}.weight": torch.empty(sub.weight.shape, device="meta")}
-            try:
-                converted, _ = keymap.convert(probe, None, direction="reverse", strict=False)
-            except Exception:  # noqa: BLE001 - a key no rule maps one to one has no diffusers name
-                continue
-            if len(converted) == 1:
-                (key,) = converted
-                names[prefix + name] = key.removesuffix(".weight")
-    return names
+    diffusers weight (a layer vidcore fuses or splits has no single name and is left out); the names come from
+    :mod:`vidcore.models.lora_names`, the table vidcore's LoRA loader reads files with."""
+    return {name: w.layer for name, w in _linear_weights(model).items()}
 
 
 def add_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
@@ -191,23 +186,58 @@ def merge_lora(model: nn.Module) -> int:
     return remove_lora(model)
 
 
-def lora_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The trained branches in peft's layout with diffusers layer names: ``{prefix}{layer}.lora_A.weight``
-    (rank x in) and ``.lora_B.weight`` (out x rank, already multiplied by alpha / rank so that the file needs
-    no alpha: loaders that assume alpha = rank read the same update). ``prefix="unet."`` gives the keys
-    diffusers' ``load_lora_weights`` reads."""
-    names = diffusers_linear_names(model)
+LAYOUTS = ("peft", "animatediff")
+
+
+def _original_keys(names: dict[str, str], model: nn.Module) -> dict[str, tuple[str, str]]:
+    """{vidcore module name: (down key, up key)} in the original AnimateDiff motion-LoRA layout; ArgumentError for a
+    model or layer that layout cannot hold."""
+    if not isinstance(model, UNetMotion):
+        raise ArgumentError(f"the 'animatediff' LoRA layout holds AnimateDiff motion modules only; a "
+                            f"{type(model).__name__} has none (use layout='peft')")
+    keys = {v: original_lora_keys(layer) for v, layer in names.items()}
+    outside = sorted(names[v] for v, k in keys.items() if k is None)
+    if outside:
+        raise ArgumentError(f"the 'animatediff' LoRA layout holds only the motion modules' attention projections "
+                            f"(to_q / to_k / to_v / to_out.0); {len(outside)} trained layers are not among them "
+                            f"({outside[:3]} ...): save with layout='peft', or train with target='temporal'")
+    return keys
+
+
+def lora_state_dict(model: nn.Module, prefix: str = "", layout: str = "peft") -> dict[str, torch.Tensor]:
+    """The trained branches with diffusers layer names. ``layout="peft"``: ``{prefix}{layer}.lora_A.weight``
+    (rank x in) and ``.lora_B.weight`` (out x rank), as 1x1-conv tensors where diffusers' layer is a 1x1 conv
+    (SD1.5's ``proj_in``); ``prefix="unet."`` gives the keys diffusers' ``load_lora_weights`` reads.
+    ``layout="animatediff"``: the original AnimateDiff motion-LoRA keys (``v2_lora_ZoomIn.ckpt``:
+    ``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora
+    .down.weight`` / ``.up.weight``; motion-module attention layers of a UNetMotion only, no prefix).
+    In both, B (up) is already multiplied by alpha / rank, so the file needs no alpha: loaders that assume
+    alpha = rank (peft's default when none is stored, AnimateDiff's own loader) read the same update."""
+    if layout not in LAYOUTS:
+        raise ArgumentError(f"LoRA layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    weights = _linear_weights(model)
+    layers = dict(lora_layers(model))
+    if layout == "animatediff":
+        if prefix:
+            raise ArgumentError(f"the 'animatediff' LoRA layout has no key prefix, got prefix={prefix!r}")
+        keys = _original_keys({v: weights[v].layer for v in layers}, model)
+    else:
+        keys = {v: (f"{prefix}{weights[v].layer}.lora_A.weight", f"{prefix}{weights[v].layer}.lora_B.weight")
+                for v in layers}
     out = {}
-    for vname, linear in lora_layers(model):
-        layer = names[vname]
-        out[f"{prefix}{layer}.lora_A.weight"] = linear.lora.down.weight.detach().clone()
-        out[f"{prefix}{layer}.lora_B.weight"] = (linear.lora.up.weight.detach() * linear.lora.scale).clone()
+    for vname, linear in layers.items():
+        kernel = tuple(weights[vname].shape[2:]) if layout == "peft" else ()  # (1, 1) for a diffusers 1x1 conv
+        down, up = linear.lora.down.weight.detach(), linear.lora.up.weight.detach() * linear.lora.scale
+        a_key, b_key = keys[vname]
+        out[a_key] = down.reshape(*down.shape, *kernel).clone()
+        out[b_key] = up.reshape(*up.shape, *kernel).clone()
     return out
 
 
 def set_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """Load a :func:`lora_state_dict` back into the branches :func:`add_lora` made (same layers, same rank);
-    raises ArgumentError on missing or extra layers. Branch scales are set to 1 (the file's B holds the scale)."""
+    """Load a peft-layout :func:`lora_state_dict` back into the branches :func:`add_lora` made (same layers, same
+    rank); raises ArgumentError on missing or extra layers or another rank. Branch scales are set to 1 (the file's
+    B holds the scale). (Any layout, onto any UNet without branches: ``vidcore.load_lora`` + ``fuse_lora``.)"""
     names = diffusers_linear_names(model)
     layers = dict(lora_layers(model))
     want = {f"{prefix}{names[v]}.lora_{ab}.weight" for v in layers for ab in "AB"}
@@ -215,20 +245,32 @@ def set_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], prefix
         missing, extra = sorted(want - set(state)), sorted(set(state) - want)
         raise ArgumentError(f"LoRA state does not fit the model's LoRA layers: missing {missing[:3]}, "
                             f"extra {extra[:3]}")
+    pairs = []
+    for vname, linear in layers.items():
+        a, b = (state[f"{prefix}{names[vname]}.lora_{ab}.weight"] for ab in "AB")
+        down, up = linear.lora.down.weight, linear.lora.up.weight
+        if a.numel() != down.numel() or b.numel() != up.numel() or a.shape[0] != down.shape[0]:
+            raise ArgumentError(f"LoRA state for {names[vname]}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
+                                f"do not fit the branch's down {tuple(down.shape)} / up {tuple(up.shape)} "
+                                "(another rank?)")
+        pairs.append((linear, a, b))
     with torch.no_grad():
-        for vname, linear in layers.items():
-            layer = names[vname]
-            linear.lora.down.weight.copy_(state[f"{prefix}{layer}.lora_A.weight"])
-            linear.lora.up.weight.copy_(state[f"{prefix}{layer}.lora_B.weight"])
+        for linear, a, b in pairs:
+            linear.lora.down.weight.copy_(a.reshape(linear.lora.down.weight.shape))
+            linear.lora.up.weight.copy_(b.reshape(linear.lora.up.weight.shape))
             linear.lora.scale = 1.0
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike, prefix: str = "unet.") -> Path:
+def save_lora(model: nn.Module, path: str | os.PathLike, prefix: str | None = None, layout: str = "peft") -> Path:
     """Write :func:`lora_state_dict` to a ``.safetensors`` file atomically (a killed write leaves no partial
-    file); the default ``unet.`` prefix is what diffusers' ``load_lora_weights`` and vidcore's read."""
+    file). ``layout="peft"`` (default, prefix ``unet.``): what diffusers' ``load_lora_weights`` and vidcore's read,
+    for every UNet. ``layout="animatediff"``: the original AnimateDiff motion-LoRA layout, for a UNetMotion's
+    motion-module attention LoRA (AnimateDiff's and ComfyUI's motion-LoRA loaders; vidcore reads it back)."""
     path = Path(path)
-    state = lora_state_dict(model, prefix)
+    if prefix is None:
+        prefix = "unet." if layout == "peft" else ""
+    state = lora_state_dict(model, prefix, layout)
     if not state:
         raise ArgumentError(f"{type(model).__name__} has no LoRA layers to save (add_lora first)")
-    atomic_save(state, path, {"format": "pt", "lora_layout": "peft"})
+    atomic_save(state, path, {"format": "pt", "lora_layout": layout})
     return path
