@@ -53,7 +53,8 @@ def assert_equal_files(a, b):
 
 
 def test_trains_saves_peft_lora_log_checkpoints_and_samples(setup, tmp_path):
-    cfg = config(setup, tmp_path / "out", steps=3, checkpoint_every=2, sample_every=3, sample_steps=2, ema=True)
+    cfg = config(setup, tmp_path / "out", steps=3, checkpoint_every=1, keep_checkpoints=2, sample_every=3,
+                 sample_steps=2, ema=True)
     losses = []
     path = train_lora(cfg, callback=lambda step, loss: losses.append((step, loss)))
     assert path == tmp_path / "out" / "pytorch_lora_weights.safetensors"
@@ -66,7 +67,8 @@ def test_trains_saves_peft_lora_log_checkpoints_and_samples(setup, tmp_path):
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert [p["step"] for p in log["loss"]] == [1, 2, 3] and [s for s, _ in losses] == [1, 2, 3]
     assert log["prediction_type"] == "epsilon" and log["config"]["rank"] == 4
-    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2]
+    assert [s for s, _ in list_checkpoints(tmp_path / "out")] == [2, 3]  # keep_checkpoints=2
+    assert not [p for p in (tmp_path / "out" / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporaries
     assert (tmp_path / "out" / "samples" / "step_000003.mp4").stat().st_size > 0
     # the names are diffusers' UNet3DConditionModel layer names, with its shapes (diffusers' ModelScope pipeline has
     # no LoRA loader; vidcore's does, see test_pipeline_lora)
@@ -265,11 +267,12 @@ def test_animatediff_motion_adapter_lora(tmp_path):
     data = tt.write_clips(tmp_path / "data", kinds=("mp4", "frames"), frames=5)
     cfg = TrainLoRAConfig(model=str(tiny_ad.sd), motion_adapter=str(tiny_ad.adapter), data_dir=str(data),
                           output_dir=str(tmp_path / "out"), rank=2, steps=2, num_frames=3, height=16, width=16,
-                          learning_rate=1e-2, motion_director=True, progress=False)
+                          learning_rate=1e-2, motion_director=True, progress=False, sample_every=2, sample_steps=2)
     lora = weights(train_lora(cfg))
     assert lora and all(".motion_modules." in k for k in lora)
     spatial = weights(tmp_path / "out" / "spatial_lora_weights.safetensors")
     assert spatial and not any("motion_modules" in k for k in spatial)
+    assert (tmp_path / "out" / "samples" / "step_000002.mp4").is_file()
     tiny_ad.pipe.load_lora_weights(str(tmp_path / "out"))  # diffusers reads the motion LoRA
     assert tiny_ad.pipe.get_list_adapters()["unet"]
 
@@ -314,7 +317,7 @@ def test_vidcore_pipeline_loads_the_trained_lora(setup, tmp_path):
     path = train_lora(config(setup, tmp_path / "out", steps=2, alpha=8))
     pipe = vidcore.TextToVideoPipeline.from_pretrained(setup[0])
     if not hasattr(pipe, "load_lora_weights"):
-        pytest.skip("TextToVideoPipeline.load_lora_weights lands with the LoRA loading branch")
+        pytest.skip("this vidcore's TextToVideoPipeline has no load_lora_weights")
     pipe.set_progress_bar_config(disable=True)
     kw = dict(prompt="a red ball", num_frames=4, height=16, width=16, num_inference_steps=2, output_type="np")
     base = pipe(generator=torch.Generator().manual_seed(0), **kw).frames

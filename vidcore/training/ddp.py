@@ -22,6 +22,7 @@ class Distributed:
 
     rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives run (NCCL needs CUDA tensors)
 
     @property
     def enabled(self) -> bool:
@@ -36,13 +37,19 @@ class Distributed:
 def init_distributed(device: torch.device) -> Distributed:
     """Join torchrun's process group when ``WORLD_SIZE`` > 1 (gloo on the CPU, NCCL on CUDA); a group someone
     already made (tests, a caller's own launcher) is used as it is."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # all_gather_object and NCCL use the current device
     if dist.is_available() and dist.is_initialized():
-        return Distributed(dist.get_rank(), dist.get_world_size())
+        return Distributed(dist.get_rank(), dist.get_world_size(), _collective_device(device))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size())
+    return Distributed(dist.get_rank(), dist.get_world_size(), _collective_device(device))
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def average_gradients(params: list[torch.nn.Parameter], ddp: Distributed) -> None:
@@ -54,12 +61,12 @@ def average_gradients(params: list[torch.nn.Parameter], ddp: Distributed) -> Non
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    flat = torch.cat([g.reshape(-1).float() for g in grads]).to(ddp.device)
     dist.all_reduce(flat)
     flat /= ddp.world_size
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))  # copy_ moves it back to the gradient's device
         offset += g.numel()
 
 
@@ -67,7 +74,7 @@ def mean_over_processes(value: float, ddp: Distributed) -> float:
     """The mean of a per-process number (each process's batch loss -> the global batch's)."""
     if not ddp.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=ddp.device)
     dist.all_reduce(t)
     return float(t) / ddp.world_size
 

@@ -91,6 +91,8 @@ def _device(config: TrainLoRAConfig) -> torch.device:
         device = torch.device(config.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ArgumentError(f"device {config.device}: no CUDA GPU is available here")
+        if device.type == "cuda" and device.index is None:  # under torchrun: one GPU per process
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
