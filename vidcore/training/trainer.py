@@ -284,10 +284,11 @@ class _Run:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.ema is not None:
+        if self.ema is not None:  # decay warmed up as (1 + n) / (10 + n): early steps are not averaged with the init
+            decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 for n, p in self.named_params.items():
-                    self.ema[n].lerp_(p.detach().float(), 1 - cfg.ema_decay)
+                    self.ema[n].lerp_(p.detach().float(), 1 - decay)
         self.step += 1
         loss = dist_utils.mean_over_processes(sum(losses) / len(losses), self.ddp)
         self.log.append({"step": self.step, "loss": loss, "grad_norm": norm, "lr": lr})
