@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import tiny_training as tt
 from safetensors.torch import load_file
 
-import tiny_training as tt
 from vidcore.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
@@ -103,10 +104,10 @@ def test_errors_are_one_line_with_status_2(setup, tmp_path, capsys, case, messag
     elif case == "existing":
         (out / "checkpoints" / "step_000001").mkdir(parents=True)
         (out / "checkpoints" / "step_000001" / "trainer_state.pt").write_bytes(b"")
-    code, stdout, err = run(capsys, *args((model, data), out, *extra))
+    code, _, err = run(capsys, *args((model, data), out, *extra))
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and __import__("re").search(message, lines[0]), err
+    assert len(lines) == 1 and re.search(message, lines[0]), err
     assert not (out / "pytorch_lora_weights.safetensors").exists()
 
 

@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import tiny_training as tt
 import torch
 from safetensors.torch import load_file
 
-import tiny_training as tt
 from vidcore.errors import ArgumentError, CheckpointError, UnsupportedFeatureError
 from vidcore.training import TrainLoRAConfig, train_lora
 from vidcore.training.checkpoint import list_checkpoints
@@ -159,7 +159,7 @@ def test_two_gloo_processes_equal_one_with_the_doubled_batch(setup, tmp_path):
     # lr 1e-4: Adam turns the float rounding of the two ways of averaging into weight differences ~ lr * 1e-2 (the
     # logged losses and gradient norms below check the samples and the averaging at full scale)
     kw = dict(steps=3, gradient_accumulation_steps=2, checkpoint_every=2, ema=True, learning_rate=1e-4)
-    single = train_lora(config(setup, tmp_path / "one", batch_size=2, **kw))  # 3 clips: batches cross epochs
+    train_lora(config(setup, tmp_path / "one", batch_size=2, **kw))  # 3 clips: batches cross epochs
     cfg = config(setup, tmp_path / "two", batch_size=1, **kw)
     # fork: the children start with torch and vidcore imported (spawn would spend ~10 s re-importing them)
     mp.start_processes(_rank, args=(2, _free_port(), json.dumps(cfg.to_dict()), str(tmp_path / "result")), nprocs=2,
@@ -175,7 +175,8 @@ def test_two_gloo_processes_equal_one_with_the_doubled_batch(setup, tmp_path):
     assert log["processes"] == 2
     one_log = json.loads((tmp_path / "one" / "train_log.json").read_text())["loss"]
     for p, q in zip(log["loss"], one_log):  # the same samples, and the gradients averaged (not summed)
-        assert p["loss"] == pytest.approx(q["loss"], rel=1e-5) and p["grad_norm"] == pytest.approx(q["grad_norm"], rel=1e-4)
+        assert p["loss"] == pytest.approx(q["loss"], rel=1e-5)
+        assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=1e-4)
     assert [s for s, _ in list_checkpoints(tmp_path / "two")] == [2]  # rank 0 alone wrote it
 
 
@@ -194,16 +195,16 @@ def test_v_prediction_model_trains_on_v(tmp_path, setup):
 
 
 def test_v_target_is_the_velocity(setup, tmp_path):
-    from vidcore.training.trainer import _Run
+    from vidcore.training.trainer import TrainingRun
 
-    run = _Run.__new__(_Run)
+    run = TrainingRun.__new__(TrainingRun)
     from vidcore.schedulers import DDPMScheduler
 
     run.noise_schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     run.prediction_type, run.device = "v_prediction", torch.device("cpu")
     x0, noise, t = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2), torch.tensor([10, 900])
     a = run.noise_schedule.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
-    v = run._target(x0, noise, t)
+    v = run.regression_target(x0, noise, t)
     # x0 = sqrt(a) x_t - sqrt(1 - a) v: the identity that defines v
     xt = run.noise_schedule.add_noise(x0, noise, t)
     assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * v, x0, atol=1e-5)
@@ -238,18 +239,17 @@ def test_motion_director_trains_two_disjoint_loras(setup, tmp_path):
 
 def test_motion_director_paths_touch_only_their_branches(setup, tmp_path):
     """In the spatial path only spatial branches get gradients; in the temporal path only temporal ones."""
-    from vidcore.training.motion_director import branch_parameters, branches
-    from vidcore.training.trainer import _Run
-
     from vidcore.training.data import VideoFolder
+    from vidcore.training.ddp import Distributed
+    from vidcore.training.motion_director import branch_parameters, branches
+    from vidcore.training.trainer import TrainingRun
 
     cfg = config(setup, tmp_path / "md2", motion_director=True)
-    run = _Run(cfg, __import__("vidcore.training.ddp", fromlist=["x"]).Distributed(), torch.device("cpu"),
-               VideoFolder(cfg.data_dir, 4, 16, 16))
+    run = TrainingRun(cfg, Distributed(), torch.device("cpu"), VideoFolder(cfg.data_dir, 4, 16, 16))
     with torch.no_grad():  # B != 0 so every branch passes gradient to its A
         for p in run.params:
             p.normal_(0, 0.1)
-    latents, noise, t, text = run._batch(0)
+    latents, noise, t, text = run.batch(0)
     for on, off in ((run.spatial, run.temporal), (run.temporal, run.spatial)):
         run.unet.zero_grad(set_to_none=True)
         with branches(off, on=False, train=False):

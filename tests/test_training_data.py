@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import tiny_training as tt
 import torch
 
-import tiny_training as tt
 from vidcore.errors import VidcoreError
 from vidcore.training.data import DatasetError, EpochOrder, VideoFolder, read_frames, resize_and_crop
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import tiny
 
 # 2 UNet levels of 16/32 channels, 1 layer each; VAE 8/16 channels (x2): a 4-frame 16x16 step takes ~0.1 s

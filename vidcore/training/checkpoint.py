@@ -21,8 +21,8 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -103,7 +103,7 @@ def load_checkpoint(folder: Path) -> dict:
         raise CheckpointError(f"{folder} is not a training checkpoint: {STATE_FILE} is missing")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+    except Exception as err:  # a truncated file, or one holding more than tensors and plain values
         raise CheckpointError(f"cannot read {path}: {err}") from err
 
 

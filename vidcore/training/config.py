@@ -85,7 +85,8 @@ class TrainLoRAConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ArgumentError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.keep_checkpoints is not None and (not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1):
+        keep = self.keep_checkpoints
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ArgumentError(f"keep_checkpoints must be a positive integer or None, got {self.keep_checkpoints!r}")
         if not self.learning_rate > 0:
             raise ArgumentError(f"learning_rate must be > 0, got {self.learning_rate!r}")
@@ -105,7 +106,7 @@ class TrainLoRAConfig:
             raise ArgumentError(f"motion_director trains its own spatial and temporal LoRAs; leave target at "
                                 f"'temporal' (got {self.target!r})")
         if self.motion_director and self.num_frames < 2:
-            raise ArgumentError("motion_director needs num_frames >= 2 (its temporal path learns frame-to-frame motion)")
+            raise ArgumentError("motion_director needs num_frames >= 2 (its temporal path learns how frames change)")
         if not isinstance(self.target, str) or not self.target:
             raise ArgumentError(f"target must be one of {sorted(TARGETS)} or a regular expression, got {self.target!r}")
         if not isinstance(self.resume, (bool, str, os.PathLike)):

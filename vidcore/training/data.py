@@ -169,9 +169,7 @@ def _find_clips(root: Path) -> list[Path]:
     for path in sorted(root.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            clips.append(path)
-        elif path.is_dir() and _frame_files(path):
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir() and _frame_files(path):
             clips.append(path)
     return clips
 
@@ -204,7 +202,7 @@ class VideoFolder:
             name = path.relative_to(self.root).as_posix()
             try:
                 n = count_frames(path)
-            except Exception as err:  # noqa: BLE001 - any decoder failure: name the clip
+            except Exception as err:  # any decoder failure (PyAV, Pillow): name the clip
                 raise DatasetError(f"cannot read clip {path}: {str(err).strip() or type(err).__name__}") from err
             if n < span:
                 raise DatasetError(f"clip {path} has {n} frames; num_frames={num_frames} at sample_stride="
@@ -241,7 +239,7 @@ class VideoFolder:
             frames = read_frames(clip.path, indices)
         except DatasetError:
             raise
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # the file changed or broke since the dataset was built
             raise DatasetError(f"cannot read clip {clip.path}: {str(err).strip() or type(err).__name__}") from err
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # f 3 H W in [0, 255]
         x = resize_and_crop(x, self.height, self.width, self.crop, generator)
@@ -288,5 +286,5 @@ class EpochOrder:
         self.permutation = list(state["permutation"])
 
 
-__all__ = ["CROPS", "Clip", "EpochOrder", "DatasetError", "IMAGE_SUFFIXES", "METADATA", "VIDEO_SUFFIXES", "VideoFolder",
+__all__ = ["CROPS", "IMAGE_SUFFIXES", "METADATA", "VIDEO_SUFFIXES", "Clip", "DatasetError", "EpochOrder", "VideoFolder",
            "count_frames", "read_frames", "resize_and_crop"]

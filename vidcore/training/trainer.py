@@ -24,9 +24,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ from .checkpoint import capture_rng, latest_checkpoint, list_checkpoints, load_c
 from .config import RESUME_KEYS, TrainLoRAConfig
 from .data import EpochOrder, VideoFolder
 from .lora import LoRAConfig, add_lora, lora_layers, lora_state_dict
-from .motion_director import (SPATIAL_MASK_PROBABILITY, branch_parameters, branches, debiased_loss,
-                              motion_director_targets, split_layers)
+from .motion_director import (SPATIAL_MASK_PROBABILITY, branches, debiased_loss, motion_director_targets,
+                              split_layers)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' load_lora_weights(folder) default name
 SPATIAL_LORA_FILE = "spatial_lora_weights.safetensors"  # MotionDirector's appearance LoRA
@@ -74,7 +74,8 @@ def load_pipeline(config: TrainLoRAConfig):
     if config.motion_adapter is not None:
         return AnimateDiffPipeline.from_pretrained(config.model, motion_adapter=config.motion_adapter, **kwargs)
     root = hub.resolve(config.model, allow_patterns=["model_index.json"])
-    name = hub.load_config(root, "model_index.json").get("_class_name") if (root / "model_index.json").is_file() else None
+    index = root / "model_index.json"
+    name = hub.load_config(root, "model_index.json").get("_class_name") if index.is_file() else None
     if name == "AnimateDiffPipeline":
         return AnimateDiffPipeline.from_pretrained(config.model, **kwargs)
     if name in (None, "TextToVideoSDPipeline", "TextToVideoPipeline"):
@@ -102,8 +103,10 @@ def _device(config: TrainLoRAConfig) -> torch.device:
 # ------------------------------------------------------------------------------------- the run
 
 
-class _Run:
-    """The state of one training run (model, optimizer, EMA, data order, log) and its steps."""
+class TrainingRun:
+    """The state of one training run (pipeline with LoRA branches, optimizer, EMA, data order, log) and its steps:
+    what :func:`train_lora` drives. Public for people who change a piece (the batch, the target, the loss) in a
+    subclass or drive the steps themselves."""
 
     def __init__(self, config: TrainLoRAConfig, ddp: dist_utils.Distributed, device: torch.device,
                  dataset: VideoFolder):
@@ -197,7 +200,7 @@ class _Run:
                 self.texts[caption] = self.pipe.embed_prompts([caption], self.device)[0]
         return self.texts[caption]
 
-    def _batch(self, micro_step: int):
+    def batch(self, micro_step: int):
         """This process's share of the global batch of ``micro_step``: (latents, noise, timesteps, text)."""
         cfg, world = self.cfg, self.ddp.world_size
         size = cfg.batch_size * world
@@ -222,7 +225,8 @@ class _Run:
         t = torch.stack([torch.randint(0, self.noise_schedule.num_train_timesteps, (), generator=g) for g in gens])
         return latents, noise, t.to(self.device), torch.stack(texts)
 
-    def _target(self, latents, noise, t):
+    def regression_target(self, latents, noise, t):
+        """What the UNet's output is regressed on: the noise (epsilon models) or v = sqrt(a) noise - sqrt(1-a) x0."""
         if self.prediction_type == "epsilon":
             return noise
         a = self.noise_schedule.alphas_cumprod.to(self.device)[t].view(-1, 1, 1, 1, 1)
@@ -239,9 +243,9 @@ class _Run:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _micro_step(self, micro_step: int) -> float:
-        latents, noise, t, text = self._batch(micro_step)
+        latents, noise, t, text = self.batch(micro_step)
         noisy = self.noise_schedule.add_noise(latents, noise, t)
-        target = self._target(latents, noise, t)
+        target = self.regression_target(latents, noise, t)
         if not self.cfg.motion_director:
             with self._autocast():
                 pred = self.unet(noisy, t, text)
@@ -268,7 +272,9 @@ class _Run:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        lr = cfg.learning_rate * min(1.0, (self.step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.learning_rate
+        lr = cfg.learning_rate  # constant after a linear warm-up
+        if cfg.lr_warmup_steps:
+            lr *= min(1.0, (self.step + 1) / cfg.lr_warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -399,7 +405,7 @@ def train_lora(config: TrainLoRAConfig, callback: Callable[[int, float], None] |
     try:
         if ddp.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        run = _Run(config, ddp, device, dataset)
+        run = TrainingRun(config, ddp, device, dataset)
         if resume is not None:
             run.load_state_dict(load_checkpoint(resume), resume)
         else:
@@ -431,5 +437,5 @@ def train_lora(config: TrainLoRAConfig, callback: Callable[[int, float], None] |
             torch.distributed.destroy_process_group()
 
 
-__all__ = ["LOG_FILE", "LORA_FILE", "SPATIAL_LORA_FILE", "TrainLoRAConfig", "load_pipeline", "sample_generator",
-           "train_lora"]
+__all__ = ["LOG_FILE", "LORA_FILE", "SPATIAL_LORA_FILE", "TrainLoRAConfig", "TrainingRun", "load_pipeline",
+           "sample_generator", "step_generator", "train_lora"]
