@@ -230,7 +230,12 @@ def test_motion_director_trains_two_disjoint_loras(setup, tmp_path):
     spatial = weights(tmp_path / "md" / "spatial_lora_weights.safetensors")
     assert temporal and spatial and not temporal.keys() & spatial.keys()
     assert all("temp_attentions" in k or "transformer_in" in k for k in temporal)
-    assert all(".attentions." in k and "temp_attentions" not in k for k in spatial)
+    # MotionDirector's layers: image self-attention and feed-forward (not the text cross-attention); temporal
+    # attn1, attn2 and feed-forward
+    assert all(".attentions." in k and "temp_attentions" not in k and ".attn2." not in k for k in spatial)
+    assert any(".attn1." in k for k in spatial) and any(".ff.net." in k for k in spatial)
+    assert {part for k in temporal for part in (".attn1.", ".attn2.", ".ff.net.") if part in k} == {
+        ".attn1.", ".attn2.", ".ff.net."}
     for lora in (temporal, spatial):  # both paths trained
         assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)
     log = json.loads((tmp_path / "md" / "train_log.json").read_text())
@@ -271,7 +276,7 @@ def test_animatediff_motion_adapter_lora(tmp_path):
     lora = weights(train_lora(cfg))
     assert lora and all(".motion_modules." in k for k in lora)
     spatial = weights(tmp_path / "out" / "spatial_lora_weights.safetensors")
-    assert spatial and not any("motion_modules" in k for k in spatial)
+    assert spatial and not any("motion_modules" in k or ".attn2." in k for k in spatial)
     assert (tmp_path / "out" / "samples" / "step_000002.mp4").is_file()
     tiny_ad.pipe.load_lora_weights(str(tmp_path / "out"))  # diffusers reads the motion LoRA
     assert tiny_ad.pipe.get_list_adapters()["unet"]

@@ -3,9 +3,11 @@ Text-to-Video Diffusion Models", github.com/showlab/MotionDirector), on ModelSco
 
 What we follow, read from the paper and the authors' training script (``MotionDirector_train.py``):
 
-- One UNet carries two sets of LoRA branches: *spatial* ones in the image attention layers (self- and
-  cross-attention of the spatial transformers) and *temporal* ones in the temporal attention layers (ModelScope's
-  temporal transformers, AnimateDiff's motion modules). Both start from the usual LoRA init (B = 0).
+- One UNet carries two sets of LoRA branches, on the same linears as the authors' ``utils/lora.py`` picks: *spatial*
+  ones in the image transformers' self-attention (``attn1``: q, k, v, out) and feed-forward (``ff``) layers, the
+  text cross-attention left alone; *temporal* ones in the temporal transformers' ``attn1``, ``attn2`` and ``ff``
+  (ModelScope's ``temp_attentions`` and ``transformer_in``, AnimateDiff's motion modules). Both start from the usual
+  LoRA init (B = 0).
 - Every step draws one noisy clip (same noise, timestep and caption for both paths) and runs two passes:
 
   1. the **spatial path**: one random frame of the noisy clip run as a 1-frame video, temporal branches switched
@@ -23,10 +25,13 @@ What we follow, read from the paper and the authors' training script (``MotionDi
   spatial one for the reference appearance.
 
 Differences from the authors' script, on purpose: one AdamW over both sets (their two optimizers step the same
-way, AdamW being per parameter, and parameters without a gradient in a step are skipped by both), the random
+way, AdamW being per parameter, and parameters without a gradient in a step are skipped by both); the random
 frame, anchor and mask are drawn from the trainer's per-step seeded generator instead of the global RNGs (so a
-resumed or multi-process run draws the same ones), and one spatial LoRA for all clips (their multi-video
-config; the single-video variant is the same with one clip).
+resumed or multi-process run draws the same ones); one spatial LoRA for all clips (their multi-video config; the
+single-video variant is the same with one clip); the frozen UNet runs in eval mode (theirs in train mode, which
+turns on ModelScope's temporal-convolution dropout); no offset noise, no text-encoder training, no LoRA on
+convolutions (their optional extras, off in their released configs). The logged loss of a step is the sum of the
+spatial and the temporal losses.
 """
 
 from __future__ import annotations
@@ -40,25 +45,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import TARGETS, diffusers_linear_names, lora_layers
+from .lora import diffusers_linear_names, lora_layers
 
 SPATIAL_MASK_PROBABILITY = 0.2  # the authors' chance of skipping the spatial path in a step
 DEBIAS_BETA = 1.0
 
+# diffusers layer names: the temporal transformers of ModelScope (temp_attentions, transformer_in) and AnimateDiff
+# (motion_modules), and the layers of a transformer block each path adapts
+TEMPORAL_PARENT = r"(^|\.)(motion_modules|temp_attentions|transformer_in)\."
+_PROJ = r"(to_q|to_k|to_v|to_out\.0)"
+_FF = r"ff\.net\.(0\.proj|2)"
+SPATIAL_LAYERS = rf"^(?!.*{TEMPORAL_PARENT}).*\.attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.{_PROJ}|{_FF})$"
+TEMPORAL_LAYERS = rf"{TEMPORAL_PARENT}.*transformer_blocks\.\d+\.(attn[12]\.{_PROJ}|{_FF})$"
+
 
 def motion_director_targets() -> tuple[str, ...]:
-    """The layer patterns of both paths (add_lora's ``target``): the image attention and the temporal attention."""
-    return TARGETS["spatial"] + TARGETS["temporal"]
+    """The layer patterns of both paths (add_lora's ``target``)."""
+    return (SPATIAL_LAYERS, TEMPORAL_LAYERS)
 
 
 def split_layers(unet: nn.Module) -> tuple[dict[str, nn.Linear], dict[str, nn.Linear]]:
     """The LoRA-carrying linears of ``unet`` as (spatial, temporal), each {diffusers layer name: linear}."""
     names = diffusers_linear_names(unet)
-    temporal = [re.compile(p) for p in TARGETS["temporal"]]
+    temporal = re.compile(TEMPORAL_PARENT)
     spatial_layers, temporal_layers = {}, {}
     for vname, linear in lora_layers(unet):
         layer = names[vname]
-        (temporal_layers if any(p.search(layer) for p in temporal) else spatial_layers)[layer] = linear
+        (temporal_layers if temporal.search(layer) else spatial_layers)[layer] = linear
     return spatial_layers, temporal_layers
 
 
@@ -95,5 +108,5 @@ def debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, beta: f
     return F.mse_loss(p.float(), t.float())
 
 
-__all__ = ["DEBIAS_BETA", "SPATIAL_MASK_PROBABILITY", "branch_parameters", "branches", "debiased_loss",
+__all__ = ["DEBIAS_BETA", "SPATIAL_LAYERS", "SPATIAL_MASK_PROBABILITY", "TEMPORAL_LAYERS", "TEMPORAL_PARENT", "branch_parameters", "branches", "debiased_loss",
            "motion_director_targets", "split_layers"]
