@@ -29,9 +29,13 @@ way, AdamW being per parameter, and parameters without a gradient in a step are 
 frame, anchor and mask are drawn from the trainer's per-step seeded generator instead of the global RNGs (so a
 resumed or multi-process run draws the same ones); one spatial LoRA for all clips (their multi-video config; the
 single-video variant is the same with one clip); the frozen UNet runs in eval mode (theirs in train mode, which
-turns on ModelScope's temporal-convolution dropout); no offset noise, no text-encoder training, no LoRA on
-convolutions (their optional extras, off in their released configs). The logged loss of a step is the sum of the
+turns on ModelScope's temporal-convolution dropout); no offset noise, text-encoder training or latent caching
+(options of their script that their example configs do not set). The logged loss of a step is the sum of the
 spatial and the temporal losses.
+
+Their example multi-video config (Zeroscope) as flags: ``--motion-director --rank 32 --dropout 0.1 --lr 5e-4
+--steps 500 --num-frames 16 --height 384 --width 384 --mixed-precision fp16 --gradient-checkpointing``; samples
+use the temporal LoRA alone (their ``spatial_scale: 0``), as ours do.
 """
 
 from __future__ import annotations
