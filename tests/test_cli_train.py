@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 FLAGS = ("--model", "--motion-adapter", "--data", "--output", "--rank", "--alpha", "--target", "--steps", "--lr",
          "--batch-size", "--gradient-accumulation-steps", "--num-frames", "--height", "--width", "--sample-stride",
          "--mixed-precision", "--gradient-checkpointing", "--ema", "--checkpoint-every", "--resume", "--sample-every",
-         "--sample-prompt", "--seed", "--motion-director")
+         "--sample-prompt", "--sample-steps", "--sample-guidance", "--seed", "--motion-director")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_help_lists_every_flag(capsys):
 def test_trains_checkpoints_samples_and_resumes(setup, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run(capsys, *args(setup, out, "--steps", "2", "--checkpoint-every", "1", "--sample-every", "2",
-                                          "--sample-steps", "1", "--sample-prompt", "a dog", "--ema",
-                                          "--mixed-precision", "bf16", "--target", "both", "--seed", "3",
+                                          "--sample-steps", "1", "--sample-prompt", "a dog", "--sample-guidance", "3",
+                                          "--ema", "--mixed-precision", "bf16", "--target", "both", "--seed", "3",
                                           "--gradient-accumulation-steps", "2", "--sample-stride", "1"))
     assert code == 0, err
     assert stdout.strip() == f"wrote {out / 'pytorch_lora_weights.safetensors'}"
@@ -61,6 +61,7 @@ def test_trains_checkpoints_samples_and_resumes(setup, tmp_path, capsys):
     assert (out / "samples" / "step_000002.mp4").is_file()
     log = json.loads((out / "train_log.json").read_text())
     assert log["config"]["mixed_precision"] == "bf16" and log["config"]["seed"] == 3 and len(log["loss"]) == 2
+    assert log["config"]["sample_prompt"] == "a dog" and log["config"]["sample_guidance_scale"] == 3
     # --resume continues the run to more steps
     code, _, err = run(capsys, *args(setup, out, "--steps", "3", "--checkpoint-every", "1", "--ema", "--target",
                                      "both", "--seed", "3", "--gradient-accumulation-steps", "2", "--mixed-precision",

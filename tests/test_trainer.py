@@ -240,6 +240,9 @@ def test_motion_director_trains_two_disjoint_loras(setup, tmp_path):
         assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)
     log = json.loads((tmp_path / "md" / "train_log.json").read_text())
     assert len(log["lora_layers"]) == len(temporal) // 2 + len(spatial) // 2
+    for point in log["loss"]:
+        assert point["loss"] == pytest.approx(point["temporal_loss"] + point.get("spatial_loss", 0.0))
+    assert any("spatial_loss" in point for point in log["loss"])
 
 
 def test_motion_director_paths_touch_only_their_branches(setup, tmp_path):

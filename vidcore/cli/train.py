@@ -91,6 +91,7 @@ def add_parser(commands) -> None:
                    help="steps between sample videos in OUTPUT/samples (0: none)")
     g.add_argument("--sample-prompt", default=None, help="prompt of the samples (default: the first clip's caption)")
     g.add_argument("--sample-steps", type=positive_int, default=25, help="denoising steps of the samples")
+    g.add_argument("--sample-guidance", type=float, default=9.0, help="guidance scale of the samples")
     p.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -128,7 +129,8 @@ def run(args) -> int:
         motion_director=args.motion_director, seed=args.seed, num_frames=args.num_frames, height=args.height,
         width=args.width, sample_stride=args.sample_stride, crop=args.crop, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, sample_every=args.sample_every,
-        sample_prompt=args.sample_prompt, sample_steps=args.sample_steps, device=args.device,
+        sample_prompt=args.sample_prompt, sample_steps=args.sample_steps,
+        sample_guidance_scale=args.sample_guidance, device=args.device,
         progress=not args.no_progress)
     path = train_lora(config)
     if int(os.environ.get("RANK", "0")) == 0:

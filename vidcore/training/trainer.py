@@ -242,7 +242,9 @@ class TrainingRun:
         loss = loss / self.cfg.gradient_accumulation_steps
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _micro_step(self, micro_step: int) -> float:
+    def _micro_step(self, micro_step: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch; returns its losses ({"loss"}; MotionDirector adds
+        "temporal_loss" and, when its spatial path ran, "spatial_loss"; "loss" is their sum)."""
         latents, noise, t, text = self.batch(micro_step)
         noisy = self.noise_schedule.add_noise(latents, noise, t)
         target = self.regression_target(latents, noise, t)
@@ -251,24 +253,25 @@ class TrainingRun:
                 pred = self.unet(noisy, t, text)
             loss = F.mse_loss(pred.float(), target.float())
             self._backward(loss)
-            return loss.item()
+            return {"loss": loss.item()}
         # MotionDirector: spatial path on one frame, temporal path on the clip (see motion_director.py)
         g = step_generator(self.cfg.seed, micro_step)
         frame = int(torch.randint(0, latents.shape[2], (1,), generator=g))
         anchor = int(torch.randint(0, latents.shape[2], (1,), generator=g))
         skip_spatial = bool(torch.rand((), generator=g) < SPATIAL_MASK_PROBABILITY)
-        total = 0.0
+        losses = {}
         if not skip_spatial:
             with branches(self.temporal, on=False, train=False), self._autocast():
                 pred = self.unet(noisy[:, :, frame:frame + 1], t, text)
             loss = F.mse_loss(pred.float(), target[:, :, frame:frame + 1].float())
             self._backward(loss)
-            total += loss.item()
+            losses["spatial_loss"] = loss.item()
         with branches(self.spatial, on=not skip_spatial, train=False), self._autocast():
             pred = self.unet(noisy, t, text)
         loss = F.mse_loss(pred.float(), target.float()) + debiased_loss(pred, target, anchor)
         self._backward(loss)
-        return total + loss.item()
+        losses["temporal_loss"] = loss.item()
+        return {"loss": sum(losses.values()), **losses}
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -278,8 +281,8 @@ class TrainingRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        losses = [self._micro_step(self.step * cfg.gradient_accumulation_steps + k)
-                  for k in range(cfg.gradient_accumulation_steps)]
+        parts = [self._micro_step(self.step * cfg.gradient_accumulation_steps + k)
+                 for k in range(cfg.gradient_accumulation_steps)]
         dist_utils.average_gradients(self.params, self.ddp)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -296,9 +299,13 @@ class TrainingRun:
                 for n, p in self.named_params.items():
                     self.ema[n].lerp_(p.detach().float(), 1 - decay)
         self.step += 1
-        loss = dist_utils.mean_over_processes(sum(losses) / len(losses), self.ddp)
-        self.log.append({"step": self.step, "loss": loss, "grad_norm": norm, "lr": lr})
-        return loss
+        # each loss: the mean over the micro-steps that have it, then over the processes (which have the same ones)
+        losses = {}
+        for key in dict.fromkeys(k for p in parts for k in p):
+            values = [p[key] for p in parts if key in p]
+            losses[key] = dist_utils.mean_over_processes(sum(values) / len(values), self.ddp)
+        self.log.append({"step": self.step, **losses, "grad_norm": norm, "lr": lr})
+        return losses["loss"]
 
     # -- files (rank 0) -----------------------------------------------------------------------
     def _save_lora(self, path: Path, layers: dict | None = None, weights: dict | None = None) -> Path:
