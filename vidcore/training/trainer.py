@@ -397,7 +397,8 @@ def train_lora(config: TrainLoRAConfig, callback: Callable[[int, float], None] |
     ``pytorch_lora_weights.safetensors`` (MotionDirector: the temporal LoRA; the spatial one is beside it as
     ``spatial_lora_weights.safetensors``). ``callback(step, loss)`` runs after every optimizer step (after that
     step's checkpoint and sample). Under torchrun every process calls it; only rank 0 writes files and the path
-    is returned on every process."""
+    is returned on every process. A fresh run seeds the global torch and ``random`` generators with ``seed`` +
+    rank (LoRA dropout draws from them); a resumed run restores them from the checkpoint."""
     if not isinstance(config, TrainLoRAConfig):
         raise ArgumentError(f"train_lora takes a TrainLoRAConfig, got {type(config).__name__}")
     start = time.perf_counter()
