@@ -14,9 +14,10 @@
     vidcore convert  mm_sd_v15_v2.ckpt motion-adapter-v2 --to diffusers
     vidcore convert  civitai_model.safetensors vae.safetensors --component vae
     vidcore inspect  PATH [--subfolder unet]
+    vidcore train lora --model PATH_OR_REPO [--motion-adapter ADAPTER] --data CLIPS --output DIR [--motion-director]
 
 One module per command (``generate`` with its ``tasks`` and diffusers-spelling ``aliases``, ``convert``,
-``inspect``); ``common`` and ``outputs`` hold what they share. Errors vidcore raises on purpose (and bad
+``inspect``, ``train``); ``common`` and ``outputs`` hold what they share. Errors vidcore raises on purpose (and bad
 arguments) print one ``error: ...`` line on stderr and exit with status 2; set ``VIDCORE_DEBUG=1`` to see the
 traceback instead. Heavy imports (torch, transformers) happen inside the commands so ``vidcore --help`` is instant.
 """
@@ -29,7 +30,7 @@ import sys
 from typing import Sequence
 
 from ..errors import VidcoreError
-from . import convert, generate, inspect
+from . import convert, generate, inspect, train
 from .common import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, one_line
 
 
@@ -37,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="vidcore", description="Native PyTorch video diffusion: generate, "
-                                     "convert and inspect models.")
+                                     "convert, inspect and fine-tune models.")
     parser.add_argument("--version", action="version", version=f"vidcore {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     generate.add_parsers(commands)
     convert.add_parser(commands)
     inspect.add_parser(commands)
+    train.add_parser(commands)
 
     rnd = commands.add_parser("make-random-model", help="write a random ModelScope-layout pipeline folder (offline)",
                               description="Write a randomly initialised text-to-video pipeline folder in the "

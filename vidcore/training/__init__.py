@@ -6,3 +6,9 @@ from .lora import (LAYOUTS, TARGETS, LoRABranch, LoRAConfig, add_lora, diffusers
 
 __all__ = ["LAYOUTS", "TARGETS", "LoRABranch", "LoRAConfig", "add_lora", "diffusers_linear_names", "lora_layers",
            "lora_parameters", "lora_state_dict", "merge_lora", "remove_lora", "save_lora", "set_lora_state_dict"]
+
+# the LoRA trainer (``vidcore train lora``): its config, data folders (.data), checkpoints and torchrun support
+from .config import TrainLoRAConfig  # noqa: E402
+from .trainer import train_lora  # noqa: E402
+
+__all__ += ["TrainLoRAConfig", "train_lora"]
