@@ -74,7 +74,8 @@ def add_parser(commands) -> None:
                    help="autocast dtype of the UNet (bf16 works on the CPU too)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     g.add_argument("--ema", action="store_true", help="also write an EMA of the LoRA (..._ema.safetensors)")
-    g.add_argument("--ema-decay", type=float, default=0.999, help="with --ema: the decay (warmed up as (1 + n) / (10 + n))")
+    g.add_argument("--ema-decay", type=float, default=0.999,
+                   help="with --ema: the decay (warmed up as (1 + n) / (10 + n))")
     g.add_argument("--seed", type=int, default=0, help="seeds the LoRA init, the data order and every noise draw")
     g = p.add_argument_group("data")
     g.add_argument("--num-frames", type=positive_int, default=16, help="frames per training clip")

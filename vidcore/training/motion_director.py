@@ -112,5 +112,5 @@ def debiased_loss(pred: torch.Tensor, target: torch.Tensor, anchor: int, beta: f
     return F.mse_loss(p.float(), t.float())
 
 
-__all__ = ["DEBIAS_BETA", "SPATIAL_LAYERS", "SPATIAL_MASK_PROBABILITY", "TEMPORAL_LAYERS", "TEMPORAL_PARENT", "branch_parameters", "branches", "debiased_loss",
-           "motion_director_targets", "split_layers"]
+__all__ = ["DEBIAS_BETA", "SPATIAL_LAYERS", "SPATIAL_MASK_PROBABILITY", "TEMPORAL_LAYERS", "TEMPORAL_PARENT",
+           "branch_parameters", "branches", "debiased_loss", "motion_director_targets", "split_layers"]
