@@ -20,8 +20,8 @@ Files :func:`save_lora` writes (safetensors): ``layout="peft"`` (default), ``une
 ``lora_B.weight`` for any UNet, which diffusers' ``load_lora_weights`` reads on the AnimateDiff (SD1.5, SDXL)
 pipelines, and peft's ``inject_adapter_in_model`` + ``set_peft_model_state_dict`` on diffusers' ModelScope, SVD and
 I2VGen-XL UNets (their pipelines have no working loader in diffusers 0.42); ``layout="animatediff"``, the original
-AnimateDiff motion-LoRA keys (``v2_lora_ZoomIn.ckpt``), for motion modules only. vidcore's ``load_lora_weights`` / ``vidcore.fuse_lora`` read both (and the legacy-processor and
-kohya layouts) on every pipeline with a UNet.
+AnimateDiff motion-LoRA keys (``v2_lora_ZoomIn.ckpt``), for motion modules only. vidcore's ``load_lora_weights`` /
+``vidcore.fuse_lora`` read both (and the legacy-processor and kohya layouts) on every pipeline with a UNet.
 """
 
 from __future__ import annotations
