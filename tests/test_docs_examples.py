@@ -114,6 +114,14 @@ def test_every_block_is_collected():
 
 
 def test_report_blocks_run(request):
-    """Last in the module: how many blocks ran (printed with -s, and in the test report)."""
-    print(f"\n{len(RAN)} of {len(BLOCKS)} documented Python blocks ran; {len(CLI)} command lines parsed")
+    """Last in the module: how many blocks ran, on the terminal (also under -q) and in the test report."""
+    selected = [item for item in request.session.items if item.name.startswith("test_python_block_runs[")]
+    line = f"docs examples: {len(RAN)} of {len(BLOCKS)} Python blocks ran ({len(selected)} selected); " \
+           f"{len(CLI)} vidcore command lines parsed"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_line(line)
     request.node.user_properties.append(("python_blocks_run", len(RAN)))
