@@ -44,3 +44,11 @@ def test_readme_links_resolve():
     links = [target.split("#")[0] for target in re.findall(r"\]\(([^)]+)\)", text) if "://" not in target]
     missing = [link for link in links if link and not (ROOT / link).exists()]
     assert links and not missing, f"README.md links to what is not there: {missing}"
+
+
+def test_readme_is_short_and_results_lead_with_current_figures():
+    """Issue #31: a README read in five minutes (<= 200 lines); RESULTS.md's first screen is the current figures."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text().splitlines()
+    assert "## Current figures" in results[:15], "benchmarks/RESULTS.md must open with its current-figures table"
+    assert (ROOT / "benchmarks" / "history.md").is_file()
