@@ -280,7 +280,7 @@ def test_real_config_weight_bytes(name):
     stored = sum(p.numel() * p.element_size() for p in params)
     assert stored == cast + 2 * kept
     assert stored <= 0.55 * 2 * numel and stored <= 0.3 * 4 * numel
-    assert abs(stored / (2 * numel) - ratio) < 0.001  # the README's table
+    assert abs(stored / (2 * numel) - ratio) < 0.001  # the table of docs/memory.md
 
 
 # ----------------------------------------------------------------------------- switching on and off

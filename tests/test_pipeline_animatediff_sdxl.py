@@ -116,7 +116,7 @@ def _sd15_unet():
 
 
 def test_original_ckpt_adapter_and_readme_recipe(setup, ours, tmp_path):
-    """The adapter as an original AnimateDiff file (mm_sdxl_v10_beta.ckpt layout) and the README's sampler swap."""
+    """The adapter as an original AnimateDiff file (mm_sdxl_v10_beta.ckpt layout) and the sampler swap of docs/families/animatediff.md."""
     from vidcore.loading import save_original
     from vidcore.pipelines.animatediff import animatediff_scheduler
 

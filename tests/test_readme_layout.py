@@ -1,5 +1,6 @@
-"""README's layout tree ("How it is built") names what is there: every folder and file it names exists, and
-every package and top-level module of vidcore (plus the repository's top-level folders) has a line."""
+"""The layout trees name what is there: README's short tree and the full one in docs/architecture.md. Every folder
+and file either names exists, and every package and top-level module of vidcore (plus the repository's top-level
+folders) has a line in both."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import fnmatch
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = re.compile(r"^(\S+/|\S+\.py)\s")  # a line that starts an entry: a folder or a module at column 0
 
 
-def layout_entries() -> dict[str, str]:
-    """path -> its description, from the code block of README's layout tree."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+TREES = ["README.md", "docs/architecture.md"]
+
+
+def layout_entries(page: str = "README.md") -> dict[str, str]:
+    """path -> its description, from the code block of the page's layout tree."""
+    lines = (ROOT / page).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line == "```" and lines[i + 1].startswith("vidcore/"))
     end = lines.index("```", start + 1)
     block = "\n".join(lines[start + 1: end])
@@ -29,9 +35,10 @@ def layout_entries() -> dict[str, str]:
     return entries
 
 
-def test_every_named_path_exists():
+@pytest.mark.parametrize("page", TREES)
+def test_every_named_path_exists(page):
     missing = []
-    for path, description in layout_entries().items():
+    for path, description in layout_entries(page).items():
         where = ROOT / path
         if not where.exists():
             missing.append(path)
@@ -44,21 +51,23 @@ def test_every_named_path_exists():
                         missing.append(name)
                 elif not any(fnmatch.fnmatch(f, name) for f in files):
                     missing.append(f"{path}{name}")
-    assert not missing, f"README's layout tree names what is not there: {missing}"
+    assert not missing, f"{page}'s layout tree names what is not there: {missing}"
 
 
-def test_every_part_has_a_line():
-    entries = layout_entries()
+@pytest.mark.parametrize("page", TREES)
+def test_every_part_has_a_line(page):
+    entries = layout_entries(page)
     parts = [f"vidcore/{p.name}/" for p in (ROOT / "vidcore").iterdir() if (p / "__init__.py").is_file()]
     parts += [f"vidcore/{p.name}" for p in (ROOT / "vidcore").glob("*.py") if p.name not in ("__init__.py",
                                                                                                "__main__.py")]
-    parts += ["kernels/", "conversion/", "benchmarks/", "tests/"]
+    parts += ["kernels/", "conversion/", "benchmarks/", "tests/", "docs/"]
     named = set(entries) | {n for d in entries.values() for n in re.findall(r"vidcore/[\w/]+\.py|vidcore/\w+/", d)}
     missing = sorted(p for p in parts if p not in named)
-    assert not missing, f"README's layout tree has no line for {missing}"
+    assert not missing, f"{page}'s layout tree has no line for {missing}"
 
 
-def test_the_parser_reads_entries():
-    entries = layout_entries()
+@pytest.mark.parametrize("page", TREES)
+def test_the_parser_reads_entries(page):
+    entries = layout_entries(page)
     assert "vidcore/nn/" in entries and "attention" in entries["vidcore/nn/"]
     assert len(entries) >= 10

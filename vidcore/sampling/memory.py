@@ -5,7 +5,7 @@ The budget is the user's ``pipe.set_max_memory(...)`` (bytes, or "2GB" / "512MiB
 CUDA device (``torch.cuda.mem_get_info``), else unknown (CPU): an unknown budget makes "auto" choose what
 diffusers does (the joint guidance batch, all frames in one decode).
 
-The estimates are deliberately simple, upper-bound-leaning rules of thumb (see README, "Activations"):
+The estimates are deliberately simple, upper-bound-leaning rules of thumb (see docs/memory.md, "Activations"):
 
 * one UNet call's activation peak ~ ``UNET_COPIES * batch * frames * h * w * C0 * element_size``: the
   ``C0``-channel feature map at full latent resolution (``block_out_channels[0]``) held ``UNET_COPIES`` times
