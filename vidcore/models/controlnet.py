@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.checkpointing import GradientCheckpointingMixin, block_runner
 from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.layerwise_casting import layer_dtype
 from ..nn.processors import AttentionProcessorMixin
@@ -151,7 +152,7 @@ def residual_channels(model: nn.Module) -> tuple[list[int], int]:
 
 
 class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin, GroupOffloadMixin,
-                 LayerwiseCastingMixin, nn.Module):
+                 LayerwiseCastingMixin, GradientCheckpointingMixin, nn.Module):
     """``forward(sample n c h w, timestep, encoder_hidden_states n m d, controlnet_cond n 3 H W)`` ->
     :class:`ControlNetOutput` (H, W = 8 h, 8 w for SD's conditioning embedding)."""
 
@@ -224,8 +225,10 @@ class ControlNet(PretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin
                              f"image must be the generated image's size")
         h = h + hint
 
-        h, skips = down_path(self.down_blocks, h, lambda block, i, x: block.layer(i, x, temb, encoder_hidden_states))
-        h = self.mid_block(h, temb, encoder_hidden_states)
+        run = block_runner(self)
+        h, skips = down_path(self.down_blocks, h, lambda block, i, x: block.layer(i, x, temb, encoder_hidden_states),
+                             run=run)
+        h = run(self.mid_block, h, temb, encoder_hidden_states)
         return self.residuals(skips, h, conditioning_scale, guess_mode)
 
     def residuals(self, skips: list[torch.Tensor], h: torch.Tensor, conditioning_scale: float,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.checkpointing import GradientCheckpointingMixin
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.frame_hooks import frame_handler, frame_start
 from ..nn.group_offload import onloaded
@@ -174,7 +175,7 @@ def check_compatible(unet: UNet2D, adapter: MotionAdapter) -> None:
 
 
 class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, AttentionSlicingMixin, FusedQKVMixin,
-                 GroupOffloadMixin, LayerwiseCastingMixin, nn.Module):
+                 GroupOffloadMixin, LayerwiseCastingMixin, GradientCheckpointingMixin, nn.Module):
     """AnimateDiff's video UNet: ``unet`` with ``adapter``'s motion modules after every layer.
 
     ``forward(sample b c f h w, timestep, encoder_hidden_states, ...) -> b c_out f h w``.
@@ -188,6 +189,9 @@ class UNetMotion(UNetMotionPretrainedMixin, AttentionProcessorMixin, AttentionSl
     ``motion_norm_num_groups`` (diffusers uses the UNet's ``norm_num_groups``; both are 32 in every
     released model), and the timestep features follow the UNet's ``flip_sin_to_cos``/``freq_shift``
     (diffusers fixes them to True/0, the SD values).
+
+    Gradient checkpointing is read by the UNet's level walk, which also runs the motion modules (its ``mixer``):
+    enabling it here sets it on ``self.unet`` (shared: the UNet checkpoints wherever it runs).
     """
 
     def __init__(self, unet: UNet2D, adapter: MotionAdapter):

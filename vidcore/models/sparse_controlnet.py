@@ -26,6 +26,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..nn.checkpointing import block_runner
 from ..nn.embeddings import timestep_features
 from ..nn.transformer import TemporalTransformer
 from .config_utils import DiffusersConfig
@@ -164,9 +165,10 @@ class SparseControlNet(ControlNet):
         def mixer(part: str, level: int, layer: int, x: torch.Tensor) -> torch.Tensor:
             return self.motion_modules[level][layer](x, f)
 
+        run = block_runner(self)
         x, skips = down_path(self.down_blocks, x,
-                             lambda block, i, y: block.layer(i, y, temb, encoder_hidden_states), mixer)
-        x = self.mid_block(x, temb, encoder_hidden_states)
+                             lambda block, i, y: block.layer(i, y, temb, encoder_hidden_states), mixer, run=run)
+        x = run(self.mid_block, x, temb, encoder_hidden_states)
         return self.residuals(skips, x, conditioning_scale, guess_mode)
 
     @property

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.checkpointing import GradientCheckpointingMixin
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.processors import AttentionProcessorMixin
@@ -100,7 +101,7 @@ class MidSTBlock(nn.Module):
 
 
 class SVDUNet(PretrainedMixin, ForwardChunkingMixin, GroupOffloadMixin, AttentionProcessorMixin,
-              LayerwiseCastingMixin, nn.Module):
+              LayerwiseCastingMixin, GradientCheckpointingMixin, nn.Module):
     """``forward(sample b f c h w, timestep, encoder_hidden_states b m d, added_time_ids b 3) -> b f c_out h w``."""
 
     def __init__(self, config: SVDUNetConfig):

@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
+from ..nn.checkpointing import GradientCheckpointingMixin, block_runner
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.layerwise_casting import layer_dtype
 from ..nn.resnet import SpatioTemporalResBlock
@@ -138,8 +139,9 @@ class TemporalUpBlock(nn.Module):
         return self.upsample(x) if self.upsample is not None else x
 
 
-class TemporalDecoder(nn.Module):
-    """latents (b f) L h w -> images (b f) 3 8h 8w; frames of a video are mixed by the temporal blocks."""
+class TemporalDecoder(GradientCheckpointingMixin, nn.Module):
+    """latents (b f) L h w -> images (b f) 3 8h 8w; frames of a video are mixed by the temporal blocks. Gradient
+    checkpointing: the mid block and each up block."""
 
     def __init__(self, cfg: AutoencoderKLTemporalDecoderConfig):
         super().__init__()
@@ -154,17 +156,18 @@ class TemporalDecoder(nn.Module):
         self.time_conv_out = nn.Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        x = self.mid_block(self.conv_in(z), num_frames)
+        run = block_runner(self)
+        x = run(self.mid_block, self.conv_in(z), num_frames)
         x = x.to(next(itertools.chain(self.up_blocks.parameters(), self.up_blocks.buffers())).dtype)
         for block in self.up_blocks:
-            x = block(x, num_frames)
+            x = run(block, x, num_frames)
         x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (b f) 3 H W
         video = self.time_conv_out(rearrange(x, "(b f) c h w -> b c f h w", f=num_frames))
         return rearrange(video, "b c f h w -> (b f) c h w")
 
 
 class AutoencoderKLTemporalDecoder(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin,
-                                   nn.Module):
+                                   GradientCheckpointingMixin, nn.Module):
     """SVD's VAE: ``encode(x (n 3 H W)) -> DiagonalGaussian``; ``decode(z ((b f) L h w), num_frames)``
     -> ``(b f) 3 H W`` (latents already divided by ``scaling_factor``)."""
 

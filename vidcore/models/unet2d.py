@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.checkpointing import GradientCheckpointingMixin
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, sinusoidal_embedding, timestep_features
 from ..nn.processors import AttentionProcessorMixin
@@ -191,7 +192,7 @@ class MidBlock2D(nn.Module):
 
 
 class UNet2D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, LayerwiseCastingMixin,
-             nn.Module):
+             GradientCheckpointingMixin, nn.Module):
     """SD / SDXL UNet. ``forward(sample n c h w, timestep, encoder_hidden_states n m d) -> n c_out h w``."""
 
     def __init__(self, config: UNet2DConfig):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..nn.checkpointing import GradientCheckpointingMixin, block_runner
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.embeddings import TimestepMLP, timestep_features
 from ..nn.processors import AttentionProcessorMixin
@@ -133,7 +134,7 @@ class MidBlock3D(nn.Module):
 
 
 class UNet3D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProcessorMixin, LayerwiseCastingMixin,
-             nn.Module):
+             GradientCheckpointingMixin, nn.Module):
     """ModelScope's video UNet. ``forward(sample b c f h w, timestep, encoder_hidden_states b m d) -> b c f h w``."""
 
     def __init__(self, config: UNet3DConfig, conv_in_channels: int | None = None):
@@ -191,7 +192,7 @@ class UNet3D(PretrainedMixin, UNetOptionsMixin, GroupOffloadMixin, AttentionProc
         context = encoder_hidden_states  # b m d: shared by each video's frames (see nn.attention.Attention)
 
         x = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
-        x = self.transformer_in(x, f)
+        x = block_runner(self)(self.transformer_in, x, f)
 
         def layer(block, i, x):
             return block.layer(i, x, temb, context, f)

@@ -10,6 +10,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
+from ..nn.checkpointing import Runner, _plain, block_runner
 from .freeu import FreeU, apply_freeu
 
 # layer(block, i, x) runs layer i of a level's block on x (each model passes its own conditioning).
@@ -62,8 +63,9 @@ def unet_levels(channels: tuple[int, ...], layers: tuple[int, ...]) -> tuple[lis
 
 
 def down_path(blocks: nn.ModuleList, h: torch.Tensor, layer: Layer, mixer: Mixer | None = None,
-              plan: CallPlan | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run the down levels on the conv_in output ``h``: (features for the mid block, the skips).
+              plan: CallPlan | None = None, run: Runner = _plain) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the down levels on the conv_in output ``h``: (features for the mid block, the skips). Every layer,
+    mixer call and downsampler goes through ``run`` (:func:`~vidcore.nn.checkpointing.block_runner`).
 
     With a step-cache ``plan`` (vidcore.sampling.step_cache): a DeepCache reuse call runs only the top
     ``plan.depth`` levels (the last one without its downsampler, whose skip feeds a skipped level); the
@@ -72,14 +74,14 @@ def down_path(blocks: nn.ModuleList, h: torch.Tensor, layer: Layer, mixer: Mixer
     depth = len(blocks) if plan is None else plan.depth
     for level, block in enumerate(blocks[:depth]):
         for i in range(len(block.resnets)):
-            h = layer(block, i, h)
+            h = run(layer, block, i, h)
             if mixer is not None:
-                h = mixer("down", level, i, h)
+                h = run(mixer, "down", level, i, h)
             skips.append(h)
         if level == 0 and plan is not None and plan.after_first_level(h):
             return h, skips
         if block.downsample is not None and not (plan is not None and plan.shallow and level == depth - 1):
-            h = block.downsample(h)
+            h = run(block.downsample, h)
             skips.append(h)
     return h, skips
 
@@ -95,10 +97,17 @@ def add_residuals(skips: list[torch.Tensor], residuals, plan: CallPlan | None = 
 
 
 def up_path(blocks: nn.ModuleList, h: torch.Tensor, skips: list[torch.Tensor], layer: Layer,
-            freeu: FreeU | None = None, mixer: Mixer | None = None, plan: CallPlan | None = None) -> torch.Tensor:
+            freeu: FreeU | None = None, mixer: Mixer | None = None, plan: CallPlan | None = None,
+            run: Runner = _plain) -> torch.Tensor:
     """Run the up levels, consuming ``skips``. Upsamplers double the size, except where the input size was
     not a multiple of the total down factor: then they match the skip they meet next. With a DeepCache
-    ``plan`` the up level at its branch starts from (or keeps) the cached deep feature."""
+    ``plan`` the up level at its branch starts from (or keeps) the cached deep feature. Layers, mixer calls and
+    upsamplers go through ``run``; the skip concatenation happens inside the layer's run, so a checkpointed
+    layer keeps its two inputs, not their concatenation."""
+
+    def joined(block, i, h, skip):
+        return layer(block, i, torch.cat([h, skip], dim=1))
+
     up_factor = 2 ** (len(blocks) - 1)
     odd_size = any(s % up_factor for s in skips[0].shape[-2:])
     for level, block in enumerate(blocks):
@@ -111,11 +120,11 @@ def up_path(blocks: nn.ModuleList, h: torch.Tensor, skips: list[torch.Tensor], l
             skip = skips.pop()
             if freeu is not None:
                 h, skip = apply_freeu(freeu, level, h, skip)
-            h = layer(block, i, torch.cat([h, skip], dim=1))
+            h = run(joined, block, i, h, skip)
             if mixer is not None:
-                h = mixer("up", level, i, h)
+                h = run(mixer, "up", level, i, h)
         if block.upsample is not None:
-            h = block.upsample(h, skips[-1].shape[-2:] if odd_size else None)
+            h = run(block.upsample, h, skips[-1].shape[-2:] if odd_size else None)
     return h
 
 
@@ -129,16 +138,18 @@ def start_plan(model: nn.Module, h: torch.Tensor) -> CallPlan | None:
 def walk(model: nn.Module, h: torch.Tensor, layer: Layer, mid: Callable[[torch.Tensor], torch.Tensor],
          residuals=None, mid_residual: torch.Tensor | None = None, mixer: Mixer | None = None) -> torch.Tensor:
     """conv_in output -> down levels -> ``mid`` -> up levels (the input of the output head), with ControlNet's
-    residuals, ``model.freeu`` and the step-cache plan of ``model.step_cache``."""
+    residuals, ``model.freeu``, the step-cache plan of ``model.step_cache`` and ``model``'s gradient checkpointing
+    (each layer, mixer call, resampler and the mid block checkpointed while it is on and autograd records)."""
     plan = start_plan(model, h)
-    h, skips = down_path(model.down_blocks, h, layer, mixer, plan)
+    run = block_runner(model)
+    h, skips = down_path(model.down_blocks, h, layer, mixer, plan, run)
     if plan is not None and plan.output is not None:  # block cache: the rest comes from the last full step
         return plan.output
     if residuals is not None:
         skips = add_residuals(skips, residuals, plan)
     if plan is None or not plan.shallow:
-        h = mid(h)
+        h = run(mid, h)
         if mid_residual is not None:
             h = h + mid_residual
-    h = up_path(model.up_blocks, h, skips, layer, getattr(model, "freeu", None), mixer, plan)
+    h = up_path(model.up_blocks, h, skips, layer, getattr(model, "freeu", None), mixer, plan, run)
     return h if plan is None else plan.finish(h)

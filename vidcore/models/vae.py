@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import SpatialSelfAttention
+from ..nn.checkpointing import GradientCheckpointingMixin, block_runner
 from ..nn.cpu_bf16 import fp32_compute
 from ..nn.layerwise_casting import layer_dtype
 from ..nn.resnet import ResBlock2D
@@ -100,8 +101,9 @@ class DecoderBlock(nn.Module):
         return self.upsample(x) if self.upsample is not None else x
 
 
-class Encoder(nn.Module):
-    """images n 3 H W -> moments n 2L H/2^k W/2^k (mean and log-variance)."""
+class Encoder(GradientCheckpointingMixin, nn.Module):
+    """images n 3 H W -> moments n 2L H/2^k W/2^k (mean and log-variance). Gradient checkpointing (set through
+    the autoencoder): each down block and the mid block."""
 
     def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
@@ -115,14 +117,15 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x):
+        run = block_runner(self)
         x = self.conv_in(x)
         for block in self.down_blocks:
-            x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
+            x = run(block, x)
+        return self.conv_out(F.silu(self.conv_norm_out(run(self.mid_block, x))))
 
 
-class Decoder(nn.Module):
-    """latents n L h w -> images n 3 8h 8w."""
+class Decoder(GradientCheckpointingMixin, nn.Module):
+    """latents n L h w -> images n 3 8h 8w. Gradient checkpointing: the mid block and each up block."""
 
     def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
@@ -136,10 +139,11 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z):
-        x = self.mid_block(self.conv_in(z))
+        run = block_runner(self)
+        x = run(self.mid_block, self.conv_in(z))
         x = x.to(layer_dtype(self.up_blocks[0].resnets[0].conv1))  # mid block may run upcast
         for block in self.up_blocks:
-            x = block(x)
+            x = run(block, x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
@@ -175,7 +179,8 @@ def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Ten
     return b
 
 
-class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin, nn.Module):
+class AutoencoderKL(PretrainedMixin, FusedQKVMixin, GroupOffloadMixin, LayerwiseCastingMixin, GradientCheckpointingMixin,
+                    nn.Module):
     """KL autoencoder with ``encode`` -> :class:`DiagonalGaussian` and ``decode`` -> images in [-1, 1]."""
 
     def __init__(self, config: AutoencoderKLConfig):
