@@ -10,7 +10,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import nn
 
-from ..nn.checkpointing import Runner, _plain, block_runner
+from ..nn.checkpointing import Runner, block_runner, run_plain
 from .freeu import FreeU, apply_freeu
 
 # layer(block, i, x) runs layer i of a level's block on x (each model passes its own conditioning).
@@ -63,7 +63,7 @@ def unet_levels(channels: tuple[int, ...], layers: tuple[int, ...]) -> tuple[lis
 
 
 def down_path(blocks: nn.ModuleList, h: torch.Tensor, layer: Layer, mixer: Mixer | None = None,
-              plan: CallPlan | None = None, run: Runner = _plain) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              plan: CallPlan | None = None, run: Runner = run_plain) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the down levels on the conv_in output ``h``: (features for the mid block, the skips). Every layer,
     mixer call and downsampler goes through ``run`` (:func:`~vidcore.nn.checkpointing.block_runner`).
 
@@ -98,7 +98,7 @@ def add_residuals(skips: list[torch.Tensor], residuals, plan: CallPlan | None = 
 
 def up_path(blocks: nn.ModuleList, h: torch.Tensor, skips: list[torch.Tensor], layer: Layer,
             freeu: FreeU | None = None, mixer: Mixer | None = None, plan: CallPlan | None = None,
-            run: Runner = _plain) -> torch.Tensor:
+            run: Runner = run_plain) -> torch.Tensor:
     """Run the up levels, consuming ``skips``. Upsamplers double the size, except where the input size was
     not a multiple of the total down factor: then they match the skip they meet next. With a DeepCache
     ``plan`` the up level at its branch starts from (or keeps) the cached deep feature. Layers, mixer calls and

@@ -24,11 +24,11 @@ from torch.utils.checkpoint import checkpoint
 Runner = Callable[..., Any]
 
 
-def _plain(fn: Callable, *args):
+def run_plain(fn: Callable, *args):
     return fn(*args)
 
 
-def _checkpointed(fn: Callable, *args):
+def run_checkpointed(fn: Callable, *args):
     return checkpoint(fn, *args, use_reentrant=False)
 
 
@@ -37,8 +37,8 @@ def block_runner(module: nn.Module) -> Runner:
     checkpointing on and autograd is recording, else plainly. Decided once per forward (a loop calls
     ``run(block, *inputs)``; non-tensor inputs such as frame counts are fine)."""
     if getattr(module, "gradient_checkpointing", False) and torch.is_grad_enabled():
-        return _checkpointed
-    return _plain
+        return run_checkpointed
+    return run_plain
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
