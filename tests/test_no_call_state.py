@@ -87,7 +87,7 @@ def test_an_interrupted_call_leaves_nothing_behind(t2v):
 
 
 @pytest.mark.parametrize("setting", ["freeu", "forward_chunking", "free_noise_split", "vae_slicing", "vae_tiling",
-                                     "model_cpu_offload"])
+                                     "model_cpu_offload", "gradient_checkpointing"])
 def test_disable_restores_the_exact_output(t2v, setting):
     plain = run(t2v, output_type="pt")
     on, off = {
@@ -98,6 +98,8 @@ def test_disable_restores_the_exact_output(t2v, setting):
         "vae_slicing": (t2v.vae.enable_slicing, t2v.vae.disable_slicing),
         "vae_tiling": (lambda: t2v.vae.enable_tiling(tile_sample_min_size=8), t2v.vae.disable_tiling),
         "model_cpu_offload": (lambda: t2v.enable_model_cpu_offload("cpu"), t2v.disable_model_cpu_offload),
+        "gradient_checkpointing": (lambda: [m.enable_gradient_checkpointing() for m in (t2v.unet, t2v.vae)],
+                                   lambda: [m.disable_gradient_checkpointing() for m in (t2v.unet, t2v.vae)]),
     }[setting]
     on()
     try:
