@@ -104,6 +104,7 @@ EDITS = [
     ("image resizes -> the tiny size", r"\.resize\(\(\d+, \d+\)\)", f".resize(({TINY}, {TINY}))"),
     ("SD1.5's 64x64 latents -> the tiny SD's", r"\(1, 4, 64, 64\)", f"(1, 4, {TINY // 2}, {TINY // 2})"),
     ("fewer denoising steps", r"\bnum_inference_steps=\d+", "num_inference_steps=2"),
+    ("fewer training steps (vidcore.training.TrainLoRAConfig)", r"\bsteps=\d+", "steps=2"),
     ("Text2Video-Zero's t0 / t1 inside the fewer steps", r"\bt0=\d+, t1=\d+", "t0=0, t1=1"),
     ("Text2Video-Zero's t0 / t1 inside the fewer steps", r"\bt0=\d+,(\s*)t1=\d+", r"t0=0,\1t1=1"),
 ]
