@@ -210,17 +210,20 @@ def test_v_target_is_the_velocity(setup, tmp_path):
     assert torch.allclose(a.sqrt() * xt - (1 - a).sqrt() * v, x0, atol=1e-5)
 
 
-def test_gradient_checkpointing(setup, tmp_path):
-    from vidcore.models.unet3d import UNet3D
-
-    if not hasattr(UNet3D, "enable_gradient_checkpointing"):
-        with pytest.raises(UnsupportedFeatureError, match="gradient checkpointing is not available for UNet3D"):
-            train_lora(config(setup, tmp_path / "gc", steps=1, gradient_checkpointing=True))
-        pytest.skip("UNet3D.enable_gradient_checkpointing lands with the gradient checkpointing branch")
-    plain = train_lora(config(setup, tmp_path / "plain", steps=2))
-    ckpt = train_lora(config(setup, tmp_path / "gc", steps=2, gradient_checkpointing=True))
-    for k, v in weights(plain).items():
-        assert torch.allclose(v, weights(ckpt)[k], atol=1e-6), k
+@pytest.mark.parametrize("motion_director", [False, True])
+def test_gradient_checkpointing(setup, tmp_path, motion_director):
+    """The same LoRA with and without checkpointing; MotionDirector's paths switch branches off and freeze them
+    around each forward, and the backward's recompute must see the same settings."""
+    plain = config(setup, tmp_path / "plain", steps=3, motion_director=motion_director)
+    ckpt = config(setup, tmp_path / "gc", steps=3, motion_director=motion_director, gradient_checkpointing=True)
+    for name in ("pytorch_lora_weights",) + (("spatial_lora_weights",) if motion_director else ()):
+        if name == "pytorch_lora_weights":
+            a, b = weights(train_lora(plain)), weights(train_lora(ckpt))
+        else:
+            a, b = (weights(tmp_path / d / f"{name}.safetensors") for d in ("plain", "gc"))
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            assert torch.allclose(v, b[k], atol=1e-6), k
 
 
 def test_motion_director_trains_two_disjoint_loras(setup, tmp_path):

@@ -260,16 +260,19 @@ class TrainingRun:
         anchor = int(torch.randint(0, latents.shape[2], (1,), generator=g))
         skip_spatial = bool(torch.rand((), generator=g) < SPATIAL_MASK_PROBABILITY)
         losses = {}
+        # backward runs inside each path's branch settings: gradient checkpointing recomputes the forward there
         if not skip_spatial:
-            with branches(self.temporal, on=False, train=False), self._autocast():
-                pred = self.unet(noisy[:, :, frame:frame + 1], t, text)
-            loss = F.mse_loss(pred.float(), target[:, :, frame:frame + 1].float())
-            self._backward(loss)
+            with branches(self.temporal, on=False, train=False):
+                with self._autocast():
+                    pred = self.unet(noisy[:, :, frame:frame + 1], t, text)
+                loss = F.mse_loss(pred.float(), target[:, :, frame:frame + 1].float())
+                self._backward(loss)
             losses["spatial_loss"] = loss.item()
-        with branches(self.spatial, on=not skip_spatial, train=False), self._autocast():
-            pred = self.unet(noisy, t, text)
-        loss = F.mse_loss(pred.float(), target.float()) + debiased_loss(pred, target, anchor)
-        self._backward(loss)
+        with branches(self.spatial, on=not skip_spatial, train=False):
+            with self._autocast():
+                pred = self.unet(noisy, t, text)
+            loss = F.mse_loss(pred.float(), target.float()) + debiased_loss(pred, target, anchor)
+            self._backward(loss)
         losses["temporal_loss"] = loss.item()
         return {"loss": sum(losses.values()), **losses}
 
