@@ -15,6 +15,7 @@ from torch import nn
 
 from ..conversion.maps import original_sd, original_svd
 from ..conversion.maps.diffusers_unet_motion import merge_config
+from ..errors import ArgumentError
 from ..models.motion import UNetMotion
 from .architectures import ORIGINAL_FORMATS, architecture_of, is_image_encoder, is_text_encoder, original_keymap
 
@@ -40,13 +41,25 @@ def atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
         raise
 
 
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()``, refused while it carries LoRA training branches (``vidcore.training.add_lora``):
+    their tensors have no place in a model file, and a folder holding them would not load back."""
+    state = module.state_dict()
+    branches = [k for k in state if ".lora.down." in k or ".lora.up." in k]
+    if branches:
+        raise ArgumentError(f"{type(module).__name__} carries LoRA training branches ({branches[0]} ...): "
+                            "vidcore.training.merge_lora() bakes them into the weights, save_lora() writes the "
+                            "LoRA alone, remove_lora() drops them")
+    return state
+
+
 def save_native(module: nn.Module, path: str | os.PathLike, diffusers_config: dict | None = None) -> Path:
     """Write ``module`` as one native safetensors file (config in the metadata), atomically."""
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
     meta = {"format": "pt", "vidcore_architecture": arch.name, "diffusers_config": json.dumps(config)}
     path = Path(path)
-    atomic_save(module.state_dict(), path, meta)
+    atomic_save(_state(module), path, meta)
     return path
 
 
@@ -55,7 +68,7 @@ def save_diffusers(module: nn.Module, folder: str | os.PathLike, diffusers_confi
     """Write ``module`` as a diffusers model folder (config.json + diffusion_pytorch_model[.variant].safetensors)."""
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
-    state, _ = arch.keymap(config).convert(module.state_dict(), None, direction="reverse")
+    state, _ = arch.keymap(config).convert(_state(module), None, direction="reverse")
     folder = Path(folder)
     weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
     atomic_save(state, folder / weights, {"format": "pt"})
@@ -72,7 +85,7 @@ def save_diffusers_unet_motion(model: UNetMotion, folder: str | os.PathLike, var
     configs = [model.unet.config.to_diffusers_config(), model.adapter.config.to_diffusers_config()]
     state = {}
     for module, config in zip((model.unet, model.adapter), configs):
-        part, _ = architecture_of(module).keymap(config).convert(module.state_dict(), None, direction="reverse")
+        part, _ = architecture_of(module).keymap(config).convert(_state(module), None, direction="reverse")
         state.update(part)
     folder = Path(folder)
     weights = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
@@ -90,15 +103,15 @@ def original_state_dict(module: nn.Module, diffusers_config: dict | None = None)
     so a UNet's, a VAE's and an image encoder's (transformers ``CLIPVisionModelWithProjection``) can be
     merged into one file)."""
     if is_image_encoder(module):
-        state, _ = original_svd.open_clip_vision_map().convert(module.state_dict(), None, direction="reverse")
+        state, _ = original_svd.open_clip_vision_map().convert(_state(module), None, direction="reverse")
         return {original_svd.IMAGE_ENCODER_PREFIX + k: v.contiguous() for k, v in state.items()}
     if is_text_encoder(module):
-        own = module.state_dict()
+        own = _state(module)
         state, _ = original_sd.clip_text_map(own).convert(own, None, direction="reverse")
         return {original_sd.TEXT_ENCODER_PREFIX + k: v.contiguous() for k, v in state.items()}
     arch = architecture_of(module)
     config = diffusers_config or module.config.to_diffusers_config()
-    state, _ = original_keymap(arch, config).convert(module.state_dict(), None, direction="reverse")
+    state, _ = original_keymap(arch, config).convert(_state(module), None, direction="reverse")
     if arch.name == "svd_vae" and original_svd.is_identity_quant_conv(state):
         state = {k: v for k, v in state.items() if not k.startswith("quant_conv.")}  # sgm has none
     prefix = ORIGINAL_FORMATS[arch.name].prefix

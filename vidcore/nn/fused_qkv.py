@@ -37,6 +37,11 @@ def fuse_qkv(model: nn.Module) -> None:
     if is_cast(model):
         raise RuntimeError("fused QKV projections need full-precision weights; call disable_layerwise_casting() "
                            "before fuse_qkv_projections()")
+    trained = [name for name, m in model.named_modules() if _is_attention(m)
+               and any(hasattr(getattr(m, p), "lora") for p in ("to_q", "to_k", "to_v"))]
+    if trained:
+        raise RuntimeError(f"fused QKV projections would bypass the LoRA training branches on {trained[0]}'s "
+                           "to_q/to_k/to_v: vidcore.training.merge_lora() or remove_lora() first")
     for module in model.modules():
         if not _is_attention(module):
             continue

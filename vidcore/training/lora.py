@@ -9,7 +9,9 @@
 A LoRA layer is a child module ``lora`` of the ``nn.Linear`` it adapts (``down``: in -> rank, ``up``: rank ->
 out, ``up`` starting at zero so the model is unchanged until trained) plus a forward hook that adds
 ``alpha / rank * up(down(dropout(x)))`` to the linear's output. Nothing replaces ``forward`` and the base
-weights keep their names, so checkpoints, the conversion maps and the other features see the same model.
+weights keep their names. What cannot act on live branches refuses them rather than dropping them: fused QKV
+projections, saving the model (``merge_lora`` first, or ``save_lora`` for the LoRA alone), group offload and fp8
+storage. ``remove_lora`` leaves the model's outputs as before; its parameters stay frozen.
 
 Layers are chosen by regular expressions over diffusers' names (what people write in peft's
 ``target_modules``); ``target`` may also be one of :data:`TARGETS`' presets. The diffusers name of each vidcore
@@ -134,6 +136,10 @@ def add_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     if any(is_fused(m) for m in model.modules()):
         raise UnsupportedFeatureError("LoRA layers cannot be added to fused QKV projections: "
                                       "unfuse_qkv_projections() first")
+    if any("group_offload" in vars(m) for m in model.modules()):
+        raise UnsupportedFeatureError("LoRA layers cannot train under group / sequential offload (onloaded copies "
+                                      "would take the updates): add them before enable_group_offload(), or "
+                                      "disable_group_offload() first")
     if any(p.dtype.itemsize == 1 for p in model.parameters()):
         raise UnsupportedFeatureError("LoRA layers cannot train on fp8-stored weights: add them before "
                                       "enable_layerwise_casting(), or disable_layerwise_casting() first")
