@@ -341,3 +341,20 @@ def test_vidcore_pipeline_loads_the_trained_lora(setup, tmp_path):
     got = pipe(generator=torch.Generator().manual_seed(0), **kw).frames
     assert abs(expected - base).max() > 1e-3  # the LoRA matters
     assert abs(got - expected).max() < 1e-5
+
+
+def test_resuming_an_older_checkpoint_drops_the_abandoned_ones(setup, tmp_path):
+    """Resumed from step 1 of a run that reached step 3, the new run's checkpoints replace the old run's: with
+    keep_checkpoints=1 the one left is the new step 2 (not the abandoned step 3), and it holds the new run's
+    weights. A temporary folder left by a killed write is swept."""
+    out = tmp_path / "out"
+    train_lora(config(setup, out, steps=3, checkpoint_every=1))
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2, 3]
+    (out / "checkpoints" / ".step_000004.x.tmp").mkdir()
+    resumed = config(setup, out, steps=2, checkpoint_every=1, keep_checkpoints=1,
+                     resume=str(out / "checkpoints" / "step_000001"))
+    final = weights(train_lora(resumed))
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    kept = weights(out / "checkpoints" / "step_000002" / "pytorch_lora_weights.safetensors")
+    assert kept.keys() == final.keys() and all(torch.equal(kept[k], final[k]) for k in kept)

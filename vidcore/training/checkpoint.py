@@ -77,11 +77,18 @@ def restore_rng(state: dict) -> None:
 def save_checkpoint(output_dir: Path, step: int, state: dict, write_lora: Callable[[Path], object],
                     keep: int | None = None) -> Path:
     """Write checkpoint ``step`` atomically (temporary folder, then rename); ``write_lora(path)`` adds the peft
-    file. With ``keep``, only the newest ``keep`` checkpoints stay."""
+    file. Checkpoints past ``step`` belong to a run this one abandoned (it resumed from an older checkpoint), so
+    they are removed: a later ``resume`` must continue this run. With ``keep``, only the newest ``keep`` stay.
+    Temporary folders left by a killed write are swept."""
     root = checkpoint_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint should look like a normal folder
     try:
         torch.save(state, tmp / STATE_FILE)
         write_lora(tmp / "pytorch_lora_weights.safetensors")
@@ -91,6 +98,9 @@ def save_checkpoint(output_dir: Path, step: int, state: dict, write_lora: Callab
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    for other_step, old in list_checkpoints(output_dir):
+        if other_step > step:
+            shutil.rmtree(old, ignore_errors=True)
     if keep is not None:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
