@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..parallel.group import init_distributed as join_process_group
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -35,16 +37,13 @@ class Distributed:
 
 
 def init_distributed(device: torch.device) -> Distributed:
-    """Join torchrun's process group when ``WORLD_SIZE`` > 1 (gloo on the CPU, NCCL on CUDA); a group someone
-    already made (tests, a caller's own launcher) is used as it is."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # all_gather_object and NCCL use the current device
-    if dist.is_available() and dist.is_initialized():
-        return Distributed(dist.get_rank(), dist.get_world_size(), _collective_device(device))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join torchrun's process group when ``WORLD_SIZE`` > 1 (through the inference side's
+    :func:`vidcore.parallel.group.init_distributed`: gloo on the CPU, NCCL on CUDA); a group someone already made
+    (tests, a caller's own launcher) is used as it is."""
+    joined = dist.is_available() and dist.is_initialized()
+    if not joined and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Distributed()
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device = join_process_group(device=device)
     return Distributed(dist.get_rank(), dist.get_world_size(), _collective_device(device))
 
 
