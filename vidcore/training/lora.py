@@ -45,15 +45,17 @@ from ..models.lora_names import DiffusersWeight, diffusers_weights
 from ..models.motion import UNetMotion
 from ..nn.fused_qkv import is_fused
 
-_PROJ = r"(to_q|to_k|to_v|to_out\.0)$"
-_TEMPORAL = r"(motion_modules|temp_attentions|temporal_transformer_blocks|transformer_in)\."
+# diffusers layer names: the parents of the temporal transformers (AnimateDiff's motion modules, ModelScope /
+# I2VGen-XL's temporal attentions and transformer_in, SVD's temporal transformer blocks) and the attention projections
+TEMPORAL_PARENT = r"(^|\.)(motion_modules|temp_attentions|temporal_transformer_blocks|transformer_in)\."
+PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
 TARGETS = {
-    # AnimateDiff's motion modules, ModelScope/I2VGen-XL's temporal attentions (and transformer_in), SVD's
-    # temporal transformer blocks: the layers a motion LoRA trains
-    "temporal": (rf"{_TEMPORAL}.*\.{_PROJ}",),
-    # the image UNet's self- and cross-attention (MotionDirector's spatial path, a style LoRA)
-    "spatial": (rf"^(?!.*{_TEMPORAL}).*\.attn[12]\.{_PROJ}",),
-    "both": (rf".*\.attn[12]\.{_PROJ}",),
+    # the temporal layers' attention projections: what a motion LoRA trains
+    "temporal": (rf"{TEMPORAL_PARENT}.*\.{PROJECTIONS}$",),
+    # the image UNet's self- and cross-attention (a style or subject LoRA). On SVD the cross-attention's to_q / to_k
+    # get branches that never train: attention over its one image token ignores query and key (zeros are saved)
+    "spatial": (rf"^(?!.*{TEMPORAL_PARENT}).*\.attn[12]\.{PROJECTIONS}$",),
+    "both": (rf"\.attn[12]\.{PROJECTIONS}$",),
 }
 
 

@@ -49,18 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import diffusers_linear_names, lora_layers
+from .lora import PROJECTIONS, TEMPORAL_PARENT, diffusers_linear_names, lora_layers
 
 SPATIAL_MASK_PROBABILITY = 0.2  # the authors' chance of skipping the spatial path in a step
 DEBIAS_BETA = 1.0
 
-# diffusers layer names: the temporal transformers of ModelScope (temp_attentions, transformer_in) and AnimateDiff
-# (motion_modules), and the layers of a transformer block each path adapts
-TEMPORAL_PARENT = r"(^|\.)(motion_modules|temp_attentions|transformer_in)\."
-_PROJ = r"(to_q|to_k|to_v|to_out\.0)"
+# the layers of a transformer block each path adapts (diffusers layer names; the temporal parents: training.lora's)
 _FF = r"ff\.net\.(0\.proj|2)"
-SPATIAL_LAYERS = rf"^(?!.*{TEMPORAL_PARENT}).*\.attentions\.\d+\.transformer_blocks\.\d+\.(attn1\.{_PROJ}|{_FF})$"
-TEMPORAL_LAYERS = rf"{TEMPORAL_PARENT}.*transformer_blocks\.\d+\.(attn[12]\.{_PROJ}|{_FF})$"
+SPATIAL_LAYERS = (rf"^(?!.*{TEMPORAL_PARENT}).*\.attentions\.\d+\.transformer_blocks\.\d+"
+                  rf"\.(attn1\.{PROJECTIONS}|{_FF})$")
+TEMPORAL_LAYERS = rf"{TEMPORAL_PARENT}.*transformer_blocks\.\d+\.(attn[12]\.{PROJECTIONS}|{_FF})$"
 
 
 def motion_director_targets() -> tuple[str, ...]:
