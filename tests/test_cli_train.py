@@ -118,3 +118,21 @@ def test_bad_flag_values_are_refused_by_argparse(setup, tmp_path, capsys):
             main([str(a) for a in args(setup, tmp_path / "o")] + [flag, value])
         assert exit_info.value.code == 2
         assert flag in capsys.readouterr().err
+
+
+
+def test_cli_choices_are_the_library_s():
+    """The CLI keeps its own copies (so --help imports no torch); they must equal the library's."""
+    from vidcore.cli import build_parser
+    from vidcore.cli.train import TARGET_PRESETS
+    from vidcore.training.config import MIXED_PRECISION
+    from vidcore.training.data import CROPS
+    from vidcore.training.lora import TARGETS
+
+    def sub(parser, name):
+        return next(a for a in parser._actions if getattr(a, "choices", None) and name in a.choices).choices[name]
+
+    lora = sub(sub(build_parser(), "train"), "lora")
+    choices = {a.dest: a.choices for a in lora._actions if a.choices}
+    assert tuple(choices["mixed_precision"]) == MIXED_PRECISION and tuple(choices["crop"]) == CROPS
+    assert set(TARGET_PRESETS) == set(TARGETS)

@@ -299,6 +299,10 @@ def test_animatediff_motion_adapter_lora(tmp_path):
     (dict(learning_rate=0), "learning_rate must be > 0"),
     (dict(motion_director=True, target="both"), "motion_director trains its own spatial and temporal LoRAs"),
     (dict(crop="left"), r"crop must be one of \('center', 'random'\)"),
+    # the LoRA's own settings fail when the config is made, not after the model has loaded
+    (dict(alpha=0), "LoRA alpha must be > 0"),
+    (dict(dropout=1.5), r"LoRA dropout must be in \[0, 1\)"),
+    (dict(target="temp(oral"), "neither a preset .* nor a regular expression"),
 ])
 def test_config_errors(setup, tmp_path, overrides, message):
     with pytest.raises(ArgumentError, match=message):

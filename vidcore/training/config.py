@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from ..errors import ArgumentError
 from .data import CROPS
-from .lora import TARGETS
+from .lora import TARGETS, LoRAConfig
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # settings a resumed run must share with the checkpoint it continues (the rest, e.g. steps or sampling, may change)
@@ -109,6 +109,8 @@ class TrainLoRAConfig:
             raise ArgumentError("motion_director needs num_frames >= 2 (its temporal path learns how frames change)")
         if not isinstance(self.target, str) or not self.target:
             raise ArgumentError(f"target must be one of {sorted(TARGETS)} or a regular expression, got {self.target!r}")
+        if not self.motion_director:  # rank, alpha, dropout and target as add_lora will take them, before any load
+            LoRAConfig(self.rank, self.alpha, self.target, self.dropout)
         if not isinstance(self.resume, (bool, str, os.PathLike)):
             raise ArgumentError(f"resume must be True/False or a checkpoint folder, got {self.resume!r}")
 
@@ -116,10 +118,6 @@ class TrainLoRAConfig:
         out = asdict(self)
         out["resume"] = os.fspath(self.resume) if not isinstance(self.resume, bool) else self.resume
         return out
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 __all__ = ["MIXED_PRECISION", "RESUME_KEYS", "TrainLoRAConfig"]

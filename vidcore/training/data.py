@@ -6,8 +6,8 @@
       wave/000.png ...        a folder of frame images, sorted by name, is one clip
       wave.txt                side-car caption (used where metadata.jsonl has no entry)
 
-``metadata.jsonl`` is the Hugging Face ``datasets`` "videofolder" convention, so a folder prepared for other
-trainers works here unchanged. Each item is ``num_frames`` frames ``sample_stride`` apart from a seeded random
+``metadata.jsonl`` is the Hugging Face ``datasets`` "videofolder" convention, so a flat folder prepared for other
+trainers works here unchanged (clips are read from the top level only, not from subfolders of clips). Each item is ``num_frames`` frames ``sample_stride`` apart from a seeded random
 start, resized so the short side covers ``height`` x ``width`` and cropped (centre or seeded random) to it, as
 a ``3 f h w`` float tensor in [-1, 1]. Every random choice takes an explicit ``torch.Generator`` so the trainer
 can make an item a pure function of (seed, sample number): resumed runs and multi-process runs see the same
@@ -48,10 +48,6 @@ class Clip:
     path: Path
     num_frames: int
     caption: str
-
-    @property
-    def is_folder(self) -> bool:
-        return self.path.is_dir()
 
 
 # -------------------------------------------------------------------------------------- decoding
@@ -155,12 +151,12 @@ def _read_metadata(root: Path) -> dict[str, str]:
             continue
         try:
             row = json.loads(line)
-            name, text = row["file_name"], row["text"]
+            name, text = Path(row["file_name"]), row["text"]
         except (ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"{path} line {n}: expected {{\"file_name\": ..., \"text\": ...}} ({err})") from None
         if not isinstance(text, str):
             raise DatasetError(f"{path} line {n}: \"text\" must be a string, got {type(text).__name__}")
-        captions[Path(name).as_posix().rstrip("/")] = text
+        captions[name.as_posix().rstrip("/")] = text
     return captions
 
 

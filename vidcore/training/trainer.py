@@ -15,7 +15,8 @@ sample, noise and timestep) comes from a generator seeded by (seed, the sample's
 clip order from a seeded permutation per epoch. Checkpoints store the LoRA's raw parameters, the optimizer, the
 EMA, the data order and the RNG states, so a run killed and resumed ends with the same weights, bit for bit, as
 one that ran through; and N processes under torchrun (each taking samples r::N of every global batch, their
-gradients averaged) compute what one process with the N-times batch does.
+gradients averaged) compute what one process with the N-times batch does (with LoRA dropout 0: dropout draws from
+each process's own generator).
 """
 
 from __future__ import annotations
