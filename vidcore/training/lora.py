@@ -33,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Container, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -212,7 +212,9 @@ def _original_keys(names: dict[str, str], model: nn.Module) -> dict[str, tuple[s
     return keys
 
 
-def lora_state_dict(model: nn.Module, prefix: str = "", layout: str = "peft") -> dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, prefix: str = "", layout: str = "peft",
+                    values: Mapping[str, torch.Tensor] | None = None,
+                    layers: Container[str] | None = None) -> dict[str, torch.Tensor]:
     """The trained branches with diffusers layer names. ``layout="peft"``: ``{prefix}{layer}.lora_A.weight``
     (rank x in) and ``.lora_B.weight`` (out x rank), as 1x1-conv tensors where diffusers' layer is a 1x1 conv
     (SD1.5's ``proj_in``); ``prefix="unet."`` gives the keys diffusers' ``load_lora_weights`` reads.
@@ -220,11 +222,14 @@ def lora_state_dict(model: nn.Module, prefix: str = "", layout: str = "peft") ->
     ``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor.to_q_lora
     .down.weight`` / ``.up.weight``; motion-module attention layers of a UNetMotion only, no prefix).
     In both, B (up) is already multiplied by alpha / rank, so the file needs no alpha: loaders that assume
-    alpha = rank (peft's default when none is stored, AnimateDiff's own loader) read the same update."""
+    alpha = rank (peft's default when none is stored, AnimateDiff's own loader) read the same update.
+    ``values``: branch tensors by the model's parameter name (``...to_q.lora.down.weight``) to write instead of
+    the live ones (an EMA of them); ``layers``: only these diffusers layer names."""
     if layout not in LAYOUTS:
         raise ArgumentError(f"LoRA layout must be one of {list(LAYOUTS)}, got {layout!r}")
     weights = _linear_weights(model)
-    layers = dict(lora_layers(model))
+    only = layers
+    layers = {v: linear for v, linear in lora_layers(model) if only is None or weights[v].layer in only}
     if layout == "animatediff":
         if prefix:
             raise ArgumentError(f"the 'animatediff' LoRA layout has no key prefix, got prefix={prefix!r}")
@@ -235,7 +240,9 @@ def lora_state_dict(model: nn.Module, prefix: str = "", layout: str = "peft") ->
     out = {}
     for vname, linear in layers.items():
         kernel = tuple(weights[vname].shape[2:]) if layout == "peft" else ()  # (1, 1) for a diffusers 1x1 conv
-        down, up = linear.lora.down.weight.detach(), linear.lora.up.weight.detach() * linear.lora.scale
+        down, up = (linear.lora.down.weight.detach(), linear.lora.up.weight.detach()) if values is None else (
+            values[f"{vname}.lora.{part}.weight"].to(linear.lora.down.weight.dtype) for part in ("down", "up"))
+        up = up * linear.lora.scale
         a_key, b_key = keys[vname]
         out[a_key] = down.reshape(*down.shape, *kernel).clone()
         out[b_key] = up.reshape(*up.shape, *kernel).clone()
@@ -269,16 +276,18 @@ def set_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], prefix
             linear.lora.scale = 1.0
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike, prefix: str | None = None, layout: str = "peft") -> Path:
+def save_lora(model: nn.Module, path: str | os.PathLike, prefix: str | None = None, layout: str = "peft",
+              values: Mapping[str, torch.Tensor] | None = None, layers: Container[str] | None = None) -> Path:
     """Write :func:`lora_state_dict` to a ``.safetensors`` file atomically (a killed write leaves no partial
     file). ``layout="peft"`` (default, prefix ``unet.``): what diffusers' ``load_lora_weights`` and vidcore's read,
     for every UNet. ``layout="animatediff"``: the original AnimateDiff motion-LoRA layout, for a UNetMotion's
-    motion-module attention LoRA (AnimateDiff's and ComfyUI's motion-LoRA loaders; vidcore reads it back)."""
+    motion-module attention LoRA (AnimateDiff's and ComfyUI's motion-LoRA loaders; vidcore reads it back).
+    ``values`` / ``layers``: as :func:`lora_state_dict` takes them."""
     path = Path(path)
     if prefix is None:
         prefix = "unet." if layout == "peft" else ""
-    state = lora_state_dict(model, prefix, layout)
+    state = lora_state_dict(model, prefix, layout, values, layers)
     if not state:
         raise ArgumentError(f"{type(model).__name__} has no LoRA layers to save (add_lora first)")
-    atomic_save(state, path, {"format": "pt", "lora_layout": layout})
+    atomic_save({k: v.cpu() for k, v in state.items()}, path, {"format": "pt", "lora_layout": layout})
     return path

@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError, CheckpointError, UnsupportedFeatureError
-from ..loading.save import atomic_save
 from . import ddp as dist_utils
 from .checkpoint import capture_rng, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUME_KEYS, TrainLoRAConfig
 from .data import EpochOrder, VideoFolder
-from .lora import LoRAConfig, add_lora, lora_layers, lora_state_dict
+from .lora import LoRAConfig, add_lora, lora_layers, save_lora
 from .motion_director import (SPATIAL_MASK_PROBABILITY, branches, debiased_loss, motion_director_targets,
                               split_layers)
 
@@ -315,23 +314,7 @@ class TrainingRun:
     def _save_lora(self, path: Path, layers: dict | None = None, weights: dict | None = None) -> Path:
         """The LoRA (or the ``layers`` subset) in the peft layout with ``unet.`` keys; ``weights``: values to
         write instead of the live parameters (the EMA)."""
-        saved = None
-        if weights is not None:
-            saved = {n: p.detach().clone() for n, p in self.named_params.items()}
-            with torch.no_grad():
-                for n, p in self.named_params.items():
-                    p.copy_(weights[n])
-        try:
-            state = lora_state_dict(self.unet, prefix="unet.")
-        finally:
-            if saved is not None:
-                with torch.no_grad():
-                    for n, p in self.named_params.items():
-                        p.copy_(saved[n])
-        if layers is not None:
-            state = {k: v for k, v in state.items() if k.removeprefix("unet.").rsplit(".lora_", 1)[0] in layers}
-        atomic_save({k: v.cpu() for k, v in state.items()}, path, {"format": "pt", "lora_layout": "peft"})
-        return path
+        return save_lora(self.unet, path, values=weights, layers=layers)
 
     def write_loras(self, folder: Path, suffix: str = "", weights: dict | None = None) -> list[Path]:
         if not self.cfg.motion_director:
