@@ -6,12 +6,12 @@
       wave/000.png ...        a folder of frame images, sorted by name, is one clip
       wave.txt                side-car caption (used where metadata.jsonl has no entry)
 
-``metadata.jsonl`` is the Hugging Face ``datasets`` "videofolder" convention, so a flat folder prepared for
-other trainers works here unchanged (clips are read from the top level only, not from subfolders of clips). Each item is ``num_frames`` frames ``sample_stride`` apart from a seeded random
-start, resized so the short side covers ``height`` x ``width`` and cropped (centre or seeded random) to it, as
-a ``3 f h w`` float tensor in [-1, 1]. Every random choice takes an explicit ``torch.Generator`` so the trainer
-can make an item a pure function of (seed, sample number): resumed runs and multi-process runs see the same
-crops and frames as one uninterrupted process.
+``metadata.jsonl`` is the Hugging Face ``datasets`` "videofolder" convention, so a flat folder prepared for other
+trainers works here unchanged (clips are read from the top level only, not from subfolders of clips). Each item is
+``num_frames`` frames ``sample_stride`` apart from a seeded random start, resized so the short side covers
+``height`` x ``width`` and cropped (centre or seeded random) to it, as a ``3 f h w`` float tensor in [-1, 1]. Every
+random choice takes an explicit ``torch.Generator`` so the trainer can make an item a pure function of (seed, sample
+number): resumed runs and multi-process runs see the same crops and frames as one uninterrupted process.
 
 Problems with the data (empty folder, a clip that cannot be decoded, one too short for the frame count, a
 missing caption) are found when the dataset is built, before any model is loaded, and raised as
