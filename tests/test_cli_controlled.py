@@ -104,7 +104,7 @@ def test_errors_are_one_line(capsys, setup, tmp_path):
     shutil.copytree(built.sd, plain)
     shutil.rmtree(plain / "controlnet")
     cases = [
-        (["--control", "pose", "--video", video, "--model", plain], "pass controlnet=, CLI --controlnet"),
+        (["--control", "pose", "--video", video, "--model", plain], "pass controlnet= (CLI: --controlnet)"),
         (["--control", "pose", "--video", video, "--model", built.sd, "--frames", "9"],
          "--frames 9: the input video has only 5 frames"),
         (["--control", "canny", "--video", video, "--model", built.sd, "--height", "12"], "multiples of 8"),

@@ -53,6 +53,13 @@ def previous_block(block: dx.Block) -> dx.Block:
     return same_page[-1]
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """A block that compiles (docs/speed.md) leaves dynamo's cache to the tests after it: drop it."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])
 def test_python_block_runs(block, offline, namespaces):
     if block.continued:

@@ -96,6 +96,9 @@ def assert_same_frames(ours: np.ndarray, theirs: np.ndarray, name: str) -> None:
 
 @pytest.mark.parametrize("space", NAMESPACES, ids=[s.name for s in NAMESPACES])
 def test_guide_section_runs_with_vidcore(space, offline_hub, record_property):
+    # compiled code from earlier tests (the docs' torch.compile example) would make this compile a recompile, which
+    # turns on dynamic shapes: start from dynamo's empty cache, as a fresh process does
+    torch._dynamo.reset()
     torch.manual_seed(0)
     ours = outputs(run(space, "vidcore"))
     assert ours, f"{space.name}: the blocks left no frames or images"
