@@ -116,7 +116,7 @@ def evaluate_lora(lora=LORA_FILE, direction: str = "up right", seeds: int = 8, o
     say = print if verbose else (lambda *a: None)
     pipe = load_pipeline(model)
     new_seeds = list(range(seed_offset, seed_offset + seeds))
-    result = {"lora": str(lora), "direction": direction, "new_seeds": [new_seeds[0], new_seeds[-1]],
+    result = {"lora_file": str(lora), "direction": direction, "new_seeds": [new_seeds[0], new_seeds[-1]],
               "old_seeds": [0, old_seeds - 1], "steps": steps, "guidance": guidance}
     start = time.perf_counter()
     for name in parts:

@@ -44,7 +44,7 @@ class LoRATrainConfig:
     steps: int = 400
     batch: int = 16  # clips per step
     new_fraction: float = 0.5  # share of each batch from the new motion; the rest are old-direction clips
-    lr: float = 2e-3
+    lr: float = 1e-2  # measured: 2e-3 and 5e-3 (400 steps) gave 50 % and 77 % up-right, 1e-2 gave 88 %
     warmup: int = 20
     high_noise_fraction: float = 0.5  # share of t drawn from the top 30 % of the schedule (train.sample_timesteps)
     prompt_dropout: float = 0.1  # old-direction clips trained with "" (the unconditional branch guidance uses)
