@@ -9,7 +9,9 @@ demo (``model_svd/``, Stable Video Diffusion's architecture: the first frame in,
 (circle, square, triangle) and 4 directions (left, right, up, down): prompts look like
 ``"a {color} {shape} moving {direction}"``; other words are accepted (spelled out letter by letter by
 the tokenizer) but shift the result. ``model/README.md`` has the training
-command, time and metrics.
+command, time and metrics. ``motions.py`` adds the diagonal motions ("moving up right" ...) and an 8-way angle
+scorer; ``train_lora.py`` / ``evaluate_lora.py`` train and score a motion LoRA on the UNet3D, and
+``lora_up_right/`` ships one (peft-layout safetensors; its README has the command, time and before/after figures).
 """
 
 from __future__ import annotations
