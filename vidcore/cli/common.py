@@ -165,3 +165,19 @@ def one_line(message: str) -> str:
         else:
             sections.append(line.strip())
     return "; ".join(sections).replace(":;", ":")
+
+
+def quiet_library_progress() -> None:
+    """Hide the weight-loading / download bars of transformers and huggingface_hub (for --no-progress)."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

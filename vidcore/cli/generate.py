@@ -13,7 +13,8 @@ from pathlib import Path
 from . import free_noise, lora
 from .aliases import Options
 from .common import (DTYPES, EXIT_OK, DefaultsFormatter, UsageError, chunk_size, device_name, memory_size,
-                     nonnegative_int, positive_float, positive_int, resolve_device, torch_dtype)
+                     nonnegative_int, positive_float, positive_int, quiet_library_progress, resolve_device,
+                     torch_dtype)
 from .outputs import (BATCH_FORMATS, MANIFEST, OUTPUT_SUFFIXES, batch_jobs, load_input_image, load_input_video,
                       output_paths, rank_and_world_size, write_manifest, write_video)
 from ..pipelines.low_memory import apply_low_memory
@@ -116,22 +117,6 @@ def _add_options(o: Options, task: Task) -> None:
                    "exact, rank 0 writes the video")
     o.add("--no-progress", action="store_true", help="hide progress bars")
     o.parser.set_defaults(func=run, task=task.name, output_given=False, **task.defaults)
-
-
-def _quiet_library_progress() -> None:
-    """Hide the weight-loading / download bars of transformers and huggingface_hub (for --no-progress)."""
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _configure_pipeline(pipe, args, task: Task, device: str) -> dict:
@@ -267,7 +252,7 @@ def run(args) -> int:
         if not runs:  # this process's share is done (or empty): no model to load
             return EXIT_OK
     if args.no_progress:
-        _quiet_library_progress()
+        quiet_library_progress()
 
     import torch
 

@@ -15,7 +15,8 @@ import argparse
 import os
 import re
 
-from .common import EXIT_OK, DefaultsFormatter, device_name, nonnegative_int, positive_float, positive_int
+from .common import (EXIT_OK, DefaultsFormatter, device_name, nonnegative_int, positive_float, positive_int,
+                     quiet_library_progress)
 
 TARGET_PRESETS = ("temporal", "spatial", "both")
 
@@ -99,27 +100,11 @@ def add_parser(commands) -> None:
     p.set_defaults(func=run)
 
 
-def _quiet_loading_bars() -> None:
-    """``--no-progress`` also hides transformers' / huggingface_hub's weight-loading and download bars."""
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def run(args) -> int:
     from ..training import TrainLoRAConfig, train_lora
 
     if args.no_progress:
-        _quiet_loading_bars()
+        quiet_library_progress()
 
     config = TrainLoRAConfig(
         model=args.model, data_dir=args.data, output_dir=args.output, motion_adapter=args.motion_adapter,
