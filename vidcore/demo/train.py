@@ -468,6 +468,19 @@ def _cli_args(cfg: DemoConfig) -> list[str]:
     return args
 
 
+def config_overrides(parser: argparse.ArgumentParser, items: list[str], config_cls: type) -> dict:
+    """``--set FIELD=VALUE`` items (JSON values; lists become tuples) -> {field: value} for ``config_cls``; an
+    unknown field is a usage error naming the fields."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in config_cls.__dataclass_fields__:
+            parser.error(f"--set: unknown field {key!r}; fields: {sorted(config_cls.__dataclass_fields__)}")
+        value = json.loads(value)
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidcore.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="pipeline folder to write (must not exist unless --force)")
@@ -481,13 +494,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any DemoConfig field (JSON value), e.g. --set unet_channels=[32,64]")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in DemoConfig.__dataclass_fields__:
-            p.error(f"--set: unknown field {key!r}; fields: {sorted(DemoConfig.__dataclass_fields__)}")
-        value = json.loads(value)
-        overrides[key] = tuple(value) if isinstance(value, list) else value
+    overrides = config_overrides(p, args.set, DemoConfig)
     cfg = DemoConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed, threads=args.threads,
                      **overrides)
     train(cfg, args.out, force=args.force, vae_from=args.vae_from)

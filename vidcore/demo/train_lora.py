@@ -30,7 +30,7 @@ import torch
 from ..training.lora import LoRAConfig, add_lora, lora_parameters, save_lora
 from .data import all_combinations, make_clip
 from .motions import make_motion_clip, motion_combinations
-from .train import SCHEDULER, Log, encode_latents, loss_weight, lr_at, sample_timesteps
+from .train import SCHEDULER, Log, config_overrides, encode_latents, loss_weight, lr_at, sample_timesteps
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
 
@@ -224,13 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any LoRATrainConfig field (JSON value), e.g. --set steps=200")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in LoRATrainConfig.__dataclass_fields__:
-            p.error(f"--set: unknown field {key!r}; fields: {sorted(LoRATrainConfig.__dataclass_fields__)}")
-        value = json.loads(value)
-        overrides[key] = tuple(value) if isinstance(value, list) else value
+    overrides = config_overrides(p, args.set, LoRATrainConfig)
     train_lora(replace(LoRATrainConfig(), **overrides), args.out, model=args.model, force=args.force)
     return 0
 
