@@ -101,8 +101,8 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(setup, tmp_path):
     kw = dict(steps=5, checkpoint_every=1, ema=True, dropout=0.1, gradient_accumulation_steps=2, batch_size=2)
     a = train_lora(config(setup, tmp_path / "a", **kw))
     cfg_b = config(setup, tmp_path / "b", **kw)
-    # fork: a real process with its own memory, started without re-importing torch (spawn: ~10 s more)
-    child = multiprocessing.get_context("fork").Process(target=_train_until_killed, args=(cfg_b, 2))
+    # spawn, not fork: a fork of this process (torch's and compile workers' threads running) can deadlock in the child
+    child = multiprocessing.get_context("spawn").Process(target=_train_until_killed, args=(cfg_b, 2))
     child.start()
     try:
         deadline = time.monotonic() + 120
@@ -161,9 +161,9 @@ def test_two_gloo_processes_equal_one_with_the_doubled_batch(setup, tmp_path):
     kw = dict(steps=3, gradient_accumulation_steps=2, checkpoint_every=2, ema=True, learning_rate=1e-4)
     train_lora(config(setup, tmp_path / "one", batch_size=2, **kw))  # 3 clips: batches cross epochs
     cfg = config(setup, tmp_path / "two", batch_size=1, **kw)
-    # fork: the children start with torch and vidcore imported (spawn would spend ~10 s re-importing them)
+    # spawn, not fork: a fork of this process (torch's and compile workers' threads running) can deadlock in a child
     mp.start_processes(_rank, args=(2, _free_port(), json.dumps(cfg.to_dict()), str(tmp_path / "result")), nprocs=2,
-                       join=True, start_method="fork")
+                       join=True, start_method="spawn")
     for rank in (0, 1):
         assert (tmp_path / f"result.{rank}").read_text() == str(tmp_path / "two" / "pytorch_lora_weights.safetensors")
     for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_ema.safetensors"):
