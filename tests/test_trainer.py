@@ -91,9 +91,9 @@ def _train_until_killed(cfg: TrainLoRAConfig, stop: int) -> None:
     train_lora(cfg, callback=callback)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="forks the run it kills")
+@pytest.mark.skipif(sys.platform != "linux", reason="kills a child process with SIGKILL")
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(setup, tmp_path):
-    """Run A: 5 steps straight. Run B: a forked process killed with SIGKILL after writing checkpoint 2, then resumed
+    """Run A: 5 steps straight. Run B: a spawned process killed with SIGKILL after writing checkpoint 2, then resumed
     to 5 from its newest checkpoint. Same LoRA, same EMA, same loss curve, bit for bit (LoRA dropout on: the RNG
     states are restored too)."""
     import multiprocessing
@@ -152,7 +152,7 @@ def _rank(rank: int, world: int, port: int, cfg_json: str, result: str):
         raise
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="forks the ranks")
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo ranks on localhost")
 def test_two_gloo_processes_equal_one_with_the_doubled_batch(setup, tmp_path):
     import torch.multiprocessing as mp
 
